@@ -1,0 +1,68 @@
+# marketo-dynamics-sync — the two set-up commands are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+export PYTHONPATH := $(CURDIR)/include:$(CURDIR)/plugins:$(CURDIR)
+export MDS_PROJECT_DIR := $(CURDIR)
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+
+.PHONY: help install demo stop status load-settings lint typecheck test test-unit test-dags test-e2e parse clean
+
+help:
+	@echo "make demo    - install, start the emulators and Airflow, load airflow_settings.yaml, print the login"
+	@echo "make test    - install if needed, then lint, type-check and run the whole test suite"
+	@echo "make stop    - stop everything 'make demo' started"
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python scripts/stack.py start
+
+stop:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/stack.py stop; else $(PYTHON) scripts/stack.py stop; fi
+
+status: install
+	$(BIN)/python scripts/stack.py status
+
+load-settings: install
+	AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.airflow} $(BIN)/python -m crm_sync.settings_loader airflow_settings.yaml
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy include plugins dags emulators scripts tests
+
+parse: install
+	@for f in dags/*.py; do echo "parse $$f"; $(BIN)/python $$f || exit 1; done
+
+test: lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-dags: install
+	$(BIN)/python -m pytest tests/dags $(PYTEST_ARGS)
+
+test-e2e: install
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+clean: stop
+	rm -rf .airflow var .run

@@ -1,0 +1,1 @@
+"""Pieces both emulators share: TLS certificates, the server runner, the credentials they accept."""

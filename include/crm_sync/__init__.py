@@ -1,0 +1,1 @@
+"""marketo-dynamics-sync: the sync engine, mappings and state store (plain, typed Python)."""
