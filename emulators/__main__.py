@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     seed.add_argument("side", choices=sorted(SIDES))
     seed.add_argument("--db", type=Path, required=True)
     seed.add_argument("--seed", type=int, default=42)
-    seed.add_argument("--scale", type=int, default=1000, help="number of leads (other entities in proportion)")
+    seed.add_argument(
+        "--scale", type=int, default=1000, help="number of leads (other entities in proportion)"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "seed":

@@ -8,6 +8,7 @@ session, its PID is written under ``.run/``, and ``stop`` ends exactly those pro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -117,7 +118,18 @@ def start_emulators(env: dict[str, str]) -> None:
     for side, port in (("marketo", MARKETO_EMULATOR_PORT), ("dynamics", DYNAMICS_EMULATOR_PORT)):
         _spawn(
             f"emulator-{side}",
-            [py, "-m", "emulators", side, "--host", "127.0.0.1", "--port", str(port), "--db", str(data / f"{side}.db")],
+            [
+                py,
+                "-m",
+                "emulators",
+                side,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--db",
+                str(data / f"{side}.db"),
+            ],
             env,
         )
     for port in (MARKETO_EMULATOR_PORT, DYNAMICS_EMULATOR_PORT):
@@ -135,7 +147,12 @@ def start_airflow(env: dict[str, str]) -> None:
 
 def load_settings(env: dict[str, str]) -> None:
     subprocess.run(
-        [str(BIN_DIR / "python"), "-m", "crm_sync.settings_loader", str(PROJECT_DIR / "airflow_settings.yaml")],
+        [
+            str(BIN_DIR / "python"),
+            "-m",
+            "crm_sync.settings_loader",
+            str(PROJECT_DIR / "airflow_settings.yaml"),
+        ],
         env=env,
         check=True,
     )
@@ -170,10 +187,8 @@ def stop() -> None:
         name = file.stem
         pid = int(file.read_text().strip())
         if _alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + 20
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.5)

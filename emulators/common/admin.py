@@ -16,7 +16,6 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,8 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ADMIN_PREFIX = "/_emulator"
@@ -161,8 +162,13 @@ class EmulatorMiddleware:
                 roll = self.state.rng.random()
                 if roll < faults.drop_rate:
                     stats.faults_injected["drop"] += 1
-                    await send({"type": "http.response.start", "status": 200,
-                                "headers": [(b"content-length", b"1000")]})
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [(b"content-length", b"1000")],
+                        }
+                    )
                     raise ConnectionAbortedError("emulated dropped connection")
                 if faults.error_codes and roll < faults.drop_rate + faults.error_rate:
                     code = self.state.rng.choice(faults.error_codes)
@@ -174,7 +180,7 @@ class EmulatorMiddleware:
             stats.end(status_holder["status"])
 
 
-def admin_router(state: AdminState, extra: dict[str, Callable[[], Any]] | None = None) -> APIRouter:
+def admin_router(state: AdminState, extra: dict[str, Callable[..., Any]] | None = None) -> APIRouter:
     """Return the ``/_emulator`` router.
 
     Args:
@@ -217,7 +223,7 @@ def admin_router(state: AdminState, extra: dict[str, Callable[[], Any]] | None =
     return router
 
 
-def _json_action(action: Callable[[], Any]) -> Callable[[Request], Any]:
+def _json_action(action: Callable[..., Any]) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> JSONResponse:
         body: Any = None
         if await request.body():

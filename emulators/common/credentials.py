@@ -12,7 +12,9 @@ from pathlib import Path
 
 import yaml
 
-SETTINGS_FILE = Path(os.environ.get("MDS_PROJECT_DIR", Path(__file__).resolve().parents[2])) / "airflow_settings.yaml"
+SETTINGS_FILE = (
+    Path(os.environ.get("MDS_PROJECT_DIR", Path(__file__).resolve().parents[2])) / "airflow_settings.yaml"
+)
 
 
 @dataclass(frozen=True)

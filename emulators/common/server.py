@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -11,6 +10,8 @@ import uvicorn
 from emulators.common.tls import ensure_certificates
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from starlette.types import ASGIApp
 
 log = logging.getLogger(__name__)

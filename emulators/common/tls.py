@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-DEFAULT_CERTS_DIR = Path(os.environ.get("MDS_PROJECT_DIR", Path(__file__).resolve().parents[2])) / "var/emulators/ca"
+DEFAULT_CERTS_DIR = (
+    Path(os.environ.get("MDS_PROJECT_DIR", Path(__file__).resolve().parents[2])) / "var/emulators/ca"
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,9 @@ def ensure_certificates(certs_dir: Path = DEFAULT_CERTS_DIR) -> CertPaths:
     Existing files are reused, so clients configured with the CA keep working across restarts.
     """
     certs_dir.mkdir(parents=True, exist_ok=True)
-    paths = CertPaths(ca=certs_dir / "ca.pem", cert=certs_dir / "server.pem", key=certs_dir / "server-key.pem")
+    paths = CertPaths(
+        ca=certs_dir / "ca.pem", cert=certs_dir / "server.pem", key=certs_dir / "server-key.pem"
+    )
     if paths.ca.exists() and paths.cert.exists() and paths.key.exists():
         return paths
 

@@ -93,7 +93,9 @@ def parse_settings(path: Path, env: dict[str, str] | None = None) -> AirflowSett
             value = _expand(entry.get(src), variables_env)
             if value in (None, "", {}):
                 continue
-            conn[dst] = json.dumps(value, sort_keys=True) if dst == "extra" and isinstance(value, dict) else value
+            conn[dst] = (
+                json.dumps(value, sort_keys=True) if dst == "extra" and isinstance(value, dict) else value
+            )
         if "conn_type" not in conn:
             raise SettingsError(f"{path}: connection {conn_id!r} has no conn_type")
         connections[conn_id] = conn

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -42,10 +43,11 @@ class RunningEmulator:
         """The ``verify`` argument for requests: the CA file, or True over plain http."""
         return str(self.ca_file) if self.ca_file else True
 
-    def admin(self, method: str, path: str, **kwargs: object) -> requests.Response:
+    def admin(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Call the emulator's ``/_emulator/`` admin area."""
-        resp = requests.request(method, f"{self.base_url}/_emulator/{path.lstrip('/')}",
-                                verify=self.verify, timeout=30, **kwargs)  # type: ignore[arg-type]
+        resp = requests.request(
+            method, f"{self.base_url}/_emulator/{path.lstrip('/')}", verify=self.verify, timeout=30, **kwargs
+        )
         resp.raise_for_status()
         return resp
 
@@ -87,12 +89,36 @@ def start_emulator(
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_DIR), env.get("PYTHONPATH", "")])
     if seed_scale is not None:
         subprocess.run(
-            [sys.executable, "-m", "emulators", "seed", side, "--db", str(db_path), "--scale", str(seed_scale)],
-            check=True, env=env, cwd=PROJECT_DIR,
+            [
+                sys.executable,
+                "-m",
+                "emulators",
+                "seed",
+                side,
+                "--db",
+                str(db_path),
+                "--scale",
+                str(seed_scale),
+            ],
+            check=True,
+            env=env,
+            cwd=PROJECT_DIR,
         )
     port = free_port()
-    argv = [sys.executable, "-m", "emulators", side, "--host", "127.0.0.1", "--port", str(port),
-            "--db", str(db_path), "--certs-dir", str(certs)]
+    argv = [
+        sys.executable,
+        "-m",
+        "emulators",
+        side,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        str(db_path),
+        "--certs-dir",
+        str(certs),
+    ]
     if not tls:
         argv.append("--no-tls")
     argv += extra_args or []
@@ -100,15 +126,18 @@ def start_emulator(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_DIR)
     scheme = "https" if tls else "http"
-    emu = RunningEmulator(side, f"{scheme}://127.0.0.1:{port}", certs / "ca.pem" if tls else None,
-                          db_path, proc, log_path)
+    emu = RunningEmulator(
+        side, f"{scheme}://127.0.0.1:{port}", certs / "ca.pem" if tls else None, db_path, proc, log_path
+    )
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{side} emulator exited early:\n{log_path.read_text()[-3000:]}")
         try:
             if emu.ca_file is None or emu.ca_file.exists():
-                requests.get(f"{emu.base_url}/_emulator/health", verify=emu.verify, timeout=2).raise_for_status()
+                requests.get(
+                    f"{emu.base_url}/_emulator/health", verify=emu.verify, timeout=2
+                ).raise_for_status()
                 return emu
         except requests.RequestException:
             pass

@@ -1,0 +1,92 @@
+"""Every DAG file imports cleanly and every DAG follows the project's policies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from crm_sync.alerting import SyncFailureNotifier
+from crm_sync.dag_defaults import TAG_VOCABULARY
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+# DAGs that are only ever triggered by hand, on purpose; any other DAG must have a schedule.
+MANUAL_ONLY: frozenset[str] = frozenset()
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    return DagBag(dag_folder=str(DAGS_DIR))
+
+
+def test_dags_folder_has_dag_files() -> None:
+    assert DAG_FILES, f"no DAG files in {DAGS_DIR}"
+
+
+def test_no_import_errors(dagbag: DagBag) -> None:
+    assert dagbag.import_errors == {}
+
+
+def test_every_file_defines_a_dag(dagbag: DagBag) -> None:
+    files_with_dags = {Path(dag.fileloc).name for dag in dagbag.dags.values()}
+    assert {p.name for p in DAG_FILES} <= files_with_dags
+
+
+def _dag_ids() -> list[str]:
+    return sorted(DagBag(dag_folder=str(DAGS_DIR)).dags)
+
+
+@pytest.mark.parametrize("dag_id", _dag_ids())
+def test_dag_policy(dagbag: DagBag, dag_id: str) -> None:
+    dag = dagbag.dags[dag_id]
+    assert dag.tags, f"{dag_id} has no tags"
+    unknown = set(dag.tags) - TAG_VOCABULARY
+    assert not unknown, f"{dag_id} uses tags outside the vocabulary: {sorted(unknown)}"
+    assert dag.doc_md, f"{dag_id} has no doc_md"
+    assert dag.catchup is False, f"{dag_id} must set catchup explicitly to False"
+    if dag_id not in MANUAL_ONLY:
+        assert dag.schedule is not None, f"{dag_id} has no schedule"
+    for task in dag.tasks:
+        where = f"{dag_id}.{task.task_id}"
+        assert task.owner, f"{where} has no owner"
+        assert task.owner != "airflow", f"{where} keeps Airflow's placeholder owner"
+        assert task.retries, f"{where} has no retries"
+        assert task.retry_exponential_backoff, f"{where} retries without exponential backoff"
+        assert task.retry_delay >= timedelta(seconds=1), f"{where} has no retry delay"
+        assert task.execution_timeout is not None, f"{where} has no execution timeout"
+        configured: Any = task.on_failure_callback
+        callbacks = configured if isinstance(configured, list) else [configured]
+        assert any(isinstance(cb, SyncFailureNotifier) for cb in callbacks), f"{where} has no failure alert"
+
+
+_NO_IO_AT_IMPORT = textwrap.dedent(
+    """
+    import importlib.util, socket, sqlite3, sys
+    def _forbidden(*args, **kwargs):
+        raise RuntimeError("network or database access at DAG import time")
+    socket.socket.connect = _forbidden
+    socket.create_connection = _forbidden
+    sqlite3.connect = _forbidden
+    import sqlalchemy.engine.base
+    sqlalchemy.engine.base.Engine.connect = _forbidden
+    spec = importlib.util.spec_from_file_location("dag_under_test", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    """
+)
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_makes_no_network_or_db_calls_at_import(dag_file: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_IO_AT_IMPORT, str(dag_file)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
