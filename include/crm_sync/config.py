@@ -1,0 +1,345 @@
+"""Entity configuration: one YAML file per entity, validated once into typed objects.
+
+Every entity the sync knows is described by a file in ``include/crm_sync/entities/``. The DAG
+factory and the engine read nothing else about an entity, so adding a custom entity is a new
+YAML file. Files are parsed with ``yaml.safe_load`` and validated with pydantic; any problem
+raises :class:`ConfigError` naming the file and the key path (``fields[3].option_set``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+log = logging.getLogger(__name__)
+
+ENTITIES_DIR = Path(__file__).resolve().parent / "entities"
+#: The sync-filter column every table may carry (sync-semantics §4.1); only an explicit No excludes.
+DEFAULT_FILTER_COLUMN = "new_synctomkto"
+
+
+class ConfigError(ValueError):
+    """An entity file is missing, malformed or inconsistent; the message names file and key."""
+
+
+class Direction(StrEnum):
+    """Which way data flows for an entity or a single field."""
+
+    BOTH = "both"
+    D2M = "d2m"  # Dynamics → Marketo
+    M2D = "m2d"  # Marketo → Dynamics
+
+    def includes(self, other: Direction) -> bool:
+        """Return True when data flowing ``other`` (d2m or m2d) is covered by this direction."""
+        return self is Direction.BOTH or self is other
+
+
+class Side(StrEnum):
+    """A system; used for conflict winners and required-field checks."""
+
+    MARKETO = "marketo"
+    DYNAMICS = "dynamics"
+
+
+class Cast(StrEnum):
+    """Value types a mapped field can have; see ``crm_sync.transforms.casts``."""
+
+    STRING = "string"
+    EMAIL = "email"
+    INTEGER = "integer"
+    DECIMAL = "decimal"
+    BOOLEAN = "boolean"
+    DATETIME = "datetime"
+    DATE = "date"
+    CHOICE = "choice"  # Dataverse option-set integer ↔ Marketo label
+    MULTICHOICE = "multichoice"  # Dataverse "1,3" ↔ Marketo "Label1;Label3"
+    GUID = "guid"
+    STRING_LIST = "string_list"  # list-valued column (team members) → ';'-joined string
+
+
+class DeletePolicy(StrEnum):
+    """What a Dynamics delete does on the Marketo side (sync-semantics §2.8, §6.5)."""
+
+    FLAG = "flag"  # set the sync-owned is-deleted field; never delete persons
+    DELETE = "delete"  # delete the Marketo record (companies, opportunities, custom objects)
+    IGNORE = "ignore"
+
+
+class MarketoObject(StrEnum):
+    """The Marketo object family an entity writes to; decides the REST path the hooks use."""
+
+    LEAD = "lead"
+    COMPANY = "company"
+    OPPORTUNITY = "opportunity"
+    OPPORTUNITY_ROLE = "opportunity_role"
+    SALES_PERSON = "sales_person"
+    CUSTOM_OBJECT = "custom_object"
+
+
+class _Strict(BaseModel):
+    """Base: unknown keys are errors (a typo must not silently disable a rule)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class FieldMap(_Strict):
+    """One mapped field: a Marketo field ↔ a Dataverse column with a cast and rules."""
+
+    marketo: str
+    dynamics: str
+    cast: Cast = Cast.STRING
+    direction: Direction | None = None  # None = the entity's direction
+    conflict_winner: Side | None = None  # None = the entity's rule
+    option_set: dict[int, str] | None = None
+    required: bool = False
+    max_length: int | None = Field(default=None, gt=0)
+    enabled: bool = True  # false keeps a documented mapping in the file without syncing it
+
+    @property
+    def name(self) -> str:
+        """Stable key of the field in hashes and conflict logs (the Marketo field name)."""
+        return self.marketo
+
+    @model_validator(mode="after")
+    def _choice_needs_map(self) -> FieldMap:
+        if self.cast in (Cast.CHOICE, Cast.MULTICHOICE) and not self.option_set:
+            raise ValueError(f"cast {self.cast.value!r} needs an option_set")
+        if self.option_set and len(set(self.option_set.values())) != len(self.option_set):
+            raise ValueError("option_set labels must be unique (Marketo → Dynamics maps labels back)")
+        return self
+
+
+class Lookup(_Strict):
+    """A Dataverse lookup column resolved through the id map into a Marketo field (D→M only).
+
+    ``targets`` maps the lookup's target table (``…@Microsoft.Dynamics.CRM.lookuplogicalname``)
+    to the entity whose id-map rows resolve it; a plain lookup has a single target and no
+    ``type_column``. ``value`` picks what lands in the Marketo field: the Dynamics GUID (the
+    external keys ``externalSalesPersonId``/``externalCompanyId`` are GUIDs) or the Marketo id.
+    """
+
+    dynamics: str
+    marketo: str
+    targets: dict[str, str]
+    type_column: str | None = None
+    value: str = "dynamics_id"
+    required: bool = False
+
+    @field_validator("value")
+    @classmethod
+    def _value_kind(cls, v: str) -> str:
+        if v not in ("dynamics_id", "marketo_id"):
+            raise ValueError("value must be 'dynamics_id' or 'marketo_id'")
+        return v
+
+    @model_validator(mode="after")
+    def _polymorphic_needs_type(self) -> Lookup:
+        if len(self.targets) > 1 and not self.type_column:
+            raise ValueError("a lookup with several targets needs type_column")
+        return self
+
+
+class DynamicsSide(_Strict):
+    """The Dataverse table of an entity."""
+
+    table: str = Field(max_length=64)
+    entity_set: str
+    key: str
+    filter_column: str | None = DEFAULT_FILTER_COLUMN
+    modified_column: str = "modifiedon"
+    expand: str | None = None  # $expand needed by the extractor (team members)
+
+
+class MarketoSide(_Strict):
+    """The Marketo object of an entity and its keys."""
+
+    object: MarketoObject
+    api_name: str | None = None  # custom objects only
+    key: str  # dedupe field the upserts use
+    id_field: str = "id"
+    person_type: str | None = None  # value of the sync-owned type field (Lead / Contact)
+    type_field: str | None = None
+    deleted_field: str | None = None
+    record_id_field: str | None = None  # sync-owned copy of the Dataverse GUID
+    email_field: str | None = None
+    sync_flag_field: str | None = None  # Marketo-only persons flagged for creation in Dynamics
+
+    @model_validator(mode="after")
+    def _custom_needs_api_name(self) -> MarketoSide:
+        if self.object is MarketoObject.CUSTOM_OBJECT and not self.api_name:
+            raise ValueError("object custom_object needs api_name")
+        return self
+
+
+class RoleRule(_Strict):
+    """Opportunity contact roles derived from a polymorphic customer lookup (§2.4)."""
+
+    entity: str  # name used for these rows in the id map and error tables
+    lookup: str  # the lookup column, e.g. _customerid_value
+    type_column: str
+    when_type: str = "contact"
+    person_entity: str = "contact"
+    role: str = "Customer"
+    is_primary: bool = True
+
+
+class EntityConfig(_Strict):
+    """Everything the engine and the DAG factory know about one entity."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,32}$")
+    description: str = ""
+    custom: bool = False
+    dynamics: DynamicsSide
+    marketo: MarketoSide
+    direction: Direction
+    conflict_winner: Side = Side.DYNAMICS
+    fields: tuple[FieldMap, ...]
+    lookups: tuple[Lookup, ...] = ()
+    roles: RoleRule | None = None
+    delete_policy: DeletePolicy = DeletePolicy.FLAG
+    dedup_by_email: bool = False
+    batch_size: int = Field(default=300, gt=0, le=300)
+    schedule: str = "*/5 * * * *"
+    priority: int = Field(default=50, ge=0)
+    depends_on: tuple[str, ...] = ()
+    source_path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("fields", mode="after")
+    @classmethod
+    def _drop_disabled(cls, fields: tuple[FieldMap, ...]) -> tuple[FieldMap, ...]:
+        return tuple(f for f in fields if f.enabled)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EntityConfig:
+        if not self.fields:
+            raise ValueError("fields: at least one enabled field is needed")
+        seen_m: set[str] = set()
+        seen_d: set[str] = set()
+        for i, f in enumerate(self.fields):
+            if f.marketo in seen_m:
+                raise ValueError(f"fields[{i}]: Marketo field {f.marketo!r} mapped twice")
+            if f.dynamics in seen_d:
+                raise ValueError(f"fields[{i}]: Dataverse column {f.dynamics!r} mapped twice")
+            seen_m.add(f.marketo)
+            seen_d.add(f.dynamics)
+            if f.direction is not None and not self.direction.includes(f.direction):
+                raise ValueError(
+                    f"fields[{i}] ({f.marketo}): direction {f.direction.value} outside the entity's "
+                    f"{self.direction.value}"
+                )
+        return self
+
+    def field_direction(self, field: FieldMap) -> Direction:
+        """Return the effective direction of ``field`` (its override or the entity's)."""
+        return field.direction or self.direction
+
+    def fields_for(self, direction: Direction) -> tuple[FieldMap, ...]:
+        """Return the fields that flow ``direction`` (``Direction.D2M`` or ``Direction.M2D``)."""
+        return tuple(f for f in self.fields if self.field_direction(f).includes(direction))
+
+    def winner(self, field: FieldMap) -> Side:
+        """Return which side wins when ``field`` changed on both sides since the last sync."""
+        if self.field_direction(field) is Direction.D2M:
+            return Side.DYNAMICS
+        if self.field_direction(field) is Direction.M2D:
+            return Side.MARKETO
+        return field.conflict_winner or self.conflict_winner
+
+    @property
+    def writes_dynamics(self) -> bool:
+        """True when the entity ever writes to Dataverse."""
+        return self.direction is not Direction.D2M
+
+    @property
+    def dag_id(self) -> str:
+        """DAG id of the entity's incremental sync (``sync_<name>`` / ``sync_custom_<name>``)."""
+        return f"sync_custom_{self.name}" if self.custom else f"sync_{self.name}"
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location as ``fields[3].option_set``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top>"
+
+
+def parse_entity(data: Any, source: Path | str = "<memory>") -> EntityConfig:
+    """Validate one entity mapping already loaded from YAML.
+
+    Args:
+        data: The parsed YAML document.
+        source: File name used in error messages.
+
+    Returns:
+        The validated entity.
+
+    Raises:
+        ConfigError: The document is not a mapping or fails validation; names file and key.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        entity = EntityConfig.model_validate({**data, "source_path": Path(source)})
+    except ValidationError as exc:
+        problems = "; ".join(f"{_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+    return entity
+
+
+def load_entity(path: Path) -> EntityConfig:
+    """Load and validate one entity YAML file.
+
+    Raises:
+        ConfigError: The file cannot be read, is not valid YAML or fails validation.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot load: {exc}") from None
+    entity = parse_entity(data, path)
+    if entity.name != path.stem:
+        raise ConfigError(f"{path}: name: {entity.name!r} must equal the file name {path.stem!r}")
+    return entity
+
+
+def load_entities(directory: Path = ENTITIES_DIR) -> dict[str, EntityConfig]:
+    """Load every ``*.yaml`` in ``directory`` and check references between entities.
+
+    Args:
+        directory: Folder holding one YAML file per entity.
+
+    Returns:
+        Entities by name, ordered by (priority, name): the dependency order of upserts.
+
+    Raises:
+        ConfigError: A file is invalid, or a lookup/role/dependency names an unknown entity.
+    """
+    paths = sorted(directory.glob("*.yaml"))
+    if not paths:
+        raise ConfigError(f"{directory}: no entity *.yaml files found")
+    entities = {e.name: e for e in (load_entity(p) for p in paths)}
+    for e in entities.values():
+        _check_references(e, entities)
+    ordered = sorted(entities.values(), key=lambda e: (e.priority, e.name))
+    log.debug("loaded %d entities from %s", len(ordered), directory)
+    return {e.name: e for e in ordered}
+
+
+def _check_references(entity: EntityConfig, known: Mapping[str, EntityConfig]) -> None:
+    """Fail when ``entity`` refers to an entity that has no YAML file."""
+    refs: list[tuple[str, str]] = [(f"depends_on[{i}]", d) for i, d in enumerate(entity.depends_on)]
+    for i, lk in enumerate(entity.lookups):
+        refs += [(f"lookups[{i}].targets.{t}", name) for t, name in lk.targets.items()]
+    if entity.roles:
+        refs.append(("roles.person_entity", entity.roles.person_entity))
+    for key, name in refs:
+        if name not in known:
+            raise ConfigError(f"{entity.source_path}: {key}: unknown entity {name!r}")

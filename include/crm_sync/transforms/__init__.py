@@ -1,0 +1,58 @@
+"""Vectorised pandas transforms between Dataverse rows and Marketo records.
+
+Typical D→M use for one batch::
+
+    rows, skipped = apply_sync_filter(raw, entity)
+    mapped = dynamics_to_canonical(rows, entity, id_map)       # .frame, .errors
+    res = resolve_changes(entity, mapped.frame, marketo_side, last_hashes)
+    payload = to_records(res.to_marketo.loc[res.marketo_ids], res.to_marketo_mask.loc[res.marketo_ids],
+                         always=(entity.marketo.key,))
+"""
+
+from __future__ import annotations
+
+from crm_sync.transforms.casts import EMAIL_PATTERN, CastResult, to_canonical, to_dynamics_values
+from crm_sync.transforms.conflicts import CONFLICT_COLUMNS, Resolution, resolve_changes, tracked_columns
+from crm_sync.transforms.errors import ERROR_COLUMNS, SchemaError, TransformResult
+from crm_sync.transforms.filters import apply_sync_filter, sync_filter_mask
+from crm_sync.transforms.hashing import changed, field_hashes, hashes_frame, hashes_to_dicts, record_hash
+from crm_sync.transforms.lookups import ID_MAP_COLUMNS, empty_id_map, opportunity_roles, resolve_lookups
+from crm_sync.transforms.mapping import (
+    DYNAMICS_ID,
+    MARKETO_ID,
+    canonical_to_dynamics,
+    dynamics_to_canonical,
+    marketo_to_canonical,
+    to_records,
+)
+
+__all__ = [
+    "CONFLICT_COLUMNS",
+    "DYNAMICS_ID",
+    "EMAIL_PATTERN",
+    "ERROR_COLUMNS",
+    "ID_MAP_COLUMNS",
+    "MARKETO_ID",
+    "CastResult",
+    "Resolution",
+    "SchemaError",
+    "TransformResult",
+    "apply_sync_filter",
+    "canonical_to_dynamics",
+    "changed",
+    "dynamics_to_canonical",
+    "empty_id_map",
+    "field_hashes",
+    "hashes_frame",
+    "hashes_to_dicts",
+    "marketo_to_canonical",
+    "opportunity_roles",
+    "record_hash",
+    "resolve_changes",
+    "resolve_lookups",
+    "sync_filter_mask",
+    "to_canonical",
+    "to_dynamics_values",
+    "to_records",
+    "tracked_columns",
+]

@@ -1,0 +1,43 @@
+"""The Dataverse sync filter (sync-semantics §4): only an explicit No keeps a row out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from crm_sync.config import EntityConfig
+
+_NO = {"false", "0", "no"}
+
+
+def sync_filter_mask(rows: pd.DataFrame, entity: EntityConfig) -> pd.Series:
+    """Return True for the rows that pass the entity's sync filter.
+
+    A table without a configured filter column, or whose extract lacks the column, syncs all
+    rows (§4.2). Empty (null) and Yes sync; only an explicit No (``False``, ``0``, ``"false"``)
+    is excluded.
+
+    Args:
+        rows: Dataverse rows.
+        entity: The entity configuration.
+
+    Returns:
+        Boolean mask aligned with ``rows``.
+    """
+    column = entity.dynamics.filter_column
+    if not column or column not in rows:
+        return pd.Series(True, index=rows.index)
+    values = rows[column]
+    if pd.api.types.is_bool_dtype(values.dtype):
+        explicit_no = values.eq(False).fillna(False)
+    else:
+        explicit_no = values.notna() & values.astype("str").str.strip().str.lower().isin(_NO)
+    return ~explicit_no.astype(bool)
+
+
+def apply_sync_filter(rows: pd.DataFrame, entity: EntityConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``rows`` into (synced, filtered out); the second set is counted as skipped."""
+    keep = sync_filter_mask(rows, entity).to_numpy()
+    return rows.loc[keep], rows.loc[~keep]

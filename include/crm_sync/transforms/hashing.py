@@ -1,0 +1,72 @@
+"""Stable hashes of canonical values, per field and per record, for echo suppression.
+
+A hash is a signed 64-bit integer (SipHash with pandas' fixed key, so it is identical across
+processes and runs). Hashes are taken on canonical values (see
+:mod:`crm_sync.transforms.casts`), so the same value read from Marketo or from Dataverse hashes
+the same, and a value the sync wrote does not come back as a change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+
+def value_hash(values: pd.Series) -> pd.Series:
+    """Hash each value of one canonical column (missing values get one fixed hash)."""
+    hashed = pd.util.hash_pandas_object(values, index=False).to_numpy()
+    return pd.Series(hashed.view(np.int64), index=values.index)
+
+
+def field_hashes(canonical: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
+    """Hash each named field of a canonical frame.
+
+    Args:
+        canonical: Canonical values under Marketo field names.
+        names: Fields to hash; names absent from ``canonical`` are skipped.
+
+    Returns:
+        ``int64`` frame with the same index and one column per hashed field.
+    """
+    cols = {n: value_hash(canonical[n]) for n in names if n in canonical}
+    return pd.DataFrame(cols, index=canonical.index)
+
+
+def record_hash(hashes: pd.DataFrame) -> pd.Series:
+    """Combine per-field hashes into one ``int64`` per record (column order does not matter)."""
+    ordered = hashes[sorted(hashes.columns)]
+    combined = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
+    return pd.Series(combined.view(np.int64), index=hashes.index)
+
+
+def hashes_frame(stored: Sequence[Mapping[str, int] | None], index: Sequence[str]) -> pd.DataFrame:
+    """Turn stored per-field hash dicts (id map ``field_hashes``) into a nullable ``Int64`` frame.
+
+    Args:
+        stored: One dict per record (``None`` when nothing was synced yet).
+        index: Record keys (Dataverse GUIDs) aligned with ``stored``.
+    """
+    frame = pd.DataFrame.from_records([d or {} for d in stored], index=pd.Index(index, dtype="str"))
+    return frame.astype("Int64")
+
+
+def hashes_to_dicts(hashes: pd.DataFrame) -> list[dict[str, int]]:
+    """Per-record dicts of the non-missing hashes, for storing in the id map."""
+    plain = hashes.astype(object).where(hashes.notna(), None)
+    return [{k: int(v) for k, v in row.items() if v is not None} for row in plain.to_dict("records")]
+
+
+def changed(current: pd.DataFrame, last: pd.DataFrame) -> pd.DataFrame:
+    """True where a field's current hash differs from the last synced one (or none is known).
+
+    Args:
+        current: Hashes of the incoming values (index = record key).
+        last: Stored hashes (any subset of records/fields; missing = never synced).
+    """
+    aligned = last.reindex(index=current.index, columns=current.columns).astype("Int64")
+    return (aligned.isna() | aligned.ne(current)).astype(bool)
