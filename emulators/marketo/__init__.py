@@ -1,0 +1,1 @@
+"""Local emulator of the Adobe Marketo Engage REST API (identity, lead database, bulk)."""

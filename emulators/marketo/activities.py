@@ -1,0 +1,237 @@
+"""Activity log: New Lead (12), Change Data Value (13) and Delete Lead (37), and their feeds.
+
+Every API write of a lead appends activities (reference §15.8). A paging token encodes the id
+of the last activity a client has seen, so "changes since a token" is exactly the activities
+with a larger id: nothing is returned twice and nothing is skipped, whatever the clock does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, insert, text
+
+from emulators.marketo.envelope import MarketoError, decode_token, encode_token
+from emulators.marketo.fields import LEAD_FIELD_IDS, LEAD_FIELD_MAP
+from emulators.marketo.store import activities
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+TOKEN_KIND = "act"
+NEW_LEAD, CHANGE_DATA_VALUE, DELETE_LEAD = 12, 13, 37
+
+ACTIVITY_TYPES: list[dict[str, Any]] = [
+    {
+        "id": 1,
+        "name": "Visit Webpage",
+        "description": "User visits a web page",
+        "primaryAttribute": {"name": "Webpage ID", "dataType": "integer"},
+        "attributes": [
+            {"name": "Client IP Address", "dataType": "string"},
+            {"name": "Query Parameters", "dataType": "string"},
+        ],
+    },
+    {
+        "id": 2,
+        "name": "Fill Out Form",
+        "description": "User fills out and submits form on web page",
+        "primaryAttribute": {"name": "Webform ID", "dataType": "integer"},
+        "attributes": [
+            {"name": "Client IP Address", "dataType": "string"},
+            {"name": "Form Fields", "dataType": "text"},
+        ],
+    },
+    {
+        "id": NEW_LEAD,
+        "name": "New Lead",
+        "description": "New person/record is added to the lead database",
+        "primaryAttribute": {"name": "Lead ID", "dataType": "integer"},
+        "attributes": [{"name": "Source Type", "dataType": "string"}],
+    },
+    {
+        "id": CHANGE_DATA_VALUE,
+        "name": "Change Data Value",
+        "description": "Changed attribute value for a person",
+        "primaryAttribute": {"name": "Attribute Name", "dataType": "integer"},
+        "attributes": [
+            {"name": "New Value", "dataType": "text"},
+            {"name": "Old Value", "dataType": "text"},
+            {"name": "Reason", "dataType": "text"},
+            {"name": "Source", "dataType": "string"},
+        ],
+    },
+    {
+        "id": DELETE_LEAD,
+        "name": "Delete Lead",
+        "description": "Delete lead from the lead database",
+        "primaryAttribute": {"name": "Lead ID", "dataType": "integer"},
+        "attributes": [{"name": "Remove from CRM", "dataType": "boolean"}],
+    },
+]
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One changed field of one lead."""
+
+    lead_id: int
+    field: str
+    old: Any
+    new: Any
+
+
+def append(conn: Connection, first_id: int, rows: list[dict[str, Any]]) -> None:
+    """Insert activity rows, numbering them from ``first_id``."""
+    if not rows:
+        return
+    for offset, row in enumerate(rows):
+        row["id"] = first_id + offset
+    conn.execute(insert(activities), rows)
+
+
+def new_lead_rows(lead_ids: Iterable[int], when: str, source: str) -> list[dict[str, Any]]:
+    attrs = json.dumps({"attributes": [{"name": "Source Type", "value": source}], "fields": []})
+    return [
+        {
+            "leadId": i,
+            "activityDate": when,
+            "activityTypeId": NEW_LEAD,
+            "primaryAttributeValueId": i,
+            "primaryAttributeValue": str(i),
+            "fieldName": None,
+            "payload": attrs,
+        }
+        for i in lead_ids
+    ]
+
+
+def change_rows(changes: Sequence[FieldChange], when: str, reason: str) -> list[dict[str, Any]]:
+    rows = []
+    for ch in changes:
+        field_id = LEAD_FIELD_IDS[ch.field]
+        payload = {
+            "fields": [{"id": field_id, "name": ch.field, "newValue": ch.new, "oldValue": ch.old}],
+            "attributes": [
+                {"name": "Reason", "value": reason},
+                {"name": "Source", "value": reason},
+                {"name": "Lead ID", "value": ch.lead_id},
+            ],
+        }
+        rows.append(
+            {
+                "leadId": ch.lead_id,
+                "activityDate": when,
+                "activityTypeId": CHANGE_DATA_VALUE,
+                "primaryAttributeValueId": field_id,
+                "primaryAttributeValue": LEAD_FIELD_MAP[ch.field].display,
+                "fieldName": ch.field,
+                "payload": json.dumps(payload),
+            }
+        )
+    return rows
+
+
+def delete_rows(deleted: Sequence[tuple[int, str]], when: str) -> list[dict[str, Any]]:
+    payload = json.dumps({"attributes": [], "fields": []})
+    return [
+        {
+            "leadId": lead_id,
+            "activityDate": when,
+            "activityTypeId": DELETE_LEAD,
+            "primaryAttributeValueId": lead_id,
+            "primaryAttributeValue": name,
+            "fieldName": None,
+            "payload": payload,
+        }
+        for lead_id, name in deleted
+    ]
+
+
+def token_since(conn: Connection, since: str) -> str:
+    """Return the paging token for activities at or after ``since`` (normalised ``...Z``)."""
+    first = conn.execute(
+        text("SELECT MIN(id) FROM activities WHERE activityDate >= :since"), {"since": since}
+    ).scalar()
+    if first is None:
+        last = conn.execute(text("SELECT MAX(id) FROM activities")).scalar()
+        return encode_token(TOKEN_KIND, int(last or 0))
+    return encode_token(TOKEN_KIND, int(first) - 1)
+
+
+def page(
+    conn: Connection,
+    token: str,
+    type_ids: Sequence[int],
+    batch: int,
+    lead_ids: Sequence[int] = (),
+    fields: Sequence[str] | None = None,
+) -> tuple[list[dict[str, Any]], str, bool]:
+    """Return one page of activities after ``token``: (records, next token, more).
+
+    Args:
+        conn: Open connection.
+        token: Position token from ``pagingtoken`` or a previous page.
+        type_ids: Activity types wanted.
+        batch: Page size (≤ 300).
+        lead_ids: Only activities of these leads, when given.
+        fields: Lead changes mode: Change Data Value activities only for these fields (New
+            Lead activities always pass).
+    """
+    after = decode_token(token, TOKEN_KIND)
+    where = ["id > :after", f"activityTypeId IN ({','.join(str(int(t)) for t in type_ids)})"]
+    args: dict[str, Any] = {"after": after, "limit": batch + 1}
+    if lead_ids:
+        where.append(f"leadId IN ({','.join(str(int(i)) for i in lead_ids)})")
+    if fields is not None:
+        names = ",".join(f":f{i}" for i in range(len(fields))) or "NULL"
+        where.append(f"(activityTypeId != {CHANGE_DATA_VALUE} OR fieldName IN ({names}))")
+        args.update({f"f{i}": name for i, name in enumerate(fields)})
+    rows = (
+        conn.execute(
+            text(f"SELECT * FROM activities WHERE {' AND '.join(where)} ORDER BY id LIMIT :limit"), args
+        )
+        .mappings()
+        .all()
+    )
+    more = len(rows) > batch
+    rows = rows[:batch]
+    if rows:
+        last = int(rows[-1]["id"])
+    else:
+        # Nothing new: the resume point moves to the newest activity, so the next call does
+        # not rescan activities of other types that were already passed over.
+        newest = conn.execute(text("SELECT MAX(id) FROM activities")).scalar()
+        last = max(after, int(newest or 0))
+    return [_record(r, fields is not None) for r in rows], encode_token(TOKEN_KIND, last), more
+
+
+def _record(row: Any, with_fields: bool) -> dict[str, Any]:
+    payload = json.loads(row["payload"])
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "marketoGUID": str(row["id"]),
+        "leadId": row["leadId"],
+        "activityDate": row["activityDate"],
+        "activityTypeId": row["activityTypeId"],
+        "primaryAttributeValueId": row["primaryAttributeValueId"],
+        "primaryAttributeValue": row["primaryAttributeValue"],
+        "attributes": payload.get("attributes", []),
+    }
+    if with_fields:
+        out["fields"] = payload.get("fields", [])
+    return out
+
+
+def parse_type_ids(values: Sequence[Any]) -> list[int]:
+    """Validate ``activityTypeIds`` (1 to 10 integers)."""
+    if not values:
+        raise MarketoError("1003", "activityTypeIds is required")
+    if len(values) > 10:
+        raise MarketoError("1003", "At most 10 activityTypeIds are allowed")
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise MarketoError("1003", f"Invalid activityTypeIds {list(values)!r}") from None

@@ -1,0 +1,386 @@
+"""Field catalogues of the emulated Marketo objects, and value validation.
+
+The lead fields are Marketo's standard person fields used by the default Dynamics mapping
+(sync reference §3.1–3.3) plus the custom fields a non-native sync owns (§3.6, §3.7):
+``externalPersonId``, ``msdType``, ``msdRecordId``, ``msdCreatedDate`` and ``msdIsDeleted``.
+Field names are the REST API names; every catalogue is data so describe, validation,
+storage and the bulk files all come from one place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+STRING_TYPES = frozenset({"string", "text", "email", "phone", "url", "reference", "link"})
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    """One field of an emulated object.
+
+    Attributes:
+        name: REST API name.
+        display: Display name (describe's ``displayName``).
+        data_type: Marketo data type (``string``, ``email``, ``integer``, ``datetime``...).
+        length: Maximum length for string-like types.
+        updateable: Whether API writes may set it.
+        searchable: Whether it may be used as ``filterType``.
+    """
+
+    name: str
+    display: str
+    data_type: str = "string"
+    length: int | None = None
+    updateable: bool = True
+    searchable: bool = False
+
+    @property
+    def max_length(self) -> int | None:
+        if self.length is not None:
+            return self.length
+        return 255 if self.data_type in STRING_TYPES - {"text"} else None
+
+
+def _f(name: str, display: str, data_type: str = "string", **kw: Any) -> FieldDef:
+    return FieldDef(name, display, data_type, **kw)
+
+
+LEAD_FIELDS: tuple[FieldDef, ...] = (
+    _f("id", "Id", "integer", updateable=False, searchable=True),
+    _f("email", "Email Address", "email", searchable=True),
+    _f("salutation", "Salutation"),
+    _f("firstName", "First Name"),
+    _f("middleName", "Middle Name"),
+    _f("lastName", "Last Name"),
+    _f("title", "Job Title"),
+    _f("phone", "Phone Number", "phone"),
+    _f("mobilePhone", "Mobile Phone Number", "phone"),
+    _f("fax", "Fax Number", "phone"),
+    _f("address", "Address", "text"),
+    _f("city", "City"),
+    _f("state", "State"),
+    _f("country", "Country"),
+    _f("postalCode", "Postal Code"),
+    _f("company", "Company Name"),
+    _f("annualRevenue", "Annual Revenue", "currency"),
+    _f("website", "Website", "url"),
+    _f("leadSource", "Person Source"),
+    _f("leadStatus", "Person Status"),
+    _f("rating", "Person Rating"),
+    _f("doNotCall", "Do Not Call", "boolean"),
+    _f("unsubscribed", "Unsubscribed", "boolean"),
+    _f("leadScore", "Person Score", "score"),
+    _f("relativeScore", "Relative Score", "integer"),
+    _f("priority", "Priority", "integer"),
+    _f("urgency", "Urgency", "float"),
+    _f("leadPartitionId", "Lead Partition Id", "integer", searchable=True),
+    _f("externalCompanyId", "External Company Id", searchable=True),
+    _f("externalSalesPersonId", "External Sales Person Id", searchable=True),
+    # Sync-owned custom fields (sync reference §3.6/§3.7); the keys a sync reads back by.
+    _f("externalPersonId", "External Person Id", searchable=True),
+    _f("msdType", "Microsoft Type", searchable=True),
+    _f("msdRecordId", "Microsoft Record Id", length=36, searchable=True),
+    _f("msdCreatedDate", "Microsoft Created Date", "datetime"),
+    _f("msdIsDeleted", "Microsoft is Deleted", "boolean"),
+    _f("msiLastInterestingMomentDate", "Last Interesting Moment Date", "datetime", updateable=False),
+    _f("msiLastInterestingMomentDesc", "Last Interesting Moment Desc", updateable=False),
+    _f("createdAt", "Created At", "datetime", updateable=False),
+    _f("updatedAt", "Updated At", "datetime", updateable=False),
+)
+LEAD_FIELD_MAP = {f.name: f for f in LEAD_FIELDS}
+# Field ids as describe reports them (Data Value Change activities carry them too).
+LEAD_FIELD_IDS = {f.name: i + 1 for i, f in enumerate(LEAD_FIELDS)}
+LEAD_DEFAULT_FIELDS = ("id", "email", "updatedAt", "createdAt", "firstName", "lastName")
+LEAD_SEARCHABLE = tuple(f.name for f in LEAD_FIELDS if f.searchable)
+
+
+@dataclass(frozen=True)
+class ObjectType:
+    """A non-lead Lead-Database object (company, opportunity, role, sales person, custom object).
+
+    Attributes:
+        kind: Storage kind and stats label (``company``, ``opportunity``...).
+        name: Describe ``name``.
+        id_field: ``id`` (integer ids) or ``marketoGUID``.
+        dedupe_fields: Fields forming the external key (several = compound key).
+        searchable: Searchable field groups (describe ``searchableFields``).
+        fields: All fields, system fields included.
+        links: Field name -> (object kind, field) the value must exist in, for references
+            checked on write (opportunity roles point at opportunities and leads).
+    """
+
+    kind: str
+    name: str
+    id_field: str
+    dedupe_fields: tuple[str, ...]
+    searchable: tuple[tuple[str, ...], ...]
+    fields: tuple[FieldDef, ...]
+    links: tuple[tuple[str, str, str], ...] = ()
+    api_name: str | None = None
+    plural_name: str | None = None
+
+    @property
+    def field_map(self) -> dict[str, FieldDef]:
+        return {f.name: f for f in self.fields}
+
+    @property
+    def default_fields(self) -> tuple[str, ...]:
+        return (self.id_field, *self.dedupe_fields, "createdAt", "updatedAt")
+
+
+_SYSTEM = (
+    _f("createdAt", "Created At", "datetime", updateable=False),
+    _f("updatedAt", "Updated At", "datetime", updateable=False),
+)
+_GUID = _f("marketoGUID", "Marketo GUID", length=36, updateable=False)
+_INT_ID = _f("id", "Id", "integer", updateable=False)
+
+COMPANY = ObjectType(
+    kind="company",
+    name="Company",
+    id_field="id",
+    dedupe_fields=("externalCompanyId",),
+    searchable=(("externalCompanyId",), ("id",), ("company",)),
+    fields=(
+        _INT_ID,
+        _f("externalCompanyId", "External Company Id", length=100, updateable=False),
+        _f("company", "Company Name"),
+        _f("billingStreet", "Billing Address", "text"),
+        _f("billingCity", "Billing City"),
+        _f("billingState", "Billing State"),
+        _f("billingCountry", "Billing Country"),
+        _f("billingPostalCode", "Billing Postal Code"),
+        _f("mainPhone", "Main Phone", "phone"),
+        _f("annualRevenue", "Annual Revenue", "currency"),
+        _f("industry", "Industry"),
+        _f("sicCode", "SIC Code", length=40),
+        _f("website", "Website", "url"),
+        _f("numberOfEmployees", "Num Employees", "integer"),
+        _f("externalSalesPersonId", "External Sales Person Id"),
+        *_SYSTEM,
+    ),
+)
+
+OPPORTUNITY = ObjectType(
+    kind="opportunity",
+    name="Opportunity",
+    id_field="marketoGUID",
+    dedupe_fields=("externalOpportunityId",),
+    searchable=(("externalOpportunityId",), ("marketoGUID",), ("externalCompanyId",)),
+    fields=(
+        _GUID,
+        _f("externalOpportunityId", "External Opportunity Id", length=50, updateable=False),
+        _f("name", "Name"),
+        _f("description", "Description", "text"),
+        _f("stage", "Stage"),
+        _f("probability", "Probability", "integer"),
+        _f("amount", "Amount", "currency"),
+        _f("closeDate", "Close Date", "date"),
+        _f("isClosed", "Is Closed", "boolean"),
+        _f("isWon", "Is Won", "boolean"),
+        _f("externalCompanyId", "External Company Id"),
+        _f("externalSalesPersonId", "External Sales Person Id"),
+        *_SYSTEM,
+    ),
+    links=(("externalSalesPersonId", "salesperson", "externalSalesPersonId"),),
+)
+
+OPPORTUNITY_ROLE = ObjectType(
+    kind="opportunityrole",
+    name="Opportunity Role",
+    id_field="marketoGUID",
+    dedupe_fields=("externalOpportunityId", "leadId", "role"),
+    searchable=(
+        ("externalOpportunityId", "leadId", "role"),
+        ("marketoGUID",),
+        ("leadId",),
+        ("externalOpportunityId",),
+    ),
+    fields=(
+        _GUID,
+        _f("externalOpportunityId", "External Opportunity Id", length=50, updateable=False),
+        _f("leadId", "Lead Id", "integer", updateable=False),
+        _f("role", "Role", updateable=False),
+        _f("isPrimary", "Is Primary", "boolean"),
+        _f("externalCreatedDate", "External Created Date", "datetime"),
+        *_SYSTEM,
+    ),
+    links=(
+        ("externalOpportunityId", "opportunity", "externalOpportunityId"),
+        ("leadId", "lead", "id"),
+    ),
+)
+
+SALES_PERSON = ObjectType(
+    kind="salesperson",
+    name="Sales Person",
+    id_field="id",
+    dedupe_fields=("externalSalesPersonId",),
+    searchable=(("externalSalesPersonId",), ("id",), ("email",)),
+    fields=(
+        _INT_ID,
+        _f("externalSalesPersonId", "External Sales Person Id", updateable=False),
+        _f("email", "Email", "email"),
+        _f("firstName", "First Name"),
+        _f("lastName", "Last Name"),
+        _f("phone", "Phone", "phone"),
+        _f("mobilePhone", "Mobile Phone", "phone"),
+        _f("title", "Title"),
+        *_SYSTEM,
+    ),
+)
+
+# The demo custom object: the counterpart of the Dynamics custom entity (a "widget" table,
+# Dataverse ``new_widget``), linked to persons through the sync's person key.
+WIDGET = ObjectType(
+    kind="co.widget_c",
+    name="widget_c",
+    api_name="widget_c",
+    plural_name="Widgets",
+    id_field="marketoGUID",
+    dedupe_fields=("widgetId",),
+    searchable=(("widgetId",), ("marketoGUID",), ("leadExternalId",)),
+    fields=(
+        _GUID,
+        _f("widgetId", "Widget Id", length=36, updateable=False),
+        _f("name", "Name"),
+        _f("status", "Status"),
+        _f("score", "Score", "integer"),
+        _f("amount", "Amount", "currency"),
+        _f("validUntil", "Valid Until", "datetime"),
+        _f("leadExternalId", "Person External Id", "link"),
+        *_SYSTEM,
+    ),
+)
+
+OBJECT_TYPES: dict[str, ObjectType] = {
+    "companies": COMPANY,
+    "opportunities": OPPORTUNITY,
+    "opportunities/roles": OPPORTUNITY_ROLE,
+    "salespersons": SALES_PERSON,
+}
+CUSTOM_OBJECTS: dict[str, ObjectType] = {"widget_c": WIDGET}
+
+
+class FieldValueError(ValueError):
+    """A value that does not fit its field; ``code`` is the Marketo reason code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
+)
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def _invalid(value: Any, data_type: str, name: str) -> FieldValueError:
+    # Marketo's 1001 wording, plus the field name so the caller can tell which value failed.
+    return FieldValueError(
+        "1001", f"Invalid value '{value}'. Required of type '{data_type}' for field '{name}'"
+    )
+
+
+def format_datetime(value: dt.datetime) -> str:
+    """Render a datetime the way Marketo does in records: UTC, seconds, ``Z``."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_datetime(text: str) -> dt.datetime:
+    """Parse ISO-8601 with ``Z``, ``+0000`` or ``+00:00`` offsets; naive values are UTC.
+
+    Raises:
+        ValueError: ``text`` is not a datetime.
+    """
+    text = text.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    elif re.search(r"[+-]\d{4}$", text):
+        text = f"{text[:-2]}:{text[-2:]}"
+    value = dt.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def normalize(field: FieldDef, value: Any) -> Any:
+    """Return ``value`` as stored for ``field`` (None for null/empty).
+
+    Raises:
+        FieldValueError: The value does not fit the field's type (code 1001).
+    """
+    if value is None or (isinstance(value, str) and value.strip() == "") or value == "null":
+        return None
+    kind = field.data_type
+    if kind in STRING_TYPES:
+        if isinstance(value, (dict, list, bool)):
+            raise _invalid(value, kind, field.name)
+        text = str(value)
+        if kind == "email" and (not text.isascii() or not _EMAIL.match(text)):
+            raise _invalid(text, "email", field.name)
+        limit = field.max_length
+        if limit is not None and len(text) > limit:
+            raise FieldValueError("1001", f"Invalid value for '{field.name}': longer than {limit} characters")
+        return text
+    if kind in ("integer", "score"):
+        if isinstance(value, bool):
+            raise _invalid(value, "integer", field.name)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+        raise _invalid(value, "integer", field.name)
+    if kind in ("float", "currency", "percent"):
+        if isinstance(value, bool):
+            raise _invalid(value, kind, field.name)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise _invalid(value, kind, field.name) from None
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return int(value)
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return 1
+        if text in _FALSE:
+            return 0
+        raise _invalid(value, "boolean", field.name)
+    if kind == "datetime":
+        try:
+            return format_datetime(parse_datetime(str(value)))
+        except ValueError:
+            raise _invalid(value, "datetime", field.name) from None
+    if kind == "date":
+        try:
+            return dt.date.fromisoformat(str(value)[:10]).isoformat()
+        except ValueError:
+            raise _invalid(value, "date", field.name) from None
+    return value
+
+
+def to_json(field: FieldDef, stored: Any) -> Any:
+    """Return a stored value as the API shows it (booleans back to true/false)."""
+    if stored is None:
+        return None
+    if field.data_type == "boolean":
+        return bool(stored)
+    return stored
+
+
+def to_csv(field: FieldDef, stored: Any) -> str:
+    """Return a stored value as a bulk file cell; null is the literal ``null`` as in Marketo."""
+    if stored is None:
+        return "null"
+    if field.data_type == "boolean":
+        return "true" if stored else "false"
+    return str(stored)

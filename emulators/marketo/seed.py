@@ -1,0 +1,293 @@
+"""Deterministic demo data for the Marketo emulator.
+
+Faker makes pools of names, titles, cities and companies once; rows are then assembled from
+the pools with a seeded ``random.Random`` and written with ``executemany`` in large chunks, so a
+million leads take seconds, not the hours that one Faker call per value would.
+
+Proportions per ``scale`` leads: 1/20 companies and opportunities (one role each), 1/10
+custom-object widgets, 1/2000 sales persons (at least 3). About 60 % of the persons carry the
+sync-owned fields (``msdType`` Lead or Contact, ``msdRecordId``...), as after an initial sync.
+Seeded leads get no activities: the change feeds start with the first API write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import random
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from faker import Faker
+
+from emulators.marketo.fields import LEAD_FIELDS, format_datetime
+from emulators.marketo.objects import dedupe_key
+from emulators.marketo.store import Store
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ANCHOR = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # fixed, so the same seed gives the same data
+CHUNK = 50_000
+SOURCES = ["Website", "Trade Show", "Webinar", "Partner", "Advertisement", "Employee Referral"]
+STATUSES = ["Open", "Qualified", "Disqualified"]
+RATINGS = ["Hot", "Warm", "Cold"]
+INDUSTRIES = ["Retail", "Manufacturing", "Finance", "Healthcare", "Education", "Technology", "Energy"]
+STAGES = [
+    ("Prospecting", 10, False, False),
+    ("Proposal", 50, False, False),
+    ("Closed Won", 100, True, True),
+    ("Closed Lost", 0, True, False),
+]
+ROLES = ["Decision Maker", "Influencer", "Evaluator", "Economic Buyer"]
+
+
+class _Pools:
+    """Faker value pools, built once per seed."""
+
+    def __init__(self, seed: int) -> None:
+        fake = Faker("en_US")
+        fake.seed_instance(seed)
+        self.first = [_ascii(fake.first_name()) for _ in range(800)]
+        self.last = [_ascii(fake.last_name()) for _ in range(800)]
+        self.titles = [fake.job() for _ in range(200)]
+        self.cities = [(fake.city(), fake.state_abbr(), fake.postcode()) for _ in range(400)]
+        self.streets = [fake.street_address() for _ in range(2000)]
+        self.companies = [fake.company() for _ in range(1000)]
+        self.domains = [fake.domain_name() for _ in range(300)]
+        self.phones = [fake.numerify("+1-###-###-####") for _ in range(3000)]
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "ignore").decode() or "X"
+
+
+def _guid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _stamp(rng: random.Random, max_days: int = 730) -> tuple[str, str]:
+    created = ANCHOR - dt.timedelta(seconds=rng.randrange(max_days * 86400))
+    updated = created + dt.timedelta(seconds=rng.randrange(int((ANCHOR - created).total_seconds()) + 1))
+    return format_datetime(created), format_datetime(updated)
+
+
+def _lead_rows(
+    rng: random.Random, pools: _Pools, first_id: int, count: int, companies: list[str], salespeople: list[str]
+) -> Iterator[dict[str, Any]]:
+    for n in range(count):
+        lead_id = first_id + n
+        first, last = rng.choice(pools.first), rng.choice(pools.last)
+        city, state, postcode = rng.choice(pools.cities)
+        created, updated = _stamp(rng)
+        kind = rng.random()
+        synced = kind < 0.6
+        msd_type = ("Contact" if kind < 0.3 else "Lead") if synced else None
+        record_id = _guid(rng) if synced else None
+        yield {
+            "id": lead_id,
+            "email": f"{first}.{last}.{lead_id}@{rng.choice(pools.domains)}".lower(),
+            "salutation": rng.choice(["Mr.", "Ms.", "Dr.", None]),
+            "firstName": first,
+            "lastName": last,
+            "middleName": None,
+            "title": rng.choice(pools.titles),
+            "phone": rng.choice(pools.phones),
+            "mobilePhone": rng.choice(pools.phones),
+            "fax": None,
+            "address": rng.choice(pools.streets),
+            "city": city,
+            "state": state,
+            "country": "United States",
+            "postalCode": postcode,
+            "company": rng.choice(pools.companies),
+            "annualRevenue": float(rng.randrange(1, 500) * 100_000),
+            "website": None,
+            "leadSource": rng.choice(SOURCES),
+            "leadStatus": rng.choice(STATUSES),
+            "rating": rng.choice(RATINGS),
+            "doNotCall": int(rng.random() < 0.1),
+            "unsubscribed": int(rng.random() < 0.05),
+            "leadScore": rng.randrange(0, 200),
+            "relativeScore": rng.randrange(1, 5),
+            "priority": rng.randrange(1, 100),
+            "urgency": round(rng.random() * 10, 2),
+            "leadPartitionId": 1,
+            "externalCompanyId": rng.choice(companies) if msd_type == "Contact" and companies else None,
+            "externalSalesPersonId": rng.choice(salespeople) if synced else None,
+            "externalPersonId": record_id,
+            "msdType": msd_type,
+            "msdRecordId": record_id,
+            "msdCreatedDate": created if synced else None,
+            "msdIsDeleted": 0 if synced else None,
+            "msiLastInterestingMomentDate": None,
+            "msiLastInterestingMomentDesc": None,
+            "createdAt": created,
+            "updatedAt": updated,
+        }
+
+
+def _object_row(
+    store: Store, kind: str, guid: str | None, key: list[Any], data: dict[str, Any], rng: random.Random
+) -> dict[str, Any]:
+    pk = store.take_object_pks(1)
+    created, updated = _stamp(rng)
+    return {
+        "pk": pk,
+        "kind": kind,
+        "guid": guid or str(pk),
+        "dedupeKey": dedupe_key(key),
+        "data": json.dumps(data),
+        "createdAt": created,
+        "updatedAt": updated,
+    }
+
+
+def seed(db_path: Path, seed: int = 42, scale: int = 1000) -> None:
+    """Fill ``db_path`` with ``scale`` leads and related objects, deterministically from ``seed``."""
+    rng = random.Random(seed)
+    pools = _Pools(seed)
+    store = Store(db_path)
+    lead_cols = [f.name for f in LEAD_FIELDS]
+    quoted = ",".join(f'"{c}"' for c in lead_cols)
+    lead_sql = f"INSERT INTO leads ({quoted}) VALUES ({','.join('?' * len(lead_cols))})"
+    obj_sql = (
+        "INSERT INTO objects (pk, kind, guid, dedupeKey, data, createdAt, updatedAt) VALUES (?,?,?,?,?,?,?)"
+    )
+
+    salespeople = []
+    objs: list[dict[str, Any]] = []
+    for _ in range(max(3, scale // 2000)):
+        ext = _guid(rng)
+        first, last = rng.choice(pools.first), rng.choice(pools.last)
+        salespeople.append(ext)
+        objs.append(
+            _object_row(
+                store,
+                "salesperson",
+                None,
+                [ext],
+                {
+                    "externalSalesPersonId": ext,
+                    "email": f"{first}.{last}@seller.example".lower(),
+                    "firstName": first,
+                    "lastName": last,
+                    "phone": rng.choice(pools.phones),
+                    "title": rng.choice(pools.titles),
+                },
+                rng,
+            )
+        )
+    companies = []
+    for _ in range(max(5, scale // 20)):
+        ext = _guid(rng)
+        city, state, postcode = rng.choice(pools.cities)
+        companies.append(ext)
+        objs.append(
+            _object_row(
+                store,
+                "company",
+                None,
+                [ext],
+                {
+                    "externalCompanyId": ext,
+                    "company": rng.choice(pools.companies),
+                    "billingStreet": rng.choice(pools.streets),
+                    "billingCity": city,
+                    "billingState": state,
+                    "billingCountry": "United States",
+                    "billingPostalCode": postcode,
+                    "mainPhone": rng.choice(pools.phones),
+                    "industry": rng.choice(INDUSTRIES),
+                    "annualRevenue": float(rng.randrange(1, 900) * 1_000_000),
+                    "numberOfEmployees": rng.randrange(5, 50_000),
+                    "externalSalesPersonId": rng.choice(salespeople),
+                },
+                rng,
+            )
+        )
+
+    first_lead = store.take_lead_ids(scale)
+    synced_people: list[tuple[int, str]] = []
+    with store.engine.begin() as conn:
+        batch: list[tuple[Any, ...]] = []
+        for row in _lead_rows(rng, pools, first_lead, scale, companies, salespeople):
+            batch.append(tuple(row[c] for c in lead_cols))
+            if row["msdType"] == "Contact" and len(synced_people) < scale // 5 + 5:
+                synced_people.append((row["id"], row["externalPersonId"]))
+            if len(batch) >= CHUNK:
+                conn.exec_driver_sql(lead_sql, batch)
+                batch.clear()
+        if batch:
+            conn.exec_driver_sql(lead_sql, batch)
+
+        for _ in range(max(5, scale // 20)):
+            ext = _guid(rng)
+            stage, prob, closed, won = rng.choice(STAGES)
+            objs.append(
+                _object_row(
+                    store,
+                    "opportunity",
+                    _guid(rng),
+                    [ext],
+                    {
+                        "externalOpportunityId": ext,
+                        "name": f"{rng.choice(pools.companies)} - {rng.choice(INDUSTRIES)} deal",
+                        "stage": stage,
+                        "probability": prob,
+                        "isClosed": int(closed),
+                        "isWon": int(won),
+                        "amount": float(rng.randrange(1, 1000) * 1000),
+                        "closeDate": (ANCHOR.date() - dt.timedelta(days=rng.randrange(400))).isoformat(),
+                        "externalCompanyId": rng.choice(companies),
+                        "externalSalesPersonId": rng.choice(salespeople),
+                    },
+                    rng,
+                )
+            )
+            if synced_people:
+                lead_id, _ext_person = rng.choice(synced_people)
+                role = rng.choice(ROLES)
+                objs.append(
+                    _object_row(
+                        store,
+                        "opportunityrole",
+                        _guid(rng),
+                        [ext, lead_id, role],
+                        {
+                            "externalOpportunityId": ext,
+                            "leadId": lead_id,
+                            "role": role,
+                            "isPrimary": int(rng.random() < 0.5),
+                        },
+                        rng,
+                    )
+                )
+        for _ in range(max(5, scale // 10)):
+            ext = _guid(rng)
+            person = rng.choice(synced_people)[1] if synced_people else None
+            objs.append(
+                _object_row(
+                    store,
+                    "co.widget_c",
+                    _guid(rng),
+                    [ext],
+                    {
+                        "widgetId": ext,
+                        "name": f"Widget {rng.randrange(10_000)}",
+                        "status": rng.choice(["Active", "Expired"]),
+                        "score": rng.randrange(100),
+                        "amount": float(rng.randrange(100, 10_000)),
+                        "leadExternalId": person,
+                    },
+                    rng,
+                )
+            )
+        for start in range(0, len(objs), CHUNK):
+            conn.exec_driver_sql(obj_sql, [tuple(o.values()) for o in objs[start : start + CHUNK]])
+    store.engine.dispose()
+    log.info("seeded %s leads and %s other objects into %s", scale, len(objs), db_path)

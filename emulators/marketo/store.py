@@ -1,0 +1,190 @@
+"""SQLite state of the Marketo emulator, through SQLAlchemy Core.
+
+Leads live in a table with one column per field (bulk extract and filters need real columns
+and indexes); the other Lead-Database objects share one table holding JSON documents keyed by
+kind and external key. Activities are a single append-only table: its integer id is the
+position that paging tokens encode.
+
+One connection is shared by all request threads and guarded by a lock: SQLite serialises
+writers anyway, and one connection keeps the hot paths free of pool overhead.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.pool import StaticPool
+
+from emulators.marketo.fields import LEAD_FIELDS, FieldDef
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+metadata = MetaData()
+
+
+def _column(field: FieldDef) -> Column[Any]:
+    if field.name == "id":
+        return Column("id", Integer, primary_key=True, autoincrement=False)
+    if field.data_type in ("integer", "score", "boolean"):
+        return Column(field.name, Integer)
+    if field.data_type in ("float", "currency", "percent"):
+        return Column(field.name, Float)
+    # Marketo matches emails and keys case-insensitively (GUIDs included, sync reference §3.7).
+    return Column(field.name, Text(collation="NOCASE"))
+
+
+leads = Table("leads", metadata, *(_column(f) for f in LEAD_FIELDS))
+for _name in ("email", "externalPersonId", "msdRecordId", "externalCompanyId", "updatedAt", "createdAt"):
+    Index(f"ix_leads_{_name}", leads.c[_name])
+
+activities = Table(
+    "activities",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("leadId", Integer, nullable=False),
+    Column("activityDate", Text, nullable=False),
+    Column("activityTypeId", Integer, nullable=False),
+    Column("primaryAttributeValueId", Integer),
+    Column("primaryAttributeValue", Text),
+    Column("fieldName", Text),  # the changed field of a Change Data Value (13) activity
+    Column("payload", Text, nullable=False),  # JSON: {"fields": [...], "attributes": [...]}
+    Index("ix_activities_type_id", "activityTypeId", "id"),
+    Index("ix_activities_date", "activityDate"),
+)
+
+objects = Table(
+    "objects",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=False),
+    Column("kind", Text, nullable=False),
+    Column("guid", Text, nullable=False),
+    Column("dedupeKey", Text, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("createdAt", Text, nullable=False),
+    Column("updatedAt", Text, nullable=False),
+    UniqueConstraint("kind", "dedupeKey", name="uq_objects_kind_key"),
+    Index("ix_objects_kind_guid", "kind", "guid"),
+)
+
+export_jobs = Table(
+    "export_jobs",
+    metadata,
+    Column("exportId", Text, primary_key=True),
+    Column("entity", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("format", Text, nullable=False),
+    Column("request", Text, nullable=False),  # JSON of the create body
+    Column("createdAt", Text, nullable=False),
+    Column("queuedAt", Text),
+    Column("startedAt", Text),
+    Column("finishedAt", Text),
+    Column("numberOfRecords", Integer),
+    Column("fileSize", Integer),
+    Column("fileChecksum", Text),
+    Column("filePath", Text),
+    Column("errorMsg", Text),
+)
+
+import_jobs = Table(
+    "import_jobs",
+    metadata,
+    Column("batchId", Integer, primary_key=True, autoincrement=False),
+    Column("status", Text, nullable=False),
+    Column("format", Text, nullable=False),
+    Column("lookupField", Text, nullable=False),
+    Column("createdAt", Text, nullable=False),
+    Column("filePath", Text, nullable=False),
+    Column("numOfLeadsProcessed", Integer, nullable=False, default=0),
+    Column("numOfRowsFailed", Integer, nullable=False, default=0),
+    Column("numOfRowsWithWarning", Integer, nullable=False, default=0),
+    Column("message", Text),
+)
+
+
+def make_engine(db_path: Path) -> Engine:
+    """Create the engine for ``db_path`` with pragmas tuned for an emulator (speed over durability)."""
+    engine = create_engine(
+        f"sqlite:///{db_path}",
+        poolclass=StaticPool,
+        connect_args={"check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # An emulator loses nothing of value in a crash; skipping fsync makes writes fast.
+        cur.execute("PRAGMA synchronous=OFF")
+        cur.execute("PRAGMA cache_size=-65536")
+        cur.execute("PRAGMA temp_store=MEMORY")
+        cur.close()
+
+    return engine
+
+
+class Store:
+    """The database plus the id counters, shared by all routes.
+
+    Args:
+        db_path: SQLite file; created with its tables when missing.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db_path = db_path
+        self.files_dir = db_path.with_name(db_path.name + ".files")
+        self.files_dir.mkdir(exist_ok=True)
+        self.engine = make_engine(db_path)
+        metadata.create_all(self.engine)
+        self.lock = threading.RLock()
+        with self.engine.connect() as conn:
+            self.next_lead_id = _max(conn, "leads", "id") + 1
+            self.next_activity_id = _max(conn, "activities", "id") + 1
+            self.next_object_pk = _max(conn, "objects", "pk") + 1
+            self.next_batch_id = _max(conn, "import_jobs", "batchId") + 1
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """Hold the lock and a transaction for the duration of the block."""
+        with self.lock, self.engine.begin() as conn:
+            yield conn
+
+    def take_lead_ids(self, count: int) -> int:
+        """Reserve ``count`` lead ids and return the first (caller holds the lock)."""
+        first = self.next_lead_id
+        self.next_lead_id += count
+        return first
+
+    def take_activity_ids(self, count: int) -> int:
+        first = self.next_activity_id
+        self.next_activity_id += count
+        return first
+
+    def take_object_pks(self, count: int) -> int:
+        first = self.next_object_pk
+        self.next_object_pk += count
+        return first
+
+
+def _max(conn: Connection, table: str, column: str) -> int:
+    value = conn.execute(text(f'SELECT MAX("{column}") FROM {table}')).scalar()
+    return int(value or 0)
