@@ -224,7 +224,8 @@ def sync(
             changes = [
                 activities.FieldChange(row["id"], k, row[k], v)
                 for k, v in item.items()
-                if k != "id" and row.get(k) != v
+                # The lookup value matched case-insensitively: it is the key, not a change.
+                if k != "id" and k != lookup and row.get(k) != v
             ]
             if changes:
                 for ch in changes:

@@ -1,0 +1,1 @@
+"""Tests of the Marketo emulator, through real server processes."""
