@@ -32,6 +32,7 @@ VAR_DIR = PROJECT_DIR / "var"
 LOG_DIR = VAR_DIR / "log"
 AIRFLOW_HOME = PROJECT_DIR / ".airflow"
 BIN_DIR = Path(sys.executable).parent
+CA_FILE = VAR_DIR / "emulators" / "ca" / "ca.pem"
 
 
 def _pid_file(name: str) -> Path:
@@ -78,17 +79,19 @@ def _spawn(name: str, argv: list[str], env: dict[str, str]) -> int:
     return proc.pid
 
 
-def _wait_http(url: str, timeout_s: float, insecure_ok: bool = False) -> bool:
+def _wait_http(url: str, timeout_s: float, cafile: Path | None = None) -> bool:
+    """Poll ``url`` until it answers below 500; with ``cafile``, verify TLS against it."""
     import ssl
 
-    context = ssl.create_default_context()
-    if insecure_ok:
-        # Only for the readiness probe of our own emulators, before their CA is known to exist.
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
+            context = None
+            if cafile is not None:
+                if not cafile.exists():  # the emulator writes its CA on first start
+                    time.sleep(0.5)
+                    continue
+                context = ssl.create_default_context(cafile=str(cafile))
             with urllib.request.urlopen(url, timeout=5, context=context) as resp:
                 if resp.status < 500:
                     return True
@@ -104,18 +107,22 @@ def _wait_http(url: str, timeout_s: float, insecure_ok: bool = False) -> bool:
 def _base_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(airflow_env(AIRFLOW_HOME))
+    # airflow standalone starts its components as `airflow ...` found on PATH.
+    env["PATH"] = os.pathsep.join([str(BIN_DIR), env.get("PATH", "")])
     return env
 
 
 def start_emulators(env: dict[str, str]) -> None:
     """Start both API emulators when the emulators package provides its entry point."""
-    if not (PROJECT_DIR / "emulators" / "__main__.py").exists():
-        print("emulators: not part of this checkout yet; skipped")
-        return
     data = VAR_DIR / "emulators"
     data.mkdir(parents=True, exist_ok=True)
     py = str(BIN_DIR / "python")
+    started = []
     for side, port in (("marketo", MARKETO_EMULATOR_PORT), ("dynamics", DYNAMICS_EMULATOR_PORT)):
+        if not (PROJECT_DIR / "emulators" / side / "cli.py").exists():
+            print(f"emulator-{side}: not part of this checkout yet; skipped")
+            continue
+        started.append(port)
         _spawn(
             f"emulator-{side}",
             [
@@ -132,8 +139,8 @@ def start_emulators(env: dict[str, str]) -> None:
             ],
             env,
         )
-    for port in (MARKETO_EMULATOR_PORT, DYNAMICS_EMULATOR_PORT):
-        if not _wait_http(f"https://127.0.0.1:{port}/_emulator/health", 60, insecure_ok=True):
+    for port in started:
+        if not _wait_http(f"https://127.0.0.1:{port}/_emulator/health", 60, cafile=CA_FILE):
             raise SystemExit(f"emulator on port {port} did not become ready; see {LOG_DIR}")
 
 
@@ -170,9 +177,14 @@ def admin_password() -> str:
 
 def start() -> None:
     env = _base_env()
-    start_emulators(env)
-    start_airflow(env)
-    load_settings(env)
+    try:
+        start_emulators(env)
+        start_airflow(env)
+        load_settings(env)
+    except (SystemExit, subprocess.CalledProcessError):
+        print("start-up failed; stopping what was started")
+        stop()
+        raise
     print()
     print(f"Airflow UI:  http://127.0.0.1:{AIRFLOW_API_PORT}")
     print(f"Login:       admin / {admin_password()}")
