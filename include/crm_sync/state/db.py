@@ -1,0 +1,185 @@
+"""Engine, sessions, migrations and the dialect-neutral upsert of the state store.
+
+SQLite (the default) is opened in WAL mode with a busy timeout, and every transaction starts
+with ``BEGIN IMMEDIATE``: writers then queue on the lock instead of failing when a read
+transaction tries to upgrade, which makes the file safe for several task processes at once.
+PostgreSQL is used as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import TableClause, create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Session
+
+from crm_sync.localenv import PROJECT_DIR
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+    from sqlalchemy.sql.dml import Insert
+
+log = logging.getLogger(__name__)
+
+URL_ENV = "CRM_SYNC_STATE_URL"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def utcnow() -> datetime:
+    """Current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Return ``value`` as aware UTC (SQLite hands back naive datetimes that are UTC)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def default_url() -> str:
+    """The state-store URL: ``$CRM_SYNC_STATE_URL`` or a SQLite file under ``var/``."""
+    return os.environ.get(URL_ENV) or f"sqlite:///{PROJECT_DIR / 'var' / 'state.db'}"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, busy timeout and BEGIN IMMEDIATE for a SQLite engine (SQLAlchemy's pysqlite recipe)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (below) instead of the driver's deferred BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
+    """Create an engine for the state store.
+
+    Args:
+        url: SQLAlchemy URL; defaults to :func:`default_url`.
+        **kwargs: Passed to :func:`sqlalchemy.create_engine`.
+
+    Returns:
+        The engine. For SQLite the parent directory is created if needed.
+    """
+    parsed = make_url(url or default_url())
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_S})
+        engine = create_engine(parsed, **kwargs)
+        _sqlite_setup(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(parsed, **kwargs)
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """Yield a session whose work is committed on success and rolled back on error."""
+    with Session(engine) as session, session.begin():
+        yield session
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    """An Alembic config built in code (no alembic.ini), optionally bound to ``engine``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if engine is not None:
+        cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(url: str | URL | Engine | None = None, revision: str = "head") -> None:
+    """Migrate the state store to ``revision`` (idempotent; safe to run from several processes).
+
+    Args:
+        url: Database URL or an existing engine; defaults to :func:`default_url`.
+        revision: Target revision.
+    """
+    engine = url if isinstance(url, Engine) else make_engine(url)
+    try:
+        command.upgrade(alembic_config(engine), revision)
+        log.info(
+            "state store at %s migrated to %s", engine.url.render_as_string(hide_password=True), revision
+        )
+    finally:
+        if not isinstance(url, Engine):
+            engine.dispose()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def insert_for(session: Session, table: TableClause) -> Insert:
+    """A dialect-specific INSERT that supports ``on_conflict_do_update``/``do_nothing``."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    raise NotImplementedError(f"state store supports sqlite and postgresql, not {dialect}")
+
+
+def upsert(
+    session: Session,
+    model: type[DeclarativeBase],
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    update: Sequence[str] | None = None,
+) -> int:
+    """Insert ``rows`` into ``model``'s table or, on a key clash, update the ``update`` columns.
+
+    With no ``update`` columns a clash leaves the stored row as it is.
+
+    One statement for the whole list (executemany), so a batch is one round trip.
+
+    Returns:
+        Number of rows sent.
+    """
+    if not rows:
+        return 0
+    stmt: Any = insert_for(session, cast("TableClause", model.__table__))
+    if update:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+    session.execute(stmt, [dict(r) for r in rows])
+    return len(rows)
+
+
+def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    """Split ``values`` for IN lists that stay under every driver's parameter limit."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
