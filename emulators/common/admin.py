@@ -11,12 +11,13 @@ and a code; Dataverse answers 429 or 5xx with an OData error), so each emulator 
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import re
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -99,8 +100,8 @@ class CallStats:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            data = asdict(self)
-        data.pop("_lock", None)
+            # asdict() would deep-copy the lock too, which cannot be copied: skip that field.
+            data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "_lock"}
         data["total_calls"] = sum(self.calls.values())
         return data
 
