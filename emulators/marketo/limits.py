@@ -17,6 +17,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field
@@ -194,7 +195,7 @@ def bearer_token(scope: Scope) -> str | None:
     query = scope.get("query_string", b"").decode("latin-1")
     for part in query.split("&"):
         if part.startswith("access_token="):
-            return part.split("=", 1)[1]
+            return unquote_plus(part.split("=", 1)[1])
     return None
 
 
