@@ -1,0 +1,657 @@
+"""Airflow hook for the Microsoft Dataverse (Dynamics 365) Web API.
+
+Connection (conn_type ``dynamics``): host = organization URL (``https://<org>.crm.dynamics.com``),
+login = application (client) id, password = client secret; extras ``tenant_id``,
+``authority_host``, ``api_version``, ``ca_bundle``, ``timeout``, ``limiter_url``,
+``rate_limit_calls``, ``rate_limit_window_seconds``, ``max_concurrent_calls``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import msal
+import requests
+
+from crm_sync_hooks.base import CrmApiHook, register_secret
+from crm_sync_hooks.connection_ui import DYNAMICS_CONN_FIELDS, DYNAMICS_UI_BEHAVIOUR, wtforms_widgets
+from crm_sync_hooks.errors import (
+    AuthenticationError,
+    FatalApiError,
+    NotFoundError,
+    RetriableApiError,
+    TokenExpiredError,
+)
+from crm_sync_hooks.odata_batch import BatchOperation, BatchResponse, build_batch, parse_batch
+from crm_sync_hooks.records import chunked, missing_fields, validate_records
+from crm_sync_hooks.results import WriteResult, WriteStatus
+from crm_sync_hooks.transport import ApiTransport, VerifiedSession, retry_after_seconds
+
+if TYPE_CHECKING:
+    from crm_sync_hooks.limiter import Limits
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 5000
+MAX_BATCH_OPERATIONS = 1000
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+# msal skips instance discovery for these hosts by itself; for any other host (a sovereign cloud
+# proxy, the local emulator) it must be told not to ask login.microsoftonline.com about it.
+_WELL_KNOWN_AUTHORITIES = {
+    "login.microsoftonline.com",
+    "login.microsoftonline.us",
+    "login.chinacloudapi.cn",
+    "login-us.microsoftonline.com",
+    "login.windows.net",
+    "login.microsoft.com",
+    "sts.windows.net",
+}
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_ENTITY_ID = re.compile(
+    r"\(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)\s*$"
+)
+# Data change-tracking tokens past the retention period; the documented code is the metadata one
+# (0x80044352 ExpiredVersionStamp) and the data one is unconfirmed, so the message is checked too.
+_EXPIRED_DELTA_CODES = {"0x80044352", "-2147204270"}
+_AUTH_REFUSALS = {
+    "invalid_client",
+    "unauthorized_client",
+    "invalid_request",
+    "invalid_scope",
+    "invalid_grant",
+}
+
+# One msal application per (authority, client, secret, trust settings) per process: creating one
+# fetches the OpenID document and starts an empty token cache, so it is reused by every hook.
+_MSAL_APPS: dict[tuple[str, ...], msal.ConfidentialClientApplication] = {}
+_MSAL_LOCK = threading.Lock()
+
+
+class DeltaTokenExpired(FatalApiError):
+    """A change-tracking delta link is older than the retention period; do a full sync."""
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """One page of a change-tracking read.
+
+    Attributes:
+        records: New or updated rows (current values of the selected columns).
+        deleted_ids: Primary keys of rows deleted since the previous delta link.
+        delta_link: On the last page only: where the next incremental read starts. Persist it
+            after the whole delta has been processed.
+    """
+
+    records: list[dict[str, Any]]
+    deleted_ids: list[str]
+    delta_link: str | None
+
+
+def odata_error(resp: requests.Response) -> tuple[str, str]:
+    """Return ``(code, message)`` of a Web API error body (empty strings when there is none)."""
+    try:
+        error = resp.json().get("error") or {}
+    except (ValueError, AttributeError):
+        return "", resp.text[:200]
+    return str(error.get("code") or ""), str(error.get("message") or "")
+
+
+def key_literal(value: Any) -> str:
+    """Return an OData key value literal: strings quoted with ``'`` doubled, numbers and booleans bare."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def alternate_key_segment(key: Mapping[str, Any]) -> str:
+    """Return ``col1='v1',col2=2`` for an alternate-key address, percent-encoding unsafe characters."""
+    return ",".join(f"{column}={quote(key_literal(value), safe=chr(39))}" for column, value in key.items())
+
+
+class DynamicsHook(CrmApiHook):
+    """Talks to one Dataverse organization as one application user, under its service limits.
+
+    Args:
+        dynamics_conn_id: Airflow connection id (conn_type ``dynamics``).
+        retry_policy: How to repeat retriable failures.
+        limiter: A limiter to use instead of the one the connection's extras describe.
+    """
+
+    conn_name_attr = "dynamics_conn_id"
+    default_conn_name = "dynamics_default"
+    conn_type = "dynamics"
+    hook_name = "Microsoft Dynamics 365 (Dataverse)"
+    default_timeout: ClassVar[float] = 60.0
+
+    def __init__(self, dynamics_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(dynamics_conn_id, **kwargs)
+        self.dynamics_conn_id = self.conn_id
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Relabel and hide the standard connection fields for Dynamics."""
+        return {
+            key: (list(v) if isinstance(v, list) else dict(v)) for key, v in DYNAMICS_UI_BEHAVIOUR.items()
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields of the connection form (needs WTForms, which Airflow 3.3 no longer ships)."""
+        return wtforms_widgets(DYNAMICS_CONN_FIELDS)
+
+    # --- set-up ----------------------------------------------------------------------------
+    @cached_property
+    def org_url(self) -> str:
+        """Organization (environment) URL without a trailing slash; also the token audience."""
+        url = self.settings.require("host", self.settings.host).rstrip("/")
+        return url if url.startswith(("https://", "http://")) else f"https://{url}"
+
+    @cached_property
+    def api_url(self) -> str:
+        """Web API root, e.g. ``https://org.crm.dynamics.com/api/data/v9.2/``."""
+        version = (self.settings.text("api_version", "9.2") or "9.2").lstrip("v")
+        return f"{self.org_url}/api/data/v{version}/"
+
+    @cached_property
+    def limits(self) -> Limits:
+        """Dataverse service protection limits per user: 6,000 requests / 5 min, 52 concurrent."""
+        return self.build_limits(calls=6000, window=300.0, concurrent=52)
+
+    @cached_property
+    def transport(self) -> ApiTransport:
+        """The hook's transport; limits are per application user, so the scope names the client."""
+        scope = f"dynamics:{self.org_url}:{self.settings.login}"
+        return ApiTransport(
+            self.session,
+            self.limiter_for(scope, self.limits),
+            self.retry_policy,
+            self._check,
+            self.limiter_wait,
+        )
+
+    # --- authentication --------------------------------------------------------------------
+    def _msal_app(self) -> msal.ConfidentialClientApplication:
+        s = self.settings
+        client_id = s.require("login", s.login)
+        secret = s.require("password", s.password)
+        tenant = s.text("tenant_id")
+        if not tenant:
+            raise AuthenticationError(f"connection {self.conn_id!r}: extra 'tenant_id' is empty")
+        authority_host = (s.text("authority_host", DEFAULT_AUTHORITY_HOST) or DEFAULT_AUTHORITY_HOST).rstrip(
+            "/"
+        )
+        authority = f"{authority_host}/{tenant}"
+        fingerprint = hashlib.sha256(secret.encode()).hexdigest()
+        key = (authority, client_id, fingerprint, str(self.verify), str(self.timeout))
+        with _MSAL_LOCK:
+            app = _MSAL_APPS.get(key)
+            if app is None:
+                known = urlsplit(authority_host).hostname in _WELL_KNOWN_AUTHORITIES
+                try:
+                    app = msal.ConfidentialClientApplication(
+                        client_id,
+                        client_credential=secret,
+                        authority=authority,
+                        # msal ignores its own verify/timeout when given a client, and a session
+                        # that sets them per request keeps REQUESTS_CA_BUNDLE from overriding the CA.
+                        http_client=VerifiedSession(self.verify, self.timeout, pool_size=2),
+                        instance_discovery=None if known else False,
+                    )
+                except requests.RequestException as exc:
+                    raise RetriableApiError(
+                        f"authority {authority_host} unreachable: {type(exc).__name__}",
+                        endpoint="GET openid-configuration",
+                        code="network",
+                    ) from exc
+                except ValueError as exc:
+                    raise AuthenticationError(
+                        f"authority {authority} rejected: {exc}", endpoint="GET openid-configuration"
+                    ) from exc
+                _MSAL_APPS[key] = app
+            return app
+
+    def _access_token(self) -> str:
+        app = self._msal_app()
+        try:
+            result = app.acquire_token_for_client(scopes=[f"{self.org_url}/.default"])
+        except requests.RequestException as exc:
+            raise RetriableApiError(
+                f"token service unreachable: {type(exc).__name__}",
+                endpoint="POST oauth2/v2.0/token",
+                code="network",
+            ) from exc
+        token = result.get("access_token") if isinstance(result, Mapping) else None
+        if not token:
+            error = str(result.get("error", "unknown")) if isinstance(result, Mapping) else "unknown"
+            description = (
+                str(result.get("error_description", "")).splitlines()[0:1]
+                if isinstance(result, Mapping)
+                else []
+            )
+            message = f"token request refused ({error}{': ' + description[0] if description else ''})"
+            if error in _AUTH_REFUSALS:
+                raise AuthenticationError(message, endpoint="POST oauth2/v2.0/token", code=error)
+            raise RetriableApiError(message, endpoint="POST oauth2/v2.0/token", code=error)
+        if result.get("token_source") != "cache":
+            register_secret(str(token))
+            log.info(
+                "Dataverse access token obtained for %s (valid %ss)", self.org_url, result.get("expires_in")
+            )
+        return str(token)
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._access_token()}"}
+
+    def _drop_token(self) -> None:
+        self._msal_app().remove_tokens_for_client()
+
+    # --- plumbing --------------------------------------------------------------------------
+    def _check(self, resp: requests.Response, label: str) -> None:
+        status = resp.status_code
+        if status < 400:
+            return
+        if status == 401:
+            raise TokenExpiredError("HTTP 401", endpoint=label, code="401", status=status)
+        code, message = odata_error(resp)
+        if status == 429:
+            raise RetriableApiError(
+                message or "HTTP 429",
+                endpoint=label,
+                code=code or "429",
+                status=status,
+                retry_after=retry_after_seconds(resp),
+                pause_all=True,
+            )
+        if status >= 500:
+            raise RetriableApiError(
+                message or f"HTTP {status}",
+                endpoint=label,
+                code=code or str(status),
+                status=status,
+                retry_after=retry_after_seconds(resp),
+            )
+        if code in _EXPIRED_DELTA_CODES or ("expired" in message.lower() and "token" in message.lower()):
+            raise DeltaTokenExpired(message, endpoint=label, code=code, status=status)
+        if status == 404:
+            raise NotFoundError(message or "HTTP 404", endpoint=label, code=code or "404", status=status)
+        raise FatalApiError(
+            message or f"HTTP {status}", endpoint=label, code=code or str(status), status=status
+        )
+
+    def call(self, method: str, url_or_path: str, **kwargs: Any) -> requests.Response:
+        """Send one authenticated Web API call; ``url_or_path`` is relative to the API root or absolute."""
+        url = url_or_path if "://" in url_or_path else self.api_url + url_or_path.lstrip("/")
+        if urlsplit(url).netloc != urlsplit(self.org_url).netloc:
+            # Never send the bearer token to a host other than the organization's.
+            raise FatalApiError(
+                f"refusing to follow a link to another host: {urlsplit(url).netloc}",
+                endpoint=f"{method} {urlsplit(url).path}",
+            )
+        headers = {
+            "Accept": "application/json",
+            "OData-MaxVersion": "4.0",
+            "OData-Version": "4.0",
+            **(kwargs.pop("headers", None) or {}),
+        }
+        return self.transport.send(
+            method,
+            url,
+            auth_headers=self._auth_headers,
+            renew_auth=self._drop_token,
+            headers=headers,
+            **kwargs,
+        )
+
+    def call_json(self, method: str, url_or_path: str, **kwargs: Any) -> dict[str, Any]:
+        """Send one authenticated call and return its JSON object body."""
+        resp = self.call(method, url_or_path, **kwargs)
+        try:
+            body = resp.json()
+        except ValueError:
+            raise RetriableApiError(
+                "response is not JSON", endpoint=f"{method} {urlsplit(resp.url).path}", code="invalid-json"
+            ) from None
+        if not isinstance(body, dict):
+            raise FatalApiError(
+                "response is not a JSON object", endpoint=f"{method} {urlsplit(resp.url).path}"
+            )
+        return body
+
+    def _probe(self) -> str:
+        who = self.who_am_i()
+        return (
+            f"Dataverse at {self.org_url} answered; user {who.get('UserId')}, "
+            f"organization {who.get('OrganizationId')}"
+        )
+
+    # --- reads -----------------------------------------------------------------------------
+    def who_am_i(self) -> dict[str, Any]:
+        """Return ``WhoAmI`` (``UserId``, ``BusinessUnitId``, ``OrganizationId``)."""
+        return self.call_json("GET", "WhoAmI")
+
+    def organization_id(self) -> str:
+        """Return the organization id (stable across sandbox copies only by name, so check it per run)."""
+        return str(self.who_am_i()["OrganizationId"])
+
+    def _pages(self, path: str, params: dict[str, str] | None, prefer: str) -> Iterator[dict[str, Any]]:
+        url: str | None = path
+        while url:
+            body = self.call_json("GET", url, params=params, headers={"Prefer": prefer})
+            yield body
+            url = body.get("@odata.nextLink")
+            params = None  # the next link already holds every query option; use it verbatim
+
+    @staticmethod
+    def _page_size(page_size: int) -> int:
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {page_size}")
+        return page_size
+
+    def query(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] | None = None,
+        filter: str | None = None,
+        orderby: str | None = None,
+        expand: str | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        annotations: str | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield pages of rows of ``entity_set`` (e.g. ``contacts``), following ``@odata.nextLink``.
+
+        Args:
+            entity_set: Entity set name.
+            select: Columns to return (always name them: fewer bytes, stable shape).
+            filter: OData ``$filter`` expression.
+            orderby: ``$orderby``; add the primary key as a tie-breaker for stable paging.
+            expand: ``$expand`` expression.
+            page_size: Rows per page, at most 5,000 (sent as ``Prefer: odata.maxpagesize``).
+            annotations: ``odata.include-annotations`` value, e.g. ``"*"``.
+        """
+        params = {
+            k: v
+            for k, v in {
+                "$select": ",".join(select) if select else None,
+                "$filter": filter,
+                "$orderby": orderby,
+                "$expand": expand,
+            }.items()
+            if v
+        }
+        prefer = f"odata.maxpagesize={self._page_size(page_size)}"
+        if annotations:
+            prefer += f',odata.include-annotations="{annotations}"'
+        for body in self._pages(entity_set, params, prefer):
+            rows = list(body.get("value") or [])
+            if rows:
+                yield rows
+
+    def track_changes(
+        self,
+        entity_set: str,
+        select: Sequence[str],
+        delta_link: str | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> Iterator[ChangePage]:
+        """Yield pages of changes: the whole table first (no ``delta_link``), then changes since it.
+
+        Every page is yielded, empty ones too; the last carries the next ``delta_link``.
+
+        Raises:
+            DeltaTokenExpired: ``delta_link`` is past the retention period; read again without one.
+        """
+        prefer = f"odata.track-changes,odata.maxpagesize={self._page_size(page_size)}"
+        start = delta_link or entity_set
+        params = None if delta_link else {"$select": ",".join(select)}
+        for body in self._pages(start, params, prefer):
+            records, deleted = [], []
+            for row in body.get("value") or []:
+                if "$deletedEntity" in str(row.get("@odata.context", "")) or row.get("reason") == "deleted":
+                    deleted.append(str(row.get("id")))
+                else:
+                    records.append(row)
+            yield ChangePage(records, deleted, body.get("@odata.deltaLink"))
+
+    def entity_definition(self, logical_name: str, select: Sequence[str] | None = None) -> dict[str, Any]:
+        """Return a table's definition (``EntitySetName``, ``PrimaryIdAttribute``, change tracking...)."""
+        fields = select or [
+            "LogicalName",
+            "EntitySetName",
+            "PrimaryIdAttribute",
+            "PrimaryNameAttribute",
+            "ChangeTrackingEnabled",
+            "IsCustomEntity",
+        ]
+        return self.call_json(
+            "GET",
+            f"EntityDefinitions(LogicalName={key_literal(logical_name)})",
+            params={"$select": ",".join(fields)},
+        )
+
+    def entity_attributes(
+        self, logical_name: str, select: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Return a table's column definitions (``LogicalName``, ``AttributeType``, validity flags...)."""
+        fields = select or [
+            "LogicalName",
+            "SchemaName",
+            "AttributeType",
+            "IsValidForRead",
+            "IsValidForCreate",
+            "IsValidForUpdate",
+            "IsPrimaryId",
+        ]
+        path = f"EntityDefinitions(LogicalName={key_literal(logical_name)})/Attributes"
+        return [
+            row
+            for body in self._pages(path, {"$select": ",".join(fields)}, "odata.maxpagesize=5000")
+            for row in body.get("value") or []
+        ]
+
+    # --- writes ----------------------------------------------------------------------------
+    def upsert_records(
+        self,
+        entity_set: str,
+        records: Sequence[Mapping[str, Any]],
+        key_columns: Sequence[str],
+        *,
+        id_column: str | None = None,
+        batch_size: int = 100,
+        change_set_size: int | None = None,
+    ) -> list[WriteResult]:
+        """Create or update rows through ``$batch`` with ``PATCH``; one result per record.
+
+        Args:
+            entity_set: Entity set name, e.g. ``contacts``.
+            records: Rows keyed by column logical name (lookups as ``name@odata.bind``).
+            key_columns: ``[id_column]`` to address rows by primary key, otherwise the columns of
+                an alternate key (e.g. ``["emailaddress1"]``). Key columns are not sent in the body.
+            id_column: The table's primary key column (e.g. ``contactid``); lets the answer carry
+                only the id.
+            batch_size: Operations per ``$batch`` (at most 1,000; Microsoft advises small batches).
+            change_set_size: Group this many operations per change set (atomic: one failure rolls
+                back the group); None sends every operation on its own.
+
+        Records lacking a key value fail without being sent, with the field named in the reason.
+        """
+        if not key_columns:
+            raise ValueError("key_columns must name the primary key or an alternate key")
+        validate_records(records, f"upsert {entity_set} input")
+        by_id = id_column is not None and list(key_columns) == [id_column]
+        prefix = urlsplit(self.api_url).path
+        query = f"?$select={id_column}" if id_column else ""
+        ops: list[tuple[int, BatchOperation]] = []
+        results: dict[int, WriteResult] = {}
+        for index, record in enumerate(records):
+            missing = missing_fields(record, key_columns)
+            if missing:
+                results[index] = WriteResult(
+                    index,
+                    WriteStatus.FAILED,
+                    code="missing-key",
+                    reason=f"record {index} has no value for {', '.join(missing)}",
+                )
+                continue
+            if by_id:
+                guid = str(record[key_columns[0]])
+                if not _GUID.match(guid):
+                    results[index] = WriteResult(
+                        index,
+                        WriteStatus.FAILED,
+                        code="bad-key",
+                        reason=f"record {index} field {key_columns[0]!r} is not a GUID",
+                    )
+                    continue
+                address = f"{entity_set}({guid})"
+            else:
+                address = f"{entity_set}({alternate_key_segment({c: record[c] for c in key_columns})})"
+            body = {k: v for k, v in record.items() if k not in key_columns}
+            ops.append(
+                (
+                    index,
+                    BatchOperation(
+                        "PATCH", f"{prefix}{address}{query}", body, {"Prefer": "return=representation"}
+                    ),
+                )
+            )
+        results.update(self._run_batches(ops, batch_size, change_set_size, id_column))
+        return [results[i] for i in range(len(records))]
+
+    def delete_records(
+        self,
+        entity_set: str,
+        keys: Sequence[str | Mapping[str, Any]],
+        *,
+        batch_size: int = 100,
+        change_set_size: int | None = None,
+    ) -> list[WriteResult]:
+        """Delete rows by id (GUID strings) or alternate key (mappings) through ``$batch``.
+
+        A row that is already gone is reported as skipped, not failed.
+        """
+        prefix = urlsplit(self.api_url).path
+        ops: list[tuple[int, BatchOperation]] = []
+        results: dict[int, WriteResult] = {}
+        for index, key in enumerate(keys):
+            if isinstance(key, Mapping):
+                address = f"{entity_set}({alternate_key_segment(key)})"
+            elif _GUID.match(str(key)):
+                address = f"{entity_set}({key})"
+            else:
+                results[index] = WriteResult(
+                    index,
+                    WriteStatus.FAILED,
+                    code="bad-key",
+                    reason=f"key {index} is neither a GUID nor an alternate-key mapping",
+                )
+                continue
+            ops.append((index, BatchOperation("DELETE", f"{prefix}{address}")))
+        results.update(self._run_batches(ops, batch_size, change_set_size, None, deleting=True))
+        return [results[i] for i in range(len(keys))]
+
+    def _run_batches(
+        self,
+        ops: list[tuple[int, BatchOperation]],
+        batch_size: int,
+        change_set_size: int | None,
+        id_column: str | None,
+        deleting: bool = False,
+    ) -> dict[int, WriteResult]:
+        if not 1 <= batch_size <= MAX_BATCH_OPERATIONS:
+            raise ValueError(f"batch_size must be 1..{MAX_BATCH_OPERATIONS}, got {batch_size}")
+        results: dict[int, WriteResult] = {}
+        for _, batch in chunked(ops, batch_size):
+            group = change_set_size or 1
+            groups = [list(g) for _, g in chunked(list(batch), group)]
+            content_type, body = build_batch(
+                [[op for _, op in g] for g in groups], atomic=change_set_size is not None
+            )
+            resp = self.call(
+                "POST",
+                "$batch",
+                data=body.encode(),
+                headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
+            )
+            answers = parse_batch(resp.headers.get("Content-Type", ""), resp.text)
+            results.update(
+                self._map_answers(groups, answers, change_set_size is not None, id_column, deleting)
+            )
+        return results
+
+    def _map_answers(
+        self,
+        groups: list[list[tuple[int, BatchOperation]]],
+        answers: list[BatchResponse],
+        atomic: bool,
+        id_column: str | None,
+        deleting: bool,
+    ) -> dict[int, WriteResult]:
+        results: dict[int, WriteResult] = {}
+        if atomic:
+            by_set: dict[int, list[BatchResponse]] = {}
+            for answer in answers:
+                by_set.setdefault(answer.change_set or 0, []).append(answer)
+            for number, group in enumerate(groups, start=1):
+                got = by_set.get(number, [])
+                if len(got) == len(group):
+                    for (idx, _), answer in zip(group, got, strict=True):
+                        results[idx] = self._result(idx, answer, id_column, deleting)
+                    continue
+                failed = next((a for a in got if a.status >= 400), None)
+                reason = self._reason(failed) if failed else "no answer for this change set"
+                for idx, _ in group:
+                    results[idx] = WriteResult(
+                        idx,
+                        WriteStatus.FAILED,
+                        code=str(failed.status) if failed else None,
+                        reason=f"change set rolled back: {reason}",
+                    )
+            return results
+        flat = [item for group in groups for item in group]
+        for position, (idx, _) in enumerate(flat):
+            if position < len(answers):
+                results[idx] = self._result(idx, answers[position], id_column, deleting)
+            else:
+                results[idx] = WriteResult(
+                    idx, WriteStatus.FAILED, reason="not processed: the batch stopped early"
+                )
+        return results
+
+    @staticmethod
+    def _reason(answer: BatchResponse) -> str:
+        body = answer.json()
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        return f"HTTP {answer.status}{' ' + str(code) if code else ''}: {message or answer.reason}"
+
+    def _result(
+        self, index: int, answer: BatchResponse, id_column: str | None, deleting: bool
+    ) -> WriteResult:
+        if answer.status >= 400:
+            status = WriteStatus.SKIPPED if deleting and answer.status == 404 else WriteStatus.FAILED
+            return WriteResult(index, status, code=str(answer.status), reason=self._reason(answer))
+        if deleting:
+            return WriteResult(index, WriteStatus.DELETED)
+        body = answer.json()
+        ident = body.get(id_column) if isinstance(body, dict) and id_column else None
+        if ident is None:
+            match = _ENTITY_ID.search(
+                answer.headers.get("odata-entityid", "") or answer.headers.get("location", "")
+            )
+            ident = match.group(1) if match else None
+        # With return=representation a create answers 201 and an update 200 (unconfirmed for
+        # upserts, documented for POST/PATCH); a bare 204 does not say which.
+        status = {201: WriteStatus.CREATED, 200: WriteStatus.UPDATED}.get(answer.status, WriteStatus.UPSERTED)
+        return WriteResult(index, status, None if ident is None else str(ident))

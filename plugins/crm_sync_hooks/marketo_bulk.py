@@ -1,0 +1,448 @@
+"""Marketo bulk lead extract and bulk lead import, as a mixin of :class:`~crm_sync_hooks.marketo.MarketoHook`.
+
+Extract: create a job per date window (at most 31 days each), enqueue it, poll its status, then
+download the file in ``Range`` chunks to a temporary file, check its SHA-256 and read it back in
+batches, so no step holds the whole export in memory.
+
+Import: write the rows to CSV files under 10 MB, submit each, poll until it completes and read
+the failures and warnings files back into per-row results.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crm_sync_hooks.errors import BulkJobFailed, FatalApiError
+from crm_sync_hooks.results import WriteResult, WriteStatus
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger(__name__)
+
+MAX_EXTRACT_WINDOW = timedelta(days=31)
+MAX_IMPORT_FILE_BYTES = 10_000_000
+DELIMITERS = {"CSV": ",", "TSV": "\t", "SSV": " "}
+_DONE_EXPORT = {"completed"}
+_FAILED_EXPORT = {"failed", "cancelled", "canceled"}
+
+
+@dataclass
+class BulkImportJob:
+    """Outcome of one bulk import file.
+
+    Rows absent from ``failures`` were created or updated (Marketo does not say which), so they
+    count as :attr:`WriteStatus.UPSERTED`; ``warnings`` lists rows imported with a warning.
+    """
+
+    batch_id: str
+    status: str
+    rows_submitted: int
+    rows_processed: int
+    rows_failed: int
+    rows_warning: int
+    message: str
+    failures: list[WriteResult] = field(default_factory=list)
+    warnings: list[WriteResult] = field(default_factory=list)
+
+
+def extract_windows(
+    start: datetime, end: datetime, width: timedelta = MAX_EXTRACT_WINDOW
+) -> list[tuple[datetime, datetime]]:
+    """Split ``[start, end)`` into consecutive windows no wider than ``width``."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end must be timezone-aware")
+    if end <= start:
+        raise ValueError(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+    windows = []
+    cursor = start
+    while cursor < end:
+        upper = min(cursor + width, end)
+        windows.append((cursor, upper))
+        cursor = upper
+    return windows
+
+
+def marketo_time(value: datetime) -> str:
+    """Format a datetime as bulk filters want it: ISO 8601 in UTC, no milliseconds."""
+    from datetime import UTC
+
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_csv_batches(
+    path: Path, batch_size: int, delimiter: str = ","
+) -> Iterator[list[dict[str, str | None]]]:
+    """Yield the rows of an export file in batches; the literal ``null`` becomes None.
+
+    NUL bytes are dropped first: exports have been seen to contain them and ``csv`` rejects them.
+    """
+    with path.open("r", encoding="utf-8", newline="") as handle:
+        lines = (line.replace("\x00", "") for line in handle)
+        reader = csv.DictReader(lines, delimiter=delimiter)
+        batch: list[dict[str, str | None]] = []
+        for row in reader:
+            batch.append({k: (None if v == "null" else v) for k, v in row.items() if k is not None})
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def csv_cell(value: Any, index: int, column: str) -> str:
+    """Return one import CSV cell; None becomes empty, nested values are refused."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, datetime):
+        return marketo_time(value)
+    raise ValueError(f"bulk import row {index} field {column!r} holds a {type(value).__name__}, not a scalar")
+
+
+class MarketoBulkMixin:
+    """Bulk extract and import methods; the host class provides the authenticated calls."""
+
+    if TYPE_CHECKING:
+        timeout: float
+
+        @property
+        def bulk_queue_wait(self) -> float: ...
+
+        def call(self, method: str, path: str, **kwargs: Any) -> requests.Response: ...
+        def call_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]: ...
+        def _check(self, resp: requests.Response, label: str) -> None: ...
+
+    poll_sleep = staticmethod(time.sleep)
+
+    # --- extract ---------------------------------------------------------------------------
+    def create_lead_export(
+        self, fields: Sequence[str], export_filter: Mapping[str, Any], fmt: str = "CSV"
+    ) -> str:
+        """Create a bulk lead export job and return its ``exportId``."""
+        if not fields:
+            raise ValueError("a lead export needs at least one field")
+        body = {"fields": list(fields), "format": fmt, "filter": dict(export_filter)}
+        result = self._first_result(
+            self.call_json("POST", "/bulk/v1/leads/export/create.json", json=body),
+            "POST /bulk/v1/leads/export/create.json",
+        )
+        return str(result["exportId"])
+
+    def enqueue_lead_export(self, export_id: str) -> dict[str, Any]:
+        """Queue a created export job (waits while Marketo's export queue is full)."""
+        path = f"/bulk/v1/leads/export/{export_id}/enqueue.json"
+        try:
+            return self._first_result(self.call_json("POST", path), f"POST {path}")
+        except FatalApiError as exc:
+            # A repeated enqueue (say, after a dropped answer) is refused as already queued.
+            if exc.code == "1029" and "already" in str(exc).lower():
+                return self.lead_export_status(export_id)
+            raise
+
+    def lead_export_status(self, export_id: str) -> dict[str, Any]:
+        """Return the status record of an export job."""
+        path = f"/bulk/v1/leads/export/{export_id}/status.json"
+        return self._first_result(self.call_json("GET", path), f"GET {path}")
+
+    def wait_for_lead_export(
+        self, export_id: str, poll_seconds: float, max_wait_seconds: float
+    ) -> dict[str, Any]:
+        """Poll an export job until it completes and return its final status.
+
+        Raises:
+            BulkJobFailed: The job failed, was cancelled or did not finish in ``max_wait_seconds``.
+        """
+        deadline = time.monotonic() + max_wait_seconds
+        while True:
+            status = self.lead_export_status(export_id)
+            state = str(status.get("status", "")).lower()
+            if state in _DONE_EXPORT:
+                return status
+            if state in _FAILED_EXPORT:
+                raise BulkJobFailed(
+                    f"export {export_id} ended {status.get('status')}: {status.get('errorMsg', '')}",
+                    endpoint="GET /bulk/v1/leads/export/{id}/status.json",
+                )
+            if time.monotonic() + poll_seconds > deadline:
+                raise BulkJobFailed(
+                    f"export {export_id} still {status.get('status')} after {max_wait_seconds:.0f}s",
+                    endpoint="GET /bulk/v1/leads/export/{id}/status.json",
+                )
+            self.poll_sleep(poll_seconds)
+
+    def download_lead_export(
+        self, export_id: str, dest: Path, status: Mapping[str, Any], chunk_bytes: int = 8 * 1024 * 1024
+    ) -> Path:
+        """Download a completed export to ``dest`` in ``Range`` chunks and check size and SHA-256."""
+        path = f"/bulk/v1/leads/export/{export_id}/file.json"
+        size = status.get("fileSize")
+        digest = hashlib.sha256()
+        received = 0
+        with dest.open("wb") as handle:
+            while size is None or received < int(size):
+                headers = {}
+                if size is not None:
+                    last = min(received + chunk_bytes, int(size)) - 1
+                    headers["Range"] = f"bytes={received}-{last}"
+                resp = self.call("GET", path, headers=headers, check=self._check_file)
+                data = resp.content
+                if resp.status_code == 200 and received:
+                    # The server ignored the range and sent the whole file again.
+                    handle.seek(0)
+                    handle.truncate()
+                    digest, received = hashlib.sha256(), 0
+                handle.write(data)
+                digest.update(data)
+                received += len(data)
+                if resp.status_code == 200 or not data:
+                    break
+        self._verify_download(export_id, status, received, digest.hexdigest())
+        return dest
+
+    @staticmethod
+    def _verify_download(export_id: str, status: Mapping[str, Any], received: int, sha256: str) -> None:
+        size, checksum = status.get("fileSize"), status.get("fileChecksum")
+        label = "GET /bulk/v1/leads/export/{id}/file.json"
+        if size is not None and received != int(size):
+            raise FatalApiError(
+                f"export {export_id}: received {received} bytes, expected {size}", endpoint=label
+            )
+        if checksum and str(checksum).split(":", 1)[-1].lower() != sha256:
+            raise FatalApiError(
+                f"export {export_id}: SHA-256 of the file does not match fileChecksum", endpoint=label
+            )
+
+    def _check_file(self, resp: requests.Response, label: str) -> None:
+        if resp.headers.get("Content-Type", "").startswith("application/json"):
+            self._check(resp, label)  # an error envelope (e.g. 601) instead of the file
+            return
+        from crm_sync_hooks.marketo import check_http
+
+        check_http(resp, label)
+
+    def bulk_extract_leads(
+        self,
+        fields: Sequence[str],
+        start: datetime,
+        end: datetime,
+        *,
+        date_filter: str = "createdAt",
+        batch_size: int = 5000,
+        poll_seconds: float | None = None,
+        max_wait_seconds: float = 6 * 3600,
+        workdir: Path | None = None,
+        window: timedelta = MAX_EXTRACT_WINDOW,
+    ) -> Iterator[list[dict[str, str | None]]]:
+        """Yield batches of leads whose ``date_filter`` (``createdAt``/``updatedAt``) is in ``[start, end)``.
+
+        One export job runs per window of at most 31 days; each file is streamed to a temporary
+        file, verified, read back in batches of ``batch_size`` rows and deleted.
+        """
+        if window > MAX_EXTRACT_WINDOW:
+            raise ValueError("bulk extract windows cannot exceed 31 days")
+        poll = self.bulk_queue_wait if poll_seconds is None else poll_seconds
+        for lower, upper in extract_windows(start, end, window):
+            export_filter = {date_filter: {"startAt": marketo_time(lower), "endAt": marketo_time(upper)}}
+            export_id = self.create_lead_export(fields, export_filter)
+            self.enqueue_lead_export(export_id)
+            status = self.wait_for_lead_export(export_id, poll, max_wait_seconds)
+            log.info(
+                "export %s completed: %s records, %s bytes",
+                export_id,
+                status.get("numberOfRecords"),
+                status.get("fileSize"),
+            )
+            with tempfile.TemporaryDirectory(dir=workdir, prefix="marketo-export-") as tmp:
+                file_path = self.download_lead_export(export_id, Path(tmp) / "leads.csv", status)
+                yield from read_csv_batches(
+                    file_path, batch_size, DELIMITERS.get(str(status.get("format", "CSV")), ",")
+                )
+
+    # --- import ----------------------------------------------------------------------------
+    def bulk_import_leads(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        fields: Sequence[str],
+        *,
+        lookup_field: str = "email",
+        list_id: int | None = None,
+        partition_name: str | None = None,
+        max_file_bytes: int = 9_500_000,
+        poll_seconds: float | None = None,
+        max_wait_seconds: float = 6 * 3600,
+    ) -> list[BulkImportJob]:
+        """Import leads through bulk import jobs of CSV files under 10 MB; one summary per file.
+
+        Only the columns in ``fields`` are sent. Rows without a ``lookup_field`` value are
+        reported as skipped in the first job's failures without being sent.
+        """
+        if lookup_field not in fields:
+            raise ValueError(f"fields must include the lookup field {lookup_field!r}")
+        if max_file_bytes > MAX_IMPORT_FILE_BYTES:
+            raise ValueError("bulk import files are limited to 10 MB")
+        poll = 5.0 if poll_seconds is None else poll_seconds
+        params: dict[str, Any] = {"format": "csv", "lookupField": lookup_field}
+        if list_id is not None:
+            params["listId"] = list_id
+        if partition_name:
+            params["partitionName"] = partition_name
+        jobs: list[BulkImportJob] = []
+        skipped: list[WriteResult] = []
+        for data, index_by_key, count in self._import_files(
+            rows, fields, lookup_field, max_file_bytes, skipped
+        ):
+            job = self._run_import(data, params, index_by_key, count, lookup_field, poll, max_wait_seconds)
+            jobs.append(job)
+        if skipped:
+            if not jobs:
+                jobs.append(BulkImportJob("", "NotSubmitted", 0, 0, 0, 0, "no row had a lookup value"))
+            jobs[0].failures[:0] = skipped
+        return jobs
+
+    @staticmethod
+    def _import_files(
+        rows: Iterable[Mapping[str, Any]],
+        fields: Sequence[str],
+        lookup_field: str,
+        max_file_bytes: int,
+        skipped: list[WriteResult],
+    ) -> Iterator[tuple[bytes, dict[str, int], int]]:
+        header = _csv_line(list(fields))
+        buffer, size = [header], len(header)
+        index_by_key: dict[str, int] = {}
+        for index, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise ValueError(f"bulk import row {index} is a {type(row).__name__}, not a mapping")
+            key = row.get(lookup_field)
+            if key is None or key == "":
+                skipped.append(
+                    WriteResult(
+                        index,
+                        WriteStatus.SKIPPED,
+                        code="1002",
+                        reason=f"row {index} has no value for {lookup_field}",
+                    )
+                )
+                continue
+            line = _csv_line([csv_cell(row.get(col), index, col) for col in fields])
+            if size + len(line) > max_file_bytes and len(buffer) > 1:
+                yield b"".join(buffer), index_by_key, len(buffer) - 1
+                buffer, size, index_by_key = [header], len(header), {}
+            buffer.append(line)
+            size += len(line)
+            index_by_key[str(key).lower()] = index
+        if len(buffer) > 1:
+            yield b"".join(buffer), index_by_key, len(buffer) - 1
+
+    def _run_import(
+        self,
+        data: bytes,
+        params: dict[str, Any],
+        index_by_key: dict[str, int],
+        count: int,
+        lookup_field: str,
+        poll_seconds: float,
+        max_wait_seconds: float,
+    ) -> BulkImportJob:
+        created = self._first_result(
+            self.call(
+                "POST",
+                "/bulk/v1/leads.json",
+                params=params,
+                data={"format": "csv"},
+                files={"file": ("leads.csv", io.BytesIO(data), "text/csv")},
+                timeout=max(self.timeout, 300.0),
+            ).json(),
+            "POST /bulk/v1/leads.json",
+        )
+        batch_id = str(created.get("batchId") or created.get("importId"))
+        deadline = time.monotonic() + max_wait_seconds
+        while True:
+            status = self._first_result(
+                self.call_json("GET", f"/bulk/v1/leads/batch/{batch_id}.json"),
+                "GET /bulk/v1/leads/batch/{id}.json",
+            )
+            state = str(status.get("status", ""))
+            if state.lower() in ("complete", "completed", "failed"):
+                break
+            if time.monotonic() + poll_seconds > deadline:
+                raise BulkJobFailed(
+                    f"import {batch_id} still {state} after {max_wait_seconds:.0f}s",
+                    endpoint="GET /bulk/v1/leads/batch/{id}.json",
+                )
+            self.poll_sleep(poll_seconds)
+        job = BulkImportJob(
+            batch_id,
+            state,
+            count,
+            int(status.get("numOfLeadsProcessed") or 0),
+            int(status.get("numOfRowsFailed") or 0),
+            int(status.get("numOfRowsWithWarning") or 0),
+            str(status.get("message") or ""),
+        )
+        if state.lower() == "failed" and not job.rows_failed:
+            raise BulkJobFailed(
+                f"import {batch_id} failed: {job.message}", endpoint="POST /bulk/v1/leads.json"
+            )
+        if job.rows_failed:
+            job.failures = self._import_report(
+                batch_id, "failures", index_by_key, lookup_field, WriteStatus.FAILED
+            )
+        if job.rows_warning:
+            job.warnings = self._import_report(
+                batch_id, "warnings", index_by_key, lookup_field, WriteStatus.UPSERTED
+            )
+        log.info(
+            "import %s %s: %d rows, %d failed, %d with warnings",
+            batch_id,
+            state,
+            count,
+            job.rows_failed,
+            job.rows_warning,
+        )
+        return job
+
+    def _import_report(
+        self, batch_id: str, kind: str, index_by_key: dict[str, int], lookup_field: str, status: WriteStatus
+    ) -> list[WriteResult]:
+        """Read a failures/warnings file: the submitted row plus a last column with the reason."""
+        text = self.call("GET", f"/bulk/v1/leads/batch/{batch_id}/{kind}.json", check=self._check_file).text
+        reader = csv.reader(io.StringIO(text.replace("\x00", "")))
+        header = next(reader, None)
+        if not header:
+            return []
+        key_col = header.index(lookup_field) if lookup_field in header else None
+        results = []
+        for row in reader:
+            if not row:
+                continue
+            key = row[key_col].lower() if key_col is not None and key_col < len(row) else ""
+            results.append(WriteResult(index_by_key.get(key, -1), status, reason=row[-1], code=kind))
+        return results
+
+    @staticmethod
+    def _first_result(body: Mapping[str, Any], label: str) -> dict[str, Any]:
+        result = body.get("result")
+        if not isinstance(result, list) or not result or not isinstance(result[0], Mapping):
+            raise FatalApiError("answer has no result", endpoint=label)
+        return dict(result[0])
+
+
+def _csv_line(cells: list[str]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(cells)
+    return out.getvalue().encode()

@@ -1,0 +1,85 @@
+"""Fixtures for the hook tests: connections through ``AIRFLOW_CONN_*`` and clean per-process caches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crm_sync_hooks import base, dynamics, marketo
+
+MARKETO_URL = "https://mkto.unit.test"
+DYNAMICS_URL = "https://org.unit.test"
+AUTHORITY = "https://login.unit.test"
+TENANT = "tenant-0001"
+MARKETO_SECRET = "unit-marketo-secret-7f3a9c"
+DYNAMICS_SECRET = "unit-dynamics-secret-51be2d"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> Iterator[None]:
+    """Forget tokens, msal apps and limiters between tests (they are per-process caches)."""
+    marketo._TOKENS.clear()
+    dynamics._MSAL_APPS.clear()
+    base._LIMITERS.clear()
+    yield
+    marketo._TOKENS.clear()
+    dynamics._MSAL_APPS.clear()
+    base._LIMITERS.clear()
+
+
+@pytest.fixture
+def set_connection(monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """Define an Airflow connection through an environment variable and return its id."""
+
+    def define(conn_id: str, **fields: Any) -> str:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(fields))
+        return conn_id
+
+    return define
+
+
+@pytest.fixture
+def marketo_conn(set_connection: Callable[..., str], tmp_path: Path) -> Callable[..., str]:
+    """Return a factory of Marketo connections to the mocked host, with a private limiter file."""
+
+    def make(conn_id: str = "mkto_unit", **extra: Any) -> str:
+        extras = {"limiter_url": f"sqlite:///{tmp_path}/limiter.sqlite", "timeout": 5, **extra}
+        return set_connection(
+            conn_id,
+            conn_type="marketo",
+            host=MARKETO_URL,
+            login="unit-client",
+            password=MARKETO_SECRET,
+            extra=extras,
+        )
+
+    return make
+
+
+@pytest.fixture
+def dynamics_conn(set_connection: Callable[..., str], tmp_path: Path) -> Callable[..., str]:
+    """Return a factory of Dynamics connections to the mocked hosts, with a private limiter file."""
+
+    def make(conn_id: str = "dyn_unit", **extra: Any) -> str:
+        extras = {
+            "limiter_url": f"sqlite:///{tmp_path}/limiter.sqlite",
+            "timeout": 5,
+            "tenant_id": TENANT,
+            "authority_host": AUTHORITY,
+            "api_version": "9.2",
+            **extra,
+        }
+        return set_connection(
+            conn_id,
+            conn_type="dynamics",
+            host=DYNAMICS_URL,
+            login="00000000-0000-0000-0000-0000000000aa",
+            password=DYNAMICS_SECRET,
+            extra=extras,
+        )
+
+    return make
