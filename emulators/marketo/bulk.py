@@ -468,24 +468,27 @@ class BulkWorker:
         for start in range(0, len(body), lead_ops.MAX_BATCH):
             chunk = body[start : start + lead_ops.MAX_BATCH]
             records: list[dict[str, Any]] = []
-            sources: list[list[str]] = []
+            # One slot per file row, in file order: a fixed failure reason, or None (sent to sync).
+            slots: list[tuple[list[str], str | None]] = []
             for line_no, row in enumerate(chunk, start=start + 2):
                 if len(row) != len(header):
-                    failures.append(
-                        [*row, f"Row {line_no}: expected {len(header)} columns, found {len(row)}"]
-                    )
+                    slots.append((row, f"Row {line_no}: expected {len(header)} columns, found {len(row)}"))
                     continue
                 records.append({header[i]: (None if row[i] == "null" else row[i]) for i in known})
-                sources.append(row)
-                if unknown:
-                    warnings.append([*row, f"Field '{unknown[0]}' not found; column ignored"])
+                slots.append((row, None))
             with self.store.begin() as conn:
                 outcome = lead_ops.sync(conn, self.store, records, action, lookup, reason="List import")
-            for row, result in zip(sources, outcome.results, strict=True):
-                if result["status"] == "skipped":
-                    failures.append(
-                        [*row, f"{result['reasons'][0]['code']}: {result['reasons'][0]['message']}"]
-                    )
+            results = iter(outcome.results)
+            for row, reason in slots:
+                if reason is None:
+                    result = next(results)
+                    if result["status"] == "skipped":
+                        reason = f"{result['reasons'][0]['code']}: {result['reasons'][0]['message']}"
+                    elif unknown:
+                        # Imported, minus the columns Marketo does not know (reason text unconfirmed).
+                        warnings.append([*row, f"Field '{unknown[0]}' not found; column ignored"])
+                if reason is not None:
+                    failures.append([*row, reason])
             processed += outcome.created + outcome.updated
             self.stats_add("lead.imported", outcome.created + outcome.updated)
         self._write_report(batch_id, "failures", header, "Import Failure Reason", failures, delimiter)

@@ -28,8 +28,11 @@ class Api:
     def authenticate(self) -> dict[str, Any]:
         resp = self.session.get(
             f"{self.emu.base_url}/identity/oauth/token",
-            params={"grant_type": "client_credentials", "client_id": self.client_id,
-                    "client_secret": self.client_secret},
+            params={
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+            },
             timeout=10,
         )
         resp.raise_for_status()
@@ -42,7 +45,9 @@ class Api:
             self.authenticate()
         headers = dict(kwargs.pop("headers", {}))
         headers.setdefault("Authorization", f"Bearer {self.token}")
-        return self.session.request(method, f"{self.emu.base_url}{path}", headers=headers, timeout=60, **kwargs)
+        return self.session.request(
+            method, f"{self.emu.base_url}{path}", headers=headers, timeout=60, **kwargs
+        )
 
     def get(self, path: str, **params: Any) -> dict[str, Any]:
         resp = self.call("GET", path, params=params)

@@ -23,7 +23,9 @@ def _drain(api: Api, path: str, token: str, **params: Any) -> tuple[list[dict[st
 
 
 def _token_now(api: Api) -> str:
-    return str(api.get("/rest/v1/activities/pagingtoken.json", sinceDatetime="2100-01-01T00:00:00Z")["nextPageToken"])
+    return str(
+        api.get("/rest/v1/activities/pagingtoken.json", sinceDatetime="2100-01-01T00:00:00Z")["nextPageToken"]
+    )
 
 
 def test_lead_changes_return_exactly_the_changes_since_the_token(api: Api) -> None:
@@ -33,10 +35,13 @@ def test_lead_changes_return_exactly_the_changes_since_the_token(api: Api) -> No
     api.post(LEADS, {"input": [{"email": email, "firstName": "New", "city": "Paris"}]})
     api.post(LEADS, {"input": [{"email": email, "firstName": "New"}]})  # no change: no activity
 
-    changes, token = _drain(api, "/rest/v1/activities/leadchanges.json", token, fields="firstName", batchSize=1)
+    changes, token = _drain(
+        api, "/rest/v1/activities/leadchanges.json", token, fields="firstName", batchSize=1
+    )
     assert [(c["activityTypeId"], c["leadId"]) for c in changes] == [(12, lead_id), (13, lead_id)]
-    assert changes[1]["fields"] == [{"id": changes[1]["fields"][0]["id"], "name": "firstName",
-                                     "newValue": "New", "oldValue": "Old"}]
+    assert changes[1]["fields"] == [
+        {"id": changes[1]["fields"][0]["id"], "name": "firstName", "newValue": "New", "oldValue": "Old"}
+    ]
     assert {"name": "Reason", "value": "Web service API"} in changes[1]["attributes"]
 
     api.post(LEADS, {"input": [{"email": email, "lastName": "Later"}]})
@@ -49,16 +54,24 @@ def test_lead_changes_return_exactly_the_changes_since_the_token(api: Api) -> No
 
 def test_paging_token_from_a_date_includes_later_activities(api: Api) -> None:
     token = api.get("/rest/v1/activities/pagingtoken.json", sinceDatetime="2000-01-01T00:00:00+00:00")
-    assert token["success"] and "result" not in token
+    assert token["success"]
+    assert "result" not in token
     records, _ = _drain(api, "/rest/v1/activities.json", token["nextPageToken"], activityTypeIds="12")
-    assert records and all(r["activityTypeId"] == 12 for r in records)
+    assert records
+    assert all(r["activityTypeId"] == 12 for r in records)
     assert [r["id"] for r in records] == sorted({r["id"] for r in records})
 
 
 def test_deleted_leads_feed(api: Api) -> None:
     token = _token_now(api)
-    lead_id = api.post(LEADS, {"input": [{"email": f"gone-{uuid.uuid4().hex[:8]}@example.com",
-                                          "firstName": "Gone", "lastName": "Soon"}]})["result"][0]["id"]
+    lead_id = api.post(
+        LEADS,
+        {
+            "input": [
+                {"email": f"gone-{uuid.uuid4().hex[:8]}@example.com", "firstName": "Gone", "lastName": "Soon"}
+            ]
+        },
+    )["result"][0]["id"]
     api.post("/rest/v1/leads/delete.json", {"input": [{"id": lead_id}]})
     deleted, _ = _drain(api, "/rest/v1/activities/deletedleads.json", token)
     assert [(d["leadId"], d["activityTypeId"], d["primaryAttributeValue"]) for d in deleted] == [
@@ -69,9 +82,18 @@ def test_deleted_leads_feed(api: Api) -> None:
 def test_feed_parameter_errors(api: Api) -> None:
     token = _token_now(api)
     assert error_code(api.get("/rest/v1/activities/leadchanges.json", nextPageToken=token)) == "701"
-    assert error_code(api.get("/rest/v1/activities.json", nextPageToken="garbage!", activityTypeIds="1")) == "1003"
-    assert error_code(api.get("/rest/v1/activities.json", nextPageToken=token,
-                              activityTypeIds=",".join(map(str, range(11))))) == "1003"
+    assert (
+        error_code(api.get("/rest/v1/activities.json", nextPageToken="garbage!", activityTypeIds="1"))
+        == "1003"
+    )
+    assert (
+        error_code(
+            api.get(
+                "/rest/v1/activities.json", nextPageToken=token, activityTypeIds=",".join(map(str, range(11)))
+            )
+        )
+        == "1003"
+    )
     assert error_code(api.get("/rest/v1/activities/pagingtoken.json", sinceDatetime="yesterday")) == "704"
     types = {t["id"] for t in api.get("/rest/v1/activities/types.json")["result"]}
     assert {12, 13, 37} <= types

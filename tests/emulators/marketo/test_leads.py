@@ -15,8 +15,14 @@ def _email(tag: str) -> str:
 
 def test_create_or_update_reports_each_record_in_order(api: Api) -> None:
     a, b = _email("a"), _email("b")
-    body = api.post(LEADS, {"action": "createOrUpdate", "lookupField": "email",
-                            "input": [{"email": a, "firstName": "Ann"}, {"email": b, "firstName": "Bob"}]})
+    body = api.post(
+        LEADS,
+        {
+            "action": "createOrUpdate",
+            "lookupField": "email",
+            "input": [{"email": a, "firstName": "Ann"}, {"email": b, "firstName": "Bob"}],
+        },
+    )
     assert body["success"] is True
     created = body["result"]
     assert [r["status"] for r in created] == ["created", "created"]
@@ -33,11 +39,17 @@ def test_create_only_and_update_only_skip_with_documented_codes(api: Api) -> Non
     known = _email("known")
     api.post(LEADS, {"input": [{"email": known}]})
     body = api.post(LEADS, {"action": "createOnly", "input": [{"email": known}, {"email": _email("new")}]})
-    assert body["result"][0] == {"status": "skipped", "reasons": [{"code": "1005", "message": "Lead already exists"}]}
+    assert body["result"][0] == {
+        "status": "skipped",
+        "reasons": [{"code": "1005", "message": "Lead already exists"}],
+    }
     assert body["result"][1]["status"] == "created"
 
     body = api.post(LEADS, {"action": "updateOnly", "input": [{"email": _email("ghost")}, {"email": known}]})
-    assert body["result"][0] == {"status": "skipped", "reasons": [{"code": "1004", "message": "Lead not found"}]}
+    assert body["result"][0] == {
+        "status": "skipped",
+        "reasons": [{"code": "1004", "message": "Lead not found"}],
+    }
     assert body["result"][1]["status"] == "updated"
 
 
@@ -51,32 +63,54 @@ def test_multiple_matches_are_skipped_with_1007(api: Api) -> None:
 
 def test_bad_records_are_skipped_and_named_while_good_ones_are_written(api: Api) -> None:
     good = _email("good")
-    body = api.post(LEADS, {"input": [
-        {"email": "not-an-email"},
-        {"email": _email("x"), "noSuchField": 1},
-        {"firstName": "no lookup value"},
-        {"email": _email("y"), "leadScore": "high"},
-        {"email": good, "msdRecordId": str(uuid.uuid4()), "msdType": "Contact", "msdIsDeleted": False},
-        {"email": _email("z"), "updatedAt": "2024-01-01T00:00:00Z"},
-    ]})
+    body = api.post(
+        LEADS,
+        {
+            "input": [
+                {"email": "not-an-email"},
+                {"email": _email("x"), "noSuchField": 1},
+                {"firstName": "no lookup value"},
+                {"email": _email("y"), "leadScore": "high"},
+                {
+                    "email": good,
+                    "msdRecordId": str(uuid.uuid4()),
+                    "msdType": "Contact",
+                    "msdIsDeleted": False,
+                },
+                {"email": _email("z"), "updatedAt": "2024-01-01T00:00:00Z"},
+            ]
+        },
+    )
     assert body["success"] is True
     reasons = [r.get("reasons", [{}])[0] for r in body["result"]]
-    assert reasons[0]["code"] == "1001" and "'email'" in reasons[0]["message"]
+    assert reasons[0]["code"] == "1001"
+    assert "'email'" in reasons[0]["message"]
     assert reasons[1] == {"code": "1006", "message": "Field 'noSuchField' not found"}
-    assert reasons[2]["code"] == "1002" and "'email'" in reasons[2]["message"]
-    assert reasons[3]["code"] == "1001" and "'leadScore'" in reasons[3]["message"]
+    assert reasons[2]["code"] == "1002"
+    assert "'email'" in reasons[2]["message"]
+    assert reasons[3]["code"] == "1001"
+    assert "'leadScore'" in reasons[3]["message"]
     assert body["result"][4]["status"] == "created"
-    assert reasons[5]["code"] == "1003" and "updatedAt" in reasons[5]["message"]
+    assert reasons[5]["code"] == "1003"
+    assert "updatedAt" in reasons[5]["message"]
 
 
 def test_lookup_by_sync_owned_key_and_id_rules(api: Api) -> None:
     person = str(uuid.uuid4())
     first = api.post(LEADS, {"input": [{"email": _email("p"), "externalPersonId": person}]})["result"][0]
-    body = api.post(LEADS, {"lookupField": "externalPersonId",
-                            "input": [{"externalPersonId": person.upper(), "title": "CTO"}]})
+    body = api.post(
+        LEADS,
+        {"lookupField": "externalPersonId", "input": [{"externalPersonId": person.upper(), "title": "CTO"}]},
+    )
     assert body["result"] == [{"id": first["id"], "status": "updated"}]
-    body = api.post(LEADS, {"action": "updateOnly", "lookupField": "id",
-                            "input": [{"id": first["id"], "city": "Oslo"}, {"id": 10**9, "city": "Rome"}]})
+    body = api.post(
+        LEADS,
+        {
+            "action": "updateOnly",
+            "lookupField": "id",
+            "input": [{"id": first["id"], "city": "Oslo"}, {"id": 10**9, "city": "Rome"}],
+        },
+    )
     assert body["result"][0]["status"] == "updated"
     assert body["result"][1]["reasons"][0]["code"] == "1004"
     body = api.post(LEADS, {"action": "createOrUpdate", "lookupField": "id", "input": [{"id": first["id"]}]})
@@ -104,8 +138,12 @@ def test_filter_by_id_pages_every_record_exactly_once(api: Api) -> None:
 
 
 def test_post_method_get_override_and_repeated_fields(api: Api) -> None:
-    resp = api.call("POST", LEADS, params={"_method": "GET"},
-                    data=[("filterType", "id"), ("filterValues", "1,2"), ("fields", "id"), ("fields", "email")])
+    resp = api.call(
+        "POST",
+        LEADS,
+        params={"_method": "GET"},
+        data=[("filterType", "id"), ("filterValues", "1,2"), ("fields", "id"), ("fields", "email")],
+    )
     body = resp.json()
     assert [sorted(r) for r in body["result"]] == [["email", "id"], ["email", "id"]]
 
@@ -129,8 +167,17 @@ def test_get_by_id_and_delete(api: Api) -> None:
 
 def test_describe_lists_mapping_and_sync_owned_fields(api: Api) -> None:
     names = {f["rest"]["name"] for f in api.get("/rest/v1/leads/describe.json")["result"]}
-    assert {"email", "firstName", "msdType", "msdRecordId", "msdCreatedDate", "msdIsDeleted",
-            "externalPersonId", "doNotCall", "unsubscribed"} <= names
+    assert {
+        "email",
+        "firstName",
+        "msdType",
+        "msdRecordId",
+        "msdCreatedDate",
+        "msdIsDeleted",
+        "externalPersonId",
+        "doNotCall",
+        "unsubscribed",
+    } <= names
     d2 = api.get("/rest/v1/leads/describe2.json")["result"][0]
     assert ["externalPersonId"] in d2["searchableFields"]
     assert {f["name"]: f["updateable"] for f in d2["fields"]}["createdAt"] is False

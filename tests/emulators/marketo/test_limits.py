@@ -17,29 +17,44 @@ def test_token_is_reused_until_expiry_and_bad_credentials_get_401(api: Api) -> N
     first = api.authenticate()
     second = api.authenticate()
     assert first["access_token"] == second["access_token"]
-    assert second["token_type"] == "bearer" and second["scope"] and second["expires_in"] <= 3600
-    resp = requests.post(f"{api.emu.base_url}/identity/oauth/token", verify=api.emu.verify, timeout=10,
-                         data={"grant_type": "client_credentials", "client_id": api.client_id,
-                               "client_secret": "wrong"})
-    assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+    assert second["token_type"] == "bearer"
+    assert second["scope"]
+    assert second["expires_in"] <= 3600
+    resp = requests.post(
+        f"{api.emu.base_url}/identity/oauth/token",
+        verify=api.emu.verify,
+        timeout=10,
+        data={"grant_type": "client_credentials", "client_id": api.client_id, "client_secret": "wrong"},
+    )
+    assert resp.status_code == 401
+    assert resp.json()["error"] == "invalid_client"
     assert "wrong" not in resp.text
 
 
 def test_invalid_missing_and_expired_tokens(api: Api) -> None:
-    assert error_code(api.call("GET", LEADS, params=QUERY, headers={"Authorization": "Bearer nope"}).json()) == "601"
+    assert (
+        error_code(api.call("GET", LEADS, params=QUERY, headers={"Authorization": "Bearer nope"}).json())
+        == "601"
+    )
     resp = requests.get(f"{api.emu.base_url}{LEADS}", params=QUERY, verify=api.emu.verify, timeout=10)
-    assert resp.status_code == 200 and error_code(resp.json()) == "601"
+    assert resp.status_code == 200
+    assert error_code(resp.json()) == "601"
     # The legacy query parameter still works.
     api.authenticate()
-    legacy = requests.get(f"{api.emu.base_url}{LEADS}", params={**QUERY, "access_token": api.token},
-                          verify=api.emu.verify, timeout=10)
+    legacy = requests.get(
+        f"{api.emu.base_url}{LEADS}",
+        params={**QUERY, "access_token": api.token},
+        verify=api.emu.verify,
+        timeout=10,
+    )
     assert legacy.json()["success"] is True
 
     old = api.token
     api.emu.admin("POST", "expire-tokens")
     assert error_code(api.get(LEADS, **QUERY)) == "602"
     api.authenticate()
-    assert api.token != old and api.get(LEADS, **QUERY)["success"]
+    assert api.token != old
+    assert api.get(LEADS, **QUERY)["success"]
 
 
 def test_short_lived_token_expires_by_itself(api: Api) -> None:
@@ -52,7 +67,9 @@ def test_short_lived_token_expires_by_itself(api: Api) -> None:
 
 def test_rate_window_606_then_recovers(api: Api) -> None:
     api.authenticate()
-    api.emu.admin("PUT", "limits", json={"enabled": True, "rate_limit": 5, "rate_window_s": 20, "time_scale": 0.05})
+    api.emu.admin(
+        "PUT", "limits", json={"enabled": True, "rate_limit": 5, "rate_window_s": 20, "time_scale": 0.05}
+    )
     api.emu.admin("POST", "reset-counters")
     codes = [error_code(api.get(LEADS, **QUERY)) for _ in range(7)]
     assert codes == [None] * 5 + ["606", "606"]
@@ -64,12 +81,19 @@ def test_rate_window_606_then_recovers(api: Api) -> None:
 
 def test_concurrency_615(api: Api) -> None:
     api.authenticate()
-    api.emu.admin("PUT", "limits", json={"enabled": True, "max_concurrent": 2, "hold_ms": 1500, "rate_limit": 1000})
+    api.emu.admin(
+        "PUT", "limits", json={"enabled": True, "max_concurrent": 2, "hold_ms": 1500, "rate_limit": 1000}
+    )
 
     def one(_: int) -> str | None:
         with requests.Session() as s:
-            resp = s.get(f"{api.emu.base_url}{LEADS}", params=QUERY, verify=api.emu.verify, timeout=30,
-                         headers={"Authorization": f"Bearer {api.token}"})
+            resp = s.get(
+                f"{api.emu.base_url}{LEADS}",
+                params=QUERY,
+                verify=api.emu.verify,
+                timeout=30,
+                headers={"Authorization": f"Bearer {api.token}"},
+            )
             return error_code(resp.json())
 
     with ThreadPoolExecutor(4) as pool:
@@ -82,7 +106,10 @@ def test_daily_quota_607_and_auth_errors_are_not_counted(api: Api) -> None:
     api.emu.admin("PUT", "limits", json={"enabled": True, "daily_quota": 3})
     api.emu.admin("POST", "reset-counters")
     for _ in range(3):
-        assert error_code(api.call("GET", LEADS, params=QUERY, headers={"Authorization": "Bearer bad"}).json()) == "601"
+        assert (
+            error_code(api.call("GET", LEADS, params=QUERY, headers={"Authorization": "Bearer bad"}).json())
+            == "601"
+        )
     assert [error_code(api.get(LEADS, **QUERY)) for _ in range(4)] == [None, None, None, "607"]
     usage = api.emu.admin("GET", "limits").json()["counters"]
     assert usage["day_calls"] == 3
@@ -91,8 +118,12 @@ def test_daily_quota_607_and_auth_errors_are_not_counted(api: Api) -> None:
 def test_oversized_uri_414_and_body_413(api: Api) -> None:
     resp = api.call("GET", LEADS, params={"filterType": "id", "filterValues": ",".join(["1"] * 5000)})
     assert resp.status_code == 414
-    resp = api.call("POST", LEADS, data=b'{"input": [' + b" " * (1024 * 1024 + 10) + b"]}",
-                    headers={"Content-Type": "application/json"})
+    resp = api.call(
+        "POST",
+        LEADS,
+        data=b'{"input": [' + b" " * (1024 * 1024 + 10) + b"]}",
+        headers={"Content-Type": "application/json"},
+    )
     assert resp.status_code == 413
 
 

@@ -13,67 +13,125 @@ def _key() -> str:
 
 def test_company_sync_get_delete_with_seq_and_codes(api: Api) -> None:
     k1, k2 = _key(), _key()
-    body = api.post("/rest/v1/companies.json", {"action": "createOrUpdate", "dedupeBy": "dedupeFields", "input": [
-        {"externalCompanyId": k1, "company": "Acme", "industry": "Retail"},
-        {"externalCompanyId": k2, "company": "Globex", "numberOfEmployees": "many"},
-        {"externalCompanyId": k1, "company": "Acme again"},
-        {"company": "no key"},
-    ]})
+    body = api.post(
+        "/rest/v1/companies.json",
+        {
+            "action": "createOrUpdate",
+            "dedupeBy": "dedupeFields",
+            "input": [
+                {"externalCompanyId": k1, "company": "Acme", "industry": "Retail"},
+                {"externalCompanyId": k2, "company": "Globex", "numberOfEmployees": "many"},
+                {"externalCompanyId": k1, "company": "Acme again"},
+                {"company": "no key"},
+            ],
+        },
+    )
     res = body["result"]
-    assert res[0]["seq"] == 0 and res[0]["status"] == "created" and isinstance(res[0]["id"], int)
-    assert res[1]["seq"] == 1 and res[1]["reasons"][0]["code"] == "1001"
-    assert res[2] == {"seq": 2, "status": "skipped",
-                      "reasons": [{"code": "1036", "message": "Duplicate object found in input"}]}
-    assert res[3]["seq"] == 3 and res[3]["reasons"][0]["code"] == "1002"
+    assert res[0]["seq"] == 0
+    assert res[0]["status"] == "created"
+    assert isinstance(res[0]["id"], int)
+    assert res[1]["seq"] == 1
+    assert res[1]["reasons"][0]["code"] == "1001"
+    assert res[2] == {
+        "seq": 2,
+        "status": "skipped",
+        "reasons": [{"code": "1036", "message": "Duplicate object found in input"}],
+    }
+    assert res[3]["seq"] == 3
+    assert res[3]["reasons"][0]["code"] == "1002"
 
     body = api.post("/rest/v1/companies.json", {"action": "createOnly", "input": [{"externalCompanyId": k1}]})
     assert body["result"][0]["reasons"][0]["code"] == "1017"
     body = api.post("/rest/v1/companies.json", {"action": "updateOnly", "input": [{"externalCompanyId": k2}]})
     assert body["result"][0]["reasons"][0]["code"] == "1013"
 
-    got = api.get("/rest/v1/companies.json", filterType="externalCompanyId", filterValues=k1.upper(),
-                  fields="company,industry")
+    got = api.get(
+        "/rest/v1/companies.json",
+        filterType="externalCompanyId",
+        filterValues=k1.upper(),
+        fields="company,industry",
+    )
     assert got["result"] == [{"seq": 0, "company": "Acme", "industry": "Retail"}]
-    body = api.post("/rest/v1/companies/delete.json", {"deleteBy": "dedupeFields",
-                                                        "input": [{"externalCompanyId": k1}, {"externalCompanyId": k2}]})
+    body = api.post(
+        "/rest/v1/companies/delete.json",
+        {"deleteBy": "dedupeFields", "input": [{"externalCompanyId": k1}, {"externalCompanyId": k2}]},
+    )
     assert [r["status"] for r in body["result"]] == ["deleted", "skipped"]
     assert api.get("/rest/v1/companies.json", filterType="dedupeFields", filterValues=k1)["result"] == []
 
 
 def test_opportunity_needs_known_sales_person_and_roles_need_known_targets(api: Api) -> None:
     seller = _key()
-    assert api.post("/rest/v1/salespersons.json", {"input": [
-        {"externalSalesPersonId": seller, "email": "sam@example.com", "firstName": "Sam"}]})["result"][0]["status"] == "created"
+    assert (
+        api.post(
+            "/rest/v1/salespersons.json",
+            {"input": [{"externalSalesPersonId": seller, "email": "sam@example.com", "firstName": "Sam"}]},
+        )["result"][0]["status"]
+        == "created"
+    )
     opp = _key()
-    body = api.post("/rest/v1/opportunities.json", {"input": [
-        {"externalOpportunityId": opp, "name": "Big deal", "externalSalesPersonId": seller, "amount": 1000},
-        {"externalOpportunityId": _key(), "name": "Orphan", "externalSalesPersonId": _key()},
-        {"externalOpportunityId": _key()},
-    ]})
+    body = api.post(
+        "/rest/v1/opportunities.json",
+        {
+            "input": [
+                {
+                    "externalOpportunityId": opp,
+                    "name": "Big deal",
+                    "externalSalesPersonId": seller,
+                    "amount": 1000,
+                },
+                {"externalOpportunityId": _key(), "name": "Orphan", "externalSalesPersonId": _key()},
+                {"externalOpportunityId": _key()},
+            ]
+        },
+    )
     res = body["result"]
-    assert res[0]["status"] == "created" and len(res[0]["marketoGUID"]) == 36
+    assert res[0]["status"] == "created"
+    assert len(res[0]["marketoGUID"]) == 36
     assert res[1]["reasons"][0]["code"] == "718"
     assert res[2]["reasons"][0]["code"] == "1003"
 
-    lead_id = api.post("/rest/v1/leads.json", {"input": [{"email": f"{opp[:8]}@example.com"}]})["result"][0]["id"]
-    body = api.post("/rest/v1/opportunities/roles.json", {"input": [
-        {"externalOpportunityId": opp, "leadId": lead_id, "role": "Decision Maker", "isPrimary": True},
-        {"externalOpportunityId": opp, "leadId": 10**9, "role": "Influencer"},
-    ]})
+    lead_id = api.post("/rest/v1/leads.json", {"input": [{"email": f"{opp[:8]}@example.com"}]})["result"][0][
+        "id"
+    ]
+    body = api.post(
+        "/rest/v1/opportunities/roles.json",
+        {
+            "input": [
+                {
+                    "externalOpportunityId": opp,
+                    "leadId": lead_id,
+                    "role": "Decision Maker",
+                    "isPrimary": True,
+                },
+                {"externalOpportunityId": opp, "leadId": 10**9, "role": "Influencer"},
+            ]
+        },
+    )
     assert body["result"][0]["status"] == "created"
     assert body["result"][1]["reasons"][0]["code"] == "1013"
     # Compound-key query: POST ..._method=GET with a JSON body, as marketorestpython sends it.
-    got = api.post("/rest/v1/opportunities/roles.json", {
-        "filterType": "dedupeFields", "fields": ["isPrimary", "role"],
-        "input": [{"externalOpportunityId": opp, "leadId": lead_id, "role": "Decision Maker"}]}, _method="GET")
+    got = api.post(
+        "/rest/v1/opportunities/roles.json",
+        {
+            "filterType": "dedupeFields",
+            "fields": ["isPrimary", "role"],
+            "input": [{"externalOpportunityId": opp, "leadId": lead_id, "role": "Decision Maker"}],
+        },
+        _method="GET",
+    )
     assert got["result"] == [{"seq": 0, "isPrimary": True, "role": "Decision Maker"}]
     # Update by system id.
     guid = res[0]["marketoGUID"]
-    body = api.post("/rest/v1/opportunities.json", {"action": "updateOnly", "dedupeBy": "idField",
-                                                     "input": [{"marketoGUID": guid, "stage": "Won"}]})
+    body = api.post(
+        "/rest/v1/opportunities.json",
+        {"action": "updateOnly", "dedupeBy": "idField", "input": [{"marketoGUID": guid, "stage": "Won"}]},
+    )
     assert body["result"] == [{"seq": 0, "status": "updated", "marketoGUID": guid}]
-    body = api.post("/rest/v1/opportunities.json", {"action": "createOrUpdate", "dedupeBy": "idField",
-                                                     "input": [{"marketoGUID": guid}]})
+    body = api.post(
+        "/rest/v1/opportunities.json",
+        {"action": "createOrUpdate", "dedupeBy": "idField", "input": [{"marketoGUID": guid}]},
+    )
     assert error_code(body) == "1003"
 
 
@@ -81,14 +139,20 @@ def test_custom_object_describe_sync_query_delete(api: Api) -> None:
     listing = api.get("/rest/v1/customobjects.json")["result"]
     assert [o["name"] for o in listing] == ["widget_c"]
     desc = api.get("/rest/v1/customobjects/widget_c/describe.json")["result"][0]
-    assert desc["idField"] == "marketoGUID" and desc["dedupeFields"] == ["widgetId"]
+    assert desc["idField"] == "marketoGUID"
+    assert desc["dedupeFields"] == ["widgetId"]
     assert desc["relationships"][0]["field"] == "leadExternalId"
     person = _key()
     widgets = [{"widgetId": _key(), "name": f"w{i}", "score": i, "leadExternalId": person} for i in range(5)]
     body = api.post("/rest/v1/customobjects/widget_c.json", {"input": widgets})
     assert [r["status"] for r in body["result"]] == ["created"] * 5
     seen = []
-    params = {"filterType": "leadExternalId", "filterValues": person, "fields": "widgetId,score", "batchSize": 2}
+    params = {
+        "filterType": "leadExternalId",
+        "filterValues": person,
+        "fields": "widgetId,score",
+        "batchSize": 2,
+    }
     while True:
         page = api.get("/rest/v1/customobjects/widget_c.json", **params)
         seen.extend(r["widgetId"] for r in page["result"])
@@ -96,6 +160,11 @@ def test_custom_object_describe_sync_query_delete(api: Api) -> None:
             break
         params["nextPageToken"] = page["nextPageToken"]
     assert seen == [w["widgetId"] for w in widgets]
-    body = api.post("/rest/v1/customobjects/widget_c/delete.json", {"input": [{"widgetId": widgets[0]["widgetId"]}]})
+    body = api.post(
+        "/rest/v1/customobjects/widget_c/delete.json", {"input": [{"widgetId": widgets[0]["widgetId"]}]}
+    )
     assert body["result"][0]["status"] == "deleted"
-    assert error_code(api.get("/rest/v1/customobjects/widget_c.json", filterType="name", filterValues="w1")) == "1003"
+    assert (
+        error_code(api.get("/rest/v1/customobjects/widget_c.json", filterType="name", filterValues="w1"))
+        == "1003"
+    )
