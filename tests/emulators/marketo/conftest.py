@@ -49,6 +49,10 @@ class Api:
             method, f"{self.emu.base_url}{path}", headers=headers, timeout=60, **kwargs
         )
 
+    def stats(self) -> dict[str, Any]:
+        """The emulator's ``/_emulator/stats`` counters."""
+        return dict(self.emu.admin("GET", "stats").json())
+
     def get(self, path: str, **params: Any) -> dict[str, Any]:
         resp = self.call("GET", path, params=params)
         assert resp.status_code == 200, resp.text

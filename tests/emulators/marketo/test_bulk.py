@@ -197,12 +197,8 @@ def test_import_queue_limit_1016(api: Api) -> None:
     assert [error_code(r) for r in results] == [None, None, None, "1016"]
     api.emu.admin("PUT", "limits", json={"bulk_job_s": 0})
     for r in results[:3]:
-        wait_for(
-            lambda r=r: (
-                api.get(f"/bulk/v1/leads/batch/{r['result'][0]['batchId']}.json")["result"][0]["status"]
-                == "Complete"
-            )
-        )
+        url = f"/bulk/v1/leads/batch/{r['result'][0]['batchId']}.json"
+        wait_for(lambda url=url: api.get(url)["result"][0]["status"] == "Complete")  # type: ignore[misc]
     assert error_code(_upload(api, "email\nq@example.com\n")) is None
 
 

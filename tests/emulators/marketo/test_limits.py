@@ -76,7 +76,7 @@ def test_rate_window_606_then_recovers(api: Api) -> None:
     body = api.get(LEADS, **QUERY)
     assert body["errors"][0]["message"] == "Max rate limit '5' exceeded with in '1' secs"
     wait_for(lambda: error_code(api.get(LEADS, **QUERY)) is None, timeout=5)
-    assert api.emu.stats()["limit_hits"]["606"] >= 3
+    assert api.stats()["limit_hits"]["606"] >= 3
 
 
 def test_concurrency_615(api: Api) -> None:
@@ -135,7 +135,7 @@ def test_fault_injection_through_admin(api: Api, code: str, http_status: int) ->
     if http_status == 200:
         assert error_code(resp.json()) == code
     assert api.get("/rest/v1/leads/describe.json")["success"]  # other endpoints unaffected
-    assert api.emu.stats()["faults_injected"][code] >= 1
+    assert api.stats()["faults_injected"][code] >= 1
 
 
 def test_dropped_connection_fault(api: Api) -> None:
@@ -147,6 +147,6 @@ def test_dropped_connection_fault(api: Api) -> None:
 def test_stats_count_calls_and_records(api: Api) -> None:
     api.emu.admin("POST", "stats/reset")
     api.get(LEADS, filterType="id", filterValues="1,2,3")
-    stats = api.emu.stats()
+    stats = api.stats()
     assert stats["calls"]["GET /rest/v1/leads.json"] == 1
     assert stats["records"]["lead.read"] == 3

@@ -146,7 +146,7 @@ def test_custom_object_describe_sync_query_delete(api: Api) -> None:
     widgets = [{"widgetId": _key(), "name": f"w{i}", "score": i, "leadExternalId": person} for i in range(5)]
     body = api.post("/rest/v1/customobjects/widget_c.json", {"input": widgets})
     assert [r["status"] for r in body["result"]] == ["created"] * 5
-    seen = []
+    seen: list[str] = []
     params = {
         "filterType": "leadExternalId",
         "filterValues": person,
