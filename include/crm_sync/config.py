@@ -130,6 +130,7 @@ class Lookup(_Strict):
     type_column: str | None = None
     value: str = "dynamics_id"
     required: bool = False
+    as_integer: bool = False  # Marketo link fields holding a numeric lead id (leadID)
 
     @field_validator("value")
     @classmethod

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from crm_sync.transforms.casts import EMAIL_PATTERN, CastResult, to_canonical, to_dynamics_values
 from crm_sync.transforms.conflicts import CONFLICT_COLUMNS, Resolution, resolve_changes, tracked_columns
+from crm_sync.transforms.dedup import classify_email_matches
 from crm_sync.transforms.errors import ERROR_COLUMNS, SchemaError, TransformResult
-from crm_sync.transforms.filters import apply_sync_filter, sync_filter_mask
+from crm_sync.transforms.filters import apply_sync_filter, filter_values, sync_filter_mask
 from crm_sync.transforms.hashing import changed, field_hashes, hashes_frame, hashes_to_dicts, record_hash
+from crm_sync.transforms.links import deletion_records, direction_hash, last_hashes, link_rows
 from crm_sync.transforms.lookups import ID_MAP_COLUMNS, empty_id_map, opportunity_roles, resolve_lookups
 from crm_sync.transforms.mapping import (
     DYNAMICS_ID,
@@ -40,11 +42,17 @@ __all__ = [
     "apply_sync_filter",
     "canonical_to_dynamics",
     "changed",
+    "classify_email_matches",
+    "deletion_records",
+    "direction_hash",
     "dynamics_to_canonical",
     "empty_id_map",
     "field_hashes",
+    "filter_values",
     "hashes_frame",
     "hashes_to_dicts",
+    "last_hashes",
+    "link_rows",
     "marketo_to_canonical",
     "opportunity_roles",
     "record_hash",

@@ -37,6 +37,20 @@ def sync_filter_mask(rows: pd.DataFrame, entity: EntityConfig) -> pd.Series:
     return ~explicit_no.astype(bool)
 
 
+def filter_values(rows: pd.DataFrame, entity: EntityConfig) -> pd.Series:
+    """The sync-filter value per row as nullable boolean (for the id map's ``filter_value``).
+
+    Comparing it with the stored value finds the transitions: Yes/empty → No makes the link
+    stale (no updates, nothing deleted); No → Yes asks for a full-record upsert (§4.3).
+    """
+    column = entity.dynamics.filter_column
+    if not column or column not in rows:
+        return pd.Series(pd.NA, index=rows.index, dtype="boolean")
+    words = rows[column].astype("str").str.strip().str.lower()
+    values = words.map({"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False})
+    return values.astype("boolean").where(rows[column].notna())
+
+
 def apply_sync_filter(rows: pd.DataFrame, entity: EntityConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split ``rows`` into (synced, filtered out); the second set is counted as skipped."""
     keep = sync_filter_mask(rows, entity).to_numpy()

@@ -56,6 +56,9 @@ def resolve_lookup(rows: pd.DataFrame, lookup: Lookup, id_map: pd.DataFrame) -> 
     ids = as_string(rows[lookup.dynamics]).str.strip().str.lower()
     target = _target_entity(rows, lookup)
     resolved = (target + "|" + ids).map(_index(id_map, lookup.value)).astype("str")
+    if lookup.as_integer:
+        # Fixed dtype whatever the batch holds, so hashes of this column stay comparable.
+        resolved = pd.to_numeric(resolved, errors="coerce").astype("Int64")
     unresolved = ids.notna() & target.notna() & resolved.isna()
     if lookup.required:
         # A required link pointing at an unsynced table is as unusable as a missing row.

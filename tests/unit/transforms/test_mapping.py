@@ -104,7 +104,7 @@ def test_required_lookup_unresolved_is_an_error(entities, id_map):
         project, new_projectid=["p1", "p2"], new_name=["X", "Y"], _new_contactid_value=["C1", "c404"]
     )
     result = dynamics_to_canonical(rows, project, id_map)
-    assert result.frame["leadID"].tolist() == ["600"]
+    assert result.frame["leadID"].tolist() == [600]
     assert result.errors[["record_id", "field", "code"]].values.tolist() == [
         ["p2", "_new_contactid_value", "UNRESOLVED_LOOKUP"]
     ]
