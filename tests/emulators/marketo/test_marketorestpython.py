@@ -1,0 +1,139 @@
+"""The independent client ``marketorestpython`` (0.5.25) works unchanged against the emulator.
+
+Why a wrapper at all: ``MarketoClient`` builds its base URL from the munchkin id
+(``https://<id>.mktorest.com``) with no option to change it, so ``local_client`` overrides the
+``host`` attribute after construction, the smallest change that points it at 127.0.0.1. The
+client calls ``requests.get/post`` directly, so ``REQUESTS_CA_BUNDLE`` is enough for our CA.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from marketorestpython.client import MarketoClient
+
+from emulators.common.credentials import default_credentials
+from tests.support.emulator_procs import RunningEmulator
+
+
+@pytest.fixture
+def mc(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> MarketoClient:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emulator.ca_file))
+    return local_client(emulator)
+
+
+def local_client(emu: RunningEmulator) -> MarketoClient:
+    """A stock ``MarketoClient`` whose host is the local emulator instead of ``<munchkin>.mktorest.com``."""
+    creds = default_credentials("marketo_default")
+    client = MarketoClient("123-ABC-456", creds.client_id, creds.client_secret, max_retry_time=30)
+    client.host = emu.base_url
+    return client
+
+
+def test_leads_create_update_get_delete(mc: MarketoClient) -> None:
+    tag = uuid.uuid4().hex[:8]
+    emails = [f"mrp-{tag}-{i}@example.com" for i in range(3)]
+    created = mc.execute(
+        method="create_update_leads",
+        leads=[{"email": e, "firstName": "One"} for e in emails],
+        action="createOnly",
+        lookupField="email",
+    )
+    assert [r["status"] for r in created] == ["created"] * 3
+    assert mc.scope  # the client reads scope from the token response
+
+    updated = mc.execute(method="create_update_leads", leads=[{"email": emails[0], "firstName": "Two"}])
+    assert updated == [{"id": created[0]["id"], "status": "updated"}]
+
+    found = mc.execute(
+        method="get_multiple_leads_by_filter_type",
+        filterType="email",
+        filterValues=emails,
+        fields=["id", "firstName"],
+        batchSize=2,
+    )
+    assert sorted((r["id"], r["firstName"]) for r in found) == sorted(
+        [(created[0]["id"], "Two"), (created[1]["id"], "One"), (created[2]["id"], "One")]
+    )
+    one = mc.execute(method="get_lead_by_id", id=created[1]["id"], fields=["email"])
+    assert one == [{"email": emails[1]}]
+
+    deleted = mc.execute(method="delete_lead", id=[created[2]["id"]])
+    assert deleted == [{"id": created[2]["id"], "status": "deleted"}]
+    assert {f["rest"]["name"] for f in mc.execute(method="describe")} >= {"email", "msdRecordId"}
+
+
+def test_lead_changes_since_a_paging_token(mc: MarketoClient) -> None:
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    token = mc.execute(method="get_paging_token", sinceDatetime=since)
+    email = f"mrp-chg-{uuid.uuid4().hex[:8]}@example.com"
+    lead_id = mc.execute(method="create_update_leads", leads=[{"email": email, "title": "A"}])[0]["id"]
+    mc.execute(method="create_update_leads", leads=[{"email": email, "title": "B"}])
+    changes = mc.execute(method="get_lead_changes", fields=["title"], nextPageToken=token)
+    mine = [
+        (c["activityTypeId"], [f["newValue"] for f in c["fields"]]) for c in changes if c["leadId"] == lead_id
+    ]
+    assert mine == [(12, []), (13, ["B"])]
+
+
+def test_companies_opportunities_and_custom_objects(mc: MarketoClient) -> None:
+    company = str(uuid.uuid4())
+    res = mc.execute(
+        method="create_update_companies", input=[{"externalCompanyId": company, "company": "Initech"}]
+    )
+    assert res[0]["status"] == "created"
+    got = mc.execute(
+        method="get_companies", filterType="externalCompanyId", filterValues=[company], fields=["company"]
+    )
+    assert [r["company"] for r in got] == ["Initech"]
+
+    opp = str(uuid.uuid4())
+    res = mc.execute(
+        method="create_update_opportunities",
+        input=[{"externalOpportunityId": opp, "name": "Deal", "externalCompanyId": company}],
+    )
+    assert res[0]["status"] == "created"
+    got = mc.execute(
+        method="get_opportunities",
+        filterType="externalOpportunityId",
+        filterValues=[opp],
+        fields=["name", "externalCompanyId"],
+    )
+    assert [(r["name"], r["externalCompanyId"]) for r in got] == [("Deal", company)]
+
+    assert [o["name"] for o in mc.execute(method="get_list_of_custom_objects")] == ["widget_c"]
+    widget = str(uuid.uuid4())
+    res = mc.execute(
+        method="create_update_custom_objects",
+        name="widget_c",
+        input=[{"widgetId": widget, "name": "W", "score": 7}],
+    )
+    assert res[0]["status"] == "created"
+    got = mc.execute(
+        method="get_custom_objects",
+        name="widget_c",
+        input=[{"widgetId": widget}],
+        filterType="dedupeFields",
+        fields=["widgetId", "score"],
+    )
+    assert [(r["widgetId"], r["score"]) for r in got] == [(widget, 7)]
+    res = mc.execute(method="delete_custom_objects", name="widget_c", input=[{"widgetId": widget}])
+    assert res[0]["status"] == "deleted"
+
+
+def test_client_backs_off_on_606_and_recovers(mc: MarketoClient, emulator: RunningEmulator) -> None:
+    mc.execute(method="describe")  # token first
+    emulator.admin(
+        "PUT", "limits", json={"enabled": True, "rate_limit": 2, "rate_window_s": 20, "time_scale": 0.05}
+    )
+    emulator.admin("POST", "reset-counters")
+    try:
+        emails = [f"mrp-606-{uuid.uuid4().hex[:6]}@example.com" for _ in range(4)]
+        for e in emails:
+            assert mc.execute(method="create_update_leads", leads=[{"email": e}])[0]["status"] == "created"
+        stats = emulator.admin("GET", "stats").json()
+        assert stats["limit_hits"].get("606", 0) >= 1  # the limit did bite, and the client retried
+    finally:
+        emulator.admin("PUT", "limits", json={"enabled": False})
