@@ -4,9 +4,11 @@ Typical D→M use for one batch::
 
     rows, skipped = apply_sync_filter(raw, entity)
     mapped = dynamics_to_canonical(rows, entity, id_map)       # .frame, .errors
-    res = resolve_changes(entity, mapped.frame, marketo_side, last_hashes)
-    payload = to_records(res.to_marketo.loc[res.marketo_ids], res.to_marketo_mask.loc[res.marketo_ids],
-                         always=(entity.marketo.key,))
+    links = crm_sync.state.lookup_links(session, entity.name, dynamics_ids=...)
+    res = resolve_changes(entity, mapped.frame, marketo_side, last_hashes(links))
+    to_marketo = marketo_payload(entity, res)      # list of dicts for the Marketo hook
+    to_dynamics = dynamics_payload(entity, res)    # list of dicts for the Dynamics hook
+    # after the writes: upsert_links(session, entity.name, link_rows(entity, res, written_ids))
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from crm_sync.transforms.mapping import (
     marketo_to_canonical,
     to_records,
 )
+from crm_sync.transforms.payloads import dynamics_payload, marketo_payload
 
 __all__ = [
     "CONFLICT_COLUMNS",
@@ -45,6 +48,7 @@ __all__ = [
     "classify_email_matches",
     "deletion_records",
     "direction_hash",
+    "dynamics_payload",
     "dynamics_to_canonical",
     "empty_id_map",
     "field_hashes",
@@ -53,6 +57,7 @@ __all__ = [
     "hashes_to_dicts",
     "last_hashes",
     "link_rows",
+    "marketo_payload",
     "marketo_to_canonical",
     "opportunity_roles",
     "record_hash",
