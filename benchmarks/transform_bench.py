@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import uuid
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if hasattr(os, "sched_setaffinity"):
+        # Pin to one CPU so the figure is per core even if a library starts worker threads.
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     entity = load_entities()["lead"]
     rows, id_map = synthetic_leads(entity, args.rows)
     timings = [run_once(rows, id_map, entity) for _ in range(args.repeat)]

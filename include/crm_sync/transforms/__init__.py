@@ -17,7 +17,7 @@ from crm_sync.transforms.casts import EMAIL_PATTERN, CastResult, to_canonical, t
 from crm_sync.transforms.conflicts import CONFLICT_COLUMNS, Resolution, resolve_changes, tracked_columns
 from crm_sync.transforms.dedup import classify_email_matches
 from crm_sync.transforms.errors import ERROR_COLUMNS, SchemaError, TransformResult
-from crm_sync.transforms.filters import apply_sync_filter, filter_values, sync_filter_mask
+from crm_sync.transforms.filters import apply_sync_filter, filter_transitions, filter_values, sync_filter_mask
 from crm_sync.transforms.hashing import changed, field_hashes, hashes_frame, hashes_to_dicts, record_hash
 from crm_sync.transforms.links import deletion_records, direction_hash, last_hashes, link_rows
 from crm_sync.transforms.lookups import ID_MAP_COLUMNS, empty_id_map, opportunity_roles, resolve_lookups
@@ -52,6 +52,7 @@ __all__ = [
     "dynamics_to_canonical",
     "empty_id_map",
     "field_hashes",
+    "filter_transitions",
     "filter_values",
     "hashes_frame",
     "hashes_to_dicts",

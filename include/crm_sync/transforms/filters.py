@@ -51,6 +51,37 @@ def filter_values(rows: pd.DataFrame, entity: EntityConfig) -> pd.Series:
     return values.astype("boolean").where(rows[column].notna())
 
 
+def filter_transitions(rows: pd.DataFrame, entity: EntityConfig, links: pd.DataFrame) -> pd.DataFrame:
+    """Classify sync-filter transitions of extracted rows against the id map (§4.3, §4.5).
+
+    Args:
+        rows: All extracted Dataverse rows, before :func:`apply_sync_filter`.
+        entity: The entity.
+        links: Id-map rows of these records (``dynamics_id``, ``state``, ``filter_value``).
+
+    Returns:
+        One row per input row: ``dynamics_id``, ``filter_value`` (store it in the id map) and
+        ``transition``: ``stale`` (linked record switched to No: stop updating, delete
+        nothing), ``refresh`` (a stale or No record switched back: send every field, i.e.
+        ignore its last hashes), or missing when nothing changed.
+    """
+    ids = rows[entity.dynamics.key].astype("str").str.strip().str.lower()
+    now = filter_values(rows, entity)
+    known = links.drop_duplicates("dynamics_id").set_index("dynamics_id") if len(links) else None
+    if known is None:
+        state = pd.Series(pd.NA, index=rows.index, dtype="str")
+        before = pd.Series(pd.NA, index=rows.index, dtype="boolean")
+    else:
+        state = ids.map(known["state"]).astype("str")
+        before = ids.map(known["filter_value"]).astype("boolean")
+    excluded = now.eq(False).fillna(False).astype(bool)
+    was_off = (before.eq(False).fillna(False) | state.eq("stale").fillna(False)).astype(bool)
+    linked_active = state.eq("active").fillna(False).astype(bool)
+    transition = pd.Series(pd.NA, index=rows.index, dtype="str")
+    transition = transition.mask(excluded & linked_active, "stale").mask(~excluded & was_off, "refresh")
+    return pd.DataFrame({"dynamics_id": ids, "filter_value": now, "transition": transition})
+
+
 def apply_sync_filter(rows: pd.DataFrame, entity: EntityConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split ``rows`` into (synced, filtered out); the second set is counted as skipped."""
     keep = sync_filter_mask(rows, entity).to_numpy()

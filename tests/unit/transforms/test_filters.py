@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from crm_sync.transforms import apply_sync_filter, sync_filter_mask
+from crm_sync.transforms import apply_sync_filter, filter_transitions, sync_filter_mask
 
 
 def test_only_explicit_no_is_excluded(lead):
@@ -29,3 +29,29 @@ def test_apply_splits_kept_and_skipped(lead):
     kept, skipped = apply_sync_filter(rows, lead)
     assert kept["leadid"].tolist() == ["a", "c"]
     assert skipped["leadid"].tolist() == ["b"]
+
+
+def test_transitions_against_the_id_map(lead):
+    rows = pd.DataFrame(
+        {
+            "leadid": ["A", "b", "c", "d", "e"],
+            "new_synctomkto": [False, True, None, True, False],
+        }
+    )
+    links = pd.DataFrame(
+        {
+            "dynamics_id": ["a", "b", "c", "d"],
+            "state": ["active", "stale", "active", "active"],
+            "filter_value": [True, False, None, False],
+        }
+    )
+    out = filter_transitions(rows, lead, links)
+    assert out["dynamics_id"].tolist() == ["a", "b", "c", "d", "e"]
+    assert out["transition"].tolist()[:2] == ["stale", "refresh"]
+    assert out["transition"].isna().tolist() == [False, False, True, False, True]
+    assert out["filter_value"].tolist() == [False, True, pd.NA, True, False]
+
+
+def test_transitions_without_links(lead):
+    rows = pd.DataFrame({"leadid": ["a"], "new_synctomkto": [False]})
+    assert filter_transitions(rows, lead, pd.DataFrame()).transition.isna().all()
