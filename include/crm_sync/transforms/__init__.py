@@ -30,6 +30,7 @@ from crm_sync.transforms.mapping import (
     to_records,
 )
 from crm_sync.transforms.payloads import dynamics_payload, marketo_payload
+from crm_sync.transforms.persons import flagged_unlinked, persons_for_entity
 
 __all__ = [
     "CONFLICT_COLUMNS",
@@ -54,6 +55,7 @@ __all__ = [
     "field_hashes",
     "filter_transitions",
     "filter_values",
+    "flagged_unlinked",
     "hashes_frame",
     "hashes_to_dicts",
     "last_hashes",
@@ -61,6 +63,7 @@ __all__ = [
     "marketo_payload",
     "marketo_to_canonical",
     "opportunity_roles",
+    "persons_for_entity",
     "record_hash",
     "resolve_changes",
     "resolve_lookups",

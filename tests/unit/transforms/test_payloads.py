@@ -80,3 +80,20 @@ def test_one_way_entity_never_writes_dynamics(entities):
     res = resolve_changes(account, dynamics_to_canonical(rows, account).frame, None, None)
     assert dynamics_payload(account, res) == []
     assert marketo_payload(account, res)[0]["externalCompanyId"] == "a1"
+
+
+def test_person_feed_is_split_by_type_and_flag(lead, contact):
+    from crm_sync.transforms import flagged_unlinked, persons_for_entity
+
+    persons = pd.DataFrame(
+        {
+            "id": [1, 2, 3, 4],
+            "externalPersonId": ["l1", "c1", None, None],
+            "msdType": ["Lead", "Contact", None, None],
+            "msdSyncToDynamics": [None, None, True, "false"],
+        }
+    )
+    assert persons_for_entity(persons, lead)["id"].tolist() == [1]
+    assert persons_for_entity(persons, contact)["id"].tolist() == [2]
+    assert flagged_unlinked(persons, lead)["id"].tolist() == [3]
+    assert flagged_unlinked(persons, contact).empty  # contacts are never created from Marketo by flag
