@@ -63,8 +63,11 @@ def _rows(entity: str, links: pd.DataFrame | Sequence[Mapping[str, Any]]) -> lis
             raise ValueError(f"id map ({entity}): link #{i} has no dynamics_id")
         row = {c: _clean(rec.get(c)) for c in columns}
         row.update(entity=entity, dynamics_id=str(did).strip().lower(), updated_at=now)
-        if row.get("marketo_id") is not None:
-            row["marketo_id"] = str(row["marketo_id"])
+        mid = row.get("marketo_id")
+        if isinstance(mid, float) and mid.is_integer():
+            mid = int(mid)  # an int column with gaps arrives as float: 77.0 must store as "77"
+        if mid is not None:
+            row["marketo_id"] = str(mid)
         if row.get("email") is not None:
             row["email"] = str(row["email"]).strip().lower()
         row.setdefault("state", "active")

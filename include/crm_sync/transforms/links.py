@@ -63,7 +63,10 @@ def link_rows(
     if entity.marketo.person_type:
         rows["person_type"] = entity.marketo.person_type
     if marketo_ids is not None:
-        rows["marketo_id"] = as_string(marketo_ids.reindex(agreed.index)).to_numpy()
+        mids = marketo_ids.reindex(agreed.index)
+        if pd.api.types.is_float_dtype(mids.dtype):
+            mids = mids.astype("Int64")  # ids with gaps arrive as floats; 77.0 must become "77"
+        rows["marketo_id"] = as_string(mids).to_numpy()
     return rows
 
 

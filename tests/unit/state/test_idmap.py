@@ -107,3 +107,12 @@ def test_row_without_dynamics_id_is_rejected(engine):
 def test_unknown_column_is_rejected(engine):
     with session_scope(engine) as s, pytest.raises(ValueError, match="unknown link columns"):
         upsert_links(s, "lead", [{"dynamics_id": A, "colour": "red"}])
+
+
+def test_integer_marketo_ids_with_gaps_are_stored_without_decimals(engine):
+    frame = pd.DataFrame({"dynamics_id": [A, B], "marketo_id": [77, None]})  # float64 column
+    with session_scope(engine) as s:
+        upsert_links(s, "lead", frame)
+    got = _links(engine).set_index("dynamics_id")["marketo_id"]
+    assert got[A.lower()] == "77"
+    assert pd.isna(got[B])

@@ -74,3 +74,10 @@ def test_email_dedup_switched_off_always_creates():
     persons = pd.DataFrame({"marketo_id": [1], "email": ["one@x.io"]})
     candidates = pd.DataFrame({"email": ["one@x.io"], "dynamics_id": ["c1"], "table": ["contact"]})
     assert classify_email_matches(persons, candidates, enabled=False)["action"].tolist() == ["create"]
+
+
+def test_link_rows_integer_ids_with_gaps(lead):
+    res = resolve_changes(lead, pd.concat([canon("r1", **BASE), canon("r2", **BASE)]), None, None)
+    rows = link_rows(lead, res, ["r1", "r2"], marketo_ids=pd.Series({"r1": 77.0, "r2": float("nan")}))
+    assert rows.loc[0, "marketo_id"] == "77"
+    assert pd.isna(rows.loc[1, "marketo_id"])
