@@ -24,14 +24,17 @@ from crm_sync.state.errors import (
     requeue_errors,
     resolve_errors,
 )
+from crm_sync.state.identity import IdentityMismatchError, check_identity, rebaseline
 from crm_sync.state.idmap import LINK_COLUMNS, lookup_links, set_link_state, upsert_links
 from crm_sync.state.ledger import RunCounts, conflict_rows, ledger_rows, log_conflicts, write_ledger
 from crm_sync.state.watermarks import get_watermark, set_watermark
 
 __all__ = [
     "LINK_COLUMNS",
+    "IdentityMismatchError",
     "RetryPolicy",
     "RunCounts",
+    "check_identity",
     "conflict_rows",
     "current_revision",
     "default_url",
@@ -44,6 +47,7 @@ __all__ = [
     "open_errors",
     "park_errors",
     "parked_errors",
+    "rebaseline",
     "record_errors",
     "requeue_errors",
     "resolve_errors",

@@ -138,3 +138,13 @@ class ConflictLog(Base):
     dynamics_value: Mapped[str | None] = mapped_column(Text)
     winner: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SyncIdentity(Base):
+    """The Dataverse organization id / Marketo munchkin id this state store belongs to."""
+
+    __tablename__ = "sync_identity"
+
+    system: Mapped[str] = mapped_column(String(16), primary_key=True)  # dynamics / marketo
+    identity: Mapped[str] = mapped_column(String(255))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
