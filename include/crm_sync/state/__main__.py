@@ -4,6 +4,7 @@
     python -m crm_sync.state current [--url URL]
     python -m crm_sync.state parked  [--url URL] [--entity NAME]
     python -m crm_sync.state requeue [--url URL] [--entity NAME] [--id SOURCE_ID ...]
+    python -m crm_sync.state rebaseline --yes [--url URL]
 
 ``--url`` defaults to ``$CRM_SYNC_STATE_URL`` or ``var/state.db``.
 """
@@ -16,6 +17,7 @@ import sys
 
 from crm_sync.state.db import current_revision, default_url, make_engine, session_scope, upgrade
 from crm_sync.state.errors import parked_errors, requeue_errors
+from crm_sync.state.identity import rebaseline
 
 log = logging.getLogger("crm_sync.state")
 
@@ -28,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         ("current", "print the schema revision"),
         ("parked", "list parked record errors"),
         ("requeue", "re-queue parked record errors"),
+        ("rebaseline", "clear id map, watermarks and system identities"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument(
@@ -37,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--revision", default="head")
         if name in ("parked", "requeue"):
             p.add_argument("--entity", default=None)
+        if name == "rebaseline":
+            p.add_argument("--yes", action="store_true", help="confirm: the next run is a full initial sync")
         if name == "requeue":
             p.add_argument(
                 "--id", dest="ids", action="append", default=None, help="source record id (repeatable)"
@@ -63,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(
                 frame[cols].to_string(index=False) + "\n" if len(frame) else "no parked errors\n"
             )
+        elif args.command == "rebaseline":
+            if not args.yes:
+                sys.stderr.write("rebaseline clears every link and watermark; pass --yes to confirm\n")
+                return 2
+            with session_scope(engine) as session:
+                rebaseline(session)
+            sys.stdout.write("state store re-baselined\n")
         else:
             with session_scope(engine) as session:
                 count = requeue_errors(session, entity=args.entity, source_ids=args.ids)

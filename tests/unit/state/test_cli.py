@@ -42,3 +42,13 @@ def test_parked_then_requeue(tmp_path):
         assert due_errors(s)["source_id"].tolist() == ["42"]
     assert "no parked errors" in _cli("parked", "--url", url)
     engine.dispose()
+
+
+def test_rebaseline_needs_confirmation(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    cmd = [sys.executable, "-m", "crm_sync.state", "rebaseline", "--url", url]
+    refused = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    assert _cli("rebaseline", "--url", url, "--yes").strip() == "state store re-baselined"
