@@ -153,6 +153,13 @@ class CrmApiHook(BaseHook):
         """Return the HTTP session (created on first use)."""
         return self.session
 
+    def close(self) -> None:
+        """Close the hook's HTTP connections (a new session is made if the hook is used again)."""
+        session = self.__dict__.pop("session", None)
+        if session is not None:
+            session.close()
+        self.__dict__.pop("transport", None)
+
     @cached_property
     def session(self) -> VerifiedSession:
         """The hook's HTTP session with verified TLS and the connection's time-out."""

@@ -8,6 +8,7 @@ login = client id, password = client secret of a LaunchPoint custom service; ext
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -50,9 +51,9 @@ _BULK_QUEUE_CODES = {"1016", "1019", "1029"}  # import/export queue full: wait m
 _AUTH_CODES = {"601", "602"}
 _NOT_FOUND_CODES = {"610", "1013"}
 
-# Identity tokens per process, keyed by (REST base URL, client id): every hook of a worker
-# process reuses the live token instead of asking the identity service again.
-_TOKENS: dict[tuple[str, str], tuple[str, float]] = {}
+# Identity tokens per process, keyed by (REST base URL, client id, secret fingerprint): every
+# hook of a worker process reuses the live token instead of asking the identity service again.
+_TOKENS: dict[tuple[str, str, str], tuple[str, float]] = {}
 _TOKENS_LOCK = threading.Lock()
 
 _STATUS = {
@@ -240,8 +241,12 @@ class MarketoHook(MarketoBulkMixin, CrmApiHook):
 
     # --- authentication --------------------------------------------------------------------
     @property
-    def _token_key(self) -> tuple[str, str]:
-        return (self.base_url, self.settings.require("login", self.settings.login))
+    def _token_key(self) -> tuple[str, str, str]:
+        # The secret's fingerprint is part of the key so that a changed (or wrong) secret is
+        # checked by the identity service instead of riding on a token issued for the old one.
+        secret = self.settings.require("password", self.settings.password)
+        fingerprint = hashlib.sha256(secret.encode()).hexdigest()
+        return (self.base_url, self.settings.require("login", self.settings.login), fingerprint)
 
     def _access_token(self) -> str:
         key = self._token_key

@@ -1,0 +1,328 @@
+"""MarketoHook end to end against a real Marketo emulator process over HTTPS (project CA)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from crm_sync_hooks import marketo
+from crm_sync_hooks.errors import CallBudgetExhausted
+from crm_sync_hooks.marketo import MarketoHook
+from crm_sync_hooks.results import WriteStatus
+from crm_sync_hooks.retry import RetryPolicy
+from emulators.common.credentials import default_credentials
+from tests.support.emulator_procs import RunningEmulator, start_emulator
+
+pytestmark = pytest.mark.e2e
+
+FAST = RetryPolicy(max_attempts=8, base_delay=0.01, max_delay=0.05)
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory) -> Iterator[RunningEmulator]:
+    # time scale 0.01: the 20 s window is 0.2 s and bulk jobs finish in a few hundredths of a second
+    emu = start_emulator(
+        "marketo", tmp_path_factory.mktemp("marketo"), ["--time-scale", "0.01"], seed_scale=60
+    )
+    yield emu
+    gc.collect()  # close idle keep-alive connections so the server shuts down at once
+    emu.stop()
+
+
+@pytest.fixture(scope="module")
+def lead_ids(emulator, tmp_path_factory) -> list[int]:
+    """Create 60 leads through the API (independent of the emulator's seed data) and return their ids."""
+    with pytest.MonkeyPatch.context() as mp:
+        hook = MarketoHook(
+            connect(mp, emulator, tmp_path_factory.mktemp("seed"), "mkto_seed"), retry_policy=FAST
+        )
+        results = hook.sync_leads([{"email": f"lead{i}@seed.test", "firstName": f"F{i}"} for i in range(60)])
+        hook.close()
+    assert all(r.status is WriteStatus.CREATED for r in results)
+    return sorted(int(r.id) for r in results if r.id)
+
+
+@pytest.fixture(autouse=True)
+def _clean_emulator(emulator) -> None:
+    emulator.admin("DELETE", "faults")
+    emulator.admin("POST", "stats/reset")
+
+
+def connect(
+    monkeypatch, emulator: RunningEmulator, tmp_path: Path, conn_id: str = "mkto_e2e", **extra
+) -> str:
+    cred = default_credentials("marketo_default")
+    extras = {
+        "ca_bundle": str(emulator.ca_file),
+        "limiter_url": f"sqlite:///{tmp_path}/limiter.sqlite",
+        "timeout": 30,
+        "bulk_poll_seconds": 0.05,
+        **extra,
+    }
+    password = extra.pop("password", None) or cred.client_secret
+    extras.pop("password", None)
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}",
+        json.dumps(
+            {
+                "conn_type": "marketo",
+                "host": emulator.base_url,
+                "login": cred.client_id,
+                "password": password,
+                "extra": extras,
+            }
+        ),
+    )
+    return conn_id
+
+
+@pytest.fixture
+def hook(monkeypatch, emulator, tmp_path) -> Iterator[MarketoHook]:
+    hook = MarketoHook(connect(monkeypatch, emulator, tmp_path), retry_policy=FAST)
+    yield hook
+    hook.close()
+
+
+def calls(emulator: RunningEmulator) -> dict[str, int]:
+    return dict(emulator.stats()["calls"])  # type: ignore[arg-type]
+
+
+def test_test_connection_succeeds_and_fails_on_wrong_secret(monkeypatch, emulator, tmp_path):
+    good = MarketoHook(connect(monkeypatch, emulator, tmp_path), retry_policy=FAST)
+    assert good.test_connection()[0] is True
+    bad = MarketoHook(
+        connect(monkeypatch, emulator, tmp_path, "mkto_bad", password="wrong-secret-123"), retry_policy=FAST
+    )
+    ok, message = bad.test_connection()
+    assert ok is False
+    assert "client id or client secret refused" in message
+    assert "wrong-secret-123" not in message
+
+
+def test_leads_by_filter_are_paged(hook, lead_ids):
+    pages = list(hook.get_leads("id", lead_ids, fields=["id", "email"], batch_size=25))
+    assert [len(p) for p in pages] == [25, 25, 10]
+    assert sorted(lead["id"] for page in pages for lead in page) == lead_ids
+
+
+def test_sync_leads_then_changes_and_deletions_since_a_token(hook, lead_ids):
+    token = hook.get_paging_token(datetime.now(UTC) - timedelta(seconds=5))
+    existing = next(hook.get_leads("id", lead_ids[:1], fields=["id", "email"]))[0]
+    results = hook.sync_leads(
+        [
+            {"email": "fresh.e2e@example.test", "firstName": "Fresh"},
+            {"email": existing["email"], "firstName": "Renamed"},
+            {"firstName": "no email"},
+        ]
+    )
+    assert [r.status for r in results] == [WriteStatus.CREATED, WriteStatus.UPDATED, WriteStatus.SKIPPED]
+    assert results[1].id == str(existing["id"])
+    pages = list(hook.get_lead_changes(token, ["firstName"]))
+    changed = {(a["leadId"], a["activityTypeId"]) for p in pages for a in p.records}
+    assert (int(results[0].id), 12) in changed
+    assert (existing["id"], 13) in changed
+    new_token = pages[-1].next_page_token
+    deleted = hook.delete_leads([int(results[0].id), 987654])
+    assert [r.status for r in deleted] == [WriteStatus.DELETED, WriteStatus.SKIPPED]
+    assert deleted[1].code == "1004"
+    gone = [a["leadId"] for p in hook.get_deleted_leads(new_token) for a in p.records]
+    assert gone == [int(results[0].id)]
+
+
+def test_companies_sales_persons_opportunities_roles_and_custom_objects(hook, lead_ids):
+    assert (
+        hook.sync_companies([{"externalCompanyId": "e2e-co", "company": "E2E Co"}])[0].status
+        is WriteStatus.CREATED
+    )
+    assert (
+        hook.sync_companies([{"externalCompanyId": "e2e-co", "company": "E2E Co 2"}])[0].status
+        is WriteStatus.UPDATED
+    )
+    assert hook.sync_sales_persons([{"externalSalesPersonId": "e2e-sp", "email": "sp@e2e.test"}])[0].ok
+    opp = hook.sync_opportunities([{"externalOpportunityId": "e2e-op", "name": "Deal"}, {"name": "no key"}])
+    assert [r.status for r in opp] == [WriteStatus.CREATED, WriteStatus.SKIPPED]
+    role = hook.sync_opportunity_roles(
+        [{"externalOpportunityId": "e2e-op", "leadId": lead_ids[1], "role": "Buyer"}]
+    )
+    assert role[0].status is WriteStatus.CREATED
+    assert role[0].id
+    types = hook.call_json("GET", "/rest/v1/customobjects.json")["result"]
+    co = types[0]
+    dedupe = co["dedupeFields"][0]
+    created = hook.sync_custom_objects(co["name"], [{dedupe: "e2e-w1", "name": "W"}])
+    assert created[0].status is WriteStatus.CREATED
+    found = list(hook.query_objects(f"customobjects/{co['name']}", dedupe, ["e2e-w1"]))
+    assert found[0][0]["marketoGUID"] == created[0].id
+    removed = hook.delete_objects("companies", [{"externalCompanyId": "e2e-co"}])
+    assert removed[0].status is WriteStatus.DELETED
+
+
+def test_bulk_extract_yields_every_lead_in_windows_of_31_days(hook, emulator, lead_ids):
+    created = hook.sync_leads([{"email": f"bulk{i}@e2e.test"} for i in range(8)])
+    end = datetime.now(UTC) + timedelta(days=1)
+    start = end - timedelta(days=80)  # three windows: 31 + 31 + 18 days
+    leads = [
+        lead
+        for page in hook.get_leads(
+            "id", [*lead_ids, *(int(r.id) for r in created)], fields=["id", "createdAt"]
+        )
+        for lead in page
+    ]
+    expected = {lead["id"] for lead in leads if start <= datetime.fromisoformat(lead["createdAt"]) < end}
+    assert {int(r.id) for r in created} <= expected
+    batches = list(
+        hook.bulk_extract_leads(["id", "email", "createdAt"], start, end, batch_size=3, poll_seconds=0.05)
+    )
+    ids = [int(row["id"]) for batch in batches for row in batch]
+    assert set(ids) == expected
+    assert len(ids) == len(set(ids))
+    assert max(len(b) for b in batches) <= 3
+    assert calls(emulator)["POST /bulk/v1/leads/export/create.json"] == 3
+
+
+def test_export_file_is_downloaded_in_range_chunks(hook, emulator, tmp_path):
+    now = datetime.now(UTC)
+    export_id = hook.create_lead_export(
+        ["id", "email"],
+        {
+            "createdAt": {
+                "startAt": (now - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "endAt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        },
+    )
+    hook.enqueue_lead_export(export_id)
+    status = hook.wait_for_lead_export(export_id, 0.05, 60)
+    whole = hook.download_lead_export(export_id, tmp_path / "whole.csv", status).read_bytes()
+    emulator.admin("POST", "stats/reset")
+    chunked = hook.download_lead_export(
+        export_id, tmp_path / "chunked.csv", status, chunk_bytes=64
+    ).read_bytes()
+    assert chunked == whole
+    assert calls(emulator)["GET /bulk/v1/leads/export/{id}/file.json"] == -(-len(whole) // 64)
+
+
+def test_bulk_import_reports_failed_rows(hook):
+    rows = [{"email": f"import{i}@e2e.test", "firstName": f"I{i}"} for i in range(30)]
+    rows.insert(5, {"email": "not-an-email", "firstName": "Bad"})
+    rows.append({"firstName": "no email"})
+    jobs = hook.bulk_import_leads(rows, ["email", "firstName"], poll_seconds=0.05, max_file_bytes=400)
+    assert len(jobs) > 1  # small files force several import jobs
+    failures = [f for job in jobs for f in job.failures]
+    assert sorted(f.index for f in failures) == [5, 31]
+    assert all(f.status in (WriteStatus.FAILED, WriteStatus.SKIPPED) for f in failures)
+    assert sum(job.rows_processed for job in jobs) == 30
+    found = list(hook.get_leads("email", ["import29@e2e.test"], fields=["firstName"]))
+    assert found[0][0]["firstName"] == "I29"
+
+
+def test_token_is_renewed_after_forced_expiry(hook, emulator):
+    hook.describe()
+    emulator.admin("POST", "expire-tokens")
+    hook.describe()
+    stats = calls(emulator)
+    assert stats["POST /identity/oauth/token"] == 2
+    assert stats["GET /rest/v1/leads/describe.json"] == 3  # one rejected with 601/602, repeated once
+
+
+def test_injected_server_errors_and_dropped_connections_are_retried(hook, emulator, lead_ids):
+    hook.describe()
+    emulator.admin(
+        "PUT",
+        "faults",
+        json={
+            "error_rate": 0.3,
+            "drop_rate": 0.2,
+            "error_codes": ["503", "611", "604"],
+            "endpoints": ["/rest/v1/leads"],
+            "seed": 7,
+        },
+    )
+    found = [
+        lead["id"]
+        for i in lead_ids[:20]
+        for page in hook.get_leads("id", [i], fields=["id"])
+        for lead in page
+    ]
+    assert found == lead_ids[:20]
+    injected = emulator.stats()["faults_injected"]
+    assert sum(injected.values()) >= 5  # type: ignore[union-attr]
+    assert "drop" in injected  # type: ignore[operator]
+
+
+def test_daily_budget_stops_before_the_quota(monkeypatch, emulator, tmp_path):
+    emulator.admin("POST", "reset-counters")
+    hook = MarketoHook(
+        connect(monkeypatch, emulator, tmp_path, "mkto_budget", daily_call_budget=4), retry_policy=FAST
+    )
+    for _ in range(4):
+        hook.describe()
+    with pytest.raises(CallBudgetExhausted, match="daily call budget of 4"):
+        hook.describe()
+    assert calls(emulator)["GET /rest/v1/leads/describe.json"] == 4
+    assert "607" not in emulator.stats()["limit_hits"]  # type: ignore[operator]
+
+
+def test_secrets_and_tokens_are_absent_from_logs(hook, emulator, caplog):
+    caplog.set_level(logging.DEBUG)
+    emulator.admin("PUT", "faults", json={"error_rate": 0.5, "error_codes": ["503"], "seed": 3})
+    hook.describe()
+    emulator.admin("POST", "expire-tokens")
+    hook.describe()
+    tokens = [token for token, _ in marketo._TOKENS.values()]
+    secret = default_credentials("marketo_default").client_secret
+    assert tokens
+    assert "POST /identity/oauth/token" in caplog.text or "identity" in caplog.text
+    for value in [secret, *tokens]:
+        assert value not in caplog.text
+
+
+def _hammer(conn_id: str, env: dict[str, str], count: int) -> int:
+    """Run in a separate process: make ``count`` calls through a fresh hook."""
+    os.environ.update(env)
+    hook = MarketoHook(conn_id, retry_policy=RetryPolicy(max_attempts=1))  # any 606/615 would surface
+    for i in range(count):
+        list(hook.get_leads("id", [1 + i % 20], fields=["id"]))
+    return count
+
+
+def test_limiter_keeps_two_processes_under_the_instance_limits(monkeypatch, tmp_path):
+    # A separate emulator with a 1 s window of 10 calls and 3 concurrent calls of 50 ms each.
+    emu = start_emulator(
+        "marketo",
+        tmp_path / "emu",
+        ["--time-scale", "0.05", "--rate-limit", "10", "--max-concurrent", "3"],
+    )
+    try:
+        emu.admin("PUT", "limits", json={"hold_ms": 50})
+        conn_id = connect(
+            monkeypatch,
+            emu,
+            tmp_path,
+            "mkto_limits",
+            rate_limit_calls=10,
+            rate_limit_window_seconds=1.0,
+            max_concurrent_calls=3,
+        )
+        env = {f"AIRFLOW_CONN_{conn_id.upper()}": os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"]}
+        began = time.monotonic()
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            done = pool.starmap(_hammer, [(conn_id, env, 12), (conn_id, env, 12)])
+        elapsed = time.monotonic() - began
+        stats = emu.stats()
+        assert done == [12, 12]
+        assert stats["limit_hits"] == {}
+        assert stats["calls"]["POST /rest/v1/leads.json"] == 24  # type: ignore[index]
+        assert stats["max_in_flight"] <= 3
+        assert elapsed >= 2.0  # 24 calls at 10 per second need at least two full windows
+    finally:
+        emu.stop()
