@@ -27,10 +27,12 @@ from crm_sync.localenv import (
     airflow_env,
 )
 
-RUN_DIR = PROJECT_DIR / ".run"
-VAR_DIR = PROJECT_DIR / "var"
+# MDS_STACK_DIR moves all run-time state (PIDs, logs, databases, Airflow home) elsewhere.
+STACK_DIR = Path(os.environ.get("MDS_STACK_DIR", PROJECT_DIR))
+RUN_DIR = STACK_DIR / ".run"
+VAR_DIR = STACK_DIR / "var"
 LOG_DIR = VAR_DIR / "log"
-AIRFLOW_HOME = PROJECT_DIR / ".airflow"
+AIRFLOW_HOME = STACK_DIR / ".airflow"
 BIN_DIR = Path(sys.executable).parent
 CA_FILE = VAR_DIR / "emulators" / "ca" / "ca.pem"
 
@@ -136,6 +138,8 @@ def start_emulators(env: dict[str, str]) -> None:
                 str(port),
                 "--db",
                 str(data / f"{side}.db"),
+                "--certs-dir",
+                str(CA_FILE.parent),
             ],
             env,
         )
@@ -191,22 +195,34 @@ def start() -> None:
     print("Stop with:   make stop")
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def stop() -> None:
+    """End every process group started by ``start``: SIGTERM, then SIGKILL after 30 s."""
     if not RUN_DIR.exists():
         print("nothing to stop")
         return
     for file in sorted(RUN_DIR.glob("*.pid")):
         name = file.stem
-        pid = int(file.read_text().strip())
-        if _alive(pid):
+        pgid = int(file.read_text().strip())  # each process leads its own session and group
+        if _group_alive(pgid):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while _alive(pid) and time.monotonic() < deadline:
+                os.killpg(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while _group_alive(pgid) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            if _alive(pid):
-                os.killpg(pid, signal.SIGKILL)
-            print(f"{name}: stopped (pid {pid})")
+            if _group_alive(pgid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+            print(f"{name}: stopped (process group {pgid})")
         file.unlink()
 
 

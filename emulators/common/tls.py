@@ -8,6 +8,7 @@ use. The server certificate is valid for ``localhost`` and ``127.0.0.1``.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -46,9 +47,16 @@ def ensure_certificates(certs_dir: Path = DEFAULT_CERTS_DIR) -> CertPaths:
     paths = CertPaths(
         ca=certs_dir / "ca.pem", cert=certs_dir / "server.pem", key=certs_dir / "server-key.pem"
     )
-    if paths.ca.exists() and paths.cert.exists() and paths.key.exists():
-        return paths
+    # Both emulators may start at once with the same directory: one creates, the other waits.
+    with (certs_dir / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (paths.ca.exists() and paths.cert.exists() and paths.key.exists()):
+            _create(paths)
+    return paths
 
+
+def _create(paths: CertPaths) -> None:
+    """Write a new CA certificate and a server key pair signed by it."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "marketo-dynamics-sync local emulator CA")])
@@ -111,4 +119,3 @@ def ensure_certificates(certs_dir: Path = DEFAULT_CERTS_DIR) -> CertPaths:
     paths.cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     # The CA's own key is not kept: a fresh CA is made if the certificates are ever deleted.
     paths.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    return paths

@@ -11,10 +11,11 @@ from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
-# Local-only ports; every server this project starts binds to 127.0.0.1.
-AIRFLOW_API_PORT = 8080
-MARKETO_EMULATOR_PORT = 8081
-DYNAMICS_EMULATOR_PORT = 8082
+# Local-only ports; every server this project starts binds to 127.0.0.1. The environment can move
+# them (tests start a second stack beside a running demo that way).
+AIRFLOW_API_PORT = int(os.environ.get("MDS_AIRFLOW_PORT", "8080"))
+MARKETO_EMULATOR_PORT = int(os.environ.get("MDS_MARKETO_PORT", "8081"))
+DYNAMICS_EMULATOR_PORT = int(os.environ.get("MDS_DYNAMICS_PORT", "8082"))
 
 
 def python_path(project_dir: Path = PROJECT_DIR) -> str:
