@@ -79,6 +79,8 @@ def _inner_request(raw: bytes, base: str, outer_headers: dict[str, str]) -> Part
     bits = request_line.decode().split()
     if len(bits) < 2:
         raise ODataError(400, "0x80040203", f"Bad request line in $batch part: {request_line[:80]!r}")
+    if len(bits) > 2 and bits[-1].upper().startswith("HTTP/"):
+        bits = [bits[0], " ".join(bits[1:-1])]  # tolerate unencoded spaces in the URL
     method, url = bits[0].upper(), bits[1]
     headers, body = _headers_and_body(remainder)
     if not remainder.strip() or remainder.startswith(b"\n"):

@@ -507,9 +507,10 @@ class WebApi:
                     if attr.polymorphic:
                         values[f"{attr.name}type"] = None
                     continue
-                ref_table, ref_id = self.resolve_ref(conn, str(value), refs)
                 allowed = attr.targets if attr.type == OWNER else (target,)
-                if ref_table.logical_name not in allowed:
+                where = f"{table.logical_name} record {record}, '{prop}'"
+                ref_table, ref_id = self.resolve_ref(conn, str(value), refs, allowed, where)
+                if ref_table.logical_name not in allowed:  # a $n reference to another table
                     raise ODataError(
                         400,
                         "0x80060888",
@@ -538,8 +539,14 @@ class WebApi:
             values[attr.name] = convert_value(table, attr, value, record)
         return values
 
-    def resolve_ref(self, conn: Connection, ref: str, refs: Refs) -> tuple[Table, str]:
-        """Return (table, id) of a bind value: ``/accounts(guid)``, a full URL, an alternate key or ``$n``."""
+    def resolve_ref(
+        self, conn: Connection, ref: str, refs: Refs, expect: tuple[str, ...] = (), where: str = ""
+    ) -> tuple[Table, str]:
+        """Return (table, id) of a bind value: ``/accounts(guid)``, a full URL, an alternate key or ``$n``.
+
+        ``expect`` lists the tables the lookup may point to; another table is a 400 (checked
+        before the record's existence, as the type is known from the URL alone).
+        """
         if ref.startswith("$"):
             if ref not in refs:
                 raise ODataError(
@@ -552,6 +559,12 @@ class WebApi:
         if match is None or table is None or match.group("key") is None or match.group("rest"):
             raise ODataError(
                 400, "0x80060888", f"Bad @odata.bind value {ref!r}: expected /<entityset>(<key>)"
+            )
+        if expect and table.logical_name not in expect:
+            raise ODataError(
+                400,
+                "0x80060888",
+                f"{where}: cannot bind a {table.logical_name}; expected {' or '.join(expect)}",
             )
         key = parse_key(match.group("key"))
         rid = self.find_id(conn, table, key)

@@ -278,7 +278,8 @@ def refresh_sandbox(conn: Connection, tables: dict[str, Table]) -> dict[str, Any
                 f"SELECT {quote(table.primary_id)} FROM {quote(table.logical_name)}"
             ).fetchall()
         ]
-        conn.exec_driver_sql("INSERT INTO idmap (old, new) VALUES (?, ?)", [(i, new_guid()) for i in ids])
+        if ids:  # an empty parameter list would be taken as one execution without parameters
+            conn.exec_driver_sql("INSERT INTO idmap (old, new) VALUES (?, ?)", [(i, new_guid()) for i in ids])
         count += len(ids)
     remap = "(SELECT new FROM idmap WHERE old = {col})"
     for table in tables.values():

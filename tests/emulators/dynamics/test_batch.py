@@ -1,0 +1,117 @@
+"""$batch: change sets are atomic, Content-ID references, continue-on-error, the 1,000 cap."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+
+def _part(method, url, body=None, content_id=None):
+    head = "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+    if content_id:
+        head += f"Content-ID: {content_id}\r\n"
+    req = f"{method} /api/data/v9.2/{url} HTTP/1.1\r\n"
+    if body is not None:
+        req += "Content-Type: application/json; type=entry\r\n\r\n" + json.dumps(body)
+    else:
+        req += "\r\n"
+    return head + "\r\n" + req + "\r\n"
+
+
+def _changeset(parts):
+    boundary = f"changeset_{uuid.uuid4().hex}"
+    inner = "".join(f"--{boundary}\r\n{p}" for p in parts) + f"--{boundary}--\r\n"
+    return f"Content-Type: multipart/mixed; boundary={boundary}\r\n\r\n{inner}"
+
+
+def _batch(dv, items, prefer=None):
+    boundary = f"batch_{uuid.uuid4().hex}"
+    body = "".join(f"--{boundary}\r\n{item}" for item in items) + f"--{boundary}--\r\n"
+    headers = {"Content-Type": f'multipart/mixed; boundary="{boundary}"'}
+    if prefer:
+        headers["Prefer"] = prefer
+    return dv.call("POST", "$batch", data=body.encode(), headers=headers)
+
+
+def _statuses(resp):
+    return [int(s) for s in re.findall(r"^HTTP/1\.1 (\d{3})", resp.text, re.MULTILINE)]
+
+
+def _names(dv, prefix):
+    rows = dv.get(f"accounts?$select=name&$filter=startswith(name,'{prefix}')").json()["value"]
+    return sorted(r["name"] for r in rows)
+
+
+def test_a_failing_request_rolls_its_change_set_back_as_a_whole(dataverse):
+    tag = f"cs-{uuid.uuid4().hex[:8]}"
+    changeset = _changeset(
+        [
+            _part("POST", "accounts", {"name": f"{tag}-1"}, "1"),
+            _part("POST", "accounts", {"name": f"{tag}-2"}, "2"),
+            _part("POST", "accounts", {"name": f"{tag}-3", "nosuchcolumn": 1}, "3"),
+        ]
+    )
+    resp = _batch(dataverse, [changeset])
+    assert resp.status_code == 400
+    assert _statuses(resp) == [400]
+    assert "nosuchcolumn" in resp.text
+    assert _names(dataverse, tag) == []
+
+
+def test_change_set_with_content_id_references_commits_together(dataverse):
+    tag = f"ref-{uuid.uuid4().hex[:8]}"
+    changeset = _changeset(
+        [
+            _part("POST", "accounts", {"name": f"{tag}-account"}, "1"),
+            _part("POST", "contacts", {"lastname": tag, "parentcustomerid_account@odata.bind": "$1"}, "2"),
+            _part("PATCH", "$1", {"telephone1": "555-0100"}, "3"),
+        ]
+    )
+    resp = _batch(
+        dataverse, [changeset, _part("GET", f"accounts?$select=name&$filter=name eq '{tag}-account'")]
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"].startswith("multipart/mixed; boundary=batchresponse_")
+    assert _statuses(resp) == [204, 204, 204, 200]
+    assert "changesetresponse_" in resp.text
+    account = dataverse.get(f"accounts?$select=name,telephone1&$filter=name eq '{tag}-account'").json()[
+        "value"
+    ][0]
+    assert account["telephone1"] == "555-0100"
+    contact = dataverse.get(f"contacts?$select=_parentcustomerid_value&$filter=lastname eq '{tag}'").json()[
+        "value"
+    ]
+    assert contact[0]["_parentcustomerid_value"] == account["accountid"]
+
+
+def test_continue_on_error_runs_the_rest_and_reports_each_part(dataverse):
+    tag = f"coe-{uuid.uuid4().hex[:8]}"
+    items = [
+        _part("POST", "accounts", {"name": f"{tag}-a", "revenue": "lots"}),
+        _changeset(
+            [
+                _part("POST", "accounts", {"name": f"{tag}-b"}, "1"),
+                _part("DELETE", "accounts(00000000-0000-0000-0000-00000000beef)", None, "2"),
+            ]
+        ),
+        _part("POST", "accounts", {"name": f"{tag}-c"}),
+    ]
+    stopped = _batch(dataverse, items)
+    assert stopped.status_code == 400
+    assert _names(dataverse, tag) == []
+    resp = _batch(dataverse, items, prefer="odata.continue-on-error")
+    assert resp.status_code == 200
+    assert _statuses(resp) == [400, 404, 204]
+    assert _names(dataverse, tag) == [f"{tag}-c"]
+
+
+def test_batch_limits(dataverse):
+    too_many = _batch(dataverse, [_part("GET", "WhoAmI")] * 1001)
+    assert too_many.status_code == 400
+    assert "1000" in too_many.json()["error"]["message"]
+    get_in_changeset = _batch(dataverse, [_changeset([_part("GET", "accounts?$top=1")])])
+    assert get_in_changeset.status_code == 400
+    ok = _batch(dataverse, [_part("GET", "WhoAmI")] * 1000)
+    assert ok.status_code == 200
+    assert _statuses(ok) == [200] * 1000
