@@ -28,6 +28,7 @@ class Api:
     def authenticate(self) -> dict[str, Any]:
         resp = self.session.get(
             f"{self.emu.base_url}/identity/oauth/token",
+            verify=self.emu.verify,
             params={
                 "grant_type": "client_credentials",
                 "client_id": self.client_id,
