@@ -115,7 +115,10 @@ def key_literal(value: Any) -> str:
 
 def alternate_key_segment(key: Mapping[str, Any]) -> str:
     """Return ``col1='v1',col2=2`` for an alternate-key address, percent-encoding unsafe characters."""
-    return ",".join(f"{column}={quote(key_literal(value), safe=chr(39))}" for column, value in key.items())
+    # Characters allowed in a URL path segment stay as they are (an e-mail keeps its "@"); the
+    # rest (space, "/", "?", "#", "%", "&", non-ASCII) are percent-encoded.
+    safe = "'@:!$()*,;=+-._~"
+    return ",".join(f"{column}={quote(key_literal(value), safe=safe)}" for column, value in key.items())
 
 
 class DynamicsHook(CrmApiHook):
@@ -599,12 +602,21 @@ class DynamicsHook(CrmApiHook):
     ) -> dict[int, WriteResult]:
         results: dict[int, WriteResult] = {}
         if atomic:
-            by_set: dict[int, list[BatchResponse]] = {}
-            for answer in answers:
-                by_set.setdefault(answer.change_set or 0, []).append(answer)
-            for number, group in enumerate(groups, start=1):
-                got = by_set.get(number, [])
-                if len(got) == len(group):
+            # A change set that succeeded comes back as a nested part with one answer per
+            # operation; one that failed comes back as a single error answer (nested or not).
+            position = 0
+            for group in groups:
+                got: list[BatchResponse] = []
+                if position < len(answers):
+                    marker = answers[position].change_set
+                    if marker is None:
+                        got = [answers[position]]
+                        position += 1
+                    else:
+                        while position < len(answers) and answers[position].change_set == marker:
+                            got.append(answers[position])
+                            position += 1
+                if len(got) == len(group) and all(a.status < 400 for a in got):
                     for (idx, _), answer in zip(group, got, strict=True):
                         results[idx] = self._result(idx, answer, id_column, deleting)
                     continue

@@ -247,8 +247,8 @@ def test_upsert_by_alternate_key_gives_one_result_per_record(hook, entra, reques
     sent = requests_mock.last_request
     assert sent.headers["Prefer"] == "odata.continue-on-error"
     text = sent.body.decode()
-    assert "PATCH /api/data/v9.2/contacts(emailaddress1='a%40x.test')?$select=contactid HTTP/1.1" in text
-    assert "contacts(emailaddress1='o''b%40x.test')" in text
+    assert "PATCH /api/data/v9.2/contacts(emailaddress1='a@x.test')?$select=contactid HTTP/1.1" in text
+    assert "contacts(emailaddress1='o''b@x.test')" in text
     assert '{"lastname":"A"}' in text  # key columns are not sent in the body
     assert text.count("Content-ID:") == 3
 
@@ -263,9 +263,11 @@ def test_upsert_by_id_without_representation_is_upserted_with_entity_id(hook, en
     assert f"PATCH /api/data/v9.2/leads({GUID_A})?$select=leadid" in requests_mock.last_request.body.decode()
 
 
-def test_failed_change_set_rolls_back_every_record_in_it(hook, entra, requests_mock):
+@pytest.mark.parametrize("nested", [True, False], ids=["error-in-change-set", "error-at-top-level"])
+def test_failed_change_set_rolls_back_every_record_in_it(hook, entra, requests_mock, nested):
     content_type, body = batch_answer(
-        [(412, '{"error": {"code": "0x80040237", "message": "duplicate"}}', {})], change_set=[0]
+        [(412, '{"error": {"code": "0x80040237", "message": "duplicate"}}', {})],
+        change_set=[0] if nested else None,
     )
     requests_mock.post(f"{API}$batch", text=body, headers={"Content-Type": content_type})
     records = [
