@@ -265,9 +265,11 @@ def build(emu: Emulator) -> FastAPI:
         lead_ids = params.get_list("leadIds")
         if len(lead_ids) > 30:
             raise MarketoError("1003", "At most 30 leadIds are allowed")
-        result, nxt, more = await emu.db(
-            activities.page, str(token), type_ids, batch, [int(i) for i in lead_ids], fields
-        )
+        try:
+            ids = [int(i) for i in lead_ids]
+        except (TypeError, ValueError):
+            raise MarketoError("1003", f"Invalid leadIds {lead_ids!r}") from None
+        result, nxt, more = await emu.db(activities.page, str(token), type_ids, batch, ids, fields)
         stats.add_records(kind, len(result))
         return ok(result, nextPageToken=nxt, moreResult=more)
 

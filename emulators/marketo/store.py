@@ -53,7 +53,15 @@ def _column(field: FieldDef) -> Column[Any]:
 
 
 leads = Table("leads", metadata, *(_column(f) for f in LEAD_FIELDS))
-for _name in ("email", "externalPersonId", "msdRecordId", "externalCompanyId", "updatedAt", "createdAt"):
+for _name in (
+    "email",
+    "externalPersonId",
+    "msdRecordId",
+    "externalCompanyId",
+    "externalSalesPersonId",
+    "updatedAt",
+    "createdAt",
+):
     Index(f"ix_leads_{_name}", leads.c[_name])
 
 activities = Table(

@@ -181,3 +181,8 @@ def test_describe_lists_mapping_and_sync_owned_fields(api: Api) -> None:
     d2 = api.get("/rest/v1/leads/describe2.json")["result"][0]
     assert ["externalPersonId"] in d2["searchableFields"]
     assert {f["name"]: f["updateable"] for f in d2["fields"]}["createdAt"] is False
+
+
+def test_unknown_paths_and_methods_answer_610_and_605(api: Api) -> None:
+    assert error_code(api.get("/rest/v1/nothing.json")) == "610"
+    assert error_code(api.get("/rest/v1/leads/delete.json")) == "605"
