@@ -335,3 +335,19 @@ def test_secrets_and_tokens_stay_out_of_logs(hook, entra, requests_mock, caplog)
     assert "retrying" in caplog.text
     for secret in (DYNAMICS_SECRET, "tok-1-abcdef", "tok-2-abcdef"):
         assert secret not in caplog.text
+
+
+def test_connection_ca_bundle_wins_for_msal_and_api_calls(
+    dynamics_conn, entra, requests_mock, monkeypatch, tmp_path
+):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("unused")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/env-bundle.pem")
+    monkeypatch.setenv("CURL_CA_BUNDLE", "/nonexistent/curl-bundle.pem")
+    hook = DynamicsHook(dynamics_conn(ca_bundle=str(bundle)), retry_policy=RetryPolicy.no_wait())
+    requests_mock.get(f"{API}WhoAmI", json={"OrganizationId": "o"})
+    hook.who_am_i()
+    hosts = {r.hostname for r in requests_mock.request_history}
+    assert hosts == {"login.unit.test", "org.unit.test"}  # the token service and the Web API
+    assert {r.verify for r in requests_mock.request_history} == {str(bundle)}
+    assert {r.timeout for r in requests_mock.request_history} == {5.0}
