@@ -142,10 +142,8 @@ def _render_response(resp: ApiResponse, content_id: str | None, location: bool) 
 
 
 def _multipart(boundary: str, parts: list[bytes]) -> bytes:
-    out = b""
-    for part in parts:
-        out += f"--{boundary}\r\n".encode() + part
-    return out + f"--{boundary}--\r\n".encode()
+    delimiter = f"--{boundary}\r\n".encode()
+    return b"".join(delimiter + part for part in parts) + f"--{boundary}--\r\n".encode()
 
 
 def run_batch(

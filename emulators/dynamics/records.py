@@ -6,7 +6,7 @@ names the table and the property; the messages here say which record and field a
 
 from __future__ import annotations
 
-import datetime as dt
+import time
 from typing import TYPE_CHECKING, Any
 
 from emulators.dynamics.errors import BAD_PAYLOAD, BAD_PROPERTY, VALIDATION, ODataError
@@ -32,8 +32,15 @@ if TYPE_CHECKING:
 MAX_LENGTH = {STRING: 4000, MEMO: 1_048_576}
 
 
+_NOW: list[Any] = [0, ""]
+
+
 def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current UTC time as stored (second precision; formatted once per second)."""
+    second = int(time.time())
+    if _NOW[0] != second:
+        _NOW[0], _NOW[1] = second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+    return str(_NOW[1])
 
 
 def convert_value(table: Table, attr: Attribute, value: Any, record: str) -> Any:

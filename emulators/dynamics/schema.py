@@ -92,10 +92,26 @@ class Table:
         return str(uuid.uuid5(METADATA_NAMESPACE, self.logical_name))
 
     def by_wire_name(self) -> dict[str, Attribute]:
-        """Map JSON property names (``_x_value`` for lookups) to attributes."""
-        return {a.wire_name: a for a in self.attributes.values()}
+        """Map JSON property names (``_x_value`` for lookups) to attributes.
+
+        Cached for the current ``attributes`` dict (a schema change replaces it), because the
+        write path asks once per record.
+        """
+        cached = self.__dict__.get("_wire_cache")
+        if cached is None or cached[0] is not self.attributes:
+            cached = (self.attributes, {a.wire_name: a for a in self.attributes.values()})
+            self.__dict__["_wire_cache"] = cached
+        return cached[1]
 
     def navigation(self) -> dict[str, tuple[Attribute, str]]:
+        """Cached :meth:`build_navigation` (same rule as :meth:`by_wire_name`)."""
+        cached = self.__dict__.get("_nav_cache")
+        if cached is None or cached[0] is not self.attributes:
+            cached = (self.attributes, self.build_navigation())
+            self.__dict__["_nav_cache"] = cached
+        return cached[1]
+
+    def build_navigation(self) -> dict[str, tuple[Attribute, str]]:
         """Map ``@odata.bind`` navigation property names to (lookup attribute, target table).
 
         A single-target lookup binds under its own name (``parentaccountid``); a customer lookup

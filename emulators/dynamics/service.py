@@ -7,6 +7,7 @@ behaves exactly like the same request sent alone. Paths are relative to ``/api/d
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from emulators.dynamics.store import Store
 
 API_PATH = "/api/data/v9.2"
+_INSERT_SQL: dict[tuple[str, tuple[str, ...]], str] = {}
 JSON_TYPE = "application/json; odata.metadata=minimal"
 _SEGMENT = re.compile(r"^(?P<name>[^/(]+)(?:\((?P<key>[^)]*)\))?(?:/(?P<rest>.*))?$")
 MEMBERSHIP = "teammembership_association"
@@ -264,17 +266,19 @@ class WebApi:
             offset = int(state.get("o", 0))
             order_sql = ", ".join(f"{quote(c)} {'DESC' if d else 'ASC'}" for c, d in order) + f", {pk} ASC"
         else:
+            # Storage order (rowid): a sequential scan, the fastest keyset for big initial loads.
+            # Dataverse's own default order is not documented as anything a client may rely on.
             if "k" in state:
-                conds.append(f"{pk} > ?")
+                conds.append("rowid > ?")
                 params.append(state["k"])
-            order_sql = f"{pk} ASC"
+            order_sql = "rowid ASC"
         sql = (
-            f"SELECT {', '.join(map(quote, writer.columns))} FROM {quote(table.logical_name)}"
+            f"SELECT {', '.join(map(quote, writer.columns))}, rowid FROM {quote(table.logical_name)}"
             + (f" WHERE {' AND '.join(conds)}" if conds else "")
             + f" ORDER BY {order_sql} LIMIT {limit + 1} OFFSET {offset}"
         )
         snapshot = int(state.get("s", self.store.current_version))
-        rows = conn.exec_driver_sql(sql, tuple(params)).fetchall()
+        rows = _raw(conn).execute(sql, tuple(params)).fetchall()
         more = len(rows) > limit and last_page_cap is None
         rows = rows[:limit]
         self.stats.add_records(f"{table.logical_name}.read", len(rows))
@@ -293,7 +297,7 @@ class WebApi:
             if order:
                 nxt["o"] = offset + limit
             else:
-                nxt["k"] = rows[-1][writer.columns.index(table.primary_id)]
+                nxt["k"] = rows[-1][-1]
             body["@odata.nextLink"] = _link(req, {"$skiptoken": encode_cookie(nxt)})
         elif tracking:
             body["@odata.deltaLink"] = self._delta_link(conn, req, table, snapshot)
@@ -590,14 +594,19 @@ class WebApi:
     def _insert(self, conn: Connection, table: Table, values: dict[str, Any]) -> None:
         if table.logical_name in COMPUTED_FULLNAME and "fullname" in table.attributes:
             values["fullname"] = full_name(values.get("firstname"), values.get("lastname"))
-        cols = list(values)
-        sql = (
-            f"INSERT INTO {quote(table.logical_name)} ({', '.join(map(quote, cols))})"
-            f" VALUES ({', '.join('?' for _ in cols)})"
-        )
+        cols = tuple(values)
+        sql = _INSERT_SQL.get((table.logical_name, cols))
+        if sql is None:
+            sql = (
+                f"INSERT INTO {quote(table.logical_name)} ({', '.join(map(quote, cols))})"
+                f" VALUES ({', '.join('?' for _ in cols)})"
+            )
+            _INSERT_SQL[(table.logical_name, cols)] = sql
         try:
-            conn.exec_driver_sql(sql, tuple(values[c] for c in cols))
-        except Exception as exc:  # sqlite3.IntegrityError arrives wrapped by SQLAlchemy
+            # The DB-API cursor of the same connection (same transaction and savepoints): the
+            # per-statement overhead of SQLAlchemy would dominate $batch write throughput.
+            _raw(conn).execute(sql, tuple(values.values()))
+        except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc):
                 raise ODataError(
                     412,
@@ -844,6 +853,15 @@ class WebApi:
                 sub = ApiRequest("GET", "", {"$select": select} if select else {}, {}, b"", req.base)
                 resp = self.membership(conn, sub, table, record[table.primary_id], MEMBERSHIP)
                 record[MEMBERSHIP] = msgspec.json.decode(resp.body)["value"]
+
+
+def _raw(conn: Connection) -> sqlite3.Connection:
+    """The DB-API connection under ``conn`` (same transaction and savepoints).
+
+    Used on the hot paths (page reads, inserts), where SQLAlchemy's per-statement and per-row
+    processing would cost more than SQLite itself.
+    """
+    return conn.connection.driver_connection  # type: ignore[return-value]
 
 
 def _annotations(prefer: dict[str, str]) -> set[str]:

@@ -87,9 +87,25 @@ def _table_ddl(table: Table) -> list[str]:
     t = quote(table.logical_name)
     cols = []
     for name, typ in storage_columns(table):
-        extra = " PRIMARY KEY" if name == table.primary_id else ""
+        extra = " NOT NULL" if name == table.primary_id else ""
         cols.append(f"{quote(name)} {typ}{extra}")
     ddl = [f"CREATE TABLE IF NOT EXISTS {t} ({', '.join(cols)})"]
+    ddl.extend(index_ddl(table))
+    return ddl
+
+
+def index_ddl(table: Table) -> list[str]:
+    """Return the statements creating every index of ``table``.
+
+    The primary key is a unique index rather than ``PRIMARY KEY`` so that the seeder can drop
+    all indexes, bulk-load, and build them once at the end (much faster than keeping random GUID
+    B-trees up to date row by row).
+    """
+    t = quote(table.logical_name)
+    ddl = [
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {quote('pk_' + table.logical_name)} ON {t}"
+        f" ({quote(table.primary_id)})"
+    ]
     ddl.append(
         f"CREATE INDEX IF NOT EXISTS {quote('ix_' + table.logical_name + '_version')} ON {t} (versionnumber)"
     )
@@ -106,6 +122,15 @@ def _table_ddl(table: Table) -> list[str]:
                 f" ON {t} ({quote(attr.name)})"
             )
     return ddl
+
+
+def drop_indexes(conn: Connection, table: Table) -> None:
+    """Drop every index of ``table`` (the seeder rebuilds them with :func:`index_ddl`)."""
+    for (name,) in conn.exec_driver_sql(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+        (table.logical_name,),
+    ).fetchall():
+        conn.exec_driver_sql(f"DROP INDEX {quote(name)}")
 
 
 def schema_to_json(tables: dict[str, Table]) -> str:
