@@ -181,25 +181,24 @@ def page(
             Lead activities always pass).
     """
     after = decode_token(token, TOKEN_KIND)
-    where = ["id > :after", f"activityTypeId IN ({','.join(str(int(t)) for t in type_ids)})"]
-    args: dict[str, Any] = {"after": after, "limit": batch + 1}
+    where = ["id > ?", f"activityTypeId IN ({','.join(str(int(t)) for t in type_ids)})"]
+    args: list[Any] = [after]
     if lead_ids:
         where.append(f"leadId IN ({','.join(str(int(i)) for i in lead_ids)})")
     if fields is not None:
-        names = ",".join(f":f{i}" for i in range(len(fields))) or "NULL"
-        where.append(f"(activityTypeId != {CHANGE_DATA_VALUE} OR fieldName IN ({names}))")
-        args.update({f"f{i}": name for i, name in enumerate(fields)})
-    rows = (
-        conn.execute(
-            text(f"SELECT * FROM activities WHERE {' AND '.join(where)} ORDER BY id LIMIT :limit"), args
-        )
-        .mappings()
-        .all()
+        marks = ",".join("?" * len(fields)) or "NULL"
+        where.append(f"(activityTypeId != {CHANGE_DATA_VALUE} OR fieldName IN ({marks}))")
+        args.extend(fields)
+    # DB-API parameters directly: cheaper than text() compiling a new statement on every page.
+    sql = (
+        f"SELECT {','.join(_COLUMNS)} FROM activities WHERE {' AND '.join(where)} "
+        f"ORDER BY id LIMIT {int(batch) + 1}"
     )
+    rows = conn.exec_driver_sql(sql, tuple(args)).fetchall()
     more = len(rows) > batch
     rows = rows[:batch]
     if rows:
-        last = int(rows[-1]["id"])
+        last = int(rows[-1][0])
     else:
         # Nothing new: the resume point moves to the newest activity, so the next call does
         # not rescan activities of other types that were already passed over.
@@ -208,16 +207,21 @@ def page(
     return [_record(r, fields is not None) for r in rows], encode_token(TOKEN_KIND, last), more
 
 
-def _record(row: Any, with_fields: bool) -> dict[str, Any]:
-    payload = json.loads(row["payload"])
+_COLUMNS = ("id", "leadId", "activityDate", "activityTypeId", "primaryAttributeValueId",
+            "primaryAttributeValue", "payload")  # fmt: skip
+
+
+def _record(row: Sequence[Any], with_fields: bool) -> dict[str, Any]:
+    ident, lead_id, date, type_id, value_id, value, raw = row
+    payload = json.loads(raw)
     out: dict[str, Any] = {
-        "id": row["id"],
-        "marketoGUID": str(row["id"]),
-        "leadId": row["leadId"],
-        "activityDate": row["activityDate"],
-        "activityTypeId": row["activityTypeId"],
-        "primaryAttributeValueId": row["primaryAttributeValueId"],
-        "primaryAttributeValue": row["primaryAttributeValue"],
+        "id": ident,
+        "marketoGUID": str(ident),
+        "leadId": lead_id,
+        "activityDate": date,
+        "activityTypeId": type_id,
+        "primaryAttributeValueId": value_id,
+        "primaryAttributeValue": value,
         "attributes": payload.get("attributes", []),
     }
     if with_fields:

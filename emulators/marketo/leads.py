@@ -101,22 +101,22 @@ def query(
     keys = _filter_values(LEAD_FIELD_MAP[filter_type], values)
     if not keys:
         return [], False
-    marks = ",".join(f":v{i}" for i in range(len(keys)))
-    args: dict[str, Any] = {f"v{i}": v for i, v in enumerate(keys)}
-    where = f'"{filter_type}" IN ({marks})'
-    total = conn.execute(text(f"SELECT COUNT(*) FROM leads WHERE {where}"), args).scalar() or 0
-    if total > max_matches:
-        raise MarketoError("1003", "Too many results match the filter")
+    # Plain DB-API "?" parameters: SQLAlchemy's text() would re-parse and re-compile a statement
+    # with 300 named parameters on every call, which dominated the read path.
     cols = ",".join(f'"{f.name}"' for f in fields)
-    rows = (
-        conn.execute(
-            text(f"SELECT {cols} FROM leads WHERE {where} ORDER BY id LIMIT :lim OFFSET :off"),
-            {**args, "lim": batch, "off": offset},
-        )
-        .mappings()
-        .all()
+    sql = (
+        f'SELECT {cols} FROM leads WHERE "{filter_type}" IN ({",".join("?" * len(keys))}) '
+        f"ORDER BY id LIMIT {int(max_matches) + 1}"
     )
-    return [render(r, fields) for r in rows], offset + len(rows) < total
+    rows = conn.exec_driver_sql(sql, tuple(keys)).fetchall()
+    if len(rows) > max_matches:
+        raise MarketoError("1003", "Too many results match the filter")
+    page = rows[offset : offset + batch]
+    return [_render_tuple(r, fields) for r in page], offset + len(page) < len(rows)
+
+
+def _render_tuple(row: Sequence[Any], fields: Sequence[FieldDef]) -> dict[str, Any]:
+    return {f.name: to_json(f, v) for f, v in zip(fields, row, strict=True) if v is not None}
 
 
 def get_by_id(conn: Connection, lead_id: int, fields: Sequence[FieldDef]) -> list[dict[str, Any]]:
@@ -262,19 +262,16 @@ def sync(
 def _existing(conn: Connection, lookup: str, values: list[Any]) -> dict[Any, list[dict[str, Any]]]:
     found: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     unique = list(dict.fromkeys(values))
+    columns = [c.name for c in leads.columns]
     for start in range(0, len(unique), 500):
         chunk = unique[start : start + 500]
-        marks = ",".join(f":v{i}" for i in range(len(chunk)))
-        rows = (
-            conn.execute(
-                text(f'SELECT * FROM leads WHERE "{lookup}" IN ({marks}) ORDER BY id'),
-                {f"v{i}": v for i, v in enumerate(chunk)},
-            )
-            .mappings()
-            .all()
-        )
+        rows = conn.exec_driver_sql(
+            f'SELECT * FROM leads WHERE "{lookup}" IN ({",".join("?" * len(chunk))}) ORDER BY id',
+            tuple(chunk),
+        ).fetchall()
         for r in rows:
-            found[_key(r[lookup])].append(dict(r))
+            record = dict(zip(columns, r, strict=True))
+            found[_key(record[lookup])].append(record)
     return found
 
 
