@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import msal
 import requests
 
 from crm_sync_hooks.base import CrmApiHook, register_secret
 from crm_sync_hooks.connection_ui import DYNAMICS_CONN_FIELDS, DYNAMICS_UI_BEHAVIOUR, wtforms_widgets
+from crm_sync_hooks.dynamics_writes import DynamicsWritesMixin, key_literal
 from crm_sync_hooks.errors import (
     AuthenticationError,
     FatalApiError,
@@ -30,9 +30,6 @@ from crm_sync_hooks.errors import (
     RetriableApiError,
     TokenExpiredError,
 )
-from crm_sync_hooks.odata_batch import BatchOperation, BatchResponse, build_batch, parse_batch
-from crm_sync_hooks.records import chunked, missing_fields, validate_records
-from crm_sync_hooks.results import WriteResult, WriteStatus
 from crm_sync_hooks.transport import ApiTransport, VerifiedSession, retry_after_seconds
 
 if TYPE_CHECKING:
@@ -41,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 5000
-MAX_BATCH_OPERATIONS = 1000
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 # msal skips instance discovery for these hosts by itself; for any other host (a sovereign cloud
 # proxy, the local emulator) it must be told not to ask login.microsoftonline.com about it.
@@ -54,10 +50,6 @@ _WELL_KNOWN_AUTHORITIES = {
     "login.microsoft.com",
     "sts.windows.net",
 }
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_ENTITY_ID = re.compile(
-    r"\(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)\s*$"
-)
 # Data change-tracking tokens past the retention period; the documented code is the metadata one
 # (0x80044352 ExpiredVersionStamp) and the data one is unconfirmed, so the message is checked too.
 _EXPIRED_DELTA_CODES = {"0x80044352", "-2147204270"}
@@ -104,24 +96,7 @@ def odata_error(resp: requests.Response) -> tuple[str, str]:
     return str(error.get("code") or ""), str(error.get("message") or "")
 
 
-def key_literal(value: Any) -> str:
-    """Return an OData key value literal: strings quoted with ``'`` doubled, numbers and booleans bare."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def alternate_key_segment(key: Mapping[str, Any]) -> str:
-    """Return ``col1='v1',col2=2`` for an alternate-key address, percent-encoding unsafe characters."""
-    # Characters allowed in a URL path segment stay as they are (an e-mail keeps its "@"); the
-    # rest (space, "/", "?", "#", "%", "&", non-ASCII) are percent-encoded.
-    safe = "'@:!$()*,;=+-._~"
-    return ",".join(f"{column}={quote(key_literal(value), safe=safe)}" for column, value in key.items())
-
-
-class DynamicsHook(CrmApiHook):
+class DynamicsHook(DynamicsWritesMixin, CrmApiHook):
     """Talks to one Dataverse organization as one application user, under its service limits.
 
     Args:
@@ -461,209 +436,3 @@ class DynamicsHook(CrmApiHook):
             for body in self._pages(path, {"$select": ",".join(fields)}, "odata.maxpagesize=5000")
             for row in body.get("value") or []
         ]
-
-    # --- writes ----------------------------------------------------------------------------
-    def upsert_records(
-        self,
-        entity_set: str,
-        records: Sequence[Mapping[str, Any]],
-        key_columns: Sequence[str],
-        *,
-        id_column: str | None = None,
-        batch_size: int = 100,
-        change_set_size: int | None = None,
-    ) -> list[WriteResult]:
-        """Create or update rows through ``$batch`` with ``PATCH``; one result per record.
-
-        Args:
-            entity_set: Entity set name, e.g. ``contacts``.
-            records: Rows keyed by column logical name (lookups as ``name@odata.bind``).
-            key_columns: ``[id_column]`` to address rows by primary key, otherwise the columns of
-                an alternate key (e.g. ``["emailaddress1"]``). Key columns are not sent in the body.
-            id_column: The table's primary key column (e.g. ``contactid``); lets the answer carry
-                only the id.
-            batch_size: Operations per ``$batch`` (at most 1,000; Microsoft advises small batches).
-            change_set_size: Group this many operations per change set (atomic: one failure rolls
-                back the group); None sends every operation on its own.
-
-        Records lacking a key value fail without being sent, with the field named in the reason.
-        """
-        if not key_columns:
-            raise ValueError("key_columns must name the primary key or an alternate key")
-        validate_records(records, f"upsert {entity_set} input")
-        by_id = id_column is not None and list(key_columns) == [id_column]
-        prefix = urlsplit(self.api_url).path
-        query = f"?$select={id_column}" if id_column else ""
-        ops: list[tuple[int, BatchOperation]] = []
-        results: dict[int, WriteResult] = {}
-        for index, record in enumerate(records):
-            missing = missing_fields(record, key_columns)
-            if missing:
-                results[index] = WriteResult(
-                    index,
-                    WriteStatus.FAILED,
-                    code="missing-key",
-                    reason=f"record {index} has no value for {', '.join(missing)}",
-                )
-                continue
-            if by_id:
-                guid = str(record[key_columns[0]])
-                if not _GUID.match(guid):
-                    results[index] = WriteResult(
-                        index,
-                        WriteStatus.FAILED,
-                        code="bad-key",
-                        reason=f"record {index} field {key_columns[0]!r} is not a GUID",
-                    )
-                    continue
-                address = f"{entity_set}({guid})"
-            else:
-                address = f"{entity_set}({alternate_key_segment({c: record[c] for c in key_columns})})"
-            body = {k: v for k, v in record.items() if k not in key_columns}
-            ops.append(
-                (
-                    index,
-                    BatchOperation(
-                        "PATCH", f"{prefix}{address}{query}", body, {"Prefer": "return=representation"}
-                    ),
-                )
-            )
-        results.update(self._run_batches(ops, batch_size, change_set_size, id_column))
-        return [results[i] for i in range(len(records))]
-
-    def delete_records(
-        self,
-        entity_set: str,
-        keys: Sequence[str | Mapping[str, Any]],
-        *,
-        batch_size: int = 100,
-        change_set_size: int | None = None,
-    ) -> list[WriteResult]:
-        """Delete rows by id (GUID strings) or alternate key (mappings) through ``$batch``.
-
-        A row that is already gone is reported as skipped, not failed.
-        """
-        prefix = urlsplit(self.api_url).path
-        ops: list[tuple[int, BatchOperation]] = []
-        results: dict[int, WriteResult] = {}
-        for index, key in enumerate(keys):
-            if isinstance(key, Mapping):
-                address = f"{entity_set}({alternate_key_segment(key)})"
-            elif _GUID.match(str(key)):
-                address = f"{entity_set}({key})"
-            else:
-                results[index] = WriteResult(
-                    index,
-                    WriteStatus.FAILED,
-                    code="bad-key",
-                    reason=f"key {index} is neither a GUID nor an alternate-key mapping",
-                )
-                continue
-            ops.append((index, BatchOperation("DELETE", f"{prefix}{address}")))
-        results.update(self._run_batches(ops, batch_size, change_set_size, None, deleting=True))
-        return [results[i] for i in range(len(keys))]
-
-    def _run_batches(
-        self,
-        ops: list[tuple[int, BatchOperation]],
-        batch_size: int,
-        change_set_size: int | None,
-        id_column: str | None,
-        deleting: bool = False,
-    ) -> dict[int, WriteResult]:
-        if not 1 <= batch_size <= MAX_BATCH_OPERATIONS:
-            raise ValueError(f"batch_size must be 1..{MAX_BATCH_OPERATIONS}, got {batch_size}")
-        results: dict[int, WriteResult] = {}
-        for _, batch in chunked(ops, batch_size):
-            group = change_set_size or 1
-            groups = [list(g) for _, g in chunked(list(batch), group)]
-            content_type, body = build_batch(
-                [[op for _, op in g] for g in groups], atomic=change_set_size is not None
-            )
-            resp = self.call(
-                "POST",
-                "$batch",
-                data=body.encode(),
-                headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
-            )
-            answers = parse_batch(resp.headers.get("Content-Type", ""), resp.text)
-            results.update(
-                self._map_answers(groups, answers, change_set_size is not None, id_column, deleting)
-            )
-        return results
-
-    def _map_answers(
-        self,
-        groups: list[list[tuple[int, BatchOperation]]],
-        answers: list[BatchResponse],
-        atomic: bool,
-        id_column: str | None,
-        deleting: bool,
-    ) -> dict[int, WriteResult]:
-        results: dict[int, WriteResult] = {}
-        if atomic:
-            # A change set that succeeded comes back as a nested part with one answer per
-            # operation; one that failed comes back as a single error answer (nested or not).
-            position = 0
-            for group in groups:
-                got: list[BatchResponse] = []
-                if position < len(answers):
-                    marker = answers[position].change_set
-                    if marker is None:
-                        got = [answers[position]]
-                        position += 1
-                    else:
-                        while position < len(answers) and answers[position].change_set == marker:
-                            got.append(answers[position])
-                            position += 1
-                if len(got) == len(group) and all(a.status < 400 for a in got):
-                    for (idx, _), answer in zip(group, got, strict=True):
-                        results[idx] = self._result(idx, answer, id_column, deleting)
-                    continue
-                failed = next((a for a in got if a.status >= 400), None)
-                reason = self._reason(failed) if failed else "no answer for this change set"
-                for idx, _ in group:
-                    results[idx] = WriteResult(
-                        idx,
-                        WriteStatus.FAILED,
-                        code=str(failed.status) if failed else None,
-                        reason=f"change set rolled back: {reason}",
-                    )
-            return results
-        flat = [item for group in groups for item in group]
-        for position, (idx, _) in enumerate(flat):
-            if position < len(answers):
-                results[idx] = self._result(idx, answers[position], id_column, deleting)
-            else:
-                results[idx] = WriteResult(
-                    idx, WriteStatus.FAILED, reason="not processed: the batch stopped early"
-                )
-        return results
-
-    @staticmethod
-    def _reason(answer: BatchResponse) -> str:
-        body = answer.json()
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        code = error.get("code") if isinstance(error, dict) else None
-        message = error.get("message") if isinstance(error, dict) else None
-        return f"HTTP {answer.status}{' ' + str(code) if code else ''}: {message or answer.reason}"
-
-    def _result(
-        self, index: int, answer: BatchResponse, id_column: str | None, deleting: bool
-    ) -> WriteResult:
-        if answer.status >= 400:
-            status = WriteStatus.SKIPPED if deleting and answer.status == 404 else WriteStatus.FAILED
-            return WriteResult(index, status, code=str(answer.status), reason=self._reason(answer))
-        if deleting:
-            return WriteResult(index, WriteStatus.DELETED)
-        body = answer.json()
-        ident = body.get(id_column) if isinstance(body, dict) and id_column else None
-        if ident is None:
-            match = _ENTITY_ID.search(
-                answer.headers.get("odata-entityid", "") or answer.headers.get("location", "")
-            )
-            ident = match.group(1) if match else None
-        # With return=representation a create answers 201 and an update 200 (unconfirmed for
-        # upserts, documented for POST/PATCH); a bare 204 does not say which.
-        status = {201: WriteStatus.CREATED, 200: WriteStatus.UPDATED}.get(answer.status, WriteStatus.UPSERTED)
-        return WriteResult(index, status, None if ident is None else str(ident))

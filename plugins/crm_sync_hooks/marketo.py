@@ -29,8 +29,8 @@ from crm_sync_hooks.errors import (
     TokenExpiredError,
 )
 from crm_sync_hooks.marketo_bulk import MarketoBulkMixin
-from crm_sync_hooks.records import chunked, json_size, missing_fields, validate_records
-from crm_sync_hooks.results import WriteResult, WriteStatus
+from crm_sync_hooks.marketo_writes import MAX_BATCH, MarketoWritesMixin
+from crm_sync_hooks.records import chunked
 from crm_sync_hooks.transport import ApiTransport, retry_after_seconds
 
 if TYPE_CHECKING:
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 300  # records per read page, write call and filterValues list
-MAX_BODY_BYTES = 1_000_000  # standard request body limit (HTTP 413 above)
 TOKEN_MARGIN_SECONDS = 60.0  # renew a token this long before it expires, as Adobe recommends
 
 _RETRIABLE_CODES = {"604", "608", "611", "614", "615", "713", "719"}
@@ -55,13 +53,6 @@ _NOT_FOUND_CODES = {"610", "1013"}
 # hook of a worker process reuses the live token instead of asking the identity service again.
 _TOKENS: dict[tuple[str, str, str], tuple[str, float]] = {}
 _TOKENS_LOCK = threading.Lock()
-
-_STATUS = {
-    "created": WriteStatus.CREATED,
-    "updated": WriteStatus.UPDATED,
-    "deleted": WriteStatus.DELETED,
-    "skipped": WriteStatus.SKIPPED,
-}
 
 
 @dataclass(frozen=True)
@@ -131,44 +122,7 @@ def check_http(resp: requests.Response, label: str) -> None:
         )
 
 
-def reason_text(entry: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """Return ``(code, "code: message; ...")`` from a result entry's ``reasons`` (or ``reason``)."""
-    reasons = entry.get("reasons") or ([entry["reason"]] if entry.get("reason") else [])
-    if not reasons:
-        return None, None
-    parts = [f"{r.get('code')}: {r.get('message')}" if isinstance(r, Mapping) else str(r) for r in reasons]
-    first = reasons[0]
-    return (str(first.get("code")) if isinstance(first, Mapping) else None), "; ".join(parts)
-
-
-def record_results(entries: Any, offset: int, count: int, id_fields: Sequence[str]) -> list[WriteResult]:
-    """Map a write call's ``result`` entries to one :class:`WriteResult` per input record.
-
-    Entries carry ``seq`` (non-lead objects) or come in input order (leads).
-    """
-    out: list[WriteResult | None] = [None] * count
-    for pos, entry in enumerate(entries if isinstance(entries, list) else []):
-        if not isinstance(entry, Mapping):
-            continue
-        seq = entry.get("seq", pos)
-        if not isinstance(seq, int) or not 0 <= seq < count:
-            continue
-        raw_status = str(entry.get("status", ""))
-        status = _STATUS.get(raw_status)
-        code, reason = reason_text(entry)
-        if status is None:
-            status, reason = WriteStatus.FAILED, reason or f"unexpected status {raw_status!r}"
-        ident = next((entry[f] for f in id_fields if entry.get(f) is not None), None)
-        out[seq] = WriteResult(offset + seq, status, None if ident is None else str(ident), reason, code)
-    return [
-        r
-        if r is not None
-        else WriteResult(offset + i, WriteStatus.FAILED, reason="no result returned for this record")
-        for i, r in enumerate(out)
-    ]
-
-
-class MarketoHook(MarketoBulkMixin, CrmApiHook):
+class MarketoHook(MarketoWritesMixin, MarketoBulkMixin, CrmApiHook):
     """Talks to one Marketo instance under its shared limits.
 
     Args:
@@ -449,168 +403,3 @@ class MarketoHook(MarketoBulkMixin, CrmApiHook):
             raise ValueError("activity_type_ids must name 1 to 10 activity types")
         params = {"activityTypeIds": ",".join(str(i) for i in activity_type_ids), "batchSize": batch_size}
         yield from self._feed("/rest/v1/activities.json", next_page_token, params)
-
-    # --- writes ----------------------------------------------------------------------------
-    def sync_leads(
-        self,
-        records: Sequence[Mapping[str, Any]],
-        action: str = "createOrUpdate",
-        lookup_field: str = "email",
-        partition_name: str | None = None,
-    ) -> list[WriteResult]:
-        """Create or update leads in calls of up to 300, one result per input record.
-
-        Records without a value for ``lookup_field`` are skipped without a call (code 1002).
-        """
-        validate_records(records, "sync_leads input")
-        body: dict[str, Any] = {"action": action, "lookupField": lookup_field}
-        if partition_name:
-            body["partitionName"] = partition_name
-        required = [] if action == "createDuplicate" else [lookup_field]
-        return self._write("/rest/v1/leads.json", records, body, required, ("id",))
-
-    def delete_leads(self, lead_ids: Sequence[int]) -> list[WriteResult]:
-        """Delete leads by id, one result per id."""
-        records = [{"id": int(i)} for i in lead_ids]
-        return self._write("/rest/v1/leads/delete.json", records, {}, ["id"], ("id",))
-
-    def sync_objects(
-        self,
-        object_name: str,
-        records: Sequence[Mapping[str, Any]],
-        action: str = "createOrUpdate",
-        dedupe_by: str = "dedupeFields",
-        required_fields: Sequence[str] = (),
-    ) -> list[WriteResult]:
-        """Sync Lead Database objects (``companies``, ``opportunities``, ``opportunities/roles``,
-        ``salespersons``, ``namedaccounts``, ``customobjects/<apiName>``) in calls of up to 300.
-
-        Args:
-            object_name: The object path segment.
-            records: Records keyed by field API name.
-            action: ``createOrUpdate``, ``createOnly`` or ``updateOnly``.
-            dedupe_by: ``dedupeFields`` or ``idField`` (``idField`` only with ``updateOnly``).
-            required_fields: Fields every record must carry (the dedupe key); records lacking one
-                are skipped without a call.
-        """
-        validate_records(records, f"sync {object_name} input")
-        return self._write(
-            f"/rest/v1/{object_name}.json",
-            records,
-            {"action": action, "dedupeBy": dedupe_by},
-            list(required_fields),
-            ("id", "marketoGUID"),
-        )
-
-    def sync_companies(
-        self, records: Sequence[Mapping[str, Any]], action: str = "createOrUpdate"
-    ) -> list[WriteResult]:
-        """Sync companies keyed by ``externalCompanyId``."""
-        return self.sync_objects("companies", records, action, required_fields=["externalCompanyId"])
-
-    def sync_opportunities(
-        self, records: Sequence[Mapping[str, Any]], action: str = "createOrUpdate"
-    ) -> list[WriteResult]:
-        """Sync opportunities keyed by ``externalOpportunityId``."""
-        return self.sync_objects("opportunities", records, action, required_fields=["externalOpportunityId"])
-
-    def sync_opportunity_roles(
-        self, records: Sequence[Mapping[str, Any]], action: str = "createOrUpdate"
-    ) -> list[WriteResult]:
-        """Sync opportunity roles keyed by ``externalOpportunityId`` + ``leadId`` + ``role``."""
-        return self.sync_objects(
-            "opportunities/roles",
-            records,
-            action,
-            required_fields=["externalOpportunityId", "leadId", "role"],
-        )
-
-    def sync_sales_persons(
-        self, records: Sequence[Mapping[str, Any]], action: str = "createOrUpdate"
-    ) -> list[WriteResult]:
-        """Sync sales persons keyed by ``externalSalesPersonId``."""
-        return self.sync_objects("salespersons", records, action, required_fields=["externalSalesPersonId"])
-
-    def sync_custom_objects(
-        self,
-        api_name: str,
-        records: Sequence[Mapping[str, Any]],
-        action: str = "createOrUpdate",
-        dedupe_by: str = "dedupeFields",
-    ) -> list[WriteResult]:
-        """Sync records of custom object ``api_name`` (dedupe fields come from its type)."""
-        return self.sync_objects(f"customobjects/{api_name}", records, action, dedupe_by)
-
-    def delete_objects(
-        self, object_name: str, keys: Sequence[Mapping[str, Any]], delete_by: str = "dedupeFields"
-    ) -> list[WriteResult]:
-        """Delete Lead Database objects by dedupe fields or id field, one result per key."""
-        validate_records(keys, f"delete {object_name} input")
-        return self._write(
-            f"/rest/v1/{object_name}/delete.json", keys, {"deleteBy": delete_by}, [], ("id", "marketoGUID")
-        )
-
-    def _write(
-        self,
-        path: str,
-        records: Sequence[Mapping[str, Any]],
-        body: dict[str, Any],
-        required: Sequence[str],
-        id_fields: Sequence[str],
-    ) -> list[WriteResult]:
-        results: list[WriteResult] = []
-        for offset, chunk in chunked(records, MAX_BATCH):
-            results.extend(self._write_chunk(path, offset, list(chunk), body, required, id_fields))
-        return results
-
-    def _write_chunk(
-        self,
-        path: str,
-        offset: int,
-        chunk: list[Mapping[str, Any]],
-        body: dict[str, Any],
-        required: Sequence[str],
-        id_fields: Sequence[str],
-    ) -> list[WriteResult]:
-        results: dict[int, WriteResult] = {}
-        sendable: list[int] = []
-        for i, record in enumerate(chunk):
-            missing = missing_fields(record, required)
-            if missing:
-                results[i] = WriteResult(
-                    offset + i,
-                    WriteStatus.SKIPPED,
-                    code="1002",
-                    reason=f"record {offset + i} has no value for {', '.join(missing)}",
-                )
-            else:
-                sendable.append(i)
-        for part in self._split_by_size([chunk[i] for i in sendable], body):
-            idx = [sendable[j] for j in part]
-            if len(idx) == 1 and json_size({**body, "input": [chunk[idx[0]]]}) > MAX_BODY_BYTES:
-                results[idx[0]] = WriteResult(
-                    offset + idx[0],
-                    WriteStatus.FAILED,
-                    code="413",
-                    reason="record is larger than Marketo's 1 MB request limit",
-                )
-                continue
-            payload = {**body, "input": [chunk[i] for i in idx]}
-            answer = self.call_json("POST", path, json=payload, timeout=max(self.timeout, 120.0))
-            for j, res in enumerate(record_results(answer.get("result"), 0, len(idx), id_fields)):
-                results[idx[j]] = WriteResult(offset + idx[j], res.status, res.id, res.reason, res.code)
-        return [results[i] for i in range(len(chunk))]
-
-    @staticmethod
-    def _split_by_size(records: list[Mapping[str, Any]], body: dict[str, Any]) -> list[list[int]]:
-        """Split positions into groups whose request body stays under 1 MB."""
-        groups: list[list[int]] = []
-        pending = [list(range(len(records)))] if records else []
-        while pending:
-            group = pending.pop()
-            if len(group) > 1 and json_size({**body, "input": [records[i] for i in group]}) > MAX_BODY_BYTES:
-                half = len(group) // 2
-                pending.extend([group[half:], group[:half]])
-            else:
-                groups.append(group)
-        return groups
