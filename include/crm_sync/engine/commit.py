@@ -1,0 +1,109 @@
+"""Commit: advance the watermarks and write the run ledger, once every batch is loaded.
+
+The staged outcome file of each load batch is the proof that it was loaded and recorded; a
+missing one stops the commit, so the watermark never moves past unwritten changes and the next
+run extracts them again (the loads are idempotent upserts, so nothing is duplicated).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from crm_sync.engine.load import OUTCOME
+from crm_sync.state import RunCounts, session_scope, set_watermark, utcnow, write_ledger
+
+if TYPE_CHECKING:
+    from crm_sync.config import EntityConfig
+    from crm_sync.engine.extract import RunContext
+
+log = logging.getLogger(__name__)
+
+
+class LoadIncompleteError(RuntimeError):
+    """A load batch of the run has no outcome: the watermark must not move."""
+
+
+def _outcomes(entity: EntityConfig, ctx: RunContext, transform: dict[str, Any]) -> list[dict[str, Any]]:
+    outcomes = []
+    missing = []
+    for batch in transform.get("batches", []):
+        folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "plans" / batch["name"]
+        outcome = ctx.staging.read_json(folder, OUTCOME)
+        if outcome is None:
+            missing.append(batch["name"])
+        else:
+            outcomes.append(outcome)
+    if missing:
+        raise LoadIncompleteError(
+            f"{entity.name}: run {ctx.run_id}: batches {missing} were not loaded; watermark not advanced"
+        )
+    return outcomes
+
+
+def commit(
+    entity: EntityConfig,
+    ctx: RunContext,
+    extract: dict[str, Any],
+    transform: dict[str, Any],
+    *,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Store the new watermarks and the ledger row of this run in one transaction.
+
+    Args:
+        entity: The entity.
+        ctx: Run id, staging area and state store.
+        extract: The extract manifest (pending watermarks, extracted counts, start time).
+        transform: The transform manifest (load batches and transform counts).
+        now: Current time (tests).
+
+    Returns:
+        The run's counts: ``extracted``, ``transformed``, ``loaded``, ``skipped``, ``failed``,
+        ``conflicts``, ``seconds`` and ``records_per_second``.
+
+    Raises:
+        LoadIncompleteError: A load batch has no staged outcome.
+    """
+    outcomes = _outcomes(entity, ctx, transform)
+    ended = now or utcnow()
+    started = datetime.fromisoformat(extract["started_at"])
+    t = transform.get("counts", {})
+    loaded = sum(int(o["loaded"]) for o in outcomes)
+    extracted = sum(
+        int(part.get(k, 0))
+        for part in (extract.get("dynamics") or {}, extract.get("marketo") or {})
+        for k in ("rows", "deleted_rows")
+    )
+    counts = RunCounts(
+        run_id=ctx.run_id,
+        entity=entity.name,
+        direction=entity.direction.value,
+        status="success",
+        extracted=extracted,
+        transformed=int(t.get("valid", 0)),
+        loaded=loaded,
+        skipped=int(t.get("filtered", 0)) + int(t.get("unchanged", 0)),
+        failed=int(t.get("failed", 0)) + sum(int(o["failed"]) for o in outcomes),
+        conflicts=int(t.get("conflicts", 0)),
+        started_at=started,
+        ended_at=ended,
+    )
+    with session_scope(ctx.state) as session:
+        for direction, token in sorted(extract.get("pending", {}).items()):
+            set_watermark(session, entity.name, direction, token, now=ended)
+        write_ledger(session, counts)
+    seconds = max((ended - started).total_seconds(), 1e-6)
+    result = {
+        "extracted": counts.extracted,
+        "transformed": counts.transformed,
+        "loaded": counts.loaded,
+        "skipped": counts.skipped,
+        "failed": counts.failed,
+        "conflicts": counts.conflicts,
+        "seconds": round(seconds, 3),
+        "records_per_second": round(counts.loaded / seconds, 1),
+    }
+    log.info("%s commit: %s; watermarks %s advanced", entity.name, result, sorted(extract.get("pending", {})))
+    return result

@@ -1,0 +1,280 @@
+"""Extract: read the changes since the stored watermarks and stage them as Parquet batches.
+
+Nothing is committed here: the new watermarks go into the run's extract manifest and are
+stored by :func:`crm_sync.engine.commit.commit` once every batch is loaded.
+
+* Dataverse: change tracking from the stored delta link. The first run (no watermark) reads the
+  whole table with change tracking on, which stages the initial page set and hands back the
+  first delta link. An expired delta link falls back to that full read.
+* Marketo: the person change feed from the stored paging token. The feed is read once per
+  cycle and shared by the person entities (lead, contact): its chunk is staged under the start
+  token, and an entity whose watermark is the same token reuses the staged chunk instead of
+  calling Marketo again. The current values of the changed persons are fetched by id.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from crm_sync.config import Direction, EntityConfig, MarketoObject
+from crm_sync.state import check_identity, get_watermark, session_scope, utcnow
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from datetime import datetime
+
+    from airflow.sdk import ObjectStoragePath
+    from sqlalchemy.engine import Engine
+
+    from crm_sync.engine.clients import DynamicsClient, MarketoClient
+    from crm_sync.engine.staging import BatchRef, StagingArea
+
+log = logging.getLogger(__name__)
+
+PERSON_FEED = "person"
+DYNAMICS_PAGE_SIZE = 1000  # rows per change-tracking page: bounds memory, keeps calls few
+MARKETO_READ_BATCH = 300
+EXTRACT_MANIFEST = "extract"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where one run stages its files and keeps its state.
+
+    Attributes:
+        run_id: The Airflow run id (names the staging folder and the ledger row).
+        staging: The staging area.
+        state: SQLAlchemy engine of the state store.
+    """
+
+    run_id: str
+    staging: StagingArea
+    state: Engine
+
+
+def dynamics_columns(entity: EntityConfig) -> list[str]:
+    """The Dataverse columns an extract selects: key, mapped D→M columns, lookups, sync filter."""
+    cols = [entity.dynamics.key]
+    cols += [f.dynamics for f in entity.fields_for(Direction.D2M)]
+    cols += [lk.dynamics for lk in entity.lookups]
+    if entity.dynamics.filter_column:
+        cols.append(entity.dynamics.filter_column)
+    return list(dict.fromkeys(cols))
+
+
+def person_fields(entities: Iterable[EntityConfig]) -> list[str]:
+    """Marketo person fields the shared feed reads: ids, keys, sync-owned fields, M→D fields."""
+    names: list[str] = []
+    for e in entities:
+        if e.marketo.object is not MarketoObject.LEAD or not e.direction.includes(Direction.M2D):
+            continue
+        m = e.marketo
+        names += [m.key, *(f for f in (m.type_field, m.deleted_field, m.email_field, m.sync_flag_field) if f)]
+        names += [f.marketo for f in e.fields_for(Direction.M2D)]
+    return list(dict.fromkeys(n for n in names if n != "id"))
+
+
+def _frame(records: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """Rows as a frame with every expected column (absent ones empty), OData annotations dropped."""
+    frame = pd.DataFrame.from_records(list(records)) if records else pd.DataFrame()
+    frame = frame[[c for c in frame.columns if not str(c).startswith("@odata.")]]
+    for col in columns:
+        if col not in frame:
+            frame[col] = None
+    return frame
+
+
+@dataclass
+class _Batcher:
+    """Collects rows and stages a batch each time ``size`` rows are buffered."""
+
+    staging: StagingArea
+    folder: ObjectStoragePath
+    prefix: str
+    size: int
+    columns: Sequence[str]
+
+    def __post_init__(self) -> None:
+        self.buffer: list[Mapping[str, Any]] = []
+        self.refs: list[BatchRef] = []
+        self.total = 0
+
+    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.buffer.extend(rows)
+        while len(self.buffer) >= self.size:
+            self._flush(self.buffer[: self.size])
+            self.buffer = self.buffer[self.size :]
+
+    def close(self) -> list[BatchRef]:
+        if self.buffer:
+            self._flush(self.buffer)
+            self.buffer = []
+        return self.refs
+
+    def _flush(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        name = f"{self.prefix}-{len(self.refs):05d}"
+        self.refs.append(self.staging.write_frame(self.folder, name, _frame(rows, self.columns)))
+        self.total += len(rows)
+
+
+def extract_dynamics(
+    entity: EntityConfig,
+    client: DynamicsClient,
+    staging: StagingArea,
+    folder: ObjectStoragePath,
+    delta_link: str | None,
+) -> dict[str, Any]:
+    """Stage the Dataverse changes of ``entity`` since ``delta_link``.
+
+    Returns:
+        ``batches`` (changed rows), ``deleted`` (batches of deleted ids), ``rows``,
+        ``deleted_rows`` and ``token`` (the next delta link).
+
+    Raises:
+        RuntimeError: The read ended without a delta link.
+    """
+    from crm_sync_hooks.dynamics import DeltaTokenExpired
+
+    columns = dynamics_columns(entity)
+    try:
+        return _read_changes(entity, client, staging, folder, columns, delta_link)
+    except DeltaTokenExpired:
+        # Past the retention period: read the table again; upserts by key make this safe.
+        log.warning("%s: delta link expired, reading the whole table again", entity.name)
+        return _read_changes(entity, client, staging, folder, columns, None)
+
+
+def _read_changes(
+    entity: EntityConfig,
+    client: DynamicsClient,
+    staging: StagingArea,
+    folder: ObjectStoragePath,
+    columns: list[str],
+    delta_link: str | None,
+) -> dict[str, Any]:
+    rows = _Batcher(staging, folder, "dynamics", entity.batch_size, columns)
+    deleted = _Batcher(staging, folder, "deleted", entity.batch_size, ["id"])
+    token: str | None = None
+    for page in client.track_changes(entity.dynamics.entity_set, columns, delta_link, DYNAMICS_PAGE_SIZE):
+        rows.add(page.records)
+        deleted.add({"id": i} for i in page.deleted_ids)
+        token = page.delta_link or token
+    if not token:
+        raise RuntimeError(f"{entity.name}: change tracking ended without a delta link")
+    batches, deletes = rows.close(), deleted.close()
+    return {
+        "batches": [b.to_dict() for b in batches],
+        "deleted": [b.to_dict() for b in deletes],
+        "rows": rows.total,
+        "deleted_rows": deleted.total,
+        "token": token,
+        "initial": delta_link is None,
+    }
+
+
+def read_person_feed(
+    client: MarketoClient,
+    staging: StagingArea,
+    start_token: str,
+    fields: Sequence[str],
+) -> dict[str, Any]:
+    """Read (or reuse) the chunk of the Marketo person change feed that starts at ``start_token``.
+
+    Returns:
+        The chunk manifest: ``start``, ``token`` (where the next chunk starts), ``batches`` of
+        current person records (``id`` plus ``fields``) and ``rows``.
+    """
+    folder = staging.feed_dir(PERSON_FEED, start_token)
+    staged = staging.read_json(folder, "manifest")
+    if staged is not None and staged.get("start") == start_token:
+        log.info("person feed chunk from this token already read; reusing %d staged persons", staged["rows"])
+        return staged
+    ids: dict[int, None] = {}
+    token = start_token
+    for page in client.get_lead_changes(start_token, fields, MARKETO_READ_BATCH):
+        ids.update((int(a["leadId"]), None) for a in page.records if a.get("leadId") is not None)
+        token = page.next_page_token or token
+    batcher = _Batcher(staging, folder, "persons", MARKETO_READ_BATCH, ["id", *fields])
+    wanted = ["id", *fields]
+    for records in client.get_leads("id", list(ids), wanted, MARKETO_READ_BATCH) if ids else ():
+        batcher.add(records)
+    batches = batcher.close()
+    manifest = {
+        "start": start_token,
+        "token": token,
+        "batches": [b.to_dict() for b in batches],
+        "rows": batcher.total,
+        "read_at": utcnow().isoformat(),
+    }
+    staging.write_json(folder, "manifest", manifest)
+    log.info("person feed: %d changed persons staged", batcher.total)
+    return manifest
+
+
+def extract_changes(
+    entity: EntityConfig,
+    ctx: RunContext,
+    *,
+    dynamics: DynamicsClient | None = None,
+    marketo: MarketoClient | None = None,
+    feed_fields: Sequence[str] = (),
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Stage the changes of ``entity`` in each direction it syncs and write the extract manifest.
+
+    Args:
+        entity: The entity.
+        ctx: Run id, staging area and state store.
+        dynamics: Dataverse client (needed for D→M).
+        marketo: Marketo client (needed for M→D).
+        feed_fields: Person fields of the shared feed (:func:`person_fields` over all entities).
+        now: Current time (tests).
+
+    Returns:
+        The manifest: ``entity``, ``run_id``, ``started_at``, ``dynamics`` and ``marketo``
+        parts (batches, counts) and ``pending`` (direction → token to store at commit).
+    """
+    started = now or utcnow()
+    folder = ctx.staging.run_dir(entity.name, ctx.run_id)
+    manifest: dict[str, Any] = {
+        "entity": entity.name,
+        "run_id": ctx.run_id,
+        "started_at": started.isoformat(),
+        "pending": {},
+        "dynamics": None,
+        "marketo": None,
+    }
+    with session_scope(ctx.state) as session:
+        d_token = get_watermark(session, entity.name, Direction.D2M.value)
+        m_token = get_watermark(session, entity.name, Direction.M2D.value)
+        if dynamics is not None:
+            check_identity(session, "dynamics", dynamics.organization_id())
+    if entity.direction.includes(Direction.D2M):
+        if dynamics is None:
+            raise ValueError(f"{entity.name}: a Dynamics client is needed to extract D→M changes")
+        part = extract_dynamics(entity, dynamics, ctx.staging, folder / "extract", d_token)
+        manifest["dynamics"] = part
+        manifest["pending"][Direction.D2M.value] = part["token"]
+    if entity.direction.includes(Direction.M2D) and entity.marketo.object is MarketoObject.LEAD:
+        if marketo is None:
+            raise ValueError(f"{entity.name}: a Marketo client is needed to extract M→D changes")
+        if m_token is None:
+            # First run: start the feed now; earlier Marketo history belongs to the full copy.
+            manifest["pending"][Direction.M2D.value] = marketo.get_paging_token(started)
+        else:
+            chunk = read_person_feed(marketo, ctx.staging, m_token, feed_fields or person_fields([entity]))
+            manifest["marketo"] = chunk
+            manifest["pending"][Direction.M2D.value] = chunk["token"]
+    ctx.staging.write_json(folder, EXTRACT_MANIFEST, manifest)
+    log.info(
+        "%s extract: %d Dynamics rows, %d deleted, %d Marketo persons",
+        entity.name,
+        (manifest["dynamics"] or {}).get("rows", 0),
+        (manifest["dynamics"] or {}).get("deleted_rows", 0),
+        (manifest["marketo"] or {}).get("rows", 0),
+    )
+    return manifest

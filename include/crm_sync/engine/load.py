@@ -1,0 +1,174 @@
+"""Load: send one staged plan with the hooks' batch writers and record each record's outcome.
+
+Idempotent: every operation is an upsert keyed on a stable id (the Dataverse GUID on both
+sides) or a delete, so a retried load re-sends the same staged records without creating
+duplicates. The id map is filled only for records whose every write succeeded; failures go to
+the record-error table; a batch outcome file is staged last, as proof for the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from crm_sync.config import Direction, EntityConfig, MarketoObject
+from crm_sync.engine.plan import (
+    DYNAMICS_UPSERT,
+    LINK_FRAME_COLUMNS,
+    MARKETO_DELETE,
+    MARKETO_FLAG_DELETED,
+    MARKETO_UPSERT,
+)
+from crm_sync.state import record_errors, resolve_errors, session_scope, set_link_state, upsert_links
+from crm_sync.transforms import DYNAMICS_ID, MARKETO_ID
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from crm_sync.engine.clients import DynamicsClient, MarketoClient
+    from crm_sync.engine.extract import RunContext
+    from crm_sync_hooks.results import WriteResult
+
+log = logging.getLogger(__name__)
+
+OUTCOME = "outcome"
+# "Not found" answers to a delete or a deleted-flag update: the record is already gone.
+_GONE_CODES = {"1004", "1013", "610", "702"}
+_OBJECT_PATHS = {
+    MarketoObject.COMPANY: "companies",
+    MarketoObject.OPPORTUNITY: "opportunities",
+    MarketoObject.OPPORTUNITY_ROLE: "opportunities/roles",
+    MarketoObject.SALES_PERSON: "salespersons",
+}
+
+
+def marketo_object_path(entity: EntityConfig) -> str:
+    """REST path segment of the entity's Marketo object (``companies``, ``customobjects/x``...)."""
+    if entity.marketo.object is MarketoObject.CUSTOM_OBJECT:
+        return f"customobjects/{entity.marketo.api_name}"
+    if entity.marketo.object is MarketoObject.LEAD:
+        return "leads"
+    return _OBJECT_PATHS[entity.marketo.object]
+
+
+def _write(
+    entity: EntityConfig,
+    op: str,
+    payloads: list[dict[str, Any]],
+    marketo: MarketoClient | None,
+    dynamics: DynamicsClient | None,
+) -> list[WriteResult]:
+    """Dispatch one operation kind to the right hook writer."""
+    key = entity.marketo.key
+    if op == DYNAMICS_UPSERT:
+        if dynamics is None:
+            raise ValueError(f"{entity.name}: a Dynamics client is needed to load {op}")
+        dkey = entity.dynamics.key
+        return dynamics.upsert_records(entity.dynamics.entity_set, payloads, [dkey], id_column=dkey)
+    if marketo is None:
+        raise ValueError(f"{entity.name}: a Marketo client is needed to load {op}")
+    is_person = entity.marketo.object is MarketoObject.LEAD
+    if op == MARKETO_UPSERT:
+        if is_person:
+            return marketo.sync_leads(payloads, action="createOrUpdate", lookup_field=key)
+        return marketo.sync_objects(marketo_object_path(entity), payloads, required_fields=[key])
+    if op == MARKETO_FLAG_DELETED:
+        return marketo.sync_leads(payloads, action="updateOnly", lookup_field=key)
+    if op == MARKETO_DELETE:
+        if is_person:
+            raise ValueError(f"{entity.name}: persons are never deleted, only flagged")
+        return marketo.delete_objects(marketo_object_path(entity), payloads, delete_by="dedupeFields")
+    raise ValueError(f"{entity.name}: unknown staged operation {op!r}")
+
+
+def _ok(op: str, result: WriteResult) -> bool:
+    if result.ok:
+        return True
+    return op in (MARKETO_DELETE, MARKETO_FLAG_DELETED) and (result.code or "") in _GONE_CODES
+
+
+def _links(frame: pd.DataFrame, ok_ids: set[str], marketo_ids: dict[str, str]) -> list[dict[str, Any]]:
+    """Id-map rows of the records written successfully, with Marketo ids learnt from the writes."""
+    rows = []
+    for rec in frame[frame[DYNAMICS_ID].isin(ok_ids)].to_dict("records"):
+        row = {c: rec.get(c) for c in LINK_FRAME_COLUMNS}
+        row["field_hashes"] = json.loads(row["field_hashes"]) if row["field_hashes"] else None
+        row[MARKETO_ID] = marketo_ids.get(str(rec[DYNAMICS_ID]), row[MARKETO_ID])
+        row["state"] = "active"
+        rows.append(row)
+    return rows
+
+
+def load_batch(
+    entity: EntityConfig,
+    ctx: RunContext,
+    batch: dict[str, Any],
+    *,
+    marketo: MarketoClient | None = None,
+    dynamics: DynamicsClient | None = None,
+) -> dict[str, Any]:
+    """Write one staged plan and record the outcome of every record.
+
+    Args:
+        entity: The entity.
+        ctx: Run id, staging area and state store.
+        batch: A load batch reference from the transform manifest (``name``, ``ops``, ``links``).
+        marketo: Marketo client.
+        dynamics: Dataverse client.
+
+    Returns:
+        The outcome: ``name``, ``loaded`` (records all of whose writes succeeded), ``failed``,
+        ``calls`` (operations sent per kind).
+    """
+    ops = ctx.staging.read_frame(batch["ops"])
+    links = ctx.staging.read_frame(batch["links"])
+    failed: dict[str, list[dict[str, Any]]] = {}
+    done: set[str] = set()
+    gone: set[str] = set()
+    marketo_ids: dict[str, str] = {}
+    sent: dict[str, int] = {}
+    for op, group in ops.groupby("op", sort=True):
+        name = str(op)
+        payloads = [json.loads(p) for p in group["payload"]]
+        ids: Sequence[str] = group[DYNAMICS_ID].astype(str).tolist()
+        results = _write(entity, name, payloads, marketo, dynamics)
+        sent[name] = len(payloads)
+        direction = Direction.M2D if name == DYNAMICS_UPSERT else Direction.D2M
+        for did, res in zip(ids, results, strict=True):
+            if _ok(name, res):
+                done.add(did)
+                if name in (MARKETO_DELETE, MARKETO_FLAG_DELETED):
+                    gone.add(did)
+                elif name == MARKETO_UPSERT and res.id:
+                    marketo_ids[did] = str(res.id)
+            else:
+                failed.setdefault(did, []).append(
+                    {
+                        "entity": entity.name,
+                        "direction": direction.value,
+                        "record_id": did,
+                        "field": "",
+                        "code": res.code or res.status.value,
+                        "reason": res.reason or res.status.value,
+                    }
+                )
+    ok_ids = done - set(failed)
+    with session_scope(ctx.state) as session:
+        link_rows = _links(links, ok_ids - gone, marketo_ids)
+        if link_rows:
+            upsert_links(session, entity.name, link_rows)
+        if gone:
+            set_link_state(session, entity.name, gone, "deleted")
+        for direction in (Direction.D2M, Direction.M2D):
+            resolve_errors(session, entity.name, direction.value, ok_ids)
+        if failed:
+            errors = pd.DataFrame([e for rows in failed.values() for e in rows])
+            record_errors(session, errors, run_id=ctx.run_id)
+    outcome = {"name": batch["name"], "loaded": len(ok_ids), "failed": len(failed), "calls": sent}
+    folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "plans" / batch["name"]
+    ctx.staging.write_json(folder, OUTCOME, outcome)
+    log.info("%s load %s: %d loaded, %d failed", entity.name, batch["name"], len(ok_ids), len(failed))
+    return outcome

@@ -1,0 +1,273 @@
+"""Plan the writes of one batch: pure functions from extracted rows and id-map rows to operations.
+
+Nothing here talks to an API or a database; :mod:`crm_sync.engine.transform` feeds it what the
+extract staged plus the id-map rows, and stages the plan for the load. A plan holds:
+
+* ``ops``: one row per write (``op``, ``dynamics_id``, ``payload`` as JSON text). The payload is
+  exactly what the hook's batch writer receives, so a retried load re-sends the same records.
+* ``links``: the id-map rows to store for each record once all its writes succeeded (the
+  agreed per-field hashes that suppress echoes on the next run).
+* ``errors``: invalid records (the transforms' errors frame), ``conflicts``: the conflict log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from crm_sync.config import DeletePolicy, Direction, EntityConfig
+from crm_sync.transforms import (
+    CONFLICT_COLUMNS,
+    DYNAMICS_ID,
+    MARKETO_ID,
+    apply_sync_filter,
+    deletion_records,
+    dynamics_payload,
+    dynamics_to_canonical,
+    filter_transitions,
+    last_hashes,
+    link_rows,
+    marketo_payload,
+    marketo_to_canonical,
+    persons_for_entity,
+    resolve_changes,
+)
+from crm_sync.transforms.casts import as_string
+from crm_sync.transforms.errors import concat_errors, empty_errors
+
+if TYPE_CHECKING:
+    from crm_sync.transforms import Resolution
+
+log = logging.getLogger(__name__)
+
+# Operation names staged in a plan and dispatched by the load.
+MARKETO_UPSERT = "marketo_upsert"
+MARKETO_DELETE = "marketo_delete"
+MARKETO_FLAG_DELETED = "marketo_flag_deleted"
+DYNAMICS_UPSERT = "dynamics_upsert"
+OP_COLUMNS = ["op", DYNAMICS_ID, "payload"]
+LINK_FRAME_COLUMNS = [
+    DYNAMICS_ID,
+    MARKETO_ID,
+    "field_hashes",
+    "last_hash_d2m",
+    "last_hash_m2d",
+    "person_type",
+    "filter_value",
+    "email",
+]
+
+
+def _json_value(value: Any) -> Any:
+    """``json.dumps`` fallback: numpy scalars become Python values, anything else is an error."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot stage a {type(value).__name__} value")
+
+
+def to_json(data: Any) -> str:
+    """Compact, key-sorted JSON text (stable across runs, so staged files are reproducible)."""
+    return json.dumps(data, default=_json_value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def empty_ops() -> pd.DataFrame:
+    """An operations frame with no rows."""
+    return pd.DataFrame({c: pd.Series(dtype="str") for c in OP_COLUMNS})
+
+
+def empty_links() -> pd.DataFrame:
+    """A link frame with no rows."""
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in LINK_FRAME_COLUMNS})
+
+
+def empty_conflicts() -> pd.DataFrame:
+    """A conflict frame with no rows."""
+    return pd.DataFrame({c: pd.Series(dtype="str") for c in CONFLICT_COLUMNS})
+
+
+@dataclass
+class BatchPlan:
+    """What one batch needs written, and why.
+
+    Attributes:
+        ops: Columns :data:`OP_COLUMNS`.
+        links: Columns :data:`LINK_FRAME_COLUMNS` (``field_hashes`` as JSON text).
+        errors: The transforms' errors frame (invalid records).
+        conflicts: The conflict log rows.
+        stale_ids: Linked records whose sync filter switched to No (stop updating them).
+        counts: ``received``, ``valid``, ``filtered``, ``unchanged``, ``failed``.
+    """
+
+    ops: pd.DataFrame = field(default_factory=empty_ops)
+    links: pd.DataFrame = field(default_factory=empty_links)
+    errors: pd.DataFrame = field(default_factory=empty_errors)
+    conflicts: pd.DataFrame = field(default_factory=empty_conflicts)
+    stale_ids: list[str] = field(default_factory=list)
+    filter_values: pd.DataFrame = field(default_factory=pd.DataFrame)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _ops(op: str, ids: list[str], payloads: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"op": op, DYNAMICS_ID: pd.Series(ids, dtype="str"), "payload": [to_json(p) for p in payloads]}
+    )
+
+
+def _active_links(links: pd.DataFrame) -> pd.DataFrame:
+    """Links that may be synced: not stale (filter No) and not deleted."""
+    if links.empty:
+        return links
+    return links[links["state"].fillna("active").eq("active")]
+
+
+def _marketo_side(
+    entity: EntityConfig, rows: pd.DataFrame | None, links: pd.DataFrame
+) -> pd.DataFrame | None:
+    """Marketo records of ``entity`` that belong to an active link (others are not ours to write back)."""
+    if rows is None or rows.empty or not entity.direction.includes(Direction.M2D):
+        return None
+    mine = persons_for_entity(rows, entity) if entity.marketo.person_type else rows
+    keys = as_string(mine.get(entity.marketo.key, pd.Series(pd.NA, index=mine.index))).str.strip().str.lower()
+    linked = set(_active_links(links)[DYNAMICS_ID].astype(str)) if len(links) else set()
+    return mine.loc[keys.isin(linked).to_numpy()]
+
+
+def _link_frame(
+    entity: EntityConfig,
+    resolution: Resolution,
+    ids: pd.Index,
+    canonical: list[pd.DataFrame],
+    filter_values: pd.Series | None,
+) -> pd.DataFrame:
+    """Id-map rows for ``ids``, with the Marketo ids and emails known so far."""
+    if len(ids) == 0:
+        return empty_links()
+    known = pd.concat(
+        [c[[DYNAMICS_ID, MARKETO_ID]] for c in canonical if DYNAMICS_ID in c and MARKETO_ID in c],
+        ignore_index=True,
+    )
+    known = known.dropna(subset=[DYNAMICS_ID, MARKETO_ID]).drop_duplicates(DYNAMICS_ID, keep="last")
+    mids = pd.Series(known[MARKETO_ID].to_numpy(), index=known[DYNAMICS_ID].to_numpy(), dtype="str")
+    rows = link_rows(entity, resolution, ids, mids)
+    if MARKETO_ID not in rows:
+        rows[MARKETO_ID] = pd.NA
+    rows["field_hashes"] = rows["field_hashes"].map(to_json)
+    email_field = entity.marketo.email_field
+    if email_field:
+        sides = [f[email_field] for f in (resolution.to_marketo, resolution.to_dynamics) if email_field in f]
+        if sides:
+            # The Dynamics value first: it is what both sides hold after the writes (or Marketo's).
+            email = as_string(sides[0])
+            for other in sides[1:]:
+                email = email.fillna(as_string(other))
+            rows["email"] = email.reindex(rows[DYNAMICS_ID]).str.strip().str.lower().to_numpy()
+    if filter_values is not None and len(filter_values):
+        rows["filter_value"] = filter_values.reindex(rows[DYNAMICS_ID]).to_numpy()
+    for col in LINK_FRAME_COLUMNS:
+        if col not in rows:
+            rows[col] = pd.NA
+    return rows[LINK_FRAME_COLUMNS].reset_index(drop=True)
+
+
+def plan_changes(
+    entity: EntityConfig,
+    dynamics_rows: pd.DataFrame | None,
+    marketo_rows: pd.DataFrame | None,
+    links: pd.DataFrame,
+    id_map: pd.DataFrame,
+) -> BatchPlan:
+    """Plan the writes for one batch of changed records from either or both sides.
+
+    Args:
+        entity: The entity.
+        dynamics_rows: Changed Dataverse rows (raw Web API columns), or None.
+        marketo_rows: Changed Marketo records (REST field names), or None; only linked
+            records of this entity are used.
+        links: Id-map rows (``lookup_links``) of the records in this batch.
+        id_map: Id-map frame for lookups (``entity``, ``dynamics_id``, ``marketo_id``), this
+            entity's links included.
+
+    Returns:
+        The plan; records in error are left out of ``ops``.
+    """
+    counts = {"received": 0, "valid": 0, "filtered": 0, "unchanged": 0, "failed": 0}
+    error_parts: list[pd.DataFrame] = []
+    canonical: list[pd.DataFrame] = []
+    d_canon: pd.DataFrame | None = None
+    stale: list[str] = []
+    filter_values: pd.Series | None = None
+    last = last_hashes(_active_links(links))
+    if dynamics_rows is not None and not dynamics_rows.empty:
+        counts["received"] += len(dynamics_rows)
+        transitions = filter_transitions(dynamics_rows, entity, links)
+        filter_values = pd.Series(
+            transitions["filter_value"].to_numpy(), index=transitions[DYNAMICS_ID].to_numpy()
+        )
+        filter_values = filter_values[~filter_values.index.duplicated(keep="last")]
+        stale = sorted(transitions.loc[transitions["transition"].eq("stale").fillna(False), DYNAMICS_ID])
+        refresh = set(transitions.loc[transitions["transition"].eq("refresh").fillna(False), DYNAMICS_ID])
+        # A record switched back on (No -> Yes) is sent in full: forget what was synced before.
+        last = last.drop(index=[i for i in refresh if i in last.index])
+        kept, dropped = apply_sync_filter(dynamics_rows, entity)
+        counts["filtered"] += len(dropped)
+        mapped = dynamics_to_canonical(kept, entity, id_map)
+        error_parts.append(mapped.errors)
+        d_canon = mapped.frame
+        canonical.append(d_canon)
+    m_canon: pd.DataFrame | None = None
+    mine = _marketo_side(entity, marketo_rows, links)
+    if mine is not None and not mine.empty:
+        counts["received"] += len(mine)
+        mapped_m = marketo_to_canonical(mine, entity)
+        error_parts.append(mapped_m.errors)
+        m_canon = mapped_m.frame
+        canonical.append(m_canon)
+    errors = concat_errors(error_parts)
+    counts["failed"] = int(errors["record_id"].nunique()) if len(errors) else 0
+    if d_canon is None and m_canon is None:
+        return BatchPlan(errors=errors, stale_ids=stale, counts=counts)
+    resolution = resolve_changes(entity, d_canon, m_canon, last)
+    counts["valid"] = len(resolution.to_marketo.index)
+    counts["unchanged"] = len(resolution.unchanged_ids)
+    ops = [empty_ops()]
+    if entity.direction.includes(Direction.D2M):
+        to_m = marketo_payload(entity, resolution)
+        ops.append(_ops(MARKETO_UPSERT, [str(i) for i in resolution.marketo_ids], to_m))
+    if entity.direction.includes(Direction.M2D):
+        to_d = dynamics_payload(entity, resolution)
+        ops.append(_ops(DYNAMICS_UPSERT, [str(i) for i in resolution.dynamics_ids], to_d))
+    written = resolution.marketo_ids.union(resolution.dynamics_ids)
+    plan = BatchPlan(
+        ops=pd.concat(ops, ignore_index=True),
+        links=_link_frame(entity, resolution, written, canonical, filter_values),
+        errors=errors,
+        conflicts=resolution.conflicts,
+        stale_ids=stale,
+        counts=counts,
+    )
+    log.debug("%s plan: %s, %d ops", entity.name, counts, len(plan.ops))
+    return plan
+
+
+def plan_deletes(entity: EntityConfig, deleted_ids: pd.Series, links: pd.DataFrame) -> BatchPlan:
+    """Plan what records deleted in Dataverse do on the Marketo side (the entity's delete policy).
+
+    Only linked records are touched: a record the sync never wrote has nothing to delete or flag.
+    """
+    counts = {"received": len(deleted_ids), "valid": 0, "filtered": 0, "unchanged": 0, "failed": 0}
+    linked = set(links.loc[links["state"].ne("deleted"), DYNAMICS_ID].astype(str)) if len(links) else set()
+    ids = as_string(deleted_ids).str.strip().str.lower()
+    ids = ids[ids.isin(linked)]
+    policy, records = deletion_records(entity, ids)
+    counts["unchanged"] = len(deleted_ids) - len(records)
+    if policy is DeletePolicy.IGNORE or records.empty:
+        return BatchPlan(counts=counts)
+    counts["valid"] = len(records)
+    op = MARKETO_FLAG_DELETED if policy is DeletePolicy.FLAG else MARKETO_DELETE
+    key = entity.marketo.key
+    payloads = records.astype(object).to_dict("records")
+    return BatchPlan(ops=_ops(op, [str(r[key]) for r in payloads], payloads), counts=counts)

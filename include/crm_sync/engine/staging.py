@@ -1,0 +1,167 @@
+"""Durable staging of batches as Parquet under an object-storage root (``file://`` by default).
+
+Every run of an entity gets its own folder, named from the entity and the Airflow run id, so the
+layout is deterministic: the same run and batch number always map to the same file. A retried
+task therefore overwrites (never duplicates) what it staged before, and a retried load re-reads
+the batch its transform staged instead of extracting again. XCom carries only the small
+references this module returns (paths and row counts).
+
+Layout under the root::
+
+    runs/<entity>/<run key>/<stage>/<name>.parquet     one batch
+    runs/<entity>/<run key>/<stage>/<name>.json        a small manifest (counts, tokens)
+    feeds/<feed>/<token key>/...                       a change feed chunk shared by entities
+
+Files are written under a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def run_key(run_id: str) -> str:
+    """Turn an Airflow run id (``manual__2026-11-26T13:44:19+00:00``) into a safe folder name.
+
+    A short digest of the original id is appended so two ids that differ only in unsafe
+    characters never share a folder.
+    """
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    return f"{_UNSAFE.sub('_', run_id).strip('_')[:120]}-{digest}"
+
+
+def token_key(token: str) -> str:
+    """Folder name of a feed chunk that starts at ``token`` (tokens may hold any characters)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """A staged batch: where it is and how many rows it holds (what XCom carries).
+
+    Attributes:
+        path: Full URL of the Parquet file (``file:///…`` or ``s3://…``).
+        rows: Number of rows in the batch.
+    """
+
+    path: str
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for XCom and manifests."""
+        return {"path": self.path, "rows": self.rows}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchRef:
+        """Rebuild a reference from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: ``data`` lacks ``path`` or ``rows``.
+        """
+        try:
+            return cls(path=str(data["path"]), rows=int(data["rows"]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"not a batch reference: {data!r}") from None
+
+
+class StagingArea:
+    """Reads and writes staged batches and manifests below one object-storage root.
+
+    Args:
+        root: The staging root, e.g. ``ObjectStoragePath("file:///srv/mds/staging")``.
+    """
+
+    def __init__(self, root: ObjectStoragePath) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"StagingArea({self.root})"
+
+    # --- locations ---------------------------------------------------------------------------
+    def run_dir(self, entity: str, run_id: str) -> ObjectStoragePath:
+        """Folder of one run of one entity."""
+        return self.root / "runs" / entity / run_key(run_id)
+
+    def feed_dir(self, feed: str, start_token: str) -> ObjectStoragePath:
+        """Folder of the change-feed chunk of ``feed`` that starts at ``start_token``."""
+        return self.root / "feeds" / feed / token_key(start_token)
+
+    def path(self, url: str) -> ObjectStoragePath:
+        """Turn a stored reference URL back into a path object of the same storage."""
+        from airflow.sdk import ObjectStoragePath
+
+        conn_id = getattr(self.root, "conn_id", None)
+        return ObjectStoragePath(url, conn_id=conn_id) if conn_id else ObjectStoragePath(url)
+
+    # --- writes ------------------------------------------------------------------------------
+    def _replace(self, target: ObjectStoragePath, data: bytes) -> None:
+        """Write ``data`` to ``target`` through a temporary file and a rename (idempotent)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp"
+        with tmp.open("wb") as fh:
+            fh.write(data)
+        if target.exists():
+            target.unlink()
+        tmp.rename(target)
+
+    def write_frame(self, folder: ObjectStoragePath, name: str, frame: pd.DataFrame) -> BatchRef:
+        """Stage ``frame`` as ``<folder>/<name>.parquet`` and return its reference.
+
+        The index is dropped; a rerun with the same folder and name replaces the file.
+        """
+        import io
+
+        buffer = io.BytesIO()
+        frame.reset_index(drop=True).to_parquet(buffer, index=False)
+        target = folder / f"{name}.parquet"
+        self._replace(target, buffer.getvalue())
+        log.debug("staged %d rows at %s", len(frame), target)
+        return BatchRef(path=str(target), rows=len(frame))
+
+    def read_frame(self, ref: BatchRef | dict[str, Any]) -> pd.DataFrame:
+        """Read a staged batch.
+
+        Raises:
+            FileNotFoundError: The batch is gone (staging cleaned up before the run finished).
+        """
+        batch = ref if isinstance(ref, BatchRef) else BatchRef.from_dict(ref)
+        source = self.path(batch.path)
+        if not source.exists():
+            raise FileNotFoundError(f"staged batch {batch.path} does not exist")
+        with source.open("rb") as fh:
+            frame = pd.read_parquet(fh)
+        if len(frame) != batch.rows:
+            raise ValueError(
+                f"staged batch {batch.path} holds {len(frame)} rows, reference says {batch.rows}"
+            )
+        return frame
+
+    def write_json(self, folder: ObjectStoragePath, name: str, data: dict[str, Any]) -> str:
+        """Stage a small JSON document (a manifest) and return its URL."""
+        target = folder / f"{name}.json"
+        self._replace(target, json.dumps(data, sort_keys=True, default=str).encode())
+        return str(target)
+
+    def read_json(self, folder: ObjectStoragePath, name: str) -> dict[str, Any] | None:
+        """Read a staged JSON document, or None when it was never written."""
+        source = folder / f"{name}.json"
+        if not source.exists():
+            return None
+        loaded = json.loads(source.read_text())
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{source}: expected a JSON object")
+        return loaded

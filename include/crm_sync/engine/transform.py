@@ -1,0 +1,160 @@
+"""Transform: turn the staged changes of one run into staged write plans (one per load batch).
+
+Per Dataverse batch, the Marketo changes of the same records are merged in (so a field changed
+on both sides is seen as a conflict); Marketo changes of records not in any Dataverse batch
+follow in their own batches; Dataverse deletes last. Invalid records go to the record-error
+table with field and reason, conflicts to the conflict log, and the rest of the batch goes on.
+Records whose values equal what was last synced (echoes) produce no operation.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from crm_sync.config import Direction
+from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes
+from crm_sync.state import log_conflicts, lookup_links, record_errors, session_scope, set_link_state
+from crm_sync.state.idmap import upsert_links
+from crm_sync.transforms import ID_MAP_COLUMNS, persons_for_entity
+from crm_sync.transforms.casts import as_string
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy.orm import Session
+
+    from crm_sync.config import EntityConfig
+    from crm_sync.engine.extract import RunContext
+
+log = logging.getLogger(__name__)
+
+TRANSFORM_MANIFEST = "transform"
+COUNT_KEYS = ("received", "valid", "filtered", "unchanged", "failed", "conflicts", "operations")
+
+
+def _lower_ids(values: pd.Series) -> pd.Series:
+    return as_string(values).str.strip().str.lower()
+
+
+def _lookup_id_map(
+    session: Session, entity: EntityConfig, rows: pd.DataFrame | None, links: pd.DataFrame
+) -> pd.DataFrame:
+    """Id-map frame for one batch: the entity's own links plus the lookup targets it references."""
+    parts = [links[ID_MAP_COLUMNS]] if len(links) else []
+    if rows is not None and len(rows):
+        for lk in entity.lookups:
+            if lk.dynamics not in rows:
+                continue
+            ids = _lower_ids(rows[lk.dynamics]).dropna().unique().tolist()
+            if ids:
+                found = lookup_links(session, sorted(set(lk.targets.values())), dynamics_ids=ids)
+                parts.append(found[ID_MAP_COLUMNS])
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="str") for c in ID_MAP_COLUMNS})
+    return pd.concat(parts, ignore_index=True)
+
+
+def _marketo_rows(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> pd.DataFrame | None:
+    """This entity's share of the staged person feed, keyed by lower-case Dataverse GUID."""
+    chunk = manifest.get("marketo")
+    if not chunk or not chunk.get("batches"):
+        return None
+    frames = [persons_for_entity(ctx.staging.read_frame(b), entity) for b in chunk["batches"]]
+    rows = pd.concat(frames, ignore_index=True)
+    rows["_key"] = _lower_ids(rows[entity.marketo.key])
+    return rows
+
+
+def _work_units(
+    entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]
+) -> Iterator[tuple[pd.DataFrame | None, pd.DataFrame | None]]:
+    """Yield (Dataverse rows, Marketo rows) pairs: each Dataverse batch with the same records'
+    Marketo changes, then the remaining Marketo changes in batches of ``batch_size``."""
+    marketo = _marketo_rows(entity, ctx, manifest)
+    used: set[str] = set()
+    for ref in (manifest.get("dynamics") or {}).get("batches", []):
+        rows = ctx.staging.read_frame(ref)
+        ids = set(_lower_ids(rows[entity.dynamics.key]).dropna())
+        part = None
+        if marketo is not None:
+            part = marketo[marketo["_key"].isin(ids)].drop(columns="_key")
+            used |= ids
+        yield rows, part
+    if marketo is not None:
+        rest = marketo[~marketo["_key"].isin(used)].drop(columns="_key")
+        for start in range(0, len(rest), entity.batch_size):
+            yield None, rest.iloc[start : start + entity.batch_size]
+
+
+def _record(session: Session, entity: EntityConfig, plan: BatchPlan, run_id: str) -> None:
+    """Store what the plan found out before any write: errors, conflicts, filter switches."""
+    if len(plan.errors):
+        record_errors(session, plan.errors, run_id=run_id)
+    if len(plan.conflicts):
+        log_conflicts(session, plan.conflicts, run_id=run_id)
+    if plan.stale_ids:
+        # Filter switched to No: stop updating the link, delete nothing (sync-semantics §4.3).
+        set_link_state(session, entity.name, plan.stale_ids, "stale")
+        upsert_links(
+            session, entity.name, [{"dynamics_id": i, "filter_value": False} for i in plan.stale_ids]
+        )
+
+
+def _stage_plan(ctx: RunContext, entity: EntityConfig, plan: BatchPlan, name: str) -> dict[str, Any]:
+    folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "plans" / name
+    ops = ctx.staging.write_frame(folder, "ops", plan.ops)
+    links = ctx.staging.write_frame(folder, "links", plan.links.astype(object))
+    return {"name": name, "ops": ops.to_dict(), "links": links.to_dict()}
+
+
+def transform_changes(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Plan and stage the writes of one run.
+
+    Args:
+        entity: The entity.
+        ctx: Run id, staging area and state store.
+        manifest: The extract manifest.
+
+    Returns:
+        The transform manifest: ``batches`` (load batch references, empty plans left out) and
+        ``counts`` (:data:`COUNT_KEYS`).
+    """
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    batches: list[dict[str, Any]] = []
+    for index, plan in enumerate(_plans(entity, ctx, manifest)):
+        for key, value in plan.counts.items():
+            counts[key] += value
+        counts["conflicts"] += len(plan.conflicts)
+        counts["operations"] += len(plan.ops)
+        if len(plan.ops):
+            batches.append(_stage_plan(ctx, entity, plan, f"batch-{index:05d}"))
+    result = {"entity": entity.name, "run_id": ctx.run_id, "batches": batches, "counts": counts}
+    ctx.staging.write_json(ctx.staging.run_dir(entity.name, ctx.run_id), TRANSFORM_MANIFEST, result)
+    log.info("%s transform: %s, %d load batches", entity.name, counts, len(batches))
+    return result
+
+
+def _plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> Iterator[BatchPlan]:
+    """Plan every work unit, storing errors and conflicts as each is planned."""
+    for d_rows, m_rows in _work_units(entity, ctx, manifest):
+        ids: list[str] = []
+        if d_rows is not None:
+            ids += _lower_ids(d_rows[entity.dynamics.key]).dropna().tolist()
+        if m_rows is not None and len(m_rows):
+            ids += _lower_ids(m_rows[entity.marketo.key]).dropna().tolist()
+        with session_scope(ctx.state) as session:
+            links = lookup_links(session, entity.name, dynamics_ids=ids)
+            id_map = _lookup_id_map(session, entity, d_rows, links)
+            plan = plan_changes(entity, d_rows, m_rows, links, id_map)
+            _record(session, entity, plan, ctx.run_id)
+        yield plan
+    if not entity.direction.includes(Direction.D2M):
+        return
+    for ref in (manifest.get("dynamics") or {}).get("deleted", []):
+        deleted = ctx.staging.read_frame(ref)["id"]
+        with session_scope(ctx.state) as session:
+            links = lookup_links(session, entity.name, dynamics_ids=_lower_ids(deleted).dropna().tolist())
+        yield plan_deletes(entity, deleted, links)
