@@ -25,6 +25,7 @@ from crm_sync_hooks.connection_ui import DYNAMICS_CONN_FIELDS, DYNAMICS_UI_BEHAV
 from crm_sync_hooks.dynamics_writes import DynamicsWritesMixin, key_literal
 from crm_sync_hooks.errors import (
     AuthenticationError,
+    ConfigurationError,
     FatalApiError,
     NotFoundError,
     RetriableApiError,
@@ -164,7 +165,7 @@ class DynamicsHook(DynamicsWritesMixin, CrmApiHook):
         secret = s.require("password", s.password)
         tenant = s.text("tenant_id")
         if not tenant:
-            raise AuthenticationError(f"connection {self.conn_id!r}: extra 'tenant_id' is empty")
+            raise ConfigurationError(f"connection {self.conn_id!r}: extra 'tenant_id' is empty")
         authority_host = (s.text("authority_host", DEFAULT_AUTHORITY_HOST) or DEFAULT_AUTHORITY_HOST).rstrip(
             "/"
         )

@@ -93,6 +93,9 @@ def marketo_error(errors: Any, label: str, window_seconds: float, bulk_wait: flo
         )
     if code in _RETRIABLE_CODES:
         return RetriableApiError(message, endpoint=label, code=code)
+    if code == "1029" and "already" in message.lower():
+        # "Job already queued": repeating cannot help; the caller decides (enqueue treats it as done).
+        return FatalApiError(message, endpoint=label, code=code)
     if code in _BULK_QUEUE_CODES:
         return RetriableApiError(message, endpoint=label, code=code, retry_after=bulk_wait)
     if code in _NOT_FOUND_CODES:

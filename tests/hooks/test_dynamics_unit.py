@@ -351,3 +351,9 @@ def test_connection_ca_bundle_wins_for_msal_and_api_calls(
     assert hosts == {"login.unit.test", "org.unit.test"}  # the token service and the Web API
     assert {r.verify for r in requests_mock.request_history} == {str(bundle)}
     assert {r.timeout for r in requests_mock.request_history} == {5.0}
+
+
+def test_missing_tenant_is_a_configuration_error(dynamics_conn):
+    ok_, message = DynamicsHook(dynamics_conn(tenant_id="")).test_connection()
+    assert not ok_
+    assert message == "ConfigurationError: connection 'dyn_unit': extra 'tenant_id' is empty"

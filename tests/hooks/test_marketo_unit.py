@@ -359,3 +359,33 @@ def test_requests_mock_is_strict(hook, requests_mock):
     requests_mock.post(TOKEN_URL, json=token_body())
     with pytest.raises(rm.exceptions.NoMockAddress):
         hook.describe("unknown")
+
+
+def test_bulk_queue_full_is_retried_but_already_queued_is_treated_as_queued(hook, requests_mock):
+    requests_mock.post(TOKEN_URL, json=token_body())
+    enqueue = f"{MARKETO_URL}/bulk/v1/leads/export/e1/enqueue.json"
+    requests_mock.post(
+        enqueue,
+        [
+            {"json": failure("1029", "Too many jobs (10) in queue")},
+            {"json": failure("1029", "Job already queued")},
+        ],
+    )
+    requests_mock.get(
+        f"{MARKETO_URL}/bulk/v1/leads/export/e1/status.json",
+        json=ok([{"exportId": "e1", "status": "Queued"}]),
+    )
+    assert hook.enqueue_lead_export("e1")["status"] == "Queued"
+    assert len([r for r in requests_mock.request_history if r.url.startswith(enqueue)]) == 2
+
+
+def test_export_daily_quota_stops_with_quota_error(hook, requests_mock):
+    requests_mock.post(TOKEN_URL, json=token_body())
+    requests_mock.post(
+        f"{MARKETO_URL}/bulk/v1/leads/export/create.json",
+        json=failure("1029", "Export daily quota 500MB exceeded"),
+    )
+    with pytest.raises(QuotaExceeded, match="resume after midnight US Central"):
+        hook.create_lead_export(
+            ["id"], {"createdAt": {"startAt": "2026-01-01T00:00:00Z", "endAt": "2026-01-02T00:00:00Z"}}
+        )
