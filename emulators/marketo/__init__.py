@@ -14,7 +14,8 @@ status, file with Range, cancel, list) and bulk lead import (upload, status, fai
 ``stats/usage.json``, ``stats/errors.json``; ``/rest/asset/v1/programs.json`` (one program, for
 connector health checks).
 
-Admin (never under API paths): ``GET/PUT /_emulator/limits`` (partial updates), ``POST
+Admin (never under API paths): ``GET/PUT /_emulator/limits`` (partial updates), ``POST /_emulator/reset``
+(delete all data; ids keep counting), ``POST
 /_emulator/expire-tokens``, ``POST /_emulator/reset-counters``, plus the shared stats and faults.
 Stats record counts: ``lead.read|write|delete|exported|imported``, ``<kind>.read|write|delete``
 for ``company``, ``opportunity``, ``opportunityrole``, ``salesperson``, ``co.widget_c``, and

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from emulators.common.admin import ADMIN_PREFIX, AdminState, EmulatorMiddleware, admin_router
 from emulators.common.credentials import ClientCredentials
 from emulators.marketo import activities, bulk, leads, objects
+from emulators.marketo import store as store_tables
 from emulators.marketo.envelope import (
     MarketoError,
     Params,
@@ -478,6 +479,16 @@ def build(emu: Emulator) -> FastAPI:
         emu.limiter.reset()
         return emu.limiter.snapshot()
 
+    def reset_data() -> dict[str, Any]:
+        # Ids keep counting up: Marketo never reuses one, and clients may still hold old ones.
+        with emu.store.begin() as conn:
+            for table in (store_tables.leads, store_tables.activities, store_tables.objects,
+                          store_tables.export_jobs, store_tables.import_jobs):  # fmt: skip
+                conn.execute(table.delete())
+        emu.limiter.reset()
+        stats.reset()
+        return {"ok": True}
+
     app.include_router(
         admin_router(
             emu.admin,
@@ -485,6 +496,7 @@ def build(emu: Emulator) -> FastAPI:
                 "expire-tokens": lambda: {"expired": emu.tokens.expire_all()},
                 "limits": lambda body: emu.set_limits(body or {}),
                 "reset-counters": reset_counters,
+                "reset": reset_data,
             },
         )
     )
