@@ -25,6 +25,7 @@ from emulators.dynamics.schema import (
     Attribute,
     Table,
 )
+from emulators.dynamics.store import quote
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -130,7 +131,9 @@ def full_name(first: Any, last: Any) -> str | None:
 class RowWriter:
     """Turns rows of a ``SELECT`` into JSON records for one table and one column list."""
 
-    def __init__(self, table: Table, attrs: Sequence[Attribute], annotations: set[str]) -> None:
+    def __init__(
+        self, table: Table, attrs: Sequence[Attribute], annotations: set[str], sql_json: bool = False
+    ) -> None:
         self.table = table
         self.attrs = list(attrs)
         self.names = [a.wire_name for a in self.attrs]
@@ -156,6 +159,7 @@ class RowWriter:
         if self.version_idx is None:
             self.columns.append("versionnumber")
             self.version_idx = len(self.columns) - 1
+        self.json_sql = _json_object_sql(self.attrs) if sql_json and not self.extra else None
 
     def record(self, row: Sequence[Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"@odata.etag": f'W/"{row[self.version_idx]}"'}  # type: ignore[index]
@@ -167,6 +171,28 @@ class RowWriter:
         for fn in self.extra:
             fn(out, row)
         return out
+
+
+def _json_object_sql(attrs: Sequence[Attribute]) -> str:
+    """Return an SQL expression that builds a record's JSON text inside SQLite.
+
+    Page reads use it when no annotations are asked for: SQLite's JSON functions in C are several
+    times faster than building a dict per row in Python. ``json_object`` takes at most 127
+    arguments in older SQLite builds, so wide tables are built in chunks and spliced as text.
+    """
+    pairs = ["'@odata.etag', 'W/\"' || \"versionnumber\" || '\"'"]
+    for attr in attrs:
+        col = quote(attr.name)
+        if attr.type == BOOLEAN:
+            value = f"json(CASE WHEN {col} IS NULL THEN 'null' WHEN {col} THEN 'true' ELSE 'false' END)"
+        else:
+            value = col
+        pairs.append(f"'{attr.wire_name}', {value}")
+    chunks = [f"json_object({', '.join(pairs[i : i + 50])})" for i in range(0, len(pairs), 50)]
+    expr = chunks[0]
+    for chunk in chunks[1:]:
+        expr = f"substr({expr}, 1, length({expr}) - 1) || ',' || substr({chunk}, 2)"
+    return expr
 
 
 def _lookup_type(name: str, idx: int) -> Callable[[dict[str, Any], Sequence[Any]], None]:

@@ -224,7 +224,9 @@ class WebApi:
                         "0x80060888",
                         f'The "{option}" query parameter isn\'t supported when Change Tracking is enabled.',
                     )
-        writer = RowWriter(table, select_attrs(table, q.get("$select")), _annotations(prefer))
+        writer = RowWriter(
+            table, select_attrs(table, q.get("$select")), _annotations(prefer), "$expand" not in q
+        )
         size = page_size(prefer)
         state = decode_cookie(q["$skiptoken"]) if "$skiptoken" in q else {}
         applied = [f"odata.maxpagesize={size}"] if size else []
@@ -272,8 +274,9 @@ class WebApi:
                 conds.append("rowid > ?")
                 params.append(state["k"])
             order_sql = "rowid ASC"
+        selected = writer.json_sql or ", ".join(map(quote, writer.columns))
         sql = (
-            f"SELECT {', '.join(map(quote, writer.columns))}, rowid FROM {quote(table.logical_name)}"
+            f"SELECT {selected}, rowid FROM {quote(table.logical_name)}"
             + (f" WHERE {' AND '.join(conds)}" if conds else "")
             + f" ORDER BY {order_sql} LIMIT {limit + 1} OFFSET {offset}"
         )
@@ -284,7 +287,7 @@ class WebApi:
         self.stats.add_records(f"{table.logical_name}.read", len(rows))
         body: dict[str, Any] = {
             "@odata.context": _context(req, table, q.get("$select")),
-            "value": [writer.record(r) for r in rows],
+            "value": _records(writer, rows),
         }
         if q.get("$count", "").lower() == "true":
             n = conn.exec_driver_sql(
@@ -853,6 +856,13 @@ class WebApi:
                 sub = ApiRequest("GET", "", {"$select": select} if select else {}, {}, b"", req.base)
                 resp = self.membership(conn, sub, table, record[table.primary_id], MEMBERSHIP)
                 record[MEMBERSHIP] = msgspec.json.decode(resp.body)["value"]
+
+
+def _records(writer: RowWriter, rows: list[Any]) -> list[Any]:
+    """JSON records of a page: pre-built by SQLite when the writer could, else built here."""
+    if writer.json_sql:
+        return [msgspec.Raw(r[0]) for r in rows]
+    return [writer.record(r) for r in rows]
 
 
 def _raw(conn: Connection) -> sqlite3.Connection:
