@@ -195,6 +195,9 @@ class SqliteLimiter(CallLimiter):
         self._db.execute("PRAGMA busy_timeout = 30000")
         # WAL lets readers proceed while one process holds the write lock.
         self._db.execute("PRAGMA journal_mode = WAL")
+        # No fsync per decision: a power cut may forget the last few counts, which only makes
+        # the next seconds a little less cautious; an fsync per API call would cost far more.
+        self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SQLITE_SCHEMA)
 
     def close(self) -> None:
