@@ -115,3 +115,31 @@ def test_batch_limits(dataverse):
     ok = _batch(dataverse, [_part("GET", "WhoAmI")] * 1000)
     assert ok.status_code == 200
     assert _statuses(ok) == [200] * 1000
+
+
+def test_metadata_discovery_as_airbyte_sends_it(dataverse):
+    # independent-clients.md §4: one expanded EntityDefinitions query, then per-table DateTime
+    # attribute casts inside a $batch whose response must carry a boundary.
+    defs = dataverse.get(
+        "EntityDefinitions?$select=LogicalName,EntitySetName,PrimaryIdAttribute,"
+        "CanChangeTrackingBeEnabled,ChangeTrackingEnabled"
+        "&$expand=Attributes($select=LogicalName,AttributeType)"
+    ).json()["value"]
+    lead = next(d for d in defs if d["LogicalName"] == "lead")
+    assert lead["ChangeTrackingEnabled"] is True
+    assert lead["CanChangeTrackingBeEnabled"]["Value"] is True
+    assert {"LogicalName": "modifiedon", "AttributeType": "DateTime"} in [
+        {k: a[k] for k in ("LogicalName", "AttributeType")} for a in lead["Attributes"]
+    ]
+    part = _part(
+        "GET",
+        "EntityDefinitions(LogicalName='opportunity')/Attributes/"
+        "Microsoft.Dynamics.CRM.DateTimeAttributeMetadata?$select=LogicalName,DateTimeBehavior",
+    )
+    resp = _batch(dataverse, [part])
+    assert resp.status_code == 200
+    assert "boundary=" in resp.headers["Content-Type"]
+    body = json.loads(resp.text.split("\r\n\r\n", 2)[2].rsplit("\r\n--", 1)[0])
+    behaviours = {a["LogicalName"]: a["DateTimeBehavior"]["Value"] for a in body["value"]}
+    assert behaviours["estimatedclosedate"] == "DateOnly"
+    assert behaviours["modifiedon"] == "UserLocal"
