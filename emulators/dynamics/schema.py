@@ -257,8 +257,7 @@ def initial_tables() -> dict[str, Table]:
                 Attribute("parentcontactid", LOOKUP, targets=("contact",)),
                 *_SALES_INSIGHT,
             ],
-            keys=(("emailaddress1",),),
-            otc=4,
+            otc=4,  # no alternate key on leads: duplicate lead emails are allowed, as in a default org
         ),
         _table(
             "contact",
