@@ -25,7 +25,7 @@ import msgspec
 from emulators.dynamics.auth import peek_subject
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from emulators.common.admin import CallStats
 
@@ -113,9 +113,17 @@ class ServiceProtection:
             )
             await send({"type": "http.response.body", "body": body})
             return
+        remaining = self._remaining(user)
+
+        async def send_with_budget(message: Message) -> None:
+            # Dataverse reports what is left of the window on normal responses (reference §7).
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *remaining]}
+            await send(message)
+
         started = time.monotonic()
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_with_budget)
         finally:
             with self.lock:
                 user.in_flight -= 1
@@ -126,6 +134,16 @@ class ServiceProtection:
         key = peek_subject(auth[7:]) if auth.lower().startswith("bearer ") else "anonymous"
         with self.lock:
             return self.users.setdefault(key, _UserWindow())
+
+    def _remaining(self, user: _UserWindow) -> list[tuple[bytes, bytes]]:
+        """The ``x-ms-ratelimit-*`` headers: requests and execution milliseconds left."""
+        with self.lock:
+            requests_left = max(0, self.config.requests - len(user.calls) - 1)
+            ms_left = max(0, int(self.config.execution_ms - 1000 * sum(d for _, d in user.calls)))
+        return [
+            (b"x-ms-ratelimit-burst-remaining-xrm-requests", str(requests_left).encode()),
+            (b"x-ms-ratelimit-time-remaining-xrm-requests", str(ms_left).encode()),
+        ]
 
     def _admit(self, user: _UserWindow) -> tuple[str, str, int] | None:
         """Count the request in, or return (code, message, Retry-After seconds) to refuse it."""

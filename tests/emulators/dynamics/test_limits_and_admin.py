@@ -14,8 +14,12 @@ def _error_code(resp):
 def test_request_count_limit_refuses_the_request_over_the_window(fresh_emulator):
     # A 300 s window at time scale 60 lasts 5 real seconds.
     dv = fresh_emulator("--limit-requests", "5", "--time-scale", "60")
+    left = []
     for _ in range(5):
-        assert dv.get("WhoAmI").status_code == 200
+        resp = dv.get("WhoAmI")
+        assert resp.status_code == 200
+        left.append(int(resp.headers["x-ms-ratelimit-burst-remaining-xrm-requests"]))
+    assert left == [4, 3, 2, 1, 0]
     refused = dv.get("WhoAmI")
     assert refused.status_code == 429
     assert _error_code(refused) == "0x80072322"
