@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from crm_sync_hooks import base, dynamics, marketo
-from crm_sync_hooks.limiter import SqliteLimiter
+from crm_sync_hooks.caches import clear_process_caches
 
 MARKETO_URL = "https://mkto.unit.test"
 DYNAMICS_URL = "https://org.unit.test"
@@ -23,18 +22,9 @@ DYNAMICS_SECRET = "unit-dynamics-secret-51be2d"
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
     """Forget tokens, msal apps and limiters between tests (they are per-process caches)."""
-    _forget()
+    clear_process_caches()
     yield
-    _forget()
-
-
-def _forget() -> None:
-    marketo._TOKENS.clear()
-    dynamics._MSAL_APPS.clear()
-    for limiter in base._LIMITERS.values():
-        if isinstance(limiter, SqliteLimiter):
-            limiter.close()
-    base._LIMITERS.clear()
+    clear_process_caches()
 
 
 @pytest.fixture

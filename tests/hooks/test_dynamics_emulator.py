@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from crm_sync_hooks import dynamics
+from crm_sync_hooks.caches import clear_process_caches
 from crm_sync_hooks.dynamics import DeltaTokenExpired, DynamicsHook
 from crm_sync_hooks.results import WriteStatus
 from crm_sync_hooks.retry import RetryPolicy
@@ -31,7 +32,7 @@ FAST = RetryPolicy(max_attempts=8, base_delay=0.01, max_delay=0.05, honour_retry
 def emulator(tmp_path_factory) -> Iterator[RunningEmulator]:
     emu = start_emulator("dynamics", tmp_path_factory.mktemp("dynamics"))
     yield emu
-    dynamics._MSAL_APPS.clear()
+    clear_process_caches()
     gc.collect()  # close idle keep-alive connections so the server shuts down at once
     emu.stop()
 
