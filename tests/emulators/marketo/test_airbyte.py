@@ -24,8 +24,9 @@ from tests.support.emulator_procs import PROJECT_DIR, RunningEmulator, start_emu
 AIRBYTE_PYTHON = PROJECT_DIR / ".venv-airbyte" / "bin" / "python"
 WRAPPER = Path(__file__).with_name("run_airbyte_marketo.py")
 
+# `make test` sets MDS_REQUIRE_TEST_CLIENTS and creates the venv, so there a missing venv fails.
 pytestmark = pytest.mark.skipif(
-    not AIRBYTE_PYTHON.exists(),
+    not AIRBYTE_PYTHON.exists() and not os.environ.get("MDS_REQUIRE_TEST_CLIENTS"),
     reason="no .venv-airbyte: create it with tests/emulators/marketo/airbyte_venv.sh",
 )
 
