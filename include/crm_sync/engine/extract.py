@@ -9,7 +9,10 @@ stored by :func:`crm_sync.engine.commit.commit` once every batch is loaded.
 * Marketo: the person change feed from the stored paging token. The feed is read once per
   cycle and shared by the person entities (lead, contact): its chunk is staged under the start
   token, and an entity whose watermark is the same token reuses the staged chunk instead of
-  calling Marketo again. The current values of the changed persons are fetched by id.
+  calling Marketo again. Chunks form a chain (each ends where the next starts) and an entity
+  joining the feed starts at the chain's newest token, so lead and contact walk the same chunks.
+  The current values of the changed persons are fetched by id; the chunk records when, so the
+  transform can ignore a snapshot older than the sync's own last write of a record.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from crm_sync.config import Direction, EntityConfig, MarketoObject
-from crm_sync.state import check_identity, get_watermark, session_scope, utcnow
+from crm_sync.engine.staging import token_key
+from crm_sync.state import check_identity, get_watermark, session_scope, set_watermark, utcnow
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import ObjectStoragePath
     from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
 
     from crm_sync.engine.clients import DynamicsClient, MarketoClient
     from crm_sync.engine.staging import BatchRef, StagingArea
@@ -36,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PERSON_FEED = "person"
+# Watermark row holding the newest token of the shared person feed chain.
+FEED_HEAD_ENTITY = "_person_feed"
 DYNAMICS_PAGE_SIZE = 1000  # rows per change-tracking page: bounds memory, keeps calls few
 MARKETO_READ_BATCH = 300
 EXTRACT_MANIFEST = "extract"
@@ -176,43 +183,98 @@ def _read_changes(
     }
 
 
+def _staged_chunk(staging: StagingArea, token: str) -> dict[str, Any] | None:
+    """The staged feed chunk starting at ``token``, if one exists and moved the feed on."""
+    staged = staging.read_json(staging.feed_dir(PERSON_FEED, token), "manifest")
+    # A chunk that ended where it started saw no activity; reusing it would never move on.
+    if staged is None or staged.get("start") != token or staged.get("token") == token:
+        return None
+    return staged
+
+
+def _read_chunk(
+    client: MarketoClient, staging: StagingArea, start_token: str, fields: Sequence[str]
+) -> dict[str, Any]:
+    """Read the feed from ``start_token`` to its end now, fetch the changed persons, stage them."""
+    ids: dict[int, None] = {}
+    token = start_token
+    for page in client.get_lead_changes(start_token, fields, MARKETO_READ_BATCH):
+        ids.update((int(a["leadId"]), None) for a in page.records if a.get("leadId") is not None)
+        token = page.next_page_token or token
+    chunk: dict[str, Any] = {"start": start_token, "token": token, "batches": [], "rows": 0}
+    if token == start_token:
+        return chunk
+    # The snapshot is no older than this moment (taken before the current values are fetched).
+    chunk["read_at"] = utcnow().isoformat()
+    folder = staging.feed_dir(PERSON_FEED, start_token)
+    # File names carry the end token, so two readers of the same tail never mix their files.
+    prefix = f"persons-{token_key(token)[:12]}"
+    batcher = _Batcher(staging, folder, prefix, MARKETO_READ_BATCH, ["id", *fields])
+    for records in client.get_leads("id", list(ids), ["id", *fields], MARKETO_READ_BATCH) if ids else ():
+        batcher.add(records)
+    chunk.update(batches=[b.to_dict() for b in batcher.close()], rows=batcher.total)
+    staging.write_json(folder, "manifest", chunk)
+    return chunk
+
+
 def read_person_feed(
     client: MarketoClient,
     staging: StagingArea,
     start_token: str,
     fields: Sequence[str],
 ) -> dict[str, Any]:
-    """Read (or reuse) the chunk of the Marketo person change feed that starts at ``start_token``.
+    """Walk the person change feed from ``start_token`` to now, reading each part only once.
+
+    Chunks another entity already read (staged under their start token) are reused; only the
+    tail nobody has read yet is asked from Marketo, so every change is fetched once and each
+    run still sees the feed up to now before it writes (conflicts stay visible).
 
     Returns:
-        The chunk manifest: ``start``, ``token`` (where the next chunk starts), ``batches`` of
-        current person records (``id`` plus ``fields``) and ``rows``.
+        ``start``, ``token`` (where the next run starts), ``chunks`` (each with ``batches``,
+        ``rows`` and ``read_at``), ``rows`` (persons over all chunks) and ``reused`` (chunks
+        taken from staging).
     """
-    folder = staging.feed_dir(PERSON_FEED, start_token)
-    staged = staging.read_json(folder, "manifest")
-    if staged is not None and staged.get("start") == start_token:
-        log.info("person feed chunk from this token already read; reusing %d staged persons", staged["rows"])
-        return staged
-    ids: dict[int, None] = {}
+    chunks: list[dict[str, Any]] = []
     token = start_token
-    for page in client.get_lead_changes(start_token, fields, MARKETO_READ_BATCH):
-        ids.update((int(a["leadId"]), None) for a in page.records if a.get("leadId") is not None)
-        token = page.next_page_token or token
-    batcher = _Batcher(staging, folder, "persons", MARKETO_READ_BATCH, ["id", *fields])
-    wanted = ["id", *fields]
-    for records in client.get_leads("id", list(ids), wanted, MARKETO_READ_BATCH) if ids else ():
-        batcher.add(records)
-    batches = batcher.close()
-    manifest = {
+    reused = 0
+    seen = {token}
+    while (staged := _staged_chunk(staging, token)) is not None and staged["token"] not in seen:
+        chunks.append(staged)
+        token = staged["token"]
+        seen.add(token)
+        reused += 1
+    tail = _read_chunk(client, staging, token, fields)
+    if tail["rows"]:
+        chunks.append(tail)
+    log.info("person feed: %d staged chunks reused, %d persons read now", reused, tail["rows"])
+    return {
         "start": start_token,
-        "token": token,
-        "batches": [b.to_dict() for b in batches],
-        "rows": batcher.total,
-        "read_at": utcnow().isoformat(),
+        "token": tail["token"],
+        "chunks": chunks,
+        "rows": sum(int(c["rows"]) for c in chunks),
+        "reused": reused,
+        "fresh": tail["token"] != token,
     }
-    staging.write_json(folder, "manifest", manifest)
-    log.info("person feed: %d changed persons staged", batcher.total)
-    return manifest
+
+
+def _feed_start(ctx: RunContext, marketo: MarketoClient, now: datetime) -> str:
+    """Where an entity without its own feed watermark starts: the shared feed's newest token.
+
+    Joining the chain of staged chunks (instead of taking a fresh token) is what lets the lead
+    and the contact DAG share each chunk. Before any entity has read the feed, the chain starts
+    now; earlier Marketo history belongs to the full copy.
+    """
+    with session_scope(ctx.state) as session:
+        head = get_watermark(session, FEED_HEAD_ENTITY, Direction.M2D.value)
+        if head is None:
+            head = marketo.get_paging_token(now)
+            _advance_feed_head(session, head)
+    return head
+
+
+def _advance_feed_head(session: Session, token: str) -> None:
+    """Remember the newest chunk boundary of the shared person feed (not a data watermark)."""
+    set_watermark(session, FEED_HEAD_ENTITY, Direction.M2D.value, token)
 
 
 def extract_changes(
@@ -263,12 +325,13 @@ def extract_changes(
         if marketo is None:
             raise ValueError(f"{entity.name}: a Marketo client is needed to extract M→D changes")
         if m_token is None:
-            # First run: start the feed now; earlier Marketo history belongs to the full copy.
-            manifest["pending"][Direction.M2D.value] = marketo.get_paging_token(started)
-        else:
-            chunk = read_person_feed(marketo, ctx.staging, m_token, feed_fields or person_fields([entity]))
-            manifest["marketo"] = chunk
-            manifest["pending"][Direction.M2D.value] = chunk["token"]
+            m_token = _feed_start(ctx, marketo, started)
+        chunk = read_person_feed(marketo, ctx.staging, m_token, feed_fields or person_fields([entity]))
+        manifest["marketo"] = chunk
+        manifest["pending"][Direction.M2D.value] = chunk["token"]
+        if chunk["fresh"]:
+            with session_scope(ctx.state) as session:
+                _advance_feed_head(session, chunk["token"])
     ctx.staging.write_json(folder, EXTRACT_MANIFEST, manifest)
     log.info(
         "%s extract: %d Dynamics rows, %d deleted, %d Marketo persons",

@@ -50,6 +50,7 @@ MARKETO_DELETE = "marketo_delete"
 MARKETO_FLAG_DELETED = "marketo_flag_deleted"
 DYNAMICS_UPSERT = "dynamics_upsert"
 OP_COLUMNS = ["op", DYNAMICS_ID, "payload"]
+READ_AT = "_read_at"  # when a Marketo snapshot row was read (staged person feed)
 LINK_FRAME_COLUMNS = [
     DYNAMICS_ID,
     MARKETO_ID,
@@ -132,8 +133,17 @@ def _marketo_side(
         return None
     mine = persons_for_entity(rows, entity) if entity.marketo.person_type else rows
     keys = as_string(mine.get(entity.marketo.key, pd.Series(pd.NA, index=mine.index))).str.strip().str.lower()
-    linked = set(_active_links(links)[DYNAMICS_ID].astype(str)) if len(links) else set()
-    return mine.loc[keys.isin(linked).to_numpy()]
+    active = _active_links(links)
+    linked = pd.Series(pd.NaT, index=active[DYNAMICS_ID].astype(str).to_numpy(), dtype="datetime64[us, UTC]")
+    if len(active):
+        linked[:] = pd.to_datetime(active["updated_at"], utc=True).to_numpy()
+    keep = keys.isin(linked.index)
+    if READ_AT in mine and len(active):
+        # A snapshot read before the sync's own last write of a record would undo that write.
+        read_at = pd.to_datetime(mine[READ_AT], utc=True, format="ISO8601")
+        synced = keys.map(linked[~linked.index.duplicated()])
+        keep &= ~(synced > read_at).fillna(False).astype(bool)
+    return mine.loc[keep.to_numpy()].drop(columns=[READ_AT, "_key"], errors="ignore")
 
 
 def _link_frame(
@@ -186,7 +196,8 @@ def plan_changes(
         entity: The entity.
         dynamics_rows: Changed Dataverse rows (raw Web API columns), or None.
         marketo_rows: Changed Marketo records (REST field names), or None; only linked
-            records of this entity are used.
+            records of this entity are used. An optional ``_read_at`` column (ISO time the
+            snapshot was read) leaves out records the sync wrote after that moment.
         links: Id-map rows (``lookup_links``) of the records in this batch.
         id_map: Id-map frame for lookups (``entity``, ``dynamics_id``, ``marketo_id``), this
             entity's links included.

@@ -16,7 +16,7 @@ import pandas as pd
 
 from crm_sync.config import Direction
 from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes
-from crm_sync.state import log_conflicts, lookup_links, record_errors, session_scope, set_link_state
+from crm_sync.state import log_conflicts, lookup_links, record_errors, session_scope
 from crm_sync.state.idmap import upsert_links
 from crm_sync.transforms import ID_MAP_COLUMNS, persons_for_entity
 from crm_sync.transforms.casts import as_string
@@ -58,12 +58,20 @@ def _lookup_id_map(
 
 
 def _marketo_rows(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> pd.DataFrame | None:
-    """This entity's share of the staged person feed, keyed by lower-case Dataverse GUID."""
-    chunk = manifest.get("marketo")
-    if not chunk or not chunk.get("batches"):
+    """This entity's share of the staged person feed: the newest snapshot of each person.
+
+    Each row keeps when it was read (``_read_at``) so the plan can skip snapshots older than
+    the sync's own last write; ``_key`` is the lower-case Dataverse GUID.
+    """
+    frames = []
+    for chunk in (manifest.get("marketo") or {}).get("chunks", []):
+        for ref in chunk["batches"]:
+            frame = persons_for_entity(ctx.staging.read_frame(ref), entity)
+            frames.append(frame.assign(_read_at=chunk["read_at"]))
+    if not frames:
         return None
-    frames = [persons_for_entity(ctx.staging.read_frame(b), entity) for b in chunk["batches"]]
     rows = pd.concat(frames, ignore_index=True)
+    rows = rows.drop_duplicates(subset=entity.marketo.id_field, keep="last")
     rows["_key"] = _lower_ids(rows[entity.marketo.key])
     return rows
 
@@ -97,10 +105,9 @@ def _record(session: Session, entity: EntityConfig, plan: BatchPlan, run_id: str
         log_conflicts(session, plan.conflicts, run_id=run_id)
     if plan.stale_ids:
         # Filter switched to No: stop updating the link, delete nothing (sync-semantics §4.3).
-        set_link_state(session, entity.name, plan.stale_ids, "stale")
-        upsert_links(
-            session, entity.name, [{"dynamics_id": i, "filter_value": False} for i in plan.stale_ids]
-        )
+        # (upsert_links would reset a row it writes to "active", so the state goes in the row.)
+        stale = [{"dynamics_id": i, "filter_value": False, "state": "stale"} for i in plan.stale_ids]
+        upsert_links(session, entity.name, stale)
 
 
 def _stage_plan(ctx: RunContext, entity: EntityConfig, plan: BatchPlan, name: str) -> dict[str, Any]:
