@@ -35,6 +35,8 @@ LOG_DIR = VAR_DIR / "log"
 AIRFLOW_HOME = STACK_DIR / ".airflow"
 BIN_DIR = Path(sys.executable).parent
 CA_FILE = VAR_DIR / "emulators" / "ca" / "ca.pem"
+# Demo data on first start: Dynamics is the system of record; Marketo has its own persons too.
+DEMO_SEED_SCALE = {"marketo": 500, "dynamics": 2000}
 
 
 def _pid_file(name: str) -> Path:
@@ -125,6 +127,15 @@ def start_emulators(env: dict[str, str]) -> None:
             print(f"emulator-{side}: not part of this checkout yet; skipped")
             continue
         started.append(port)
+        db = data / f"{side}.db"
+        if not db.exists():
+            scale = DEMO_SEED_SCALE[side]
+            print(f"emulator-{side}: seeding {scale} leads into {db}")
+            subprocess.run(
+                [py, "-m", "emulators", "seed", side, "--db", str(db), "--scale", str(scale)],
+                env=env,
+                check=True,
+            )
         _spawn(
             f"emulator-{side}",
             [
