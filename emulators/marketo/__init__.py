@@ -8,7 +8,7 @@ Benchmark: ``python -m emulators.marketo.bench``.
 Served (reference: marketo-rest-api.md): ``/identity/oauth/token``; leads (``leads.json`` get,
 sync, ``_method=GET``, DELETE; ``lead/{id}.json``; ``leads/delete.json``; describe, describe2,
 partitions); activities (types, pagingtoken, ``activities.json``, leadchanges, deletedleads);
-companies, opportunities, opportunities/roles, salespersons and the custom object ``widget_c``
+companies, opportunities, opportunities/roles, salespersons and the custom object ``project_c``
 (describe, get/query, sync, delete; ``customobjects.json``); bulk lead extract (create, enqueue,
 status, file with Range, cancel, list) and bulk lead import (upload, status, failures, warnings);
 ``stats/usage.json``, ``stats/errors.json``; ``/rest/asset/v1/programs.json`` (one program, for
@@ -18,6 +18,6 @@ Admin (never under API paths): ``GET/PUT /_emulator/limits`` (partial updates), 
 (delete all data; ids keep counting), ``POST
 /_emulator/expire-tokens``, ``POST /_emulator/reset-counters``, plus the shared stats and faults.
 Stats record counts: ``lead.read|write|delete|exported|imported``, ``<kind>.read|write|delete``
-for ``company``, ``opportunity``, ``opportunityrole``, ``salesperson``, ``co.widget_c``, and
+for ``company``, ``opportunity``, ``opportunityrole``, ``salesperson``, ``co.project_c``, and
 ``activity.read``, ``leadchange.read``, ``deletedlead.read``.
 """

@@ -28,6 +28,8 @@ class FieldDef:
         length: Maximum length for string-like types.
         updateable: Whether API writes may set it.
         searchable: Whether it may be used as ``filterType``.
+        related: For ``link`` fields of custom objects: the (object, field) the value points at,
+            as describe's ``relationships`` show it (``("Lead", "id")``).
     """
 
     name: str
@@ -36,12 +38,20 @@ class FieldDef:
     length: int | None = None
     updateable: bool = True
     searchable: bool = False
+    related: tuple[str, str] | None = None
+
+    @property
+    def value_type(self) -> str:
+        """The type values are checked and stored as: a link to a lead id holds an integer."""
+        if self.data_type == "link" and self.related is not None and self.related[1] == "id":
+            return "integer"
+        return self.data_type
 
     @property
     def max_length(self) -> int | None:
         if self.length is not None:
             return self.length
-        return 255 if self.data_type in STRING_TYPES - {"text"} else None
+        return 255 if self.value_type in STRING_TYPES - {"text"} else None
 
 
 def _f(name: str, display: str, data_type: str = "string", **kw: Any) -> FieldDef:
@@ -96,7 +106,8 @@ LEAD_FIELDS: tuple[FieldDef, ...] = (
     _f("msdPreferredMethodOfContact", "Microsoft Preferred Method Of Contact"),
     _f("msdTopic", "Microsoft Topic"),
     _f("msdStatusReason", "Status Reason"),
-    _f("personNotes", "Person Notes", "text"),
+    # "Person Notes" (reference §3.1, REST name unpublished): the sync's custom field for description.
+    _f("msdPersonNotes", "Person Notes", "text"),
     # Sales Insight values: computed by Marketo, read-only through the API.
     _f("msiLastInterestingMomentDate", "Last Interesting Moment Date", "datetime", updateable=False),
     _f("msiLastInterestingMomentDesc", "Last Interesting Moment Desc", updateable=False),
@@ -104,6 +115,10 @@ LEAD_FIELDS: tuple[FieldDef, ...] = (
     _f("msiLastInterestingMomentType", "Last Interesting Moment Type", updateable=False),
     _f("createdAt", "Created At", "datetime", updateable=False),
     _f("updatedAt", "Updated At", "datetime", updateable=False),
+    # Added after the first catalogue: appended so the field ids above stay stable.
+    # The "Sync Person to Microsoft" flag (reference §2.8): a Marketo-only person with it set is
+    # created as a Dynamics lead by the sync (the entity files' ``sync_flag_field``).
+    _f("msdSyncToDynamics", "Sync Person to Microsoft", "boolean"),
 )
 LEAD_FIELD_MAP = {f.name: f for f in LEAD_FIELDS}
 # Field ids as describe reports them (Data Value Change activities carry them too).
@@ -179,7 +194,8 @@ COMPANY = ObjectType(
         _f("msdBusinessType", "Business Type"),
         _f("msdAccountNumber", "Microsoft Account Number"),
         _f("msdCompanyStatus", "Microsoft Company Status"),
-        _f("companyNotes", "Company Notes", "text"),
+        _f("msdCompanyNotes", "Company Notes", "text"),
+        _f("msdCreatedDate", "Microsoft Created Date", "datetime"),
         _f("externalSalesPersonId", "External Sales Person Id"),
         *_SYSTEM,
     ),
@@ -202,6 +218,7 @@ OPPORTUNITY = ObjectType(
         _f("closeDate", "Close Date", "date"),
         _f("isClosed", "Is Closed", "boolean"),
         _f("isWon", "Is Won", "boolean"),
+        _f("externalCreatedDate", "External Created Date", "datetime"),
         _f("externalCompanyId", "External Company Id"),
         _f("externalSalesPersonId", "External Sales Person Id"),
         *_SYSTEM,
@@ -250,29 +267,32 @@ SALES_PERSON = ObjectType(
         _f("phone", "Phone", "phone"),
         _f("mobilePhone", "Mobile Phone", "phone"),
         _f("title", "Title"),
+        # Sync-owned custom fields: teams travel as sales-person-like owners (team.yaml), with
+        # their members' user GUIDs ';'-joined (long for big teams, hence text) and the kind.
+        _f("msdTeamMembers", "Microsoft Team Members", "text"),
+        _f("msdOwnerKind", "Microsoft Owner Kind"),
         *_SYSTEM,
     ),
 )
 
-# The demo custom object: the counterpart of the Dynamics custom entity (a "widget" table,
-# Dataverse ``new_widget``), linked to persons through the sync's person key.
-WIDGET = ObjectType(
-    kind="co.widget_c",
-    name="widget_c",
-    api_name="widget_c",
-    plural_name="Widgets",
+# The demo custom object: the counterpart of the Dataverse custom table ``new_project``
+# (entity file new_project.yaml), one record per project, linked to a person by Marketo lead id.
+PROJECT = ObjectType(
+    kind="co.project_c",
+    name="project_c",
+    api_name="project_c",
+    plural_name="Projects",
     id_field="marketoGUID",
-    dedupe_fields=("widgetId",),
-    searchable=(("widgetId",), ("marketoGUID",), ("leadExternalId",)),
+    dedupe_fields=("externalProjectId",),
+    searchable=(("externalProjectId",), ("marketoGUID",), ("leadID",)),
     fields=(
         _GUID,
-        _f("widgetId", "Widget Id", length=36, updateable=False),
-        _f("name", "Name"),
-        _f("status", "Status"),
-        _f("score", "Score", "integer"),
-        _f("amount", "Amount", "currency"),
-        _f("validUntil", "Valid Until", "datetime"),
-        _f("leadExternalId", "Person External Id", "link"),
+        _f("externalProjectId", "External Project Id", length=36, updateable=False),
+        _f("projectName", "Project Name"),
+        _f("budget", "Budget", "currency"),
+        _f("startDate", "Start Date", "date"),
+        _f("projectStatus", "Project Status"),
+        _f("leadID", "Lead Id", "link", related=("Lead", "id")),
         *_SYSTEM,
     ),
 )
@@ -283,7 +303,7 @@ OBJECT_TYPES: dict[str, ObjectType] = {
     "opportunities/roles": OPPORTUNITY_ROLE,
     "salespersons": SALES_PERSON,
 }
-CUSTOM_OBJECTS: dict[str, ObjectType] = {"widget_c": WIDGET}
+CUSTOM_OBJECTS: dict[str, ObjectType] = {"project_c": PROJECT}
 
 
 class FieldValueError(ValueError):
@@ -339,7 +359,7 @@ def normalize(field: FieldDef, value: Any) -> Any:
     """
     if value is None or (isinstance(value, str) and value.strip() == "") or value == "null":
         return None
-    kind = field.data_type
+    kind = field.value_type
     if kind in STRING_TYPES:
         if isinstance(value, (dict, list, bool)):
             raise _invalid(value, kind, field.name)

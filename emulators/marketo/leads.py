@@ -263,10 +263,12 @@ def _existing(conn: Connection, lookup: str, values: list[Any]) -> dict[Any, lis
     found: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     unique = list(dict.fromkeys(values))
     columns = [c.name for c in leads.columns]
+    # Named columns, not *: a database migrated by Store may hold them in another order.
+    selected = ",".join(f'"{c}"' for c in columns)
     for start in range(0, len(unique), 500):
         chunk = unique[start : start + 500]
         rows = conn.exec_driver_sql(
-            f'SELECT * FROM leads WHERE "{lookup}" IN ({",".join("?" * len(chunk))}) ORDER BY id',
+            f'SELECT {selected} FROM leads WHERE "{lookup}" IN ({",".join("?" * len(chunk))}) ORDER BY id',
             tuple(chunk),
         ).fetchall()
         for r in rows:

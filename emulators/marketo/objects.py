@@ -329,10 +329,10 @@ def describe(otype: ObjectType) -> dict[str, Any]:
                     {
                         "field": f.name,
                         "type": "child",
-                        "relatedTo": {"name": "Lead", "field": "externalPersonId"},
+                        "relatedTo": {"name": f.related[0], "field": f.related[1]},
                     }
                     for f in otype.fields
-                    if f.data_type == "link"
+                    if f.data_type == "link" and f.related is not None
                 ],
             }
         )

@@ -5,7 +5,8 @@ the pools with a seeded ``random.Random`` and written with ``executemany`` in la
 million leads take seconds, not the hours that one Faker call per value would.
 
 Proportions per ``scale`` leads: 1/20 companies and opportunities (one role each), 1/10
-custom-object widgets, 1/2000 sales persons (at least 3). About 60 % of the persons carry the
+custom-object projects (``project_c``, each linked to a synced contact's lead id), 1/2000 sales
+persons (at least 3). About 60 % of the persons carry the
 sync-owned fields (``msdType`` Lead or Contact, ``msdRecordId``...), as after an initial sync.
 Seeded leads get no activities: the change feeds start with the first API write.
 """
@@ -44,6 +45,7 @@ STAGES = [
     ("Closed Lost", 0, True, False),
 ]
 ROLES = ["Decision Maker", "Influencer", "Evaluator", "Economic Buyer"]
+PROJECT_STATUSES = ["Planned", "Active", "Done"]  # the labels of new_project.yaml's option set
 
 
 class _Pools:
@@ -207,6 +209,7 @@ def seed(db_path: Path, seed: int = 42, scale: int = 1000) -> None:
                     "industry": rng.choice(INDUSTRIES),
                     "annualRevenue": float(rng.randrange(1, 900) * 1_000_000),
                     "numberOfEmployees": rng.randrange(5, 50_000),
+                    "msdCreatedDate": _stamp(rng)[0],
                     "externalSalesPersonId": rng.choice(salespeople),
                 },
                 rng,
@@ -251,6 +254,7 @@ def seed(db_path: Path, seed: int = 42, scale: int = 1000) -> None:
                         "isWon": int(won),
                         "amount": float(rng.randrange(1, 1000) * 1000),
                         "closeDate": (ANCHOR.date() - dt.timedelta(days=rng.randrange(400))).isoformat(),
+                        "externalCreatedDate": _stamp(rng)[0],
                         "externalCompanyId": rng.choice(companies),
                         "externalSalesPersonId": rng.choice(salespeople),
                     },
@@ -277,20 +281,20 @@ def seed(db_path: Path, seed: int = 42, scale: int = 1000) -> None:
                 )
         for _ in range(max(5, scale // 10)):
             ext = _guid(rng)
-            person = rng.choice(synced_people)[1] if synced_people else None
+            linked = rng.choice(synced_people)[0] if synced_people else None
             objs.append(
                 _object_row(
                     store,
-                    "co.widget_c",
+                    "co.project_c",
                     _guid(rng),
                     [ext],
                     {
-                        "widgetId": ext,
-                        "name": f"Widget {rng.randrange(10_000)}",
-                        "status": rng.choice(["Active", "Expired"]),
-                        "score": rng.randrange(100),
-                        "amount": float(rng.randrange(100, 10_000)),
-                        "leadExternalId": person,
+                        "externalProjectId": ext,
+                        "projectName": f"Project {rng.choice(pools.last)} {rng.randrange(10_000)}",
+                        "budget": float(rng.randrange(10, 1800) * 500),
+                        "startDate": (ANCHOR.date() - dt.timedelta(days=rng.randrange(700))).isoformat(),
+                        "projectStatus": rng.choice(PROJECT_STATUSES),
+                        "leadID": linked,
                     },
                     rng,
                 )

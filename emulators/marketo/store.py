@@ -163,6 +163,7 @@ class Store:
         self.files_dir.mkdir(exist_ok=True)
         self.engine = make_engine(db_path)
         metadata.create_all(self.engine)
+        _add_new_lead_columns(self.engine)
         self.lock = threading.RLock()
         with self.engine.connect() as conn:
             self.next_lead_id = _max(conn, "leads", "id") + 1
@@ -191,6 +192,20 @@ class Store:
         first = self.next_object_pk
         self.next_object_pk += count
         return first
+
+
+def _add_new_lead_columns(engine: Engine) -> None:
+    """Add lead fields the catalogue gained since ``engine``'s database was created.
+
+    ``create_all`` never alters an existing table, and a seeded database is worth keeping when
+    the catalogue grows; the new columns start empty, as a new custom field does in Marketo.
+    """
+    with engine.begin() as conn:
+        present = {row[1] for row in conn.exec_driver_sql('PRAGMA table_info("leads")')}
+        for column in leads.columns:
+            if column.name not in present:
+                ddl = column.type.compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE leads ADD COLUMN "{column.name}" {ddl}')
 
 
 def _max(conn: Connection, table: str, column: str) -> int:

@@ -103,23 +103,23 @@ def test_companies_opportunities_and_custom_objects(mc: MarketoClient) -> None:
     )
     assert [(r["name"], r["externalCompanyId"]) for r in got] == [("Deal", company)]
 
-    assert [o["name"] for o in mc.execute(method="get_list_of_custom_objects")] == ["widget_c"]
-    widget = str(uuid.uuid4())
+    assert [o["name"] for o in mc.execute(method="get_list_of_custom_objects")] == ["project_c"]
+    project = str(uuid.uuid4())
     res = mc.execute(
         method="create_update_custom_objects",
-        name="widget_c",
-        input=[{"widgetId": widget, "name": "W", "score": 7}],
+        name="project_c",
+        input=[{"externalProjectId": project, "projectName": "P", "budget": 7}],
     )
     assert res[0]["status"] == "created"
     got = mc.execute(
         method="get_custom_objects",
-        name="widget_c",
-        input=[{"widgetId": widget}],
+        name="project_c",
+        input=[{"externalProjectId": project}],
         filterType="dedupeFields",
-        fields=["widgetId", "score"],
+        fields=["externalProjectId", "budget"],
     )
-    assert [(r["widgetId"], r["score"]) for r in got] == [(widget, 7)]
-    res = mc.execute(method="delete_custom_objects", name="widget_c", input=[{"widgetId": widget}])
+    assert [(r["externalProjectId"], r["budget"]) for r in got] == [(project, 7)]
+    res = mc.execute(method="delete_custom_objects", name="project_c", input=[{"externalProjectId": project}])
     assert res[0]["status"] == "deleted"
 
 

@@ -137,34 +137,48 @@ def test_opportunity_needs_known_sales_person_and_roles_need_known_targets(api: 
 
 def test_custom_object_describe_sync_query_delete(api: Api) -> None:
     listing = api.get("/rest/v1/customobjects.json")["result"]
-    assert [o["name"] for o in listing] == ["widget_c"]
-    desc = api.get("/rest/v1/customobjects/widget_c/describe.json")["result"][0]
+    assert [o["name"] for o in listing] == ["project_c"]
+    desc = api.get("/rest/v1/customobjects/project_c/describe.json")["result"][0]
     assert desc["idField"] == "marketoGUID"
-    assert desc["dedupeFields"] == ["widgetId"]
-    assert desc["relationships"][0]["field"] == "leadExternalId"
-    person = _key()
-    widgets = [{"widgetId": _key(), "name": f"w{i}", "score": i, "leadExternalId": person} for i in range(5)]
-    body = api.post("/rest/v1/customobjects/widget_c.json", {"input": widgets})
+    assert desc["dedupeFields"] == ["externalProjectId"]
+    assert desc["relationships"] == [
+        {"field": "leadID", "type": "child", "relatedTo": {"name": "Lead", "field": "id"}}
+    ]
+    person = 4242
+    projects = [
+        {"externalProjectId": _key(), "projectName": f"p{i}", "budget": i * 10.5, "leadID": str(person)}
+        for i in range(5)
+    ]
+    body = api.post("/rest/v1/customobjects/project_c.json", {"input": projects})
     assert [r["status"] for r in body["result"]] == ["created"] * 5
-    seen: list[str] = []
+    seen: list[tuple[str, float, int]] = []
     params = {
-        "filterType": "leadExternalId",
-        "filterValues": person,
-        "fields": "widgetId,score",
+        "filterType": "leadID",
+        "filterValues": str(person),
+        "fields": "externalProjectId,budget,leadID",
         "batchSize": 2,
     }
     while True:
-        page = api.get("/rest/v1/customobjects/widget_c.json", **params)
-        seen.extend(r["widgetId"] for r in page["result"])
+        page = api.get("/rest/v1/customobjects/project_c.json", **params)
+        seen.extend((r["externalProjectId"], r["budget"], r["leadID"]) for r in page["result"])
         if not page["moreResult"]:
             break
         params["nextPageToken"] = page["nextPageToken"]
-    assert seen == [w["widgetId"] for w in widgets]
+    # The link to a lead id is stored and returned as an integer, whatever the input spelling.
+    assert seen == [(p["externalProjectId"], p["budget"], person) for p in projects]
     body = api.post(
-        "/rest/v1/customobjects/widget_c/delete.json", {"input": [{"widgetId": widgets[0]["widgetId"]}]}
+        "/rest/v1/customobjects/project_c.json",
+        {"input": [{"externalProjectId": _key(), "projectName": "bad link", "leadID": "not-an-id"}]},
+    )
+    assert body["result"][0]["reasons"][0]["code"] == "1001"
+    body = api.post(
+        "/rest/v1/customobjects/project_c/delete.json",
+        {"input": [{"externalProjectId": projects[0]["externalProjectId"]}]},
     )
     assert body["result"][0]["status"] == "deleted"
     assert (
-        error_code(api.get("/rest/v1/customobjects/widget_c.json", filterType="name", filterValues="w1"))
+        error_code(
+            api.get("/rest/v1/customobjects/project_c.json", filterType="projectName", filterValues="p1")
+        )
         == "1003"
     )

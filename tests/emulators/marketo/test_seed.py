@@ -30,8 +30,14 @@ def test_same_seed_same_data_and_proportions(tmp_path: Path) -> None:
             "SELECT SUM(msdRecordId IS NOT NULL), SUM(updatedAt < createdAt) FROM leads"
         ).fetchone()
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert kinds == {"company": 200, "opportunity": 200, "opportunityrole": 200, "co.widget_c": 400,
+    assert kinds == {"company": 200, "opportunity": 200, "opportunityrole": 200, "co.project_c": 400,
                      "salesperson": 3}  # fmt: skip
     assert 2000 < synced < 2800  # about 60 % carry the sync-owned fields
     assert bad_dates == 0
     assert {"ix_leads_email", "ix_leads_externalPersonId"} <= indexes  # rebuilt after the bulk load
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        unlinked = conn.execute(
+            "SELECT COUNT(*) FROM objects o WHERE kind = 'co.project_c' AND NOT EXISTS"
+            " (SELECT 1 FROM leads l WHERE l.id = json_extract(o.data, '$.leadID') AND l.msdType = 'Contact')"
+        ).fetchone()[0]
+    assert unlinked == 0  # every project links to a synced contact's Marketo lead id
