@@ -1,0 +1,252 @@
+"""The engine's run cycle on a real state store and real staging, with in-memory API fakes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import text
+
+from crm_sync.config import EntityConfig
+from crm_sync.engine.commit import LoadIncompleteError, commit
+from crm_sync.engine.extract import RunContext, extract_changes, person_fields
+from crm_sync.engine.load import load_batch
+from crm_sync.engine.transform import transform_changes
+from crm_sync.state import get_watermark, session_scope
+from tests.unit.engine.conftest import FakeDynamics, FakeMarketo
+
+MakeCtx = Callable[[str], RunContext]
+
+
+def cycle(
+    entity: EntityConfig,
+    ctx: RunContext,
+    dyn: FakeDynamics,
+    mkto: FakeMarketo,
+    fields: list[str] | None = None,
+) -> dict[str, Any]:
+    """One run: extract, transform, load every batch, commit."""
+    extracted = extract_changes(entity, ctx, dynamics=dyn, marketo=mkto, feed_fields=fields or [])
+    planned = transform_changes(entity, ctx, extracted)
+    for batch in planned["batches"]:
+        load_batch(entity, ctx, batch, marketo=mkto, dynamics=dyn)
+    return commit(entity, ctx, extracted, planned)
+
+
+def guid() -> str:
+    return str(uuid.uuid4())
+
+
+def test_account_cycle_creates_updates_and_then_sends_nothing(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    account = entities["account"]
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    a, b = guid(), guid()
+    dyn.put("accounts", {"accountid": a, "name": "Acme", "industrycode": 7}, "accountid")
+    dyn.put("accounts", {"accountid": b, "name": "Off", "new_synctomkto": False}, "accountid")
+
+    counts = cycle(account, make_ctx("run-1"), dyn, mkto)
+
+    assert counts["extracted"] == 2
+    assert counts["loaded"] == 1
+    assert counts["skipped"] == 1
+    assert mkto.objects["companies"][a]["company"] == "Acme"
+    assert mkto.objects["companies"][a]["industry"] == "Consulting"
+    assert b not in mkto.objects["companies"]
+
+    dyn.put("accounts", {"accountid": a, "address1_city": "Oslo"}, "accountid")
+    counts = cycle(account, make_ctx("run-2"), dyn, mkto)
+    sent = mkto.objects["companies"][a]
+    assert sent["billingCity"] == "Oslo"
+    assert counts["loaded"] == 1
+
+    writes = mkto.calls.get("sync_objects", 0)
+    counts = cycle(account, make_ctx("run-3"), dyn, mkto)
+    assert mkto.calls.get("sync_objects", 0) == writes, "nothing changed, nothing sent"
+    assert counts == {**counts, "extracted": 0, "loaded": 0}
+
+
+def test_unchanged_values_are_not_sent_again(entities: dict[str, EntityConfig], make_ctx: MakeCtx) -> None:
+    account = entities["account"]
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    a = guid()
+    dyn.put("accounts", {"accountid": a, "name": "Acme"}, "accountid")
+    cycle(account, make_ctx("run-1"), dyn, mkto)
+    # Dataverse reports the row as changed (e.g. a column the sync does not map), values equal.
+    dyn.put("accounts", {"accountid": a, "name": "Acme"}, "accountid")
+    writes = mkto.calls["sync_objects"]
+
+    counts = cycle(account, make_ctx("run-2"), dyn, mkto)
+
+    assert mkto.calls["sync_objects"] == writes
+    assert counts["skipped"] == 1
+
+
+def test_a_retried_load_rewrites_the_same_staged_batch(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    account = entities["account"]
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    a = guid()
+    dyn.put("accounts", {"accountid": a, "name": "Acme"}, "accountid")
+    ctx = make_ctx("run-1")
+    extracted = extract_changes(account, ctx, dynamics=dyn, marketo=mkto)
+    planned = transform_changes(account, ctx, extracted)
+    (batch,) = planned["batches"]
+    reads = dyn.calls["track_changes"]
+
+    first = load_batch(account, ctx, batch, marketo=mkto)
+    second = load_batch(account, ctx, batch, marketo=mkto)  # as after a task retry
+
+    assert first == second
+    assert dyn.calls["track_changes"] == reads, "the retry did not extract again"
+    assert list(mkto.objects["companies"]) == [a], "an upsert by key, not a second record"
+    with session_scope(ctx.state) as session:
+        n = session.execute(text("SELECT count(*) FROM id_map WHERE entity='account'")).scalar()
+    assert n == 1
+
+
+def test_commit_refuses_until_every_batch_is_loaded(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    account = entities["account"]
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    dyn.put("accounts", {"accountid": guid(), "name": "Acme"}, "accountid")
+    ctx = make_ctx("run-1")
+    extracted = extract_changes(account, ctx, dynamics=dyn)
+    planned = transform_changes(account, ctx, extracted)
+
+    with pytest.raises(LoadIncompleteError, match="batch-00000"):
+        commit(account, ctx, extracted, planned)
+    with session_scope(ctx.state) as session:
+        assert get_watermark(session, "account", "d2m") is None
+
+    load_batch(account, ctx, planned["batches"][0], marketo=mkto)
+    commit(account, ctx, extracted, planned)
+    with session_scope(ctx.state) as session:
+        assert get_watermark(session, "account", "d2m") == extracted["pending"]["d2m"]
+
+
+def test_an_expired_delta_link_falls_back_to_a_full_read(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    account = entities["account"]
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    a = guid()
+    dyn.put("accounts", {"accountid": a, "name": "Acme"}, "accountid")
+    cycle(account, make_ctx("run-1"), dyn, mkto)
+    with session_scope(make_ctx("x").state) as session:
+        dyn.expired.add(str(get_watermark(session, "account", "d2m")))
+
+    extracted = extract_changes(account, make_ctx("run-2"), dynamics=dyn)
+
+    assert extracted["dynamics"]["initial"] is True
+    assert extracted["dynamics"]["rows"] == 1
+
+
+def test_record_level_write_failures_are_recorded_and_do_not_block_the_watermark(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    account = entities["account"]
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    good, bad = guid(), guid()
+    dyn.put("accounts", {"accountid": good, "name": "Good"}, "accountid")
+    dyn.put("accounts", {"accountid": bad, "name": "Bad"}, "accountid")
+    mkto.fail[bad] = "1003"
+
+    counts = cycle(account, make_ctx("run-1"), dyn, mkto)
+
+    assert counts["loaded"] == 1
+    assert counts["failed"] == 1
+    ctx = make_ctx("check")
+    with session_scope(ctx.state) as session:
+        errors = session.execute(text("SELECT source_id, code, resolved_at FROM record_error")).all()
+        linked = session.execute(text("SELECT dynamics_id FROM id_map")).scalars().all()
+        assert get_watermark(session, "account", "d2m") is not None
+    assert [(e.source_id, e.code, e.resolved_at) for e in errors] == [(bad, "1003", None)]
+    assert linked == [good], "no link for a record that was not written"
+
+    # The record changes again and now loads: its error is resolved.
+    del mkto.fail[bad]
+    dyn.put("accounts", {"accountid": bad, "name": "Bad, fixed"}, "accountid")
+    cycle(account, make_ctx("run-2"), dyn, mkto)
+    with session_scope(ctx.state) as session:
+        resolved = session.execute(text("SELECT resolved_at FROM record_error")).scalar()
+    assert resolved is not None
+
+
+def _seed_person(mkto: FakeMarketo, **values: Any) -> int:
+    pid = len(mkto.persons) + 1
+    mkto.persons[pid] = {"id": pid, **values}
+    mkto.activities.append(pid)
+    return pid
+
+
+def test_person_feed_parts_are_read_once_and_shared_by_lead_and_contact(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    lead, contact = entities["lead"], entities["contact"]
+    fields = person_fields(entities.values())
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    lead_id, contact_id = guid(), guid()
+    dyn.put("leads", {"leadid": lead_id, "lastname": "Lee"}, "leadid")
+    dyn.put("contacts", {"contactid": contact_id, "lastname": "Cole"}, "contactid")
+    cycle(lead, make_ctx("l1"), dyn, mkto, fields)
+    cycle(contact, make_ctx("c1"), dyn, mkto, fields)
+    # A marketer edits both persons.
+    for pid, person in mkto.persons.items():
+        person["title"] = "Edited"
+        mkto.activities.append(pid)
+    fetches = mkto.calls["get_leads"]
+
+    cycle(lead, make_ctx("l2"), dyn, mkto, fields)
+    cycle(contact, make_ctx("c2"), dyn, mkto, fields)
+
+    assert mkto.calls["get_leads"] - fetches == 1, "the edited persons were fetched once for both DAGs"
+    assert dyn.tables["leads"][lead_id]["jobtitle"] == "Edited"
+    assert dyn.tables["contacts"][contact_id]["jobtitle"] == "Edited"
+
+
+def test_an_unlinked_or_foreign_person_never_writes_to_dynamics(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    lead = entities["lead"]
+    fields = person_fields(entities.values())
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    cycle(lead, make_ctx("l1"), dyn, mkto, fields)  # starts the feed
+    _seed_person(mkto, externalPersonId=guid(), msdType="Lead", lastName="Foreign")
+
+    cycle(lead, make_ctx("l2"), dyn, mkto, fields)
+
+    assert dyn.calls.get("upsert_records", 0) == 0, "a person not in the id map is not ours to write"
+
+
+def test_staged_person_rows_older_than_the_last_sync_are_ignored(entities: dict[str, EntityConfig]) -> None:
+    from crm_sync.engine.plan import plan_changes
+
+    lead = entities["lead"]
+    gid = guid()
+    links = pd.DataFrame(
+        [
+            {
+                "entity": "lead",
+                "dynamics_id": gid,
+                "marketo_id": "7",
+                "state": "active",
+                "filter_value": None,
+                "field_hashes": {},
+                "updated_at": pd.Timestamp("2026-11-26T12:00:00Z"),
+            }
+        ]
+    )
+    row = {"id": 7, "externalPersonId": gid, "msdType": "Lead", "lastName": "Old", "_read_at": ""}
+    stale = pd.DataFrame([{**row, "_read_at": "2026-11-26T11:59:00+00:00"}])
+    fresh = pd.DataFrame([{**row, "_read_at": "2026-11-26T12:01:00+00:00"}])
+    id_map = links[["entity", "dynamics_id", "marketo_id"]]
+
+    assert plan_changes(lead, None, stale, links, id_map).ops.empty
+    assert list(plan_changes(lead, None, fresh, links, id_map).ops["op"]) == ["dynamics_upsert"]
