@@ -43,11 +43,9 @@ class Alert:
 
 
 def _redact(text: str) -> str:
-    try:
-        from airflow.sdk.execution_time.secrets_masker import redact
-        from airflow.sdk.log import mask_secret  # noqa: F401  (ensures the masker is set up)
-    except ImportError:  # pragma: no cover - the masker moved between Airflow releases
-        return text
+    """Mask every secret Airflow knows of (connection passwords and extras) in ``text``."""
+    from airflow.sdk.log import redact
+
     return str(redact(text))
 
 
