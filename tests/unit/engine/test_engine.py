@@ -250,3 +250,38 @@ def test_staged_person_rows_older_than_the_last_sync_are_ignored(entities: dict[
 
     assert plan_changes(lead, None, stale, links, id_map).ops.empty
     assert list(plan_changes(lead, None, fresh, links, id_map).ops["op"]) == ["dynamics_upsert"]
+
+
+class _DiesAfterWriting(FakeMarketo):
+    """Writes like Marketo, then the task dies before it can record anything."""
+
+    def sync_objects(self, *args: Any, **kwargs: Any) -> Any:
+        super().sync_objects(*args, **kwargs)
+        raise KeyboardInterrupt("task killed mid-load")
+
+
+def test_a_load_killed_after_writing_is_retried_without_duplicates(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    account = entities["account"]
+    dyn, dying = FakeDynamics(), _DiesAfterWriting()
+    ids = [guid() for _ in range(3)]
+    for i, a in enumerate(ids):
+        dyn.put("accounts", {"accountid": a, "name": f"Company {i}"}, "accountid")
+    ctx = make_ctx("run-1")
+    extracted = extract_changes(account, ctx, dynamics=dyn)
+    planned = transform_changes(account, ctx, extracted)
+    (batch,) = planned["batches"]
+    with pytest.raises(KeyboardInterrupt):
+        load_batch(account, ctx, batch, marketo=dying)
+    with pytest.raises(LoadIncompleteError):
+        commit(account, ctx, extracted, planned)
+
+    healthy = FakeMarketo(objects=dying.objects)  # the retry, in a fresh worker
+    load_batch(account, ctx, batch, marketo=healthy)
+    commit(account, ctx, extracted, planned)
+
+    assert sorted(healthy.objects["companies"]) == sorted(ids)
+    assert [c["company"] for c in healthy.objects["companies"].values()].count("Company 0") == 1
+    with session_scope(ctx.state) as session:
+        assert session.execute(text("SELECT count(*) FROM id_map")).scalar() == 3
