@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from emulators.dynamics.errors import ODataError
 from emulators.dynamics.service import API_PATH, ApiRequest, ApiResponse, Refs
@@ -86,7 +86,10 @@ def _inner_request(raw: bytes, base: str, outer_headers: dict[str, str]) -> Part
     if not remainder.strip() or remainder.startswith(b"\n"):
         headers, body = {}, remainder.strip()
     split = urlsplit(url)
-    path = split.path
+    # Dataverse percent-decodes a part's URL as it does a top-level request's (where the ASGI
+    # server decodes the path): an alternate-key value such as 'a%20b%2Fc%26%C3%A9' must match
+    # the stored "a b/c&é". Query values are decoded by parse_qsl below.
+    path = unquote(split.path, encoding="utf-8", errors="strict")
     if API_PATH in path:
         path = path.split(API_PATH, 1)[1]
     query = dict(parse_qsl(split.query, keep_blank_values=True))

@@ -213,6 +213,42 @@ def _table(
     )
 
 
+# The standard account industry option set (codes 1-33), as account.yaml maps it.
+INDUSTRIES = (
+    "Accounting",
+    "Agriculture and Non-petrol Natural Resource Extraction",
+    "Broadcasting Printing and Publishing",
+    "Brokers",
+    "Building Supply Retail",
+    "Business Services",
+    "Consulting",
+    "Consumer Services",
+    "Design, Direction and Creative Management",
+    "Distributors, Dispatchers and Processors",
+    "Doctor's Offices and Clinics",
+    "Durable Manufacturing",
+    "Eating and Drinking Places",
+    "Entertainment Retail",
+    "Equipment Rental and Leasing",
+    "Financial",
+    "Food and Tobacco Processing",
+    "Inbound Capital Intensive Processing",
+    "Inbound Repair and Services",
+    "Insurance",
+    "Legal Services",
+    "Non-Durable Merchandise Retail",
+    "Outbound Consumer Service",
+    "Petrochemical Extraction and Distribution",
+    "Service Retail",
+    "SIG Affiliations",
+    "Social Services",
+    "Special Outbound Trade Contractors",
+    "Specialty Realty",
+    "Transportation",
+    "Utility Creation and Distribution",
+    "Vehicle Retail",
+    "Wholesale",
+)
 LEAD_STATUS = _opts(
     "New", "Contacted", "Qualified", "Lost", "Cannot Contact", "No Longer Interested", "Canceled"
 )
@@ -285,22 +321,7 @@ def initial_tables() -> dict[str, Table]:
                 Attribute("websiteurl", STRING),
                 Attribute("telephone1", STRING),
                 Attribute("emailaddress1", STRING),
-                Attribute(
-                    "industrycode",
-                    PICKLIST,
-                    options=_opts(
-                        "Accounting",
-                        "Agriculture",
-                        "Broadcasting",
-                        "Brokers",
-                        "Building Supply Retail",
-                        "Business Services",
-                        "Consulting",
-                        "Consumer Services",
-                        "Design",
-                        "Distributors",
-                    ),
-                ),
+                Attribute("industrycode", PICKLIST, options=_opts(*INDUSTRIES)),
                 Attribute("businesstypecode", PICKLIST, options=_opts("Corporation", "Partnership", "Other")),
                 Attribute("revenue", MONEY),
                 Attribute("numberofemployees", INTEGER),
@@ -463,7 +484,7 @@ def initial_tables() -> dict[str, Table]:
                 Attribute("new_budget", MONEY, custom=True),
                 Attribute("new_startdate", DATETIME, date_only=True, custom=True),
                 Attribute(
-                    "new_stage",
+                    "new_status",
                     PICKLIST,
                     custom=True,
                     options=_opts("Planned", "Active", "Done", start=100000000),

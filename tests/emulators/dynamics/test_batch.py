@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from urllib.parse import quote
 
 
-def _part(method, url, body=None, content_id=None):
+def _part(method, url, body=None, content_id=None, headers=None):
     head = "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
     if content_id:
         head += f"Content-ID: {content_id}\r\n"
     req = f"{method} /api/data/v9.2/{url} HTTP/1.1\r\n"
+    req += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     if body is not None:
         req += "Content-Type: application/json; type=entry\r\n\r\n" + json.dumps(body)
     else:
@@ -143,3 +145,37 @@ def test_metadata_discovery_as_airbyte_sends_it(dataverse):
     behaviours = {a["LogicalName"]: a["DateTimeBehavior"]["Value"] for a in body["value"]}
     assert behaviours["estimatedclosedate"] == "DateOnly"
     assert behaviours["modifiedon"] == "UserLocal"
+
+
+def test_alternate_key_values_in_part_urls_are_percent_decoded(dataverse):
+    # Values a client must percent-encode in a URL: space, '/', '&', '%', a quote, non-ASCII.
+    tag = uuid.uuid4().hex[:6]
+    numbers = [f"{tag} a b", f"{tag}/x/y", f"{tag}&k=v", f"{tag} 100%", f"{tag}-O'Brien", f"{tag}-Zürich-é"]
+    for i, number in enumerate(numbers):
+        created = dataverse.call("POST", "accounts", json={"name": f"{tag}-{i}", "accountnumber": number})
+        assert created.status_code == 204, created.text
+    # If-Match: * makes the PATCH update-only: a key that matches nothing answers 404, not an insert.
+    parts = [
+        _part(
+            "PATCH",
+            "accounts(accountnumber='{}')".format(quote(n.replace("'", "''"), safe="")),
+            {"telephone1": f"555-{i:04d}"},
+            str(i + 1),
+            headers={"If-Match": "*"},
+        )
+        for i, n in enumerate(numbers)
+    ]
+    resp = _batch(dataverse, [_changeset(parts)])
+    assert resp.status_code == 200, resp.text
+    assert _statuses(resp) == [204] * len(numbers)
+    gets = [
+        _part("GET", "accounts(accountnumber='{}')?$select=telephone1".format(quote(n, safe="")))
+        for n in numbers[:2]
+    ]
+    resp = _batch(dataverse, gets)
+    assert _statuses(resp) == [200, 200]
+    rows = dataverse.get(
+        f"accounts?$select=accountnumber,telephone1&$filter=startswith(accountnumber,'{tag}')"
+    )
+    phones = {r["accountnumber"]: r["telephone1"] for r in rows.json()["value"]}
+    assert phones == {n: f"555-{i:04d}" for i, n in enumerate(numbers)}
