@@ -27,4 +27,14 @@ def serve(app: ASGIApp, host: str, port: int, tls: bool, certs_dir: Path, name: 
         scheme = "https"
         print(f"{name} emulator: CA certificate for clients: {paths.ca}", flush=True)
     print(f"{name} emulator: serving on {scheme}://{host}:{port}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, **kwargs)  # type: ignore[arg-type]
+    # A client holding a keep-alive connection (a pooled session, an msal app) would otherwise
+    # make a graceful shutdown wait for it indefinitely; two seconds let in-flight requests end.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        **kwargs,  # type: ignore[arg-type]
+    )
