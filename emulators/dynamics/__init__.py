@@ -12,7 +12,8 @@ One process serves, over HTTPS with the project's local CA:
 - ``/api/data/v9.2/``: leads, contacts, accounts, opportunities, systemusers, teams (with
   ``teammembership_association``), businessunits, connections and connectionroles (opportunity
   roles), and the custom table ``new_project``; queries, paging, change tracking, writes,
-  upserts, ``$batch``, ``EntityDefinitions``, ``WhoAmI`` and ``$metadata``;
+  upserts, ``$batch``, ``$expand`` of lookups (``customerid_contact($select=...)``) and of team
+  memberships, ``EntityDefinitions``, ``WhoAmI`` and ``$metadata``;
 - ``/_emulator/``: health, stats, faults (shared admin area) and the actions ``expire-tokens``,
   ``expire-delta-tokens``, ``limits`` (body: any of ``enabled``, ``requests``, ``execution_ms``,
   ``concurrency``, ``window_s``, ``time_scale``), ``sandbox-refresh``, ``reset`` and ``schema``

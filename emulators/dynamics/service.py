@@ -835,27 +835,88 @@ class WebApi:
         self._write(conn, self.store.tables["team"], team, {})
 
     def _expand(self, conn: Connection, req: ApiRequest, table: Table, records: list[dict[str, Any]]) -> None:
-        """``$expand=teammembership_association($select=...)`` on teams and system users."""
+        """``$expand`` of ``teammembership_association`` (teams, system users) and of lookups.
+
+        A lookup expands under its navigation name (``parentaccountid``, ``customerid_contact``,
+        ``ownerid``) with an optional ``($select=...)``; see :meth:`_expand_lookup`.
+        """
         text = req.query.get("$expand")
         if not text or not records:
             return
         for part in split_top_level(text):
             name, _, inner = part.partition("(")
-            if name.strip() != MEMBERSHIP or table.logical_name not in ("team", "systemuser"):
-                raise ODataError(
-                    400,
-                    "0x80060888",
-                    f"$expand of '{name.strip()}' is not supported by the emulator"
-                    f" (only {MEMBERSHIP} on teams and systemusers)",
-                )
+            name = name.strip()
             select = None
             for opt in split_top_level(inner.rstrip(")"), ";"):
                 if opt.startswith("$select="):
                     select = opt[len("$select=") :]
+            if name in table.navigation():
+                self._expand_lookup(conn, req, table, records, name, select)
+                continue
+            if name != MEMBERSHIP or table.logical_name not in ("team", "systemuser"):
+                raise ODataError(
+                    400,
+                    "0x80060888",
+                    f"$expand of '{name}' is not supported by the emulator"
+                    f" (only {MEMBERSHIP} on teams and systemusers, and lookups)",
+                )
             for record in records:
                 sub = ApiRequest("GET", "", {"$select": select} if select else {}, {}, b"", req.base)
                 resp = self.membership(conn, sub, table, record[table.primary_id], MEMBERSHIP)
                 record[MEMBERSHIP] = msgspec.json.decode(resp.body)["value"]
+
+    def _expand_lookup(
+        self,
+        conn: Connection,
+        req: ApiRequest,
+        table: Table,
+        records: list[dict[str, Any]],
+        nav: str,
+        select: str | None,
+    ) -> None:
+        """Put the record a lookup points at under ``nav`` (``null`` when there is none).
+
+        A typed navigation of a polymorphic lookup (``customerid_contact``) is ``null`` when the
+        lookup points at another table, as in Dataverse; ``ownerid`` follows the stored owner type.
+        The lookup values are read from storage, so they need not be in the outer ``$select``.
+        """
+        attr, target = table.navigation()[nav]
+        typed = attr.polymorphic and attr.type != OWNER
+        type_col = f", {quote(attr.name + 'type')}" if attr.polymorphic else ""
+        ids = [r[table.primary_id] for r in records]
+        links: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.exec_driver_sql(
+                f"SELECT {quote(table.primary_id)}, {quote(attr.name)}{type_col} FROM"
+                f" {quote(table.logical_name)} WHERE {quote(table.primary_id)} IN ({marks})",
+                tuple(chunk),
+            ).fetchall()
+            for row in rows:
+                kind = row[2] if attr.polymorphic else target
+                if row[1] and (not typed or kind == target):
+                    links[row[0]] = (kind or target, row[1])
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for kind in {k for k, _ in links.values()}:
+            other = self.store.tables.get(kind)
+            if other is None:
+                continue
+            writer = RowWriter(other, select_attrs(other, select), set())
+            wanted = sorted({g for k, g in links.values() if k == kind})
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                rows = conn.exec_driver_sql(
+                    f"SELECT {', '.join(map(quote, writer.columns))} FROM {quote(other.logical_name)}"
+                    f" WHERE {quote(other.primary_id)} IN ({','.join('?' * len(chunk))})",
+                    tuple(chunk),
+                ).fetchall()
+                for row in rows:
+                    rec = writer.record(row)
+                    found[(kind, rec[other.primary_id])] = rec
+        for record in records:
+            link = links.get(record[table.primary_id])
+            record[nav] = found.get(link) if link else None
 
 
 def _records(writer: RowWriter, rows: list[Any]) -> list[Any]:

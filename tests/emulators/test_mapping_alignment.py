@@ -36,14 +36,17 @@ MARKETO_DESCRIBE = {
 ROLE_FIELDS = ("externalOpportunityId", "leadId", "role", "isPrimary")
 ROLE_KEY = ["externalOpportunityId", "leadId", "role"]
 
-# Mapped "columns" that no Dataverse table holds: the extractor derives them from a navigation
-# property. The entity files mark them only with a comment, so they are listed here with what
-# the emulator must serve instead: (table, lookup or relationship) the value comes from.
+# Mapped "columns" that no Dataverse table holds: the extractor derives them from an expansion.
+# The entity files mark them only with a comment, so they are listed here with the expansion
+# the emulator must serve instead: (entity set, $expand as the extractor sends it).
 DERIVED = {
-    # team.yaml: member user GUIDs from the teammembership_association expansion.
-    ("team", "member_ids"): ("team", "teammembership_association"),
-    # opportunity.yaml: the contact customer's parent account, from customerid_contact.
-    ("opportunity", "customer_parent_account"): ("opportunity", "customerid"),
+    # team.yaml: member user GUIDs, from its dynamics.expand.
+    ("team", "member_ids"): ("teams", ENTITIES["team"].dynamics.expand or "teammembership_association"),
+    # opportunity.yaml: a contact customer's parent account (comment on its lookups).
+    ("opportunity", "customer_parent_account"): (
+        "opportunities",
+        "customerid_contact($select=_parentcustomerid_value)",
+    ),
 }
 LOOKUP_TYPES = {"Lookup", "Customer", "Owner"}
 CHOICE_TYPES = {"Picklist", "State", "Status"}
@@ -157,7 +160,7 @@ def _dataverse_get(emu: RunningEmulator, token: str, path: str) -> requests.Resp
 
 
 def _dataverse_metadata(emu: RunningEmulator, token: str) -> dict[str, DataverseTableMeta]:
-    tables = {e.dynamics.table for e in ENTITIES.values()} | {t for t, _ in DERIVED.values()} | {"contact"}
+    tables = {e.dynamics.table for e in ENTITIES.values()}
     out = {}
     for table in sorted(tables):
         resp = _dataverse_get(emu, token, f"EntityDefinitions(LogicalName='{table}')?$expand=Attributes")
@@ -273,28 +276,15 @@ def _lookup_attribute(name: str) -> str:
 
 
 def _check_derived(entity: EntityConfig, column: str, md: Metadata, problems: list[str]) -> None:
-    where = _where(entity)
-    table, source = DERIVED[(entity.name, column)]
-    if source == "teammembership_association":
-        expand = entity.dynamics.expand or ""
-        if not expand.startswith(source):
-            problems.append(
-                f"{where}: {column!r} is derived from {source}, but dynamics.expand is {expand!r}"
-            )
-            return
-        # Served on real rows (the seed has teams with members), exactly as the extractor asks.
-        resp = _dataverse_get(md.dynamics, md.dynamics_token, f"teams?$top=3&$expand={expand}")
-        rows = resp.json().get("value", []) if resp.status_code == 200 else []
-        if not rows or not all(isinstance(row.get(source), list) for row in rows):
-            problems.append(f"{where}: $expand={expand} on teams: {resp.status_code} {resp.text[:200]}")
-        return
-    # customer_parent_account: customerid must reach contacts, whose parentcustomerid reaches accounts.
-    attrs = md.dataverse[table].attributes
-    customer = attrs.get(source, {})
-    parent = md.dataverse["contact"].attributes.get("parentcustomerid", {})
-    if "contact" not in customer.get("Targets", []) or "account" not in parent.get("Targets", []):
+    """A derived column's expansion must answer on real (seeded) rows of its table."""
+    entity_set, expand = DERIVED[(entity.name, column)]
+    nav = expand.partition("(")[0]
+    resp = _dataverse_get(md.dynamics, md.dynamics_token, f"{entity_set}?$top=5&$expand={expand}")
+    rows = resp.json().get("value", []) if resp.status_code == 200 else []
+    if not rows or not all(nav in row for row in rows):
         problems.append(
-            f"{where}: {column!r} needs {table}.{source} -> contact -> parentcustomerid -> account"
+            f"{_where(entity)}: {column!r} is derived from $expand={expand} on {entity_set}, which the"
+            f" emulator does not serve: {resp.status_code} {resp.text[:200]}"
         )
 
 

@@ -159,3 +159,41 @@ def test_metadata_describes_tables_and_columns(dataverse):
         s["name"] for s in service["value"]
     }
     assert '<EntitySet Name="leads"' in dataverse.get("$metadata").text
+
+
+def test_lookup_expansion_follows_the_stored_target(dataverse):
+    # opportunity.yaml derives a contact customer's company from
+    # $expand=customerid_contact($select=_parentcustomerid_value).
+    def create(entity_set: str, body: dict[str, object]) -> str:
+        resp = dataverse.call("POST", entity_set, json=body)
+        assert resp.status_code == 204, resp.text
+        return resp.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
+
+    account = create("accounts", {"name": "Expand parent"})
+    contact = create(
+        "contacts",
+        {"lastname": "Expand child", "parentcustomerid_account@odata.bind": f"/accounts({account})"},
+    )
+    via_contact = create(
+        "opportunities",
+        {"name": "Expand via contact", "customerid_contact@odata.bind": f"/contacts({contact})"},
+    )
+    via_account = create(
+        "opportunities",
+        {"name": "Expand via account", "customerid_account@odata.bind": f"/accounts({account})"},
+    )
+    resp = dataverse.get(
+        "opportunities?$select=name&$filter=startswith(name,'Expand via')"
+        "&$expand=customerid_contact($select=_parentcustomerid_value)"
+    )
+    assert resp.status_code == 200, resp.text
+    rows = {r["opportunityid"]: r for r in resp.json()["value"]}
+    assert rows[via_contact]["customerid_contact"]["contactid"] == contact
+    assert rows[via_contact]["customerid_contact"]["_parentcustomerid_value"] == account
+    assert rows[via_account]["customerid_contact"] is None  # the customer is an account
+    one = dataverse.get(
+        f"contacts({contact})?$select=lastname&$expand=parentcustomerid_account($select=name)"
+    )
+    assert one.json()["parentcustomerid_account"]["name"] == "Expand parent"
+    bad = dataverse.get("opportunities?$select=name&$expand=nosuchnavigation")
+    assert bad.status_code == 400
