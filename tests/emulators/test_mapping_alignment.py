@@ -64,6 +64,21 @@ DATAVERSE_TYPES = {
     Cast.GUID: {"Uniqueidentifier", *LOOKUP_TYPES},
 }
 ANNOTATION = "@Microsoft.Dynamics.CRM.lookuplogicalname"
+_TEXT = {"string", "text", "email", "phone", "url"}
+# Marketo data types a mapped value of each cast may be stored in.
+MARKETO_TYPES = {
+    Cast.STRING: _TEXT,
+    Cast.EMAIL: {"email", "string"},
+    Cast.INTEGER: {"integer", "score"},
+    Cast.DECIMAL: {"currency", "float", "percent", "integer"},
+    Cast.BOOLEAN: {"boolean"},
+    Cast.DATETIME: {"datetime"},
+    Cast.DATE: {"date", "datetime"},
+    Cast.CHOICE: {"string"},
+    Cast.MULTICHOICE: {"string", "text"},
+    Cast.GUID: {"string"},
+    Cast.STRING_LIST: {"string", "text"},
+}
 
 
 @dataclass
@@ -243,6 +258,11 @@ def marketo_problems(entity: EntityConfig, md: Metadata) -> list[str]:
     for i, f in enumerate(entity.fields):
         writes = entity.field_direction(f).includes(Direction.D2M)
         need(f.marketo, f"fields[{i}].marketo", writable=writes)
+        kind = obj.fields.get(f.marketo, {}).get("dataType")
+        if kind is not None and kind not in MARKETO_TYPES[f.cast]:
+            problems.append(
+                f"{where}: fields[{i}] {f.marketo!r} is Marketo {kind}, not a {f.cast.value} field"
+            )
     for i, lk in enumerate(entity.lookups):
         spec = obj.fields.get(lk.marketo)
         if spec is not None and spec.get("dataType") == "link":
