@@ -55,7 +55,7 @@ DATAVERSE_TYPES = {
     Cast.STRING: {"String", "Memo"},
     Cast.EMAIL: {"String"},
     Cast.INTEGER: {"Integer", "BigInt"},
-    Cast.DECIMAL: {"Money", "Decimal", "Double", "Integer"},
+    Cast.DECIMAL: {"Money", "Decimal", "Double"},  # an Integer column would drop the fraction
     Cast.BOOLEAN: {"Boolean"},
     Cast.DATETIME: {"DateTime"},
     Cast.DATE: {"DateTime"},
