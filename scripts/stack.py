@@ -217,24 +217,32 @@ def _group_alive(pgid: int) -> bool:
 
 
 def stop() -> None:
-    """End every process group started by ``start``: SIGTERM, then SIGKILL after 30 s."""
+    """End every process group started by ``start``: SIGTERM, then SIGKILL after 30 s.
+
+    All groups get SIGTERM first and are then awaited together, so shutting down N components
+    takes as long as the slowest one, not the sum.
+    """
     if not RUN_DIR.exists():
         print("nothing to stop")
         return
+    groups: dict[str, int] = {}
     for file in sorted(RUN_DIR.glob("*.pid")):
-        name = file.stem
         pgid = int(file.read_text().strip())  # each process leads its own session and group
         if _group_alive(pgid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while _group_alive(pgid) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            if _group_alive(pgid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
-            print(f"{name}: stopped (process group {pgid})")
-        file.unlink()
+            groups[file.stem] = pgid
+        else:
+            file.unlink()
+    deadline = time.monotonic() + 30
+    while any(_group_alive(pgid) for pgid in groups.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for name, pgid in groups.items():
+        if _group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        print(f"{name}: stopped (process group {pgid})")
+        _pid_file(name).unlink()
 
 
 def status() -> int:
