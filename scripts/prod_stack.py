@@ -43,6 +43,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crm_sync.localenv import (
@@ -114,6 +115,17 @@ class ProdConfig:
         return f"{self.redis_url}/{self.limiter_db}"
 
 
+def masked(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and output."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not an RFC-1738 URL: show only the scheme
+        return url.split("://", 1)[0] + "://…"
+
+
 def airflow_environment(cfg: ProdConfig) -> dict[str, str]:
     """The environment every Airflow process of this stack runs with."""
     env = dict(os.environ)
@@ -154,7 +166,7 @@ def ensure_databases(cfg: ProdConfig) -> None:
     try:
         conn = psycopg2.connect(f"{cfg.pg_url}/postgres", connect_timeout=5)
     except psycopg2.OperationalError as err:
-        raise SystemExit(f"PostgreSQL at {cfg.pg_url} is not reachable: {err}".strip()) from err
+        raise SystemExit(f"PostgreSQL at {masked(cfg.pg_url)} is not reachable: {err}".strip()) from err
     try:
         conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
         with conn.cursor() as cur:
@@ -177,7 +189,7 @@ def check_redis(cfg: ProdConfig) -> None:
     try:
         client.ping()
     except redis.RedisError as err:
-        raise SystemExit(f"Redis at {cfg.redis_url} is not reachable: {err}") from err
+        raise SystemExit(f"Redis at {masked(cfg.redis_url)} is not reachable: {err}") from err
     finally:
         client.close()
 
@@ -229,6 +241,16 @@ def prod_settings(cfg: ProdConfig, env: dict[str, str]) -> AirflowSettings:
     settings.variables["mds_state_db_url"] = cfg.sqlalchemy_url(cfg.state_db)
     settings.variables["mds_staging_path"] = cfg.staging_url
     return settings
+
+
+def prepare_staging(cfg: ProdConfig) -> None:
+    """Create a local (``file://``) staging root; object stores need their bucket to exist already.
+
+    Every worker must see the same staging root: a local folder only works while all workers run
+    on this machine. On several hosts use ``s3://<conn_id>@bucket/prefix`` or ``gs://…``.
+    """
+    if cfg.staging_url.startswith("file://"):
+        Path(cfg.staging_url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
 
 
 def start_airflow(cfg: ProdConfig, env: dict[str, str]) -> None:
@@ -326,6 +348,7 @@ def start(cfg: ProdConfig) -> None:
         ensure_databases(cfg)
         check_redis(cfg)
         migrate(cfg, env)
+        prepare_staging(cfg)
         load_into_airflow(prod_settings(cfg, env), env=env)
         print("airflow: loaded airflow_settings.yaml with the prod-local overrides")
         stack.start_emulators(env)
@@ -340,7 +363,7 @@ def start(cfg: ProdConfig) -> None:
     print(f"\nready in {time.monotonic() - began:.0f} s")
     print(f"Airflow UI:  http://127.0.0.1:{AIRFLOW_API_PORT}")
     print(f"Login:       admin / {admin_password()}")
-    print(f"State store: {cfg.sqlalchemy_url(cfg.state_db)}")
+    print(f"State store: {masked(cfg.sqlalchemy_url(cfg.state_db))}")
     print(f"Staging:     {cfg.staging_url}")
     print("Stop with:   make stop")
 
@@ -370,7 +393,24 @@ def health(cfg: ProdConfig) -> int:
     for worker, ok in ping_workers(cfg).items():
         print(f"celery {worker}: {'pong' if ok else 'no answer'}")
         code |= 0 if ok else 1
-    return code
+    revision = state_store_revision(cfg)
+    print(f"state store: {'revision ' + revision if revision else 'not migrated or not reachable'}")
+    return code | (0 if revision else 1)
+
+
+def state_store_revision(cfg: ProdConfig) -> str | None:
+    """The state store's migration revision, or None when it is unreachable or empty."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from crm_sync.state.db import current_revision, make_engine
+
+    engine = make_engine(cfg.sqlalchemy_url(cfg.state_db), connect_args={"connect_timeout": 5})
+    try:
+        return current_revision(engine)
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
 
 
 def main() -> int:

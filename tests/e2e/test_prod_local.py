@@ -244,6 +244,7 @@ def test_prod_local_runs_check_connections_on_celery_workers_and_stops_by_pid(pr
             assert line in health.stdout
         for worker in WORKERS:
             assert f"celery {worker}: pong" in health.stdout
+        assert "state store: revision " in health.stdout
 
         base = f"http://127.0.0.1:{prod_stack.port}"
         password = re.search(r"^Login:       admin / (\S+)$", started.stdout, re.M).group(1)  # type: ignore[union-attr]
@@ -252,6 +253,15 @@ def test_prod_local_runs_check_connections_on_celery_workers_and_stops_by_pid(pr
         ).json()["access_token"]
         api = requests.Session()
         api.headers["Authorization"] = f"Bearer {token}"
+        # The tasks find the state store on PostgreSQL and staging on the shared location.
+        variables = {
+            key: api.get(f"{base}/api/v2/variables/{key}", timeout=30).json()["value"]
+            for key in ("mds_state_db_url", "mds_staging_path")
+        }
+        assert variables == {
+            "mds_state_db_url": f"postgresql+psycopg2://postgres@{PG_HOST}:{PG_PORT}/{prod_stack.state_db}",
+            "mds_staging_path": prod_stack.env["MDS_PROD_STAGING_URL"],
+        }
         _poll(
             "check_connections parsed",
             90,
