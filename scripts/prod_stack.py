@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 else:
     import stack
 
-AIRFLOW_HOME = stack.STACK_DIR / ".airflow-prod"
+# Under var/ (ignored by git) and apart from the demo's .airflow/, so the two never share a config.
+AIRFLOW_HOME = stack.VAR_DIR / "airflow-prod"
 WORKERS = ("worker1", "worker2")
 # Process names (PID files) in start order; stop ends every *.pid under .run/ anyway.
 AIRFLOW_PROCESSES = ("scheduler", "dag-processor", "triggerer", "api-server")
