@@ -2,22 +2,20 @@
 
 Each test gets both emulators (empty databases, HTTPS with their own CA, free ports), Airflow
 connections and Variables through ``AIRFLOW_CONN_*`` / ``AIRFLOW_VAR_*`` pointing at them, a
-fresh SQLite state store and a ``file://`` staging folder. The entity YAML files are copied to
-a temporary folder (``$MDS_ENTITIES_DIR``) without the mapped Marketo fields the emulator's
-catalogue lacks: the project's files map sync-owned custom fields (``msd…``) that a real
-instance has to create, and the emulator does not define all of them yet.
+fresh SQLite state store and a ``file://`` staging folder. The project's entity YAML files are
+copied unchanged to a temporary folder (``$MDS_ENTITIES_DIR``), so a test can add one.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import yaml
 
 from crm_sync.config import ENTITIES_DIR
 from emulators.common.credentials import default_credentials
@@ -31,15 +29,6 @@ if TYPE_CHECKING:
     from crm_sync_hooks.marketo import MarketoHook
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "sync_entities.py"
-# Marketo describe path per entity object, to learn which mapped fields the emulator knows.
-_DESCRIBE = {
-    "lead": "leads",
-    "company": "companies",
-    "opportunity": "opportunities",
-    "opportunity_role": "opportunities/roles",
-    "sales_person": "salespersons",
-}
-_SYNC_OWNED = ("type_field", "deleted_field", "email_field", "sync_flag_field", "record_id_field")
 
 
 def _clear_hook_caches() -> None:
@@ -101,38 +90,6 @@ class SyncEnv:
         return run
 
 
-def _known_fields(emu: RunningEmulator) -> dict[str, set[str]]:
-    """Field names the Marketo emulator defines, per object, from its describe endpoints."""
-    from crm_sync_hooks.marketo import MarketoHook
-
-    hook = MarketoHook("marketo_default")
-    known: dict[str, set[str]] = {}
-    try:
-        for obj, path in _DESCRIBE.items():
-            result = hook.describe(path)
-            if obj == "lead":
-                known[obj] = {f["rest"]["name"] for f in result if f.get("rest")}
-            else:
-                known[obj] = {f["name"] for item in result for f in item.get("fields", [])}
-    finally:
-        hook.close()
-    return known
-
-
-def adapt_entities(source: Path, target: Path, known: dict[str, set[str]]) -> None:
-    """Copy the entity YAML files, leaving out mapped Marketo fields the emulator lacks."""
-    target.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text())
-        names = known.get(data["marketo"]["object"])
-        if names is not None:
-            data["fields"] = [f for f in data["fields"] if f["marketo"] in names]
-            for key in _SYNC_OWNED:
-                if data["marketo"].get(key) and data["marketo"][key] not in names:
-                    data["marketo"][key] = None
-        (target / path.name).write_text(yaml.safe_dump(data, sort_keys=False))
-
-
 @pytest.fixture
 def sync_env(airflow_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SyncEnv]:
     """Both emulators, connections, Variables, a state store and an entity folder for one test."""
@@ -179,7 +136,7 @@ def sync_env(airflow_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv("AIRFLOW_VAR_MDS_STATE_DB_URL", state_url)
         monkeypatch.setenv("AIRFLOW_VAR_MDS_STAGING_PATH", f"file://{staging}")
         entities = tmp_path / "entities"
-        adapt_entities(ENTITIES_DIR, entities, _known_fields(marketo))
+        shutil.copytree(ENTITIES_DIR, entities, ignore=shutil.ignore_patterns("*.md"))
         monkeypatch.setenv("MDS_ENTITIES_DIR", str(entities))
         yield SyncEnv(marketo, dynamics, state_url, staging, entities)
     finally:

@@ -12,25 +12,24 @@ from tests.e2e.conftest import SyncEnv, write_calls
 
 pytestmark = pytest.mark.e2e
 
-# Dataverse custom table new_project -> the emulator's Marketo custom object widget_c.
+# A second mapping of the Dataverse custom table new_project, to the emulator's custom object
+# project_c, written by the test: nothing but this file is added.
 WIDGET_YAML = textwrap.dedent(
     """
     name: widget
     custom: true
-    description: Dataverse projects as Marketo widgets (added by a test, no code change).
+    description: Dataverse projects as Marketo project_c records (added by a test, no code change).
     dynamics: {table: new_project, entity_set: new_projects, key: new_projectid, filter_column: null}
-    marketo: {object: custom_object, api_name: widget_c, key: widgetId, id_field: marketoGUID}
+    marketo: {object: custom_object, api_name: project_c, key: externalProjectId, id_field: marketoGUID}
     direction: d2m
     delete_policy: delete
     schedule: "*/10 * * * *"
     priority: 80
-    lookups:
-      - {dynamics: _new_contactid_value, marketo: leadExternalId, targets: {contact: contact}}
     fields:
-      - {marketo: name, dynamics: new_name, required: true, max_length: 100}
-      - {marketo: amount, dynamics: new_budget, cast: decimal}
-      - marketo: status
-        dynamics: new_stage
+      - {marketo: projectName, dynamics: new_name, required: true, max_length: 100}
+      - {marketo: budget, dynamics: new_budget, cast: decimal}
+      - marketo: projectStatus
+        dynamics: new_status
         cast: choice
         option_set: {100000000: Planned, 100000001: Active, 100000002: Done}
     """
@@ -47,11 +46,11 @@ def test_new_custom_entity_yaml_gives_a_working_dag(sync_env: SyncEnv, new_guid:
     hook = sync_env.dyn()
     try:
         rows = [
-            {"new_projectid": alpha, "new_name": "Alpha", "new_budget": 99.5, "new_stage": 100000001},
+            {"new_projectid": alpha, "new_name": "Alpha", "new_budget": 99.5, "new_status": 100000001},
             {"new_projectid": beta, "new_name": None},  # required name missing: a record error
         ]
         results = hook.upsert_records("new_projects", rows, ["new_projectid"], id_column="new_projectid")
-        assert all(r.ok for r in results)
+        assert all(r.ok for r in results), results
     finally:
         hook.close()
 
@@ -59,16 +58,15 @@ def test_new_custom_entity_yaml_gives_a_working_dag(sync_env: SyncEnv, new_guid:
 
     mkto = sync_env.mkto()
     try:
-        pages = mkto.query_objects(
-            "customobjects/widget_c", "widgetId", [alpha, beta], ["widgetId", "name", "amount", "status"]
-        )
-        widgets = {w["widgetId"]: w for page in pages for w in page}
+        fields = ["externalProjectId", "projectName", "budget", "projectStatus"]
+        pages = mkto.query_objects("customobjects/project_c", "externalProjectId", [alpha, beta], fields)
+        widgets = {w["externalProjectId"]: w for page in pages for w in page}
     finally:
         mkto.close()
     assert set(widgets) == {alpha}
-    assert widgets[alpha]["name"] == "Alpha"
-    assert widgets[alpha]["status"] == "Active"
-    assert widgets[alpha]["amount"] == pytest.approx(99.5)
+    assert widgets[alpha]["projectName"] == "Alpha"
+    assert widgets[alpha]["projectStatus"] == "Active"
+    assert widgets[alpha]["budget"] == pytest.approx(99.5)
 
     with sync_env.state().connect() as conn:
         errors = conn.execute(text("SELECT entity, source_id, field, code FROM record_error")).all()

@@ -34,6 +34,20 @@ class DynamicsClient(Protocol):
         """Pages of changes since ``delta_link`` (the whole table without one)."""
         ...
 
+    def query(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] | None = None,
+        filter: str | None = None,
+        orderby: str | None = None,
+        expand: str | None = None,
+        page_size: int = ...,
+        annotations: str | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of rows matching an OData query."""
+        ...
+
     def upsert_records(
         self,
         entity_set: str,

@@ -46,6 +46,7 @@ FEED_HEAD_ENTITY = "_person_feed"
 DYNAMICS_PAGE_SIZE = 1000  # rows per change-tracking page: bounds memory, keeps calls few
 MARKETO_READ_BATCH = 300
 EXTRACT_MANIFEST = "extract"
+EMAIL_QUERY_CHUNK = 25  # emails per $filter, well under URL length limits
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,130 @@ def read_person_feed(
     }
 
 
+def email_column(entity: EntityConfig) -> str | None:
+    """The Dataverse column holding the email of a person entity (mapped from its email field)."""
+    for f in entity.fields:
+        if f.marketo == entity.marketo.email_field:
+            return f.dynamics
+    return None
+
+
+def _flagged_emails(
+    entity: EntityConfig, staging: StagingArea, chunks: Sequence[dict[str, Any]]
+) -> list[str]:
+    """Emails of the Marketo-only persons flagged for creation in the staged feed chunks."""
+    from crm_sync.transforms import flagged_unlinked
+
+    email_field = entity.marketo.email_field
+    emails: set[str] = set()
+    for chunk in chunks:
+        for ref in chunk["batches"]:
+            flagged = flagged_unlinked(staging.read_frame(ref), entity)
+            if email_field and email_field in flagged:
+                emails |= {str(e).strip().lower() for e in flagged[email_field].dropna() if str(e).strip()}
+    return sorted(emails)
+
+
+def find_email_matches(
+    client: DynamicsClient, tables: Sequence[EntityConfig], emails: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Dataverse leads/contacts whose email is one of ``emails`` (dedup before creating a lead).
+
+    Returns:
+        Rows with ``email`` (lower case), ``dynamics_id``, ``table`` (the entity name) and
+        ``person_type`` (the value of the Marketo type field for that entity).
+    """
+    found: list[dict[str, Any]] = []
+    for table in tables:
+        column = email_column(table)
+        if not column:
+            continue
+        key = table.dynamics.key
+        for start in range(0, len(emails), EMAIL_QUERY_CHUNK):
+            part = emails[start : start + EMAIL_QUERY_CHUNK]
+            quoted = " or ".join(f"{column} eq '{e.replace(chr(39), chr(39) * 2)}'" for e in part)
+            for page in client.query(table.dynamics.entity_set, select=[key, column], filter=quoted):
+                found += [
+                    {
+                        "email": str(r[column]).lower(),
+                        "dynamics_id": str(r[key]).lower(),
+                        "table": table.name,
+                        "person_type": table.marketo.person_type,
+                    }
+                    for r in page
+                    if r.get(column)
+                ]
+    return found
+
+
+def _stage_candidates(
+    entity: EntityConfig,
+    ctx: RunContext,
+    dynamics: DynamicsClient | None,
+    chunks: Sequence[dict[str, Any]],
+    dedup_tables: Sequence[EntityConfig],
+) -> dict[str, Any] | None:
+    """Look up email matches of flagged persons in Dataverse and stage them for the transform."""
+    if not entity.marketo.sync_flag_field or not entity.dedup_by_email:
+        return None
+    emails = _flagged_emails(entity, ctx.staging, chunks)
+    if not emails:
+        return None
+    if dynamics is None:
+        raise ValueError(f"{entity.name}: a Dynamics client is needed to look up email matches")
+    rows = find_email_matches(dynamics, dedup_tables or [entity], emails)
+    frame = pd.DataFrame(rows, columns=["email", "dynamics_id", "table", "person_type"])
+    folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "extract"
+    return ctx.staging.write_frame(folder, "email-matches", frame).to_dict()
+
+
+def _extracted_keys(entity: EntityConfig, ctx: RunContext, part: dict[str, Any] | None) -> set[str]:
+    """Keys of the Dataverse rows this run already staged."""
+    keys: set[str] = set()
+    for ref in (part or {}).get("batches", []):
+        column = ctx.staging.read_frame(ref)[entity.dynamics.key]
+        keys |= {str(k).strip().lower() for k in column.dropna()}
+    return keys
+
+
+def _unmerged_rows(
+    entity: EntityConfig,
+    ctx: RunContext,
+    dynamics: DynamicsClient | None,
+    chunks: Sequence[dict[str, Any]],
+    extracted: set[str],
+) -> dict[str, Any] | None:
+    """Stage the Dataverse rows of linked persons that were never merged (linked by email).
+
+    Such a link has no agreed values yet, so both sides must be in the same batch for the
+    conflict rule to decide; without the Dataverse row, Marketo's values would simply win.
+    """
+    from crm_sync.state import lookup_links
+    from crm_sync.transforms import persons_for_entity
+
+    keys: set[str] = set()
+    for chunk in chunks:
+        for ref in chunk["batches"]:
+            mine = persons_for_entity(ctx.staging.read_frame(ref), entity)
+            keys |= {str(k).strip().lower() for k in mine[entity.marketo.key].dropna()}
+    keys -= extracted
+    if not keys or dynamics is None:
+        return None
+    with session_scope(ctx.state) as session:
+        links = lookup_links(session, entity.name, dynamics_ids=sorted(keys))
+    fresh = sorted(links.loc[links["field_hashes"].isna(), "dynamics_id"].astype(str)) if len(links) else []
+    if not fresh:
+        return None
+    key, columns = entity.dynamics.key, dynamics_columns(entity)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(fresh), EMAIL_QUERY_CHUNK):
+        where = " or ".join(f"{key} eq {g}" for g in fresh[start : start + EMAIL_QUERY_CHUNK])
+        for page in dynamics.query(entity.dynamics.entity_set, select=columns, filter=where):
+            rows += page
+    folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "extract"
+    return ctx.staging.write_frame(folder, "unmerged", _frame(rows, columns)).to_dict()
+
+
 def _feed_start(ctx: RunContext, marketo: MarketoClient, now: datetime) -> str:
     """Where an entity without its own feed watermark starts: the shared feed's newest token.
 
@@ -284,6 +409,7 @@ def extract_changes(
     dynamics: DynamicsClient | None = None,
     marketo: MarketoClient | None = None,
     feed_fields: Sequence[str] = (),
+    dedup_tables: Sequence[EntityConfig] = (),
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Stage the changes of ``entity`` in each direction it syncs and write the extract manifest.
@@ -294,6 +420,8 @@ def extract_changes(
         dynamics: Dataverse client (needed for D→M).
         marketo: Marketo client (needed for M→D).
         feed_fields: Person fields of the shared feed (:func:`person_fields` over all entities).
+        dedup_tables: Person entities searched by email before a flagged Marketo-only person
+            is created in Dataverse (lead and contact).
         now: Current time (tests).
 
     Returns:
@@ -329,6 +457,11 @@ def extract_changes(
         chunk = read_person_feed(marketo, ctx.staging, m_token, feed_fields or person_fields([entity]))
         manifest["marketo"] = chunk
         manifest["pending"][Direction.M2D.value] = chunk["token"]
+        manifest["email_matches"] = _stage_candidates(entity, ctx, dynamics, chunk["chunks"], dedup_tables)
+        extracted = _extracted_keys(entity, ctx, manifest["dynamics"])
+        unmerged = _unmerged_rows(entity, ctx, dynamics, chunk["chunks"], extracted)
+        if unmerged is not None and manifest["dynamics"] is not None:
+            manifest["dynamics"]["batches"].append(unmerged)
         if chunk["fresh"]:
             with session_scope(ctx.state) as session:
                 _advance_feed_head(session, chunk["token"])

@@ -20,6 +20,7 @@ from crm_sync.engine.plan import (
     LINK_FRAME_COLUMNS,
     MARKETO_DELETE,
     MARKETO_FLAG_DELETED,
+    MARKETO_LINK,
     MARKETO_UPSERT,
 )
 from crm_sync.state import record_errors, resolve_errors, session_scope, set_link_state, upsert_links
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 OUTCOME = "outcome"
 # "Not found" answers to a delete or a deleted-flag update: the record is already gone.
 _GONE_CODES = {"1004", "1013", "610", "702"}
+# Dataverse first: a Marketo person is pointed at a created lead only once the lead exists.
+OP_ORDER = (DYNAMICS_UPSERT, MARKETO_LINK, MARKETO_UPSERT, MARKETO_FLAG_DELETED, MARKETO_DELETE)
 _OBJECT_PATHS = {
     MarketoObject.COMPANY: "companies",
     MarketoObject.OPPORTUNITY: "opportunities",
@@ -77,6 +80,8 @@ def _write(
         return marketo.sync_objects(marketo_object_path(entity), payloads, required_fields=[key])
     if op == MARKETO_FLAG_DELETED:
         return marketo.sync_leads(payloads, action="updateOnly", lookup_field=key)
+    if op == MARKETO_LINK:
+        return marketo.sync_leads(payloads, action="updateOnly", lookup_field="id")
     if op == MARKETO_DELETE:
         if is_person:
             raise ValueError(f"{entity.name}: persons are never deleted, only flagged")
@@ -90,15 +95,20 @@ def _ok(op: str, result: WriteResult) -> bool:
     return op in (MARKETO_DELETE, MARKETO_FLAG_DELETED) and (result.code or "") in _GONE_CODES
 
 
-def _links(frame: pd.DataFrame, ok_ids: set[str], marketo_ids: dict[str, str]) -> list[dict[str, Any]]:
-    """Id-map rows of the records written successfully, with Marketo ids learnt from the writes."""
-    rows = []
+def _links(
+    entity: EntityConfig, frame: pd.DataFrame, ok_ids: set[str], marketo_ids: dict[str, str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Id-map rows of the records written successfully, by the entity whose map they go to."""
+    rows: dict[str, list[dict[str, Any]]] = {}
     for rec in frame[frame[DYNAMICS_ID].isin(ok_ids)].to_dict("records"):
-        row = {c: rec.get(c) for c in LINK_FRAME_COLUMNS}
-        row["field_hashes"] = json.loads(row["field_hashes"]) if row["field_hashes"] else None
+        row = {c: rec.get(c) for c in LINK_FRAME_COLUMNS if c != "link_entity"}
+        hashes = row["field_hashes"]
+        # A person linked by email has no agreed values yet; the next merge compares in full.
+        row["field_hashes"] = json.loads(hashes) if isinstance(hashes, str) and hashes else None
         row[MARKETO_ID] = marketo_ids.get(str(rec[DYNAMICS_ID]), row[MARKETO_ID])
         row["state"] = "active"
-        rows.append(row)
+        target = rec.get("link_entity")
+        rows.setdefault(target if isinstance(target, str) and target else entity.name, []).append(row)
     return rows
 
 
@@ -130,8 +140,15 @@ def load_batch(
     gone: set[str] = set()
     marketo_ids: dict[str, str] = {}
     sent: dict[str, int] = {}
-    for op, group in ops.groupby("op", sort=True):
-        name = str(op)
+    unknown = set(ops["op"]) - set(OP_ORDER)
+    if unknown:
+        raise ValueError(f"{entity.name}: unknown staged operations {sorted(unknown)}")
+    for name in OP_ORDER:
+        group = ops[ops["op"].eq(name)]
+        if name == MARKETO_LINK:
+            group = group[~group[DYNAMICS_ID].isin(failed)]  # never point a person at a missing row
+        if group.empty:
+            continue
         payloads = [json.loads(p) for p in group["payload"]]
         ids: Sequence[str] = group[DYNAMICS_ID].astype(str).tolist()
         results = _write(entity, name, payloads, marketo, dynamics)
@@ -142,7 +159,7 @@ def load_batch(
                 done.add(did)
                 if name in (MARKETO_DELETE, MARKETO_FLAG_DELETED):
                     gone.add(did)
-                elif name == MARKETO_UPSERT and res.id:
+                elif name in (MARKETO_UPSERT, MARKETO_LINK) and res.id:
                     marketo_ids[did] = str(res.id)
             else:
                 failed.setdefault(did, []).append(
@@ -157,9 +174,8 @@ def load_batch(
                 )
     ok_ids = done - set(failed)
     with session_scope(ctx.state) as session:
-        link_rows = _links(links, ok_ids - gone, marketo_ids)
-        if link_rows:
-            upsert_links(session, entity.name, link_rows)
+        for target, link_rows in _links(entity, links, ok_ids - gone, marketo_ids).items():
+            upsert_links(session, target, link_rows)
         if gone:
             set_link_state(session, entity.name, gone, "deleted")
         for direction in (Direction.D2M, Direction.M2D):

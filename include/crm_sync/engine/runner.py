@@ -100,11 +100,21 @@ def run_extract(settings: RunSettings, name: str) -> dict[str, Any]:
 
     entity = entity_config(settings, name)
     ctx = context(settings, migrate=True)
-    dynamics = _dynamics(settings) if entity.direction.includes(Direction.D2M) else None
+    dynamics = (
+        _dynamics(settings) if entity.direction.includes(Direction.D2M) or entity.writes_dynamics else None
+    )
     marketo = _marketo(settings) if entity.direction.includes(Direction.M2D) else None
     try:
-        fields = person_fields(_entities(settings.entities_dir).values())
-        manifest = extract_changes(entity, ctx, dynamics=dynamics, marketo=marketo, feed_fields=fields)
+        everything = _entities(settings.entities_dir).values()
+        persons = [e for e in everything if e.marketo.person_type and e.writes_dynamics]
+        manifest = extract_changes(
+            entity,
+            ctx,
+            dynamics=dynamics,
+            marketo=marketo,
+            feed_fields=person_fields(everything),
+            dedup_tables=persons,
+        )
     finally:
         for hook in (dynamics, marketo):
             if hook is not None:

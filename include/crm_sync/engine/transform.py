@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from crm_sync.config import Direction
-from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes
+from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes, plan_new_persons
 from crm_sync.state import log_conflicts, lookup_links, record_errors, session_scope
 from crm_sync.state.idmap import upsert_links
-from crm_sync.transforms import ID_MAP_COLUMNS, persons_for_entity
+from crm_sync.transforms import ID_MAP_COLUMNS, flagged_unlinked, persons_for_entity
 from crm_sync.transforms.casts import as_string
 
 if TYPE_CHECKING:
@@ -97,6 +97,48 @@ def _work_units(
             yield None, rest.iloc[start : start + entity.batch_size]
 
 
+def _all_persons(ctx: RunContext, manifest: dict[str, Any]) -> pd.DataFrame | None:
+    """Every person of the staged feed (newest snapshot per Marketo id), linked or not."""
+    frames = [
+        ctx.staging.read_frame(ref)
+        for chunk in (manifest.get("marketo") or {}).get("chunks", [])
+        for ref in chunk["batches"]
+    ]
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True).drop_duplicates(subset="id", keep="last")
+
+
+def _new_person_plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> Iterator[BatchPlan]:
+    """Plans for Marketo-only persons flagged for creation in Dataverse (entities with a flag field)."""
+    if not entity.marketo.sync_flag_field or not entity.writes_dynamics:
+        return
+    persons = _all_persons(ctx, manifest)
+    if persons is None:
+        return
+    flagged = flagged_unlinked(persons, entity)
+    if flagged.empty:
+        return
+    ref = manifest.get("email_matches")
+    matches = ctx.staging.read_frame(ref) if ref else None
+    with session_scope(ctx.state) as session:
+        # A person already linked (its key write-back still pending) is not created twice.
+        known = lookup_links(session, entity.name, marketo_ids=_lower_ids(flagged["id"]).dropna().tolist())
+    flagged = flagged[~_lower_ids(flagged["id"]).isin(set(known["marketo_id"].dropna()))]
+    taken: set[str] = set()
+    if matches is not None and len(matches):
+        with session_scope(ctx.state) as session:
+            linked = lookup_links(
+                session, sorted(set(matches["table"])), dynamics_ids=matches["dynamics_id"].tolist()
+            )
+        taken = set(linked.loc[linked["marketo_id"].notna(), "dynamics_id"].astype(str))
+    for start in range(0, len(flagged), entity.batch_size):
+        plan = plan_new_persons(entity, flagged.iloc[start : start + entity.batch_size], matches, taken)
+        with session_scope(ctx.state) as session:
+            _record(session, entity, plan, ctx.run_id)
+        yield plan
+
+
 def _record(session: Session, entity: EntityConfig, plan: BatchPlan, run_id: str) -> None:
     """Store what the plan found out before any write: errors, conflicts, filter switches."""
     if len(plan.errors):
@@ -158,6 +200,7 @@ def _plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> I
             plan = plan_changes(entity, d_rows, m_rows, links, id_map)
             _record(session, entity, plan, ctx.run_id)
         yield plan
+    yield from _new_person_plans(entity, ctx, manifest)
     if not entity.direction.includes(Direction.D2M):
         return
     for ref in (manifest.get("dynamics") or {}).get("deleted", []):

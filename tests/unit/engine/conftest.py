@@ -8,6 +8,7 @@ against the real emulators are exercised by ``tests/e2e``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -65,6 +66,28 @@ class FakeDynamics:
         rows = [{c: table[g].get(c) for c in select} for g, gone in latest.items() if not gone]
         gone_ids = [g for g, gone in latest.items() if gone and since]
         yield ChangePage(rows, gone_ids, f"v{len(self.log)}")
+
+    def query(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] | None = None,
+        filter: str | None = None,
+        orderby: str | None = None,
+        expand: str | None = None,
+        page_size: int = 5000,
+        annotations: str | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Rows matching ``col eq 'v' or col eq 'w'`` filters (all the engine sends)."""
+        self._count("query")
+        wanted = re.findall(r"(\w+) eq '((?:[^']|'')*)'", filter or "")
+        rows = [
+            {c: row.get(c) for c in (select or row)}
+            for row in self.tables.get(entity_set, {}).values()
+            if any(str(row.get(col) or "").lower() == val.replace("''", "'").lower() for col, val in wanted)
+        ]
+        if rows:
+            yield rows
 
     def upsert_records(
         self,
@@ -124,7 +147,7 @@ class FakeMarketo:
         yield [{f: p.get(f) for f in (fields or p)} for p in found]
 
     def person(self, key: str, value: str) -> dict[str, Any] | None:
-        return next((p for p in self.persons.values() if p.get(key) == value), None)
+        return next((p for p in self.persons.values() if str(p.get(key)) == value), None)
 
     def sync_leads(
         self,

@@ -27,9 +27,12 @@ def cycle(
     dyn: FakeDynamics,
     mkto: FakeMarketo,
     fields: list[str] | None = None,
+    dedup: list[EntityConfig] | None = None,
 ) -> dict[str, Any]:
     """One run: extract, transform, load every batch, commit."""
-    extracted = extract_changes(entity, ctx, dynamics=dyn, marketo=mkto, feed_fields=fields or [])
+    extracted = extract_changes(
+        entity, ctx, dynamics=dyn, marketo=mkto, feed_fields=fields or [], dedup_tables=dedup or []
+    )
     planned = transform_changes(entity, ctx, extracted)
     for batch in planned["batches"]:
         load_batch(entity, ctx, batch, marketo=mkto, dynamics=dyn)
@@ -180,7 +183,7 @@ def test_record_level_write_failures_are_recorded_and_do_not_block_the_watermark
 
 
 def _seed_person(mkto: FakeMarketo, **values: Any) -> int:
-    pid = len(mkto.persons) + 1
+    pid = max(mkto.persons, default=0) + 1
     mkto.persons[pid] = {"id": pid, **values}
     mkto.activities.append(pid)
     return pid
@@ -285,3 +288,78 @@ def test_a_load_killed_after_writing_is_retried_without_duplicates(
     assert [c["company"] for c in healthy.objects["companies"].values()].count("Company 0") == 1
     with session_scope(ctx.state) as session:
         assert session.execute(text("SELECT count(*) FROM id_map")).scalar() == 3
+
+
+def test_flagged_marketo_persons_are_linked_created_or_reported_as_duplicates(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    from crm_sync.engine.plan import new_person_guid
+
+    lead, contact = entities["lead"], entities["contact"]
+    fields, dedup = person_fields(entities.values()), [lead, contact]
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    known, twin_a, twin_b, synced = guid(), guid(), guid(), guid()
+    dyn.put("leads", {"leadid": twin_a, "lastname": "Twin", "emailaddress1": "twin@example.com"}, "leadid")
+    for cid, name, email in ((twin_b, "Twin", "twin"), (synced, "Synced", "syn")):
+        dyn.put(
+            "contacts",
+            {"contactid": cid, "lastname": name, "emailaddress1": f"{email}@example.com"},
+            "contactid",
+        )
+    cycle(lead, make_ctx("l1"), dyn, mkto, fields, dedup)
+    cycle(contact, make_ctx("c0"), dyn, mkto, fields, dedup)  # the contacts now have persons
+    # A contact created since, not in Marketo yet.
+    dyn.put(
+        "contacts",
+        {"contactid": known, "lastname": "Known", "emailaddress1": "known@example.com"},
+        "contactid",
+    )
+    flag = lead.marketo.sync_flag_field
+    new_id = _seed_person(mkto, lastName="New", email="new@example.com", **{flag: True})
+    link_id = _seed_person(mkto, lastName="Known-M", email="KNOWN@example.com", **{flag: True})
+    dup_id = _seed_person(mkto, lastName="Twin", email="twin@example.com", **{flag: True})
+    taken_id = _seed_person(mkto, lastName="Copy", email="syn@example.com", **{flag: True})
+    _seed_person(mkto, lastName="Unflagged", email="quiet@example.com")
+
+    cycle(lead, make_ctx("l2"), dyn, mkto, fields, dedup)
+
+    created = new_person_guid(str(new_id))
+    assert dyn.tables["leads"][created]["lastname"] == "New"
+    assert mkto.persons[new_id]["externalPersonId"] == created
+    assert mkto.persons[new_id]["msdType"] == "Lead"
+    assert mkto.persons[link_id]["externalPersonId"] == known, "one email match links instead of creating"
+    assert mkto.persons[link_id]["msdType"] == "Contact"
+    assert "externalPersonId" not in mkto.persons[dup_id], "several matches are never guessed"
+    assert len(dyn.tables["leads"]) == 2, "only the new person became a lead"
+    assert len(dyn.tables["contacts"]) == 3
+    ctx = make_ctx("check")
+    with session_scope(ctx.state) as session:
+        links = session.execute(
+            text("SELECT entity, dynamics_id, marketo_id FROM id_map ORDER BY entity")
+        ).all()
+        errors = session.execute(text("SELECT source_id, field, code, message FROM record_error")).all()
+    assert ("contact", known, str(link_id)) in [tuple(r) for r in links]
+    assert ("lead", created, str(new_id)) in [tuple(r) for r in links]
+    by_code = {e.code: e for e in errors}
+    assert sorted(by_code) == ["ALREADY_LINKED", "DUPLICATE_CANDIDATES"]
+    duplicate = by_code["DUPLICATE_CANDIDATES"]
+    assert (duplicate.source_id, duplicate.field) == (str(dup_id), "email")
+    assert twin_a in duplicate.message
+    assert twin_b in duplicate.message
+    assert by_code["ALREADY_LINKED"].source_id == str(taken_id)
+    assert "externalPersonId" not in mkto.persons[taken_id], "an existing person is never re-pointed"
+
+    # The next run sees the created lead and the linked person echo back: nothing is written.
+    lead_writes, person_writes = dyn.calls["upsert_records"], mkto.calls["sync_leads"]
+    cycle(lead, make_ctx("l3"), dyn, mkto, fields, dedup)
+    assert dyn.calls["upsert_records"] == lead_writes
+    assert new_person_guid(str(new_id)) in dyn.tables["leads"]
+    assert mkto.calls["sync_leads"] - person_writes <= 1, "at most the one-time d2m completion"
+
+    # The contact DAG's first merge of the email-linked person sees both sides: Dynamics wins.
+    cycle(contact, make_ctx("c1"), dyn, mkto, fields, dedup)
+    assert dyn.tables["contacts"][known]["lastname"] == "Known"
+    assert mkto.persons[link_id]["lastName"] == "Known"
+    with session_scope(ctx.state) as session:
+        logged = session.execute(text("SELECT entity, field, winner FROM conflict_log")).all()
+    assert ("contact", "lastName", "dynamics") in [tuple(r) for r in logged]
