@@ -2,9 +2,11 @@
 
 The lead fields are Marketo's standard person fields used by the default Dynamics mapping
 (sync reference §3.1–3.3) plus the custom fields a non-native sync owns (§3.6, §3.7):
-``externalPersonId``, ``msdType``, ``msdRecordId``, ``msdCreatedDate`` and ``msdIsDeleted``.
-Field names are the REST API names; every catalogue is data so describe, validation,
-storage and the bulk files all come from one place.
+``externalPersonId``, ``msdType``, ``msdRecordId``, ``msdCreatedDate``, ``msdIsDeleted`` and
+``msdSyncToDynamics``, and the ``msd…`` fields the entity files map where the reference says
+"describe". Field names are the REST API names; every catalogue is data so describe, validation,
+storage and the bulk files all come from one place. ``tests/emulators/test_mapping_alignment.py``
+checks that every name the entity files use is served.
 """
 
 from __future__ import annotations
