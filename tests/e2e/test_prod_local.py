@@ -9,8 +9,10 @@ API, shows where its tasks ran, stops everything and drops what it created.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -96,11 +98,15 @@ class ProdStack:
 
 
 def _free_redis_dbs(count: int) -> list[int]:
-    """Redis db numbers that hold no keys now (db 0 is left to everything else)."""
+    """Redis db numbers that hold no keys now.
+
+    Only dbs 3..14 are considered: db 0 is everyone's default and db 15 belongs to the limiter's
+    own tests, so flushing ours afterwards never touches another test's keys.
+    """
     import redis
 
     found = []
-    for number in range(15, 2, -1):
+    for number in range(14, 2, -1):
         client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number)
         try:
             if client.dbsize() == 0:
@@ -109,7 +115,7 @@ def _free_redis_dbs(count: int) -> list[int]:
             client.close()
         if len(found) == count:
             return found
-    pytest.skip(f"no {count} empty Redis databases among 3..15")
+    pytest.skip(f"no {count} empty Redis databases among 3..14")
 
 
 def _drop_databases(*names: str) -> None:
@@ -162,6 +168,7 @@ def prod_stack(tmp_path: Path) -> Iterator[ProdStack]:
     try:
         yield stack
     finally:
+        stack.run("stop", timeout=120)  # a no-op when the test stopped it; a safety net otherwise
         _drop_databases(stack.airflow_db, stack.state_db)
         for number in (broker_db, limiter_db):
             client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number)
@@ -172,10 +179,15 @@ def prod_stack(tmp_path: Path) -> Iterator[ProdStack]:
 
 
 def _process_tree(run_dir: Path) -> set[int]:
-    roots = {int(p.read_text()) for p in run_dir.glob("*.pid")}
-    tree = set(roots)
-    for pid in roots:
-        tree |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    """PIDs of every process the stack's PID files lead, with all their descendants."""
+    tree: set[int] = set()
+    for file in run_dir.glob("*.pid"):
+        pid = int(file.read_text())
+        tree.add(pid)
+        try:
+            tree |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:  # a component that died (or was killed by the test)
+            continue
     return tree
 
 
@@ -212,7 +224,9 @@ def _worker_runs(home: Path) -> dict[str, tuple[str, str]]:
     return found
 
 
-def test_prod_local_runs_check_connections_on_celery_workers_and_stops_by_pid(prod_stack: ProdStack) -> None:
+def test_prod_local_runs_check_connections_on_celery_workers_reports_health_and_stops_by_pid(
+    prod_stack: ProdStack,
+) -> None:
     timings: dict[str, float] = {}
     began = time.monotonic()
     started = prod_stack.run("start")
@@ -329,8 +343,19 @@ def test_prod_local_runs_check_connections_on_celery_workers_and_stops_by_pid(pr
             limiter.close()
         assert any("marketo:" in key for key in scopes), scopes
         assert any("dynamics:" in key for key in scopes), scopes
+
+        # health notices a worker that died: its PID is dead and it no longer answers the ping.
+        victim = int((run_dir / "celery-worker2.pid").read_text())
+        os.killpg(victim, signal.SIGKILL)
+        _poll("worker2's process group gone", 30, lambda: not psutil.pid_exists(victim))
+        degraded = prod_stack.run("health", timeout=60)
+        assert degraded.returncode != 0, degraded.stdout
+        assert f"celery-worker2: dead (pid {victim})" in degraded.stdout
+        assert "celery worker2: no answer" in degraded.stdout
+        assert "celery worker1: pong" in degraded.stdout
     finally:
-        tree |= _process_tree(run_dir) if run_dir.exists() else set()
+        with contextlib.suppress(OSError, psutil.Error):
+            tree |= _process_tree(run_dir)
         began = time.monotonic()
         stopped = prod_stack.run("stop", timeout=120)
         timings["stop"] = time.monotonic() - began
