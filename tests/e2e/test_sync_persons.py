@@ -217,3 +217,64 @@ def test_lead_deleted_in_dynamics_is_flagged_in_marketo_and_filter_switches(
     _dyn_upsert(sync_env, "leads", "leadid", [{"leadid": paused, "new_synctomkto": True}])
     sync_env.run("sync_lead")
     assert _persons(sync_env, [paused])[paused]["title"] == "B"
+
+
+def test_flagged_marketo_only_persons_create_link_or_report_duplicates(
+    sync_env: SyncEnv, new_guid: Callable[[], str]
+) -> None:
+    from crm_sync.engine.plan import new_person_guid
+
+    twin_a, twin_b, known = new_guid(), new_guid(), new_guid()
+    twins = [{"leadid": g, "lastname": "Twin", "emailaddress1": "twin@example.com"} for g in (twin_a, twin_b)]
+    _dyn_upsert(sync_env, "leads", "leadid", twins)
+    sync_env.run("sync_lead")
+    sync_env.run("sync_contact")
+    # Created since the contact DAG's last run: no Marketo person yet.
+    _dyn_upsert(
+        sync_env,
+        "contacts",
+        "contactid",
+        [{"contactid": known, "lastname": "Known", "emailaddress1": "known@example.com"}],
+    )
+    mkto = sync_env.mkto()
+    try:
+        new_people = [
+            {"lastName": "New", "email": "new@example.com", "msdSyncToDynamics": True},
+            {"lastName": "Known-M", "email": "known@example.com", "msdSyncToDynamics": True},
+            {"lastName": "Twin", "email": "twin@example.com", "msdSyncToDynamics": True},
+            {"lastName": "Quiet", "email": "quiet@example.com"},
+        ]
+        results = mkto.sync_leads(new_people, action="createDuplicate")
+        assert all(r.ok for r in results), results
+        new_id, link_id, dup_id, quiet_id = (int(str(r.id)) for r in results)
+    finally:
+        mkto.close()
+
+    sync_env.run("sync_lead")
+    sync_env.run("sync_contact")
+
+    created = new_person_guid(str(new_id))
+    lead = _dyn_get(sync_env, "leads", "leadid", created, ["lastname", "emailaddress1"])
+    assert (lead["lastname"], lead["emailaddress1"]) == ("New", "new@example.com")
+    mkto = sync_env.mkto()
+    try:
+        fields = ["id", "externalPersonId", "msdType", "lastName"]
+        pages = mkto.get_leads("id", [new_id, link_id, dup_id, quiet_id], fields)
+        by_id = {p["id"]: p for page in pages for p in page}
+        pages = mkto.get_leads("externalPersonId", [known], fields)
+        for_known = [p for page in pages for p in page]
+    finally:
+        mkto.close()
+    assert (by_id[new_id]["externalPersonId"], by_id[new_id]["msdType"]) == (created, "Lead")
+    assert (by_id[link_id]["externalPersonId"], by_id[link_id]["msdType"]) == (known, "Contact")
+    assert [p["id"] for p in for_known] == [link_id], "the contact got no second Marketo person"
+    assert by_id[link_id]["lastName"] == "Known", "first merge after the link: Dynamics wins for contacts"
+    assert by_id[dup_id].get("externalPersonId") is None, "several matches are never guessed"
+    assert by_id[quiet_id].get("externalPersonId") is None, "unflagged persons stay in Marketo"
+    with sync_env.state().connect() as conn:
+        errors = conn.execute(text("SELECT source_id, field, code, message FROM record_error")).all()
+    assert [(e.source_id, e.field, e.code) for e in errors] == [
+        (str(dup_id), "email", "DUPLICATE_CANDIDATES")
+    ]
+    assert twin_a in errors[0].message
+    assert twin_b in errors[0].message
