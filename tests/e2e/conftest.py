@@ -32,18 +32,14 @@ DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "sync_entities.py"
 
 
 def _clear_hook_caches() -> None:
-    """Forget per-process tokens, msal apps and limiters, closing the msal apps' sessions.
+    """Forget per-process tokens, msal apps and limiters (every test has new emulators).
 
-    An open keep-alive connection makes the emulator's graceful shutdown wait for it.
+    Closing the msal sessions matters: an open keep-alive connection makes the emulator's
+    graceful shutdown wait for it.
     """
-    from crm_sync_hooks import base, dynamics, marketo
+    from crm_sync_hooks.caches import clear_process_caches
 
-    for app in dynamics._MSAL_APPS.values():
-        client = getattr(app, "http_client", None)
-        if client is not None and hasattr(client, "close"):
-            client.close()
-    for cache in (marketo._TOKENS, dynamics._MSAL_APPS, base._LIMITERS):
-        cache.clear()
+    clear_process_caches()
 
 
 @dataclass
