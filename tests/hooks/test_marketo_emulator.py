@@ -164,7 +164,7 @@ def test_companies_sales_persons_opportunities_roles_and_custom_objects(hook, le
     types = hook.call_json("GET", "/rest/v1/customobjects.json")["result"]
     co = types[0]
     dedupe = co["dedupeFields"][0]
-    created = hook.sync_custom_objects(co["name"], [{dedupe: "e2e-w1", "name": "W"}])
+    created = hook.sync_custom_objects(co["name"], [{dedupe: "e2e-w1", "projectName": "W"}])
     assert created[0].status is WriteStatus.CREATED
     found = list(hook.query_objects(f"customobjects/{co['name']}", dedupe, ["e2e-w1"]))
     assert found[0][0]["marketoGUID"] == created[0].id
