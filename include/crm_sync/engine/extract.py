@@ -18,6 +18,7 @@ stored by :func:`crm_sync.engine.commit.commit` once every batch is loaded.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ FEED_HEAD_ENTITY = "_person_feed"
 DYNAMICS_PAGE_SIZE = 1000  # rows per change-tracking page: bounds memory, keeps calls few
 MARKETO_READ_BATCH = 300
 EXTRACT_MANIFEST = "extract"
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 EMAIL_QUERY_CHUNK = 25  # emails per $filter, well under URL length limits
 
 
@@ -372,14 +374,42 @@ def _unmerged_rows(
     fresh = sorted(links.loc[links["field_hashes"].isna(), "dynamics_id"].astype(str)) if len(links) else []
     if not fresh:
         return None
+    return _stage_rows(entity, ctx, dynamics, fresh, "unmerged")
+
+
+def _stage_rows(
+    entity: EntityConfig, ctx: RunContext, dynamics: DynamicsClient, guids: Sequence[str], name: str
+) -> dict[str, Any] | None:
+    """Read the current Dataverse rows of ``guids`` (by primary key) and stage them as one batch."""
     key, columns = entity.dynamics.key, dynamics_columns(entity)
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(fresh), EMAIL_QUERY_CHUNK):
-        where = " or ".join(f"{key} eq {g}" for g in fresh[start : start + EMAIL_QUERY_CHUNK])
+    for start in range(0, len(guids), EMAIL_QUERY_CHUNK):
+        where = " or ".join(f"{key} eq {g}" for g in guids[start : start + EMAIL_QUERY_CHUNK])
         for page in dynamics.query(entity.dynamics.entity_set, select=columns, filter=where):
             rows += page
+    if not rows:
+        return None
     folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "extract"
-    return ctx.staging.write_frame(folder, "unmerged", _frame(rows, columns)).to_dict()
+    return ctx.staging.write_frame(folder, name, _frame(rows, columns)).to_dict()
+
+
+def _retry_rows(
+    entity: EntityConfig, ctx: RunContext, dynamics: DynamicsClient, extracted: set[str], now: datetime
+) -> dict[str, Any] | None:
+    """Stage the records whose earlier D→M failure is due for another attempt (backoff expired).
+
+    Records already in this run's changes are not read twice; a record that fails again counts
+    one more attempt and is parked after the retry policy's maximum.
+    """
+    from crm_sync.state import due_errors
+
+    with session_scope(ctx.state) as session:
+        due = due_errors(session, entity=entity.name, direction=Direction.D2M.value, now=now)
+    guids = sorted({str(i).lower() for i in due["source_id"] if _GUID.match(str(i))} - extracted)
+    if not guids:
+        return None
+    log.info("%s: retrying %d records whose earlier failure is due", entity.name, len(guids))
+    return _stage_rows(entity, ctx, dynamics, guids, "retry")
 
 
 def _feed_start(ctx: RunContext, marketo: MarketoClient, now: datetime) -> str:
@@ -449,6 +479,10 @@ def extract_changes(
         part = extract_dynamics(entity, dynamics, ctx.staging, folder / "extract", d_token)
         manifest["dynamics"] = part
         manifest["pending"][Direction.D2M.value] = part["token"]
+        retry = _retry_rows(entity, ctx, dynamics, _extracted_keys(entity, ctx, part), started)
+        if retry is not None:
+            part["batches"].append(retry)
+            part["retried"] = retry["rows"]
     if entity.direction.includes(Direction.M2D) and entity.marketo.object is MarketoObject.LEAD:
         if marketo is None:
             raise ValueError(f"{entity.name}: a Marketo client is needed to extract M→D changes")

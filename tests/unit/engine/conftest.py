@@ -78,9 +78,11 @@ class FakeDynamics:
         page_size: int = 5000,
         annotations: str | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Rows matching ``col eq 'v' or col eq 'w'`` filters (all the engine sends)."""
+        """Rows matching ``col eq 'v' or col eq <guid>`` filters (all the engine sends)."""
         self._count("query")
-        wanted = re.findall(r"(\w+) eq '((?:[^']|'')*)'", filter or "")
+        quoted = re.findall(r"(\w+) eq '((?:[^']|'')*)'", filter or "")
+        bare = re.findall(r"(\w+) eq ([0-9a-fA-F-]{36})", filter or "")
+        wanted = quoted + bare
         rows = [
             {c: row.get(c) for c in (select or row)}
             for row in self.tables.get(entity_set, {}).values()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -28,15 +29,16 @@ def cycle(
     mkto: FakeMarketo,
     fields: list[str] | None = None,
     dedup: list[EntityConfig] | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """One run: extract, transform, load every batch, commit."""
     extracted = extract_changes(
-        entity, ctx, dynamics=dyn, marketo=mkto, feed_fields=fields or [], dedup_tables=dedup or []
+        entity, ctx, dynamics=dyn, marketo=mkto, feed_fields=fields or [], dedup_tables=dedup or [], now=now
     )
     planned = transform_changes(entity, ctx, extracted)
     for batch in planned["batches"]:
         load_batch(entity, ctx, batch, marketo=mkto, dynamics=dyn)
-    return commit(entity, ctx, extracted, planned)
+    return commit(entity, ctx, extracted, planned, now=now)
 
 
 def guid() -> str:
@@ -363,3 +365,25 @@ def test_flagged_marketo_persons_are_linked_created_or_reported_as_duplicates(
     with session_scope(ctx.state) as session:
         logged = session.execute(text("SELECT entity, field, winner FROM conflict_log")).all()
     assert ("contact", "lastName", "dynamics") in [tuple(r) for r in logged]
+
+
+def test_failed_records_are_retried_after_their_backoff_without_a_new_change(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    account = entities["account"]
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    bad = guid()
+    dyn.put("accounts", {"accountid": bad, "name": "Refused"}, "accountid")
+    mkto.fail[bad] = "1003"
+    start = datetime.now(UTC)
+    cycle(account, make_ctx("run-1"), dyn, mkto, now=start)
+    del mkto.fail[bad]  # the cause is fixed in Marketo; the record itself does not change
+
+    cycle(account, make_ctx("run-2"), dyn, mkto, now=start + timedelta(minutes=1))
+    assert bad not in mkto.objects.get("companies", {}), "still backing off"
+
+    counts = cycle(account, make_ctx("run-3"), dyn, mkto, now=start + timedelta(hours=1))
+    assert mkto.objects["companies"][bad]["company"] == "Refused"
+    assert counts["loaded"] == 1
+    with session_scope(make_ctx("x").state) as session:
+        assert session.execute(text("SELECT resolved_at IS NOT NULL FROM record_error")).scalar() == 1
