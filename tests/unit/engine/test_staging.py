@@ -1,0 +1,64 @@
+"""Staging: deterministic run-scoped paths, idempotent writes, checked reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from airflow.sdk import ObjectStoragePath
+
+from crm_sync.engine.staging import BatchRef, StagingArea, run_key, token_key
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> StagingArea:
+    return StagingArea(ObjectStoragePath(f"file://{tmp_path}"))
+
+
+def test_run_folders_are_deterministic_and_safe() -> None:
+    run_id = "manual__2026-11-26T13:44:19.123+00:00"
+    assert run_key(run_id) == run_key(run_id)
+    assert "/" not in run_key(run_id)
+    assert ":" not in run_key(run_id)
+    assert "+" not in run_key(run_id)
+    # Ids that differ only in unsafe characters still get different folders.
+    assert run_key("a:b") != run_key("a+b")
+    assert token_key("MFRXIORQ") == token_key("MFRXIORQ") != token_key("MFRXIORR")
+
+
+def test_the_same_batch_name_replaces_the_file(staging: StagingArea, tmp_path: Path) -> None:
+    folder = staging.run_dir("account", "run-1") / "extract"
+    first = staging.write_frame(folder, "dynamics-00000", pd.DataFrame({"id": ["a", "b"], "n": [1, None]}))
+    again = staging.write_frame(folder, "dynamics-00000", pd.DataFrame({"id": ["c"], "n": [3]}))
+
+    assert first.path == again.path
+    assert again.rows == 1
+    files = sorted(p.name for p in (tmp_path / "runs" / "account").rglob("*") if p.is_file())
+    assert files == ["dynamics-00000.parquet"], "no temporary or duplicate files are left"
+    assert staging.read_frame(again)["id"].tolist() == ["c"]
+
+
+def test_references_round_trip_through_xcom_dicts(staging: StagingArea) -> None:
+    folder = staging.run_dir("lead", "run-1")
+    ref = staging.write_frame(folder, "x", pd.DataFrame({"v": [True, None, False]}))
+    back = staging.read_frame(BatchRef.from_dict(ref.to_dict()))
+    assert back["v"].tolist() == [True, None, False]
+    with pytest.raises(ValueError, match="not a batch reference"):
+        BatchRef.from_dict({"path": ref.path})
+
+
+def test_reads_check_existence_and_row_count(staging: StagingArea) -> None:
+    folder = staging.run_dir("lead", "run-1")
+    ref = staging.write_frame(folder, "x", pd.DataFrame({"v": [1, 2]}))
+    with pytest.raises(ValueError, match="holds 2 rows, reference says 3"):
+        staging.read_frame(BatchRef(ref.path, 3))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        staging.read_frame(BatchRef(ref.path.replace("x.parquet", "y.parquet"), 2))
+
+
+def test_manifests(staging: StagingArea) -> None:
+    folder = staging.run_dir("lead", "run-1")
+    assert staging.read_json(folder, "extract") is None
+    staging.write_json(folder, "extract", {"pending": {"d2m": "token"}})
+    assert staging.read_json(folder, "extract") == {"pending": {"d2m": "token"}}
