@@ -57,6 +57,27 @@ def _lookup_id_map(
     return pd.concat(parts, ignore_index=True)
 
 
+def _infer_lookup_types(entity: EntityConfig, rows: pd.DataFrame, id_map: pd.DataFrame) -> pd.DataFrame:
+    """Fill a polymorphic lookup's target-table column from the id map when the read lacks it.
+
+    Change tracking returns ``_ownerid_value`` without its ``lookuplogicalname`` annotation
+    (the hook does not ask for annotations). Dataverse GUIDs are unique across tables, so the
+    target entity whose id map holds the GUID names the table; a GUID no id map knows stays
+    unresolved, as an unsynced target would.
+    """
+    for lk in entity.lookups:
+        if not lk.type_column or lk.type_column in rows or lk.dynamics not in rows:
+            continue
+        table_of = {name: table for table, name in lk.targets.items()}
+        known = id_map[id_map["entity"].isin(table_of)]
+        tables = pd.Series(
+            known["entity"].map(table_of).to_numpy(), index=known["dynamics_id"].str.lower().to_numpy()
+        )
+        tables = tables[~tables.index.duplicated()]
+        rows = rows.assign(**{lk.type_column: _lower_ids(rows[lk.dynamics]).map(tables).astype("str")})
+    return rows
+
+
 def _marketo_rows(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> pd.DataFrame | None:
     """This entity's share of the staged person feed: the newest snapshot of each person.
 
@@ -197,6 +218,8 @@ def _plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> I
         with session_scope(ctx.state) as session:
             links = lookup_links(session, entity.name, dynamics_ids=ids)
             id_map = _lookup_id_map(session, entity, d_rows, links)
+            if d_rows is not None:
+                d_rows = _infer_lookup_types(entity, d_rows, id_map)
             plan = plan_changes(entity, d_rows, m_rows, links, id_map)
             _record(session, entity, plan, ctx.run_id)
         yield plan
