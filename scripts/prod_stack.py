@@ -95,10 +95,12 @@ class ProdConfig:
             airflow_db=env.get("MDS_PROD_AIRFLOW_DB", base.airflow_db),
             state_db=env.get("MDS_PROD_STATE_DB", base.state_db),
             redis_url=env.get("MDS_PROD_REDIS_URL", base.redis_url).rstrip("/"),
-            broker_db=int(env.get("MDS_PROD_BROKER_DB", base.broker_db)),
-            limiter_db=int(env.get("MDS_PROD_LIMITER_DB", base.limiter_db)),
+            broker_db=_int_setting(env, "MDS_PROD_BROKER_DB", base.broker_db, minimum=0),
+            limiter_db=_int_setting(env, "MDS_PROD_LIMITER_DB", base.limiter_db, minimum=0),
             staging_url=env.get("MDS_PROD_STAGING_URL", base.staging_url),
-            worker_concurrency=int(env.get("MDS_PROD_WORKER_CONCURRENCY", base.worker_concurrency)),
+            worker_concurrency=_int_setting(
+                env, "MDS_PROD_WORKER_CONCURRENCY", base.worker_concurrency, minimum=1
+            ),
         )
 
     def sqlalchemy_url(self, database: str) -> str:
@@ -114,6 +116,20 @@ class ProdConfig:
     def limiter_url(self) -> str:
         """The hooks' ``limiter_url`` extra: another Redis db, shared by every worker process."""
         return f"{self.redis_url}/{self.limiter_db}"
+
+
+def _int_setting(env: dict[str, str], name: str, default: int, minimum: int) -> int:
+    """Read an integer setting, failing with a message that names the variable and its value."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SystemExit(f"{name} must be at least {minimum}, got {value}")
+    return value
 
 
 def masked(url: str) -> str:
