@@ -16,12 +16,13 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 
-.PHONY: help install install-test-clients demo stop status load-settings lint typecheck test test-unit test-dags test-e2e parse clean
+.PHONY: help install install-test-clients demo stop status prod-local prod-health prod-status load-settings lint typecheck test test-unit test-dags test-e2e parse clean
 
 help:
 	@echo "make demo    - install, start the emulators and Airflow, load airflow_settings.yaml, print the login"
 	@echo "make test    - install if needed, then lint, type-check and run the whole test suite"
-	@echo "make stop    - stop everything 'make demo' started"
+	@echo "make stop    - stop everything 'make demo' or 'make prod-local' started"
+	@echo "make prod-local - PostgreSQL + CeleryExecutor (Redis) + two workers; see docs/deployment.md"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,17 @@ stop:
 
 status: install
 	$(BIN)/python scripts/stack.py status
+
+# Production shape on this machine: PostgreSQL metadata DB and state store, CeleryExecutor with
+# Redis, two workers (docs/deployment.md). `make stop` stops it too.
+prod-local: install
+	$(BIN)/python scripts/prod_stack.py start
+
+prod-health: install
+	$(BIN)/python scripts/prod_stack.py health
+
+prod-status: install
+	$(BIN)/python scripts/prod_stack.py status
 
 load-settings: install
 	AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.airflow} $(BIN)/python -m crm_sync.settings_loader airflow_settings.yaml
