@@ -87,11 +87,19 @@ class SyncEnv:
 
 
 @pytest.fixture
-def sync_env(airflow_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SyncEnv]:
-    """Both emulators, connections, Variables, a state store and an entity folder for one test."""
+def sync_env(
+    airflow_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[SyncEnv]:
+    """Both emulators, connections, Variables, a state store and an entity folder for one test.
+
+    Indirect parametrization with ``{"dynamics_seed": N}`` seeds the Dataverse emulator with
+    its fake organization (N leads and proportional accounts, contacts, opportunities, users,
+    teams); otherwise both emulators start empty.
+    """
     _clear_hook_caches()
+    options: dict[str, Any] = getattr(request, "param", None) or {}
     marketo = start_emulator("marketo", tmp_path / "marketo")
-    dynamics = start_emulator("dynamics", tmp_path / "dynamics")
+    dynamics = start_emulator("dynamics", tmp_path / "dynamics", seed_scale=options.get("dynamics_seed"))
     try:
         limiter = f"sqlite:///{tmp_path / 'limiter.sqlite'}"
         m_cred = default_credentials("marketo_default")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,82 @@ def test_account_owner_resolves_to_the_synced_sales_person(
     finally:
         mkto.close()
     assert company["externalSalesPersonId"] == user
+
+
+def _rows(env: SyncEnv, entity_set: str, select: list[str], **kwargs: Any) -> list[dict[str, Any]]:
+    hook = env.dyn()
+    try:
+        return [r for page in hook.query(entity_set, select=select, **kwargs) for r in page]
+    finally:
+        hook.close()
+
+
+def _objects(
+    env: SyncEnv, path: str, key: str, ids: list[str], fields: list[str]
+) -> dict[str, dict[str, Any]]:
+    hook = env.mkto()
+    try:
+        return {o[key]: o for page in hook.query_objects(path, key, ids, fields) for o in page}
+    finally:
+        hook.close()
+
+
+@pytest.mark.parametrize("sync_env", [{"dynamics_seed": 300}], indirect=True)
+def test_one_way_entities_in_dependency_order_on_a_seeded_org(sync_env: SyncEnv) -> None:
+    order = ["sync_user", "sync_team", "sync_account", "sync_contact", "sync_opportunity"]
+    for dag_id in order:
+        sync_env.run(dag_id)
+
+    teams = _rows(sync_env, "teams", ["teamid"], expand="teammembership_association($select=systemuserid)")
+    persons = _objects(
+        sync_env,
+        "salespersons",
+        "externalSalesPersonId",
+        [t["teamid"] for t in teams],
+        ["externalSalesPersonId", "msdTeamMembers"],
+    )
+    for team in teams:
+        members = sorted(m["systemuserid"] for m in team["teammembership_association"])
+        assert persons[team["teamid"]].get("msdTeamMembers") == (";".join(members) or None)
+
+    lookup = "Microsoft.Dynamics.CRM.lookuplogicalname"
+    accounts = _rows(sync_env, "accounts", ["accountid", "new_synctomkto"])
+    synced_accounts = {a["accountid"] for a in accounts if a["new_synctomkto"] is not False}
+    contacts = _rows(sync_env, "contacts", ["contactid", "_parentcustomerid_value"], annotations=lookup)
+    parent = {
+        c["contactid"]: c["_parentcustomerid_value"]
+        for c in contacts
+        if c.get(f"_parentcustomerid_value@{lookup}") == "account"
+    }
+    opportunities = _rows(
+        sync_env,
+        "opportunities",
+        ["opportunityid", "_customerid_value", "new_synctomkto"],
+        annotations=lookup,
+    )
+    expected = {}
+    for opp in opportunities:
+        if opp["new_synctomkto"] is False:
+            continue
+        customer = opp["_customerid_value"]
+        company = customer if opp.get(f"_customerid_value@{lookup}") == "account" else parent.get(customer)
+        expected[opp["opportunityid"]] = company if company in synced_accounts else None
+    synced = _objects(
+        sync_env,
+        "opportunities",
+        "externalOpportunityId",
+        [o["opportunityid"] for o in opportunities],
+        ["externalOpportunityId", "externalCompanyId"],
+    )
+    assert expected, "the seeded org has opportunities that pass the sync filter"
+    assert {k: v.get("externalCompanyId") for k, v in synced.items()} == expected
+    via_contact = [
+        o for o in opportunities if o["opportunityid"] in expected and o["_customerid_value"] in parent
+    ]
+    assert any(expected[o["opportunityid"]] for o in via_contact), "a contact customer's parent account"
+
+    sync_env.reset_stats()
+    for dag_id in order:
+        sync_env.run(dag_id)
+    assert write_calls(sync_env.marketo.stats()) == {}
+    assert write_calls(sync_env.dynamics.stats()) == {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ from crm_sync.engine.staging import token_key
 from crm_sync.state import check_identity, get_watermark, session_scope, set_watermark, utcnow
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from datetime import datetime
 
     from airflow.sdk import ObjectStoragePath
@@ -74,6 +75,81 @@ def dynamics_columns(entity: EntityConfig) -> list[str]:
     if entity.dynamics.filter_column:
         cols.append(entity.dynamics.filter_column)
     return list(dict.fromkeys(cols))
+
+
+@dataclass(frozen=True)
+class DerivedColumn:
+    """A column the entity files map that Dataverse does not have, read through ``$expand``.
+
+    Attributes:
+        expand: The ``$expand`` option that brings the data.
+        value: Turns the expanded row into the column's value.
+    """
+
+    expand: str
+    value: Callable[[Mapping[str, Any]], Any]
+
+
+def _member_ids(row: Mapping[str, Any]) -> list[str]:
+    members = row.get("teammembership_association") or []
+    return sorted(str(m["systemuserid"]).lower() for m in members if m.get("systemuserid"))
+
+
+def _customer_parent_account(row: Mapping[str, Any]) -> Any:
+    contact = row.get("customerid_contact")
+    return contact.get("_parentcustomerid_value") if isinstance(contact, Mapping) else None
+
+
+# Derived columns by name (team.yaml, opportunity.yaml); change tracking cannot $expand, so
+# they are read for the changed rows by id afterwards.
+DERIVED_COLUMNS: dict[str, DerivedColumn] = {
+    "member_ids": DerivedColumn("teammembership_association($select=systemuserid)", _member_ids),
+    "customer_parent_account": DerivedColumn(
+        "customerid_contact($select=_parentcustomerid_value)", _customer_parent_account
+    ),
+}
+
+
+def _split_derived(columns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(columns Dataverse can select, derived columns)."""
+    return [c for c in columns if c not in DERIVED_COLUMNS], [c for c in columns if c in DERIVED_COLUMNS]
+
+
+def _by_id_filter(key: str, guids: Sequence[str]) -> str:
+    return " or ".join(f"{key} eq {g}" for g in guids)
+
+
+def read_rows_by_id(
+    entity: EntityConfig, client: DynamicsClient, guids: Sequence[str], select: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Current rows of ``guids`` with the ``select`` columns, derived columns included."""
+    plain, derived = _split_derived(select)
+    expand = ",".join(DERIVED_COLUMNS[c].expand for c in derived) or None
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(guids), EMAIL_QUERY_CHUNK):
+        where = _by_id_filter(entity.dynamics.key, guids[start : start + EMAIL_QUERY_CHUNK])
+        for page in client.query(entity.dynamics.entity_set, select=plain, filter=where, expand=expand):
+            for row in page:
+                row.update({c: DERIVED_COLUMNS[c].value(row) for c in derived})
+                rows.append(row)
+    return rows
+
+
+def _add_derived(
+    entity: EntityConfig, client: DynamicsClient, records: list[dict[str, Any]], derived: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Fill the derived columns of changed rows (one extra read per 25 rows)."""
+    if not derived or not records:
+        return records
+    key = entity.dynamics.key
+    found = {
+        str(r[key]).lower(): r
+        for r in read_rows_by_id(entity, client, [str(r[key]) for r in records], [key, *derived])
+    }
+    for record in records:
+        extra = found.get(str(record[key]).lower(), {})
+        record.update({c: extra.get(c) for c in derived})
+    return records
 
 
 def person_fields(entities: Iterable[EntityConfig]) -> list[str]:
@@ -169,8 +245,9 @@ def _read_changes(
     rows = _Batcher(staging, folder, "dynamics", entity.batch_size, columns)
     deleted = _Batcher(staging, folder, "deleted", entity.batch_size, ["id"])
     token: str | None = None
-    for page in client.track_changes(entity.dynamics.entity_set, columns, delta_link, DYNAMICS_PAGE_SIZE):
-        rows.add(page.records)
+    select, derived = _split_derived(columns)
+    for page in client.track_changes(entity.dynamics.entity_set, select, delta_link, DYNAMICS_PAGE_SIZE):
+        rows.add(_add_derived(entity, client, page.records, derived))
         deleted.add({"id": i} for i in page.deleted_ids)
         token = page.delta_link or token
     if not token:
@@ -381,12 +458,8 @@ def _stage_rows(
     entity: EntityConfig, ctx: RunContext, dynamics: DynamicsClient, guids: Sequence[str], name: str
 ) -> dict[str, Any] | None:
     """Read the current Dataverse rows of ``guids`` (by primary key) and stage them as one batch."""
-    key, columns = entity.dynamics.key, dynamics_columns(entity)
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(guids), EMAIL_QUERY_CHUNK):
-        where = " or ".join(f"{key} eq {g}" for g in guids[start : start + EMAIL_QUERY_CHUNK])
-        for page in dynamics.query(entity.dynamics.entity_set, select=columns, filter=where):
-            rows += page
+    columns = dynamics_columns(entity)
+    rows = read_rows_by_id(entity, dynamics, guids, columns)
     if not rows:
         return None
     folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "extract"
