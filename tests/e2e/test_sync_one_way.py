@@ -74,6 +74,15 @@ def test_account_owner_resolves_to_the_synced_sales_person(
     assert company["externalSalesPersonId"] == user
 
 
+def via_contact_all(
+    opportunities: list[dict[str, Any]], contact_ids: set[str], synced: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Synced opportunities whose customer is a contact."""
+    return [
+        o for o in opportunities if o["opportunityid"] in synced and o["_customerid_value"] in contact_ids
+    ]
+
+
 def _rows(env: SyncEnv, entity_set: str, select: list[str], **kwargs: Any) -> list[dict[str, Any]]:
     hook = env.dyn()
     try:
@@ -145,6 +154,30 @@ def test_one_way_entities_in_dependency_order_on_a_seeded_org(sync_env: SyncEnv)
         o for o in opportunities if o["opportunityid"] in expected and o["_customerid_value"] in parent
     ]
     assert any(expected[o["opportunityid"]] for o in via_contact), "a contact customer's parent account"
+
+    # A contact customer with a Marketo person gives its opportunity a role.
+    contact_ids = {c["contactid"] for c in contacts}
+    with_contact = [o["opportunityid"] for o in via_contact_all(opportunities, contact_ids, expected)]
+    people = _objects(
+        sync_env,
+        "leads",
+        "externalPersonId",
+        [o["_customerid_value"] for o in opportunities],
+        ["id", "externalPersonId"],
+    )
+    roles = _objects(
+        sync_env,
+        "opportunities/roles",
+        "externalOpportunityId",
+        with_contact,
+        ["externalOpportunityId", "leadId", "role"],
+    )
+    customer = {o["opportunityid"]: o["_customerid_value"] for o in opportunities}
+    expected_roles = {o: people[customer[o]]["id"] for o in with_contact if customer[o] in people}
+    assert expected_roles, "some opportunities have a contact customer with a person"
+    assert {o: (r["leadId"], r["role"]) for o, r in roles.items()} == {
+        o: (lead_id, "Customer") for o, lead_id in expected_roles.items()
+    }
 
     sync_env.reset_stats()
     for dag_id in order:

@@ -21,6 +21,7 @@ from crm_sync.engine.plan import (
     MARKETO_DELETE,
     MARKETO_FLAG_DELETED,
     MARKETO_LINK,
+    MARKETO_ROLE_UPSERT,
     MARKETO_UPSERT,
 )
 from crm_sync.state import record_errors, resolve_errors, session_scope, set_link_state, upsert_links
@@ -39,7 +40,15 @@ OUTCOME = "outcome"
 # "Not found" answers to a delete or a deleted-flag update: the record is already gone.
 _GONE_CODES = {"1004", "1013", "610", "702"}
 # Dataverse first: a Marketo person is pointed at a created lead only once the lead exists.
-OP_ORDER = (DYNAMICS_UPSERT, MARKETO_LINK, MARKETO_UPSERT, MARKETO_FLAG_DELETED, MARKETO_DELETE)
+OP_ORDER = (
+    DYNAMICS_UPSERT,
+    MARKETO_LINK,
+    MARKETO_UPSERT,
+    MARKETO_ROLE_UPSERT,  # after the opportunities they point at
+    MARKETO_FLAG_DELETED,
+    MARKETO_DELETE,
+)
+ROLE_KEY = ("externalOpportunityId", "leadId", "role")
 _OBJECT_PATHS = {
     MarketoObject.COMPANY: "companies",
     MarketoObject.OPPORTUNITY: "opportunities",
@@ -82,6 +91,8 @@ def _write(
         return marketo.sync_leads(payloads, action="updateOnly", lookup_field=key)
     if op == MARKETO_LINK:
         return marketo.sync_leads(payloads, action="updateOnly", lookup_field="id")
+    if op == MARKETO_ROLE_UPSERT:
+        return marketo.sync_objects("opportunities/roles", payloads, required_fields=list(ROLE_KEY))
     if op == MARKETO_DELETE:
         if is_person:
             raise ValueError(f"{entity.name}: persons are never deleted, only flagged")

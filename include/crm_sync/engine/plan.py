@@ -34,6 +34,7 @@ from crm_sync.transforms import (
     link_rows,
     marketo_payload,
     marketo_to_canonical,
+    opportunity_roles,
     persons_for_entity,
     resolve_changes,
 )
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 # Operation names staged in a plan and dispatched by the load.
 MARKETO_UPSERT = "marketo_upsert"
 MARKETO_LINK = "marketo_link"  # set the Dataverse key and type on a Marketo-only person
+MARKETO_ROLE_UPSERT = "marketo_role_upsert"  # opportunity roles, after their opportunity
 MARKETO_DELETE = "marketo_delete"
 MARKETO_FLAG_DELETED = "marketo_flag_deleted"
 DYNAMICS_UPSERT = "dynamics_upsert"
@@ -218,6 +220,7 @@ def plan_changes(
     error_parts: list[pd.DataFrame] = []
     canonical: list[pd.DataFrame] = []
     d_canon: pd.DataFrame | None = None
+    valid_rows: pd.DataFrame | None = None
     stale: list[str] = []
     filter_values: pd.Series | None = None
     last = last_hashes(_active_links(links))
@@ -238,6 +241,7 @@ def plan_changes(
         error_parts.append(mapped.errors)
         d_canon = mapped.frame
         canonical.append(d_canon)
+        valid_rows = kept.loc[mapped.frame.index]
     m_canon: pd.DataFrame | None = None
     mine = _marketo_side(entity, marketo_rows, links)
     if mine is not None and not mine.empty:
@@ -260,6 +264,12 @@ def plan_changes(
     if entity.direction.includes(Direction.M2D):
         to_d = dynamics_payload(entity, resolution)
         ops.append(_ops(DYNAMICS_UPSERT, [str(i) for i in resolution.dynamics_ids], to_d))
+    if entity.roles is not None and valid_rows is not None and len(valid_rows):
+        # Roles are re-sent with every change of their opportunity (upserts by compound key).
+        roles, role_errors = opportunity_roles(valid_rows, entity, entity.roles, id_map)
+        errors = concat_errors([errors, role_errors])
+        payloads = roles.astype(object).where(roles.notna(), None).to_dict("records")
+        ops.append(_ops(MARKETO_ROLE_UPSERT, roles["externalOpportunityId"].astype(str).tolist(), payloads))
     written = resolution.marketo_ids.union(resolution.dynamics_ids)
     plan = BatchPlan(
         ops=pd.concat(ops, ignore_index=True),

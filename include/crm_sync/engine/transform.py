@@ -44,6 +44,10 @@ def _lookup_id_map(
 ) -> pd.DataFrame:
     """Id-map frame for one batch: the entity's own links plus the lookup targets it references."""
     parts = [links[ID_MAP_COLUMNS]] if len(links) else []
+    if rows is not None and len(rows) and entity.roles is not None and entity.roles.lookup in rows:
+        ids = _lower_ids(rows[entity.roles.lookup]).dropna().unique().tolist()
+        if ids:
+            parts.append(lookup_links(session, entity.roles.person_entity, dynamics_ids=ids)[ID_MAP_COLUMNS])
     if rows is not None and len(rows):
         for lk in entity.lookups:
             if lk.dynamics not in rows:
@@ -75,6 +79,14 @@ def _infer_lookup_types(entity: EntityConfig, rows: pd.DataFrame, id_map: pd.Dat
         )
         tables = tables[~tables.index.duplicated()]
         rows = rows.assign(**{lk.type_column: _lower_ids(rows[lk.dynamics]).map(tables).astype("str")})
+    rule = entity.roles
+    if rule is not None and rule.lookup in rows:
+        # The role rule needs to know which customers are contacts: the person id map tells.
+        people = id_map.loc[id_map["entity"].eq(rule.person_entity), "dynamics_id"].str.lower()
+        is_person = _lower_ids(rows[rule.lookup]).isin(set(people))
+        current = rows[rule.type_column] if rule.type_column in rows else pd.Series(pd.NA, index=rows.index)
+        filled = as_string(current).mask(as_string(current).isna() & is_person, rule.when_type)
+        rows = rows.assign(**{rule.type_column: filled})
     return rows
 
 
