@@ -155,8 +155,8 @@ def write_calls(stats: dict[str, Any]) -> dict[str, int]:
     Marketo reads by id list go through ``POST …?_method=GET`` too, which the stats do not tell
     apart from writes, so for ``leads.json`` the records written are counted instead.
     """
-    calls: dict[str, int] = dict(stats.get("calls", {}))  # type: ignore[arg-type]
-    records: dict[str, int] = dict(stats.get("records", {}))  # type: ignore[arg-type]
+    calls: dict[str, int] = dict(stats.get("calls", {}))
+    records: dict[str, int] = dict(stats.get("records", {}))
     out = {
         route: n
         for route, n in calls.items()
@@ -171,7 +171,7 @@ def write_calls(stats: dict[str, Any]) -> dict[str, int]:
 
 def read_calls(stats: dict[str, Any]) -> int:
     """API calls that only read (token and metadata discovery excluded)."""
-    calls: dict[str, int] = dict(stats.get("calls", {}))  # type: ignore[arg-type]
+    calls: dict[str, int] = dict(stats.get("calls", {}))
     return sum(
         n
         for route, n in calls.items()

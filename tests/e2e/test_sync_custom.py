@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -45,7 +46,7 @@ def test_new_custom_entity_yaml_gives_a_working_dag(sync_env: SyncEnv, new_guid:
     alpha, beta = new_guid(), new_guid()
     hook = sync_env.dyn()
     try:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"new_projectid": alpha, "new_name": "Alpha", "new_budget": 99.5, "new_status": 100000001},
             {"new_projectid": beta, "new_name": None},  # required name missing: a record error
         ]

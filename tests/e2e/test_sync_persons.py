@@ -68,7 +68,7 @@ def _quiet_run(env: SyncEnv, dag_id: str) -> None:
     m_stats, d_stats = env.marketo.stats(), env.dynamics.stats()
     assert write_calls(m_stats) == {}, f"{dag_id} wrote to Marketo"
     assert write_calls(d_stats) == {}, f"{dag_id} wrote to Dynamics"
-    m_calls: dict[str, int] = m_stats["calls"]  # type: ignore[assignment]
+    m_calls: dict[str, int] = m_stats["calls"]
     # With nothing written, the ?_method=GET lead reads are the only POSTs to leads.json.
     assert read_calls(m_stats) + m_calls.get("POST /rest/v1/leads.json", 0) <= 2
     assert read_calls(d_stats) <= 2
@@ -135,9 +135,9 @@ def test_contact_dynamics_wins_and_the_person_feed_is_read_once_per_cycle(
     _mkto_update(sync_env, [{"externalPersonId": lee, "title": "Analyst"}])
     sync_env.reset_stats()
     sync_env.run("sync_contact")  # reads the feed up to now and stages what it read
-    after_contact: dict[str, int] = dict(sync_env.marketo.stats()["records"])  # type: ignore[call-overload]
+    after_contact: dict[str, int] = dict(sync_env.marketo.stats()["records"])
     sync_env.run("sync_lead")  # reuses the staged part; only polls the (empty) tail
-    after_lead: dict[str, int] = dict(sync_env.marketo.stats()["records"])  # type: ignore[call-overload]
+    after_lead: dict[str, int] = dict(sync_env.marketo.stats()["records"])
     assert after_contact["lead.read"] >= 2, "both edited persons were fetched by the contact run"
     # The lead run fetches only what changed after the contact run read the feed: the one
     # person the contact run itself wrote (Cara). Lee's edit, read before, is not fetched again.
@@ -210,7 +210,8 @@ def test_lead_deleted_in_dynamics_is_flagged_in_marketo_and_filter_switches(
     assert persons[gone]["msdIsDeleted"] is True, "a Dynamics delete only flags the person"
     assert persons[paused]["title"] == "A"
     with sync_env.state().connect() as conn:
-        states = dict(conn.execute(text("SELECT dynamics_id, state FROM id_map WHERE entity='lead'")).all())
+        rows = conn.execute(text("SELECT dynamics_id, state FROM id_map WHERE entity='lead'")).all()
+    states: dict[str, str] = {str(k): str(v) for k, v in rows}
     assert states == {gone: "deleted", paused: "stale"}
 
     # No -> Yes: the record is sent in full again.
@@ -238,7 +239,7 @@ def test_flagged_marketo_only_persons_create_link_or_report_duplicates(
     )
     mkto = sync_env.mkto()
     try:
-        new_people = [
+        new_people: list[dict[str, Any]] = [
             {"lastName": "New", "email": "new@example.com", "msdSyncToDynamics": True},
             {"lastName": "Known-M", "email": "known@example.com", "msdSyncToDynamics": True},
             {"lastName": "Twin", "email": "twin@example.com", "msdSyncToDynamics": True},

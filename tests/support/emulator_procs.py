@@ -51,7 +51,7 @@ class RunningEmulator:
         resp.raise_for_status()
         return resp
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, Any]:
         return dict(self.admin("GET", "stats").json())
 
     def stop(self) -> None:

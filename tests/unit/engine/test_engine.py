@@ -317,6 +317,7 @@ def test_flagged_marketo_persons_are_linked_created_or_reported_as_duplicates(
         "contactid",
     )
     flag = lead.marketo.sync_flag_field
+    assert flag is not None
     new_id = _seed_person(mkto, lastName="New", email="new@example.com", **{flag: True})
     link_id = _seed_person(mkto, lastName="Known-M", email="KNOWN@example.com", **{flag: True})
     dup_id = _seed_person(mkto, lastName="Twin", email="twin@example.com", **{flag: True})
