@@ -1,0 +1,148 @@
+"""A ``sync_lead`` run SIGKILLed mid-load and run again ends like a run that was never killed.
+
+The first run is a real ``airflow dags test`` process; latency on Marketo's person write endpoint
+stretches its load over several calls, and the whole process group is killed as soon as the
+emulator has counted some person writes (and before it has counted all of them). The re-run
+must then bring both systems to the fault-free state: every lead exactly once in Marketo, one
+id-map row per lead, no duplicate persons, the watermark stored; and a further run writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from tests.e2e.conftest import SyncEnv, write_calls
+
+pytestmark = pytest.mark.e2e
+log = logging.getLogger(__name__)
+
+N_LEADS = 1500  # five load batches of 300: the load spans several write calls
+WRITE_LATENCY_MS = 700
+LEADS_PATH = "/rest/v1/leads.json"
+AIRFLOW = Path(sys.executable).with_name("airflow")
+
+
+def _seed_leads(env: SyncEnv, guids: list[str]) -> None:
+    """Dataverse leads; every tenth is excluded by the sync filter (explicit No)."""
+    rows = [
+        {
+            "leadid": g,
+            "lastname": f"Kill {i}",
+            "emailaddress1": f"kill{i}@example.com",
+            **({"new_synctomkto": False} if i % 10 == 9 else {}),
+        }
+        for i, g in enumerate(guids)
+    ]
+    dyn = env.dyn()
+    try:
+        results = dyn.upsert_records("leads", rows, ["leadid"], id_column="leadid", batch_size=500)
+        assert all(r.ok for r in results)
+    finally:
+        dyn.close()
+
+
+def _lead_writes(env: SyncEnv) -> int:
+    records: dict[str, int] = env.marketo.stats().get("records", {})
+    return int(records.get("lead.write", 0))
+
+
+def _kill_mid_load(env: SyncEnv, dag_id: str, total: int, deadline_s: float = 60.0) -> int:
+    """Run ``dag_id`` in an ``airflow dags test`` process and SIGKILL it once some writes landed.
+
+    Returns:
+        The person writes the emulator had counted when the process group was killed.
+    """
+    log_file = env.staging.parent / f"{dag_id}-killed.log"
+    with log_file.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(AIRFLOW), "dags", "test", dag_id],
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed as a whole below
+        )
+    try:
+        deadline = time.monotonic() + deadline_s
+        while (written := _lead_writes(env)) == 0:
+            if proc.poll() is not None:
+                pytest.fail(f"{dag_id} ended ({proc.returncode}) before any write:\n{log_file.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no person write within {deadline_s} s:\n{log_file.read_text()}")
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run was killed, not finished"
+    assert 0 < written < total, f"killed mid-load: {written} of {total} persons written"
+    return written
+
+
+def _persons(env: SyncEnv, guids: list[str]) -> list[dict[str, Any]]:
+    hook = env.mkto()
+    try:
+        pages = hook.get_leads("externalPersonId", guids, ["id", "externalPersonId", "email"])
+        return [p for page in pages for p in page]
+    finally:
+        hook.close()
+
+
+def test_lead_run_killed_mid_load_then_rerun_ends_like_a_clean_run(
+    sync_env: SyncEnv, new_guid: Callable[[], str]
+) -> None:
+    guids = [new_guid() for _ in range(N_LEADS)]
+    _seed_leads(sync_env, guids)
+    synced = sorted(g for i, g in enumerate(guids) if i % 10 != 9)
+    sync_env.marketo.admin(
+        "PUT", "faults", json={"latency_ms": WRITE_LATENCY_MS, "endpoints": [LEADS_PATH]}
+    ).raise_for_status()
+
+    killed_at = _kill_mid_load(sync_env, "sync_lead", len(synced))
+    log.info("sync_lead killed after %d of %d person writes", killed_at, len(synced))
+
+    sync_env.marketo.admin("DELETE", "faults").raise_for_status()
+    with sync_env.state().connect() as conn:
+        before = conn.execute(
+            text("SELECT count(*) FROM watermark WHERE entity = 'lead' AND direction = 'd2m'")
+        ).scalar()
+    assert before == 0, "the killed run stored no watermark"
+
+    sync_env.run("sync_lead")
+
+    persons = _persons(sync_env, guids)
+    assert sorted(p["externalPersonId"] for p in persons) == synced, "each lead exactly once"
+    emails = [str(p["email"]).lower() for p in persons]
+    assert len(set(emails)) == len(emails) == len(synced), "no duplicate persons by email"
+    with sync_env.state().connect() as conn:
+        links = conn.execute(
+            text("SELECT dynamics_id, count(*) FROM id_map WHERE entity = 'lead' GROUP BY dynamics_id")
+        ).all()
+        watermark = conn.execute(
+            text("SELECT count(*) FROM watermark WHERE entity = 'lead' AND direction = 'd2m'")
+        ).scalar()
+    assert sorted(str(d).lower() for d, _ in links) == synced, "one id-map row per synced lead"
+    assert {n for _, n in links} == {1}
+    assert watermark == 1, "the re-run stored the watermark"
+    by_key = {p["externalPersonId"]: p["id"] for p in persons}
+    with sync_env.state().connect() as conn:
+        mapped = dict(
+            conn.execute(text("SELECT dynamics_id, marketo_id FROM id_map WHERE entity = 'lead'")).all()
+        )
+    assert {str(k).lower(): str(v) for k, v in mapped.items()} == {k: str(v) for k, v in by_key.items()}
+
+    sync_env.reset_stats()
+    sync_env.run("sync_lead")
+    assert write_calls(sync_env.marketo.stats()) == {}, "a further run writes nothing to Marketo"
+    assert write_calls(sync_env.dynamics.stats()) == {}, "nor to Dynamics"
