@@ -33,7 +33,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 $(AIRBYTE_STAMP): tests/emulators/marketo/airbyte_venv.sh
-	PYTHON=$(PYTHON) bash tests/emulators/marketo/airbyte_venv.sh $(CURDIR)/$(AIRBYTE_VENV)
+	# PYTHONPATH would show this project's own metadata to that venv's pip check.
+	env -u PYTHONPATH PYTHON=$(PYTHON) bash tests/emulators/marketo/airbyte_venv.sh $(CURDIR)/$(AIRBYTE_VENV)
 	touch $@
 
 install: $(STAMP)
