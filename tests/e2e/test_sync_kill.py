@@ -137,10 +137,9 @@ def test_lead_run_killed_mid_load_then_rerun_ends_like_a_clean_run(
     assert watermark == 1, "the re-run stored the watermark"
     by_key = {p["externalPersonId"]: p["id"] for p in persons}
     with sync_env.state().connect() as conn:
-        mapped = dict(
-            conn.execute(text("SELECT dynamics_id, marketo_id FROM id_map WHERE entity = 'lead'")).all()
-        )
-    assert {str(k).lower(): str(v) for k, v in mapped.items()} == {k: str(v) for k, v in by_key.items()}
+        rows = conn.execute(text("SELECT dynamics_id, marketo_id FROM id_map WHERE entity = 'lead'")).all()
+    mapped: dict[str, str] = {str(d).lower(): str(m) for d, m in rows}
+    assert mapped == {k: str(v) for k, v in by_key.items()}, "the id map holds the Marketo ids"
 
     sync_env.reset_stats()
     sync_env.run("sync_lead")

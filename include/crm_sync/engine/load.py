@@ -123,6 +123,23 @@ def _links(
     return rows
 
 
+# Operations that carry a Marketo person's change into Dataverse: their failures are M→D
+# errors, keyed by the Marketo id so a later run can re-read the person (extract retries).
+_M2D_OPS = (DYNAMICS_UPSERT, MARKETO_LINK)
+
+
+def _marketo_ids_of(links: pd.DataFrame) -> dict[str, str]:
+    """Marketo id of each record of the plan whose Marketo id is known (Dataverse GUID → id)."""
+    if links.empty or MARKETO_ID not in links:
+        return {}
+    known = links.dropna(subset=[DYNAMICS_ID, MARKETO_ID])
+    return {
+        str(d): str(m)
+        for d, m in zip(known[DYNAMICS_ID], known[MARKETO_ID], strict=True)
+        if str(m) not in ("", "nan", "<NA>", "None")
+    }
+
+
 def load_batch(
     entity: EntityConfig,
     ctx: RunContext,
@@ -151,6 +168,8 @@ def load_batch(
     gone: set[str] = set()
     marketo_ids: dict[str, str] = {}
     sent: dict[str, int] = {}
+    person_ids = _marketo_ids_of(links)
+    m2d: set[str] = set()  # records with a write into Dataverse in this batch
     unknown = set(ops["op"]) - set(OP_ORDER)
     if unknown:
         raise ValueError(f"{entity.name}: unknown staged operations {sorted(unknown)}")
@@ -164,7 +183,9 @@ def load_batch(
         ids: Sequence[str] = group[DYNAMICS_ID].astype(str).tolist()
         results = _write(entity, name, payloads, marketo, dynamics)
         sent[name] = len(payloads)
-        direction = Direction.M2D if name == DYNAMICS_UPSERT else Direction.D2M
+        direction = Direction.M2D if name in _M2D_OPS else Direction.D2M
+        if direction is Direction.M2D:
+            m2d.update(ids)
         for did, res in zip(ids, results, strict=True):
             if _ok(name, res):
                 done.add(did)
@@ -177,7 +198,7 @@ def load_batch(
                     {
                         "entity": entity.name,
                         "direction": direction.value,
-                        "record_id": did,
+                        "record_id": person_ids.get(did, did) if direction is Direction.M2D else did,
                         "field": "",
                         "code": res.code or res.status.value,
                         "reason": res.reason or res.status.value,
@@ -189,8 +210,16 @@ def load_batch(
             upsert_links(session, target, link_rows)
         if gone:
             set_link_state(session, entity.name, gone, "deleted")
-        for direction in (Direction.D2M, Direction.M2D):
-            resolve_errors(session, entity.name, direction.value, ok_ids)
+        resolve_errors(session, entity.name, Direction.D2M.value, ok_ids)
+        # M→D errors are keyed by the Marketo id (older ones by the GUID); only a record whose
+        # Dataverse write succeeded here settles them, not one that was only written to Marketo.
+        settled = ok_ids & m2d
+        resolve_errors(
+            session,
+            entity.name,
+            Direction.M2D.value,
+            ok_ids | {person_ids[d] for d in settled if d in person_ids},
+        )
         if failed:
             errors = pd.DataFrame([e for rows in failed.values() for e in rows])
             record_errors(session, errors, run_id=ctx.run_id)

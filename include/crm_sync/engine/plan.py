@@ -111,6 +111,9 @@ class BatchPlan:
         errors: The transforms' errors frame (invalid records).
         conflicts: The conflict log rows.
         stale_ids: Linked records whose sync filter switched to No (stop updating them).
+        settled_m2d: Marketo ids of valid Marketo records that need no write into Dataverse
+            (their values are there already, or Dataverse wins): an earlier M→D error of
+            theirs is over.
         counts: ``received``, ``valid``, ``filtered``, ``unchanged``, ``failed``.
     """
 
@@ -119,6 +122,7 @@ class BatchPlan:
     errors: pd.DataFrame = field(default_factory=empty_errors)
     conflicts: pd.DataFrame = field(default_factory=empty_conflicts)
     stale_ids: list[str] = field(default_factory=list)
+    settled_m2d: list[str] = field(default_factory=list)
     filter_values: pd.DataFrame = field(default_factory=pd.DataFrame)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -271,12 +275,17 @@ def plan_changes(
         payloads = roles.astype(object).where(roles.notna(), None).to_dict("records")
         ops.append(_ops(MARKETO_ROLE_UPSERT, roles["externalOpportunityId"].astype(str).tolist(), payloads))
     written = resolution.marketo_ids.union(resolution.dynamics_ids)
+    settled: list[str] = []
+    if m_canon is not None:
+        quiet = ~m_canon[DYNAMICS_ID].astype(str).isin({str(i) for i in resolution.dynamics_ids})
+        settled = sorted(as_string(m_canon.loc[quiet.to_numpy(), MARKETO_ID]).dropna().unique().tolist())
     plan = BatchPlan(
         ops=pd.concat(ops, ignore_index=True),
         links=_link_frame(entity, resolution, written, canonical, filter_values),
         errors=errors,
         conflicts=resolution.conflicts,
         stale_ids=stale,
+        settled_m2d=settled,
         counts=counts,
     )
     log.debug("%s plan: %s, %d ops", entity.name, counts, len(plan.ops))

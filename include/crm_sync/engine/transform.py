@@ -16,7 +16,7 @@ import pandas as pd
 
 from crm_sync.config import Direction
 from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes, plan_new_persons
-from crm_sync.state import log_conflicts, lookup_links, record_errors, session_scope
+from crm_sync.state import log_conflicts, lookup_links, record_errors, resolve_errors, session_scope
 from crm_sync.state.idmap import upsert_links
 from crm_sync.transforms import ID_MAP_COLUMNS, flagged_unlinked, persons_for_entity
 from crm_sync.transforms.casts import as_string
@@ -157,6 +157,8 @@ def _new_person_plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str,
     with session_scope(ctx.state) as session:
         # A person already linked (its key write-back still pending) is not created twice.
         known = lookup_links(session, entity.name, marketo_ids=_lower_ids(flagged["id"]).dropna().tolist())
+        # Its earlier M→D error (a create or link that failed before) is over.
+        resolve_errors(session, entity.name, Direction.M2D.value, known["marketo_id"].dropna().astype(str))
     flagged = flagged[~_lower_ids(flagged["id"]).isin(set(known["marketo_id"].dropna()))]
     taken: set[str] = set()
     if matches is not None and len(matches):
@@ -178,6 +180,8 @@ def _record(session: Session, entity: EntityConfig, plan: BatchPlan, run_id: str
         record_errors(session, plan.errors, run_id=run_id)
     if len(plan.conflicts):
         log_conflicts(session, plan.conflicts, run_id=run_id)
+    if plan.settled_m2d:
+        resolve_errors(session, entity.name, Direction.M2D.value, plan.settled_m2d)
     if plan.stale_ids:
         # Filter switched to No: stop updating the link, delete nothing (sync-semantics §4.3).
         # (upsert_links would reset a row it writes to "active", so the state goes in the row.)

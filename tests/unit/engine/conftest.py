@@ -34,6 +34,7 @@ class FakeDynamics:
     log: list[tuple[int, str, str, bool]] = field(default_factory=list)  # version, set, id, deleted
     expired: set[str] = field(default_factory=set)
     calls: dict[str, int] = field(default_factory=dict)
+    fail: dict[str, str] = field(default_factory=dict)  # row key -> error code of a refused write
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -104,6 +105,10 @@ class FakeDynamics:
         self._count("upsert_records")
         out = []
         for i, rec in enumerate(records):
+            if str(rec[key_columns[0]]) in self.fail:
+                code = self.fail[str(rec[key_columns[0]])]
+                out.append(WriteResult(i, WriteStatus.FAILED, reason="refused", code=code))
+                continue
             existed = rec[key_columns[0]] in self.tables.get(entity_set, {})
             self.put(entity_set, dict(rec), key_columns[0])
             status = WriteStatus.UPDATED if existed else WriteStatus.CREATED
