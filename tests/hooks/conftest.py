@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,3 +82,22 @@ def dynamics_conn(set_connection: Callable[..., str], tmp_path: Path) -> Callabl
         )
 
     return make
+
+
+def hammer_from_two_processes(
+    hammer: Callable[[str, dict[str, str], int], int], conn_id: str, count: int
+) -> tuple[list[int], float]:
+    """Run ``hammer(conn_id, env, count)`` in two spawned processes at once.
+
+    Each process builds its own hook from the connection's ``AIRFLOW_CONN_*`` variable, so only
+    the shared limiter store can keep them together under the service's limits.
+
+    Returns:
+        What each process returned, and the wall time of both.
+    """
+    var = f"AIRFLOW_CONN_{conn_id.upper()}"
+    env = {var: os.environ[var]}
+    began = time.monotonic()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        done = pool.starmap(hammer, [(conn_id, env, count), (conn_id, env, count)])
+    return done, time.monotonic() - began

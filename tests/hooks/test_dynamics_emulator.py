@@ -5,9 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import multiprocessing
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from crm_sync_hooks.dynamics import DeltaTokenExpired, DynamicsHook
 from crm_sync_hooks.results import WriteStatus
 from crm_sync_hooks.retry import RetryPolicy
 from emulators.common.credentials import default_credentials
+from tests.hooks.conftest import hammer_from_two_processes
 from tests.support.emulator_procs import RunningEmulator, start_emulator
 
 pytestmark = pytest.mark.e2e
@@ -284,11 +283,7 @@ def test_limiter_keeps_two_processes_under_the_service_limits(monkeypatch, tmp_p
             rate_limit_window_seconds=1.0,
             max_concurrent_calls=3,
         )
-        env = {f"AIRFLOW_CONN_{conn_id.upper()}": os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"]}
-        began = time.monotonic()
-        with multiprocessing.get_context("spawn").Pool(2) as pool:
-            done = pool.starmap(_hammer, [(conn_id, env, 12), (conn_id, env, 12)])
-        elapsed = time.monotonic() - began
+        done, elapsed = hammer_from_two_processes(_hammer, conn_id, 12)
         stats = stats_of(emu)
         assert done == [12, 12]
         assert stats["limit_hits"] == {}

@@ -24,7 +24,7 @@ def test_request_count_limit_refuses_the_request_over_the_window(fresh_emulator)
     assert refused.status_code == 429
     assert _error_code(refused) == "0x80072322"
     assert "limit of 5 over time window of 300 seconds" in refused.json()["error"]["message"]
-    assert 1 <= int(refused.headers["Retry-After"]) <= 5
+    assert int(refused.headers["Retry-After"]) in range(1, 6)
     assert dv.emu.stats()["limit_hits"] == {"0x80072322": 1}
     wait_until(lambda: dv.get("WhoAmI").status_code == 200, timeout=15, interval=0.5)
 
@@ -37,7 +37,7 @@ def test_execution_time_limit(fresh_emulator):
     refused = dv.get("WhoAmI")
     assert refused.status_code == 429
     assert _error_code(refused) == "0x80072321"
-    assert 1 <= int(refused.headers["Retry-After"]) <= 10
+    assert int(refused.headers["Retry-After"]) in range(1, 11)
 
 
 def test_concurrency_limit_refuses_at_once(fresh_emulator):
