@@ -2,7 +2,8 @@
 
 ``--scale`` is the number of leads; the other tables follow in proportion (per 1,000 leads: 100
 accounts, 500 contacts, 100 opportunities each with a stakeholder connection, 50 projects, and
-a handful of users and teams). The same ``--seed`` gives the same database.
+a handful of users and teams). Every project links a contact whose sync filter is not an explicit
+No, as the project mapping requires its person. The same ``--seed`` gives the same database.
 
 Speed: Faker is slow per call, so it only fills small pools of names, companies, streets and
 so on; rows are then drawn from those pools with one seeded ``random.Random`` and written with
@@ -276,10 +277,14 @@ def _seed_all(s: Seeder, scale: int) -> dict[str, int]:
 
     account_ids = s.insert("account", accounts())
 
+    # Contacts whose sync filter is not an explicit No: they reach Marketo, so records that must
+    # link to a person there (projects) pick one of these.
+    synced_contact_ids: list[str] = []
+
     def contacts() -> Iterator[dict[str, Any]]:
         for i in range(n_contacts):
             has_account = r.random() < 0.9
-            yield {
+            row = {
                 "contactid": s.guid(),
                 **s.person(i, "c"),
                 "statecode": 0,
@@ -289,8 +294,12 @@ def _seed_all(s: Seeder, scale: int) -> dict[str, int]:
                 "mkt_leadscore": r.rint(0, 100),
                 **s.system(owner),
             }
+            if row["new_synctomkto"] != 0:
+                synced_contact_ids.append(row["contactid"])
+            yield row
 
     contact_ids = s.insert("contact", contacts())
+    project_contacts = synced_contact_ids or contact_ids
 
     def leads() -> Iterator[dict[str, Any]]:
         for i in range(scale):
@@ -376,7 +385,9 @@ def _seed_all(s: Seeder, scale: int) -> dict[str, int]:
                 "new_startdate": (EPOCH - dt.timedelta(days=r.rng.randrange(700))).date().isoformat(),
                 "new_status": r.pick([100000000, 100000001, 100000002]),
                 "new_accountid": r.pick(account_ids),
-                "new_contactid": r.pick(contact_ids) if r.random() < 0.5 else None,
+                # The project mapping requires the contact lookup (a Marketo custom object
+                # record must link to a person), so every seeded project has a synced contact.
+                "new_contactid": r.pick(project_contacts),
                 "statecode": 0,
                 "statuscode": 1,
                 "new_synctomkto": s.sync_flag(),
