@@ -1,0 +1,289 @@
+"""The sync status page: a small FastAPI app the Airflow API server mounts under ``/crm-sync-status``.
+
+Figures come from :mod:`crm_sync.status` (the state store); this module only handles the web
+side: who may see or change what, reading the project's Variables, rendering escaped HTML.
+
+Access control: every route resolves the caller through Airflow's own authentication (the
+UI's ``_token`` session cookie or an ``Authorization: Bearer`` JWT, exactly as ``/api/v2``
+does) and asks the configured auth manager whether the user may read DAG runs (viewing) or
+create DAG runs (re-queueing, which schedules work like a trigger does). The re-queue form
+carries a token derived from the API server's ``[api] secret_key`` and the user name, and a
+cross-origin ``Origin`` is refused, so another page cannot submit it with the user's cookie.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from crm_sync import status as sync_status
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+log = logging.getLogger(__name__)
+
+URL_PREFIX = "/crm-sync-status"
+STATE_URL_VARIABLE = "mds_state_db_url"
+QUOTA_VARIABLE = "mds_marketo_daily_quota"
+ENTITIES_ENV = "MDS_ENTITIES_DIR"
+
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_templates.filters["age"] = sync_status.format_age
+_bearer = HTTPBearer(auto_error=False)
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+# --- access control -------------------------------------------------------------------------
+
+
+async def _user(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Any:
+    """The Airflow user of this request (JWT from the bearer header or the UI session cookie)."""
+    from airflow.api_fastapi.core_api.security import get_user  # the API server's own resolver
+
+    return await get_user(request, None, credentials)
+
+
+def _authorize(user: Any, method: Literal["GET", "POST"]) -> Any:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+
+    allowed = get_auth_manager().is_authorized_dag(
+        method=method, access_entity=DagAccessEntity.RUN, user=user
+    )
+    if not allowed:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden")
+    return user
+
+
+def _reader(user: Annotated[Any, Depends(_user)]) -> Any:
+    """Users who may read DAG runs may see the status."""
+    return _authorize(user, "GET")
+
+
+def _requeuer(user: Annotated[Any, Depends(_user)]) -> Any:
+    """Users who may trigger DAG runs may re-queue record errors."""
+    return _authorize(user, "POST")
+
+
+def _user_name(user: Any) -> str:
+    getter = getattr(user, "get_name", None)
+    return str(getter() if callable(getter) else getattr(user, "username", ""))
+
+
+def _form_token(user: Any) -> str:
+    """Anti-forgery token of the re-queue form: HMAC of the user name under the API secret key."""
+    from airflow.configuration import conf
+
+    key = conf.get("api", "secret_key", fallback="") or ""
+    if not key:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "[api] secret_key is not set")
+    msg = f"crm-sync-status:requeue:{_user_name(user)}".encode()
+    return hmac.new(key.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        # Browsers send Origin on POST; "null" comes from sandboxed frames without same-origin.
+        return origin is None
+    own = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
+    return origin.rstrip("/") == own
+
+
+# --- settings from Airflow Variables --------------------------------------------------------
+
+
+def _variable(key: str) -> str | None:
+    from airflow.models.variable import Variable
+
+    value = Variable.get(key, default_var=None)
+    return None if value in (None, "") else str(value)
+
+
+def state_url() -> str:
+    """The state store URL: Variable ``mds_state_db_url`` or the project default (as the DAGs use)."""
+    from crm_sync.state import default_url
+
+    return _variable(STATE_URL_VARIABLE) or default_url()
+
+
+def daily_quota() -> int:
+    """Variable ``mds_marketo_daily_quota`` (default 50,000 calls).
+
+    Raises:
+        ValueError: The Variable is not a whole number of zero or more.
+    """
+    raw = _variable(QUOTA_VARIABLE)
+    if raw is None:
+        return sync_status.DEFAULT_DAILY_QUOTA
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"Variable {QUOTA_VARIABLE} must be a whole number of API calls, not {raw!r}"
+        ) from None
+    if value < 0:
+        raise ValueError(f"Variable {QUOTA_VARIABLE} must be zero or more, not {value}")
+    return value
+
+
+def configured_entities() -> dict[str, str]:
+    """Entity name → configured direction, from the same entity folder the DAG factory reads."""
+    from crm_sync.config import ENTITIES_DIR, load_entities
+
+    folder = Path(os.environ.get(ENTITIES_ENV) or ENTITIES_DIR)
+    return {name: e.direction.value for name, e in load_entities(folder).items()}
+
+
+def _engine(url: str) -> Engine:
+    from crm_sync.state import make_engine
+
+    with _engines_lock:
+        if url not in _engines:
+            _engines[url] = make_engine(url)
+        return _engines[url]
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# --- the status itself ----------------------------------------------------------------------
+
+
+def collect() -> dict[str, Any]:
+    """Everything the page shows, as plain data (also served as JSON)."""
+    from crm_sync.state import current_revision, session_scope, utcnow
+
+    url = state_url()
+    out: dict[str, Any] = {
+        "generated_at": utcnow().isoformat(),
+        "state_store": _safe_url(url),
+        "ready": False,
+        "entities": [],
+        "quota": None,
+        "errors": [],
+        "errors_total": 0,
+        "problems": [],
+    }
+    configured = configured_entities()
+    engine = _engine(url)
+    if current_revision(engine) is None:
+        out["problems"].append("The state store has no tables yet: no sync has run against it.")
+        out["entities"] = [sync_status.blank_row(n, d) for n, d in sorted(configured.items())]
+        return out
+    try:
+        limit = daily_quota()
+    except ValueError as exc:
+        out["problems"].append(str(exc))
+        limit = sync_status.DEFAULT_DAILY_QUOTA
+    with session_scope(engine) as session:
+        out["entities"] = sync_status.entity_status(session, configured)
+        out["quota"] = sync_status.quota_usage(session, limit=limit).as_dict()
+        out["errors"], out["errors_total"] = sync_status.error_list(session)
+    out["ready"] = True
+    return out
+
+
+def _collect_or_503() -> dict[str, Any]:
+    try:
+        return collect()
+    except HTTPException:
+        raise
+    except Exception as exc:
+        # The details (which may name hosts or users) go to the API server log only.
+        log.exception("sync status: reading the state store failed")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"state store not readable ({type(exc).__name__}); see the API server log",
+        ) from None
+
+
+def create_app() -> FastAPI:
+    """The FastAPI app of the status page (mounted by the plugin under :data:`URL_PREFIX`)."""
+    app = FastAPI(title="Marketo-Dynamics sync status", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/", response_class=HTMLResponse, name="status_page")
+    def status_page(
+        request: Request, user: Annotated[Any, Depends(_reader)], requeued: int | None = None
+    ) -> HTMLResponse:
+        data = _collect_or_503()
+        can_requeue = True
+        try:
+            _authorize(user, "POST")
+        except HTTPException:
+            can_requeue = False
+        html = _templates.get_template("status.html").render(
+            data=data,
+            user=_user_name(user),
+            can_requeue=can_requeue,
+            form_token=_form_token(user) if can_requeue else "",
+            requeued=requeued,
+        )
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @app.get("/status.json", name="status_json")
+    def status_json(user: Annotated[Any, Depends(_reader)]) -> JSONResponse:
+        return JSONResponse(_collect_or_503(), headers={"Cache-Control": "no-store"})
+
+    @app.post("/requeue", name="requeue")
+    def requeue(
+        request: Request,
+        user: Annotated[Any, Depends(_requeuer)],
+        token: Annotated[str, Form()],
+        entity: Annotated[str, Form()] = "",
+        direction: Annotated[str, Form()] = "",
+        source_id: Annotated[str, Form()] = "",
+    ) -> RedirectResponse:
+        if not _same_origin(request) or not hmac.compare_digest(token, _form_token(user)):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, "re-queue form token or origin not valid; reload the page"
+            )
+        from crm_sync.state import session_scope
+
+        try:
+            with session_scope(_engine(state_url())) as session:
+                count = sync_status.requeue(
+                    session,
+                    entity=entity or None,
+                    direction=direction or None,
+                    source_ids=[source_id] if source_id else None,
+                    known_entities=configured_entities(),
+                )
+        except ValueError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        log.info(
+            "sync status: %s re-queued %d parked record errors (entity=%r direction=%r record=%r)",
+            _user_name(user),
+            count,
+            entity,
+            direction,
+            source_id,
+        )
+        return RedirectResponse(f"./?requeued={count}", status_code=status.HTTP_303_SEE_OTHER)
+
+    return app
+
+
+app = create_app()
