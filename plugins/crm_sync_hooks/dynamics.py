@@ -88,6 +88,21 @@ class ChangePage:
     delta_link: str | None
 
 
+@dataclass(frozen=True)
+class QueryPage:
+    """One page of a query, with where the next page starts.
+
+    Attributes:
+        rows: The page's rows.
+        next_link: ``@odata.nextLink`` of the page, None on the last one. Passing it back as
+            ``start_link`` to :meth:`DynamicsHook.query_pages` continues the same query there
+            (a resumable read: a restarted copy does not read the finished pages again).
+    """
+
+    rows: list[dict[str, Any]]
+    next_link: str | None
+
+
 def odata_error(resp: requests.Response) -> tuple[str, str]:
     """Return ``(code, message)`` of a Web API error body (empty strings when there is none)."""
     try:
@@ -375,6 +390,32 @@ class DynamicsHook(DynamicsWritesMixin, CrmApiHook):
             rows = list(body.get("value") or [])
             if rows:
                 yield rows
+
+    def query_pages(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str],
+        filter: str | None = None,
+        expand: str | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        start_link: str | None = None,
+    ) -> Iterator[QueryPage]:
+        """Yield every page of a query with its next link, starting at ``start_link`` if given.
+
+        The next link holds all query options (and the server's paging cookie), so the read can
+        be resumed from the last link a caller stored. Empty pages are yielded too.
+        """
+        params = None
+        if start_link is None:
+            params = {
+                k: v
+                for k, v in {"$select": ",".join(select), "$filter": filter, "$expand": expand}.items()
+                if v
+            }
+        prefer = f"odata.maxpagesize={self._page_size(page_size)}"
+        for body in self._pages(start_link or entity_set, params, prefer):
+            yield QueryPage(list(body.get("value") or []), body.get("@odata.nextLink"))
 
     def track_changes(
         self,

@@ -284,11 +284,14 @@ class MarketoBulkMixin:
         max_file_bytes: int = 9_500_000,
         poll_seconds: float | None = None,
         max_wait_seconds: float = 6 * 3600,
+        first_poll_seconds: float = 0.0,
     ) -> list[BulkImportJob]:
         """Import leads through bulk import jobs of CSV files under 10 MB; one summary per file.
 
         Only the columns in ``fields`` are sent. Rows without a ``lookup_field`` value are
         reported as skipped in the first job's failures without being sent.
+        ``first_poll_seconds`` is waited before a job's first status call: a caller that can
+        estimate the job's duration saves the status calls of a job still queued.
         """
         if lookup_field not in fields:
             raise ValueError(f"fields must include the lookup field {lookup_field!r}")
@@ -305,7 +308,9 @@ class MarketoBulkMixin:
         for data, index_by_key, count in self._import_files(
             rows, fields, lookup_field, max_file_bytes, skipped
         ):
-            job = self._run_import(data, params, index_by_key, count, lookup_field, poll, max_wait_seconds)
+            job = self._run_import(
+                data, params, index_by_key, count, lookup_field, poll, max_wait_seconds, first_poll_seconds
+            )
             jobs.append(job)
         if skipped:
             if not jobs:
@@ -357,6 +362,7 @@ class MarketoBulkMixin:
         lookup_field: str,
         poll_seconds: float,
         max_wait_seconds: float,
+        first_poll_seconds: float = 0.0,
     ) -> BulkImportJob:
         created = self._first_result(
             self.call(
@@ -371,6 +377,8 @@ class MarketoBulkMixin:
         )
         batch_id = str(created.get("batchId") or created.get("importId"))
         deadline = time.monotonic() + max_wait_seconds
+        if first_poll_seconds > 0:
+            self.poll_sleep(min(first_poll_seconds, max_wait_seconds))
         while True:
             status = self._first_result(
                 self.call_json("GET", f"/bulk/v1/leads/batch/{batch_id}.json"),
