@@ -1,8 +1,18 @@
-"""Start, check and stop the local stack: the API emulators and Airflow standalone.
+"""Start, check and stop the local demo stack.
 
-``make demo`` calls ``start``; ``make stop`` calls ``stop``. Every process is started in its own
-session, its PID is written under ``.run/``, and ``stop`` ends exactly those process groups
-(by PID, never by name).
+``make demo`` calls ``start``: the two API emulators (seeded on first start), the alert sink,
+Airflow standalone with ``airflow_settings.yaml`` loaded (pointed at this stack's ports and
+folders), every ``sync_*`` DAG unpaused, ``full_copy`` triggered once (when the DAG exists and has
+never run), and the activity process that keeps changing both CRMs. ``make stop`` calls ``stop``.
+``make demo-check`` calls ``check`` (compares both systems through ``crm_sync.reconcile``).
+
+Every process is started in its own session, its PID is written under ``.run/``, and ``stop``
+ends exactly those process groups (by PID, never by name).
+
+Environment: ``MDS_STACK_DIR`` (run-time folder), ``MDS_AIRFLOW_PORT``, ``MDS_MARKETO_PORT``,
+``MDS_DYNAMICS_PORT``, ``MDS_ALERT_SINK_PORT``; ``MDS_DEMO_SCALE`` (leads seeded in Dataverse,
+default 2000); ``MDS_ACTIVITY_INTERVAL``/``_LEADS``/``_CONTACTS``/``_OPPORTUNITIES`` (activity
+rate; ``MDS_ACTIVITY_INTERVAL=0`` turns the activity off); ``MDS_ENTITIES_DIR`` (entity files).
 """
 
 from __future__ import annotations
@@ -18,7 +28,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+from crm_sync.config import ENTITIES_DIR, load_entities
+from crm_sync.demo import ALERT_SINK_PORT
 from crm_sync.localenv import (
     AIRFLOW_API_PORT,
     DYNAMICS_EMULATOR_PORT,
@@ -26,6 +39,7 @@ from crm_sync.localenv import (
     PROJECT_DIR,
     airflow_env,
 )
+from crm_sync.settings_loader import AirflowSettings, load_into_airflow, parse_settings
 
 # MDS_STACK_DIR moves all run-time state (PIDs, logs, databases, Airflow home) elsewhere.
 STACK_DIR = Path(os.environ.get("MDS_STACK_DIR", PROJECT_DIR))
@@ -35,8 +49,13 @@ LOG_DIR = VAR_DIR / "log"
 AIRFLOW_HOME = STACK_DIR / ".airflow"
 BIN_DIR = Path(sys.executable).parent
 CA_FILE = VAR_DIR / "emulators" / "ca" / "ca.pem"
+ALERTS_FILE = LOG_DIR / "alerts.jsonl"
+AIRFLOW_URL = f"http://127.0.0.1:{AIRFLOW_API_PORT}"
+ALERT_SINK_URL = f"http://127.0.0.1:{ALERT_SINK_PORT}/alerts"
 # Demo data on first start: Dynamics is the system of record; Marketo has its own persons too.
-DEMO_SEED_SCALE = {"marketo": 500, "dynamics": 2000}
+_SCALE = int(os.environ.get("MDS_DEMO_SCALE", "2000"))
+DEMO_SEED_SCALE = {"marketo": max(1, _SCALE // 4), "dynamics": _SCALE}
+FULL_COPY_DAG = "full_copy"
 
 
 def _pid_file(name: str) -> Path:
@@ -167,16 +186,118 @@ def start_airflow(env: dict[str, str]) -> None:
         raise SystemExit(f"Airflow did not become healthy within 180 s; see {LOG_DIR / 'airflow.log'}")
 
 
+def entities_dir() -> Path:
+    """The entity files the DAGs are built from (``$MDS_ENTITIES_DIR`` or the project's)."""
+    return Path(os.environ.get("MDS_ENTITIES_DIR") or ENTITIES_DIR)
+
+
+def demo_settings() -> AirflowSettings:
+    """``airflow_settings.yaml`` aimed at this stack.
+
+    ``${MDS_PROJECT_DIR}`` becomes the stack folder (state store, staging, CA under its ``var/``);
+    the connections point at the emulators' ports and share one limiter file; the alert
+    webhook Variable points at the alert sink's port.
+    """
+    settings = parse_settings(PROJECT_DIR / "airflow_settings.yaml", env={"MDS_PROJECT_DIR": str(STACK_DIR)})
+    hosts = {
+        "marketo_default": f"https://127.0.0.1:{MARKETO_EMULATOR_PORT}",
+        "dynamics_default": f"https://127.0.0.1:{DYNAMICS_EMULATOR_PORT}",
+    }
+    for conn_id, conn in settings.connections.items():
+        if conn_id not in hosts:
+            continue
+        extra: dict[str, Any] = json.loads(conn.get("extra") or "{}")
+        conn["host"] = hosts[conn_id]
+        extra["ca_bundle"] = str(CA_FILE)
+        extra.setdefault("limiter_url", f"sqlite:///{VAR_DIR / 'api_limiter.sqlite'}")
+        if "authority_host" in extra:
+            extra["authority_host"] = hosts[conn_id]
+        conn["extra"] = json.dumps(extra, sort_keys=True)
+    settings.variables["mds_alert_webhook_url"] = ALERT_SINK_URL
+    return settings
+
+
 def load_settings(env: dict[str, str]) -> None:
-    subprocess.run(
+    """Import :func:`demo_settings` into Airflow's metadata DB (overwrite mode)."""
+    load_into_airflow(demo_settings(), env)
+    print(f"airflow: loaded airflow_settings.yaml (alerts go to {ALERT_SINK_URL})")
+
+
+def start_alert_sink(env: dict[str, str]) -> None:
+    """Start the local webhook receiver the failure alerts are posted to."""
+    _spawn(
+        "alert-sink",
         [
             str(BIN_DIR / "python"),
             "-m",
-            "crm_sync.settings_loader",
-            str(PROJECT_DIR / "airflow_settings.yaml"),
+            "crm_sync.demo.alert_sink",
+            "--port",
+            str(ALERT_SINK_PORT),
+            "--file",
+            str(ALERTS_FILE),
         ],
-        env=env,
-        check=True,
+        env,
+    )
+    if not _wait_http(f"http://127.0.0.1:{ALERT_SINK_PORT}/health", 30):
+        raise SystemExit(f"the alert sink did not start; see {LOG_DIR / 'alert-sink.log'}")
+
+
+def airflow_api() -> Any:
+    """A logged-in :class:`crm_sync.demo.airflow_api.AirflowApi` for this stack."""
+    from crm_sync.demo.airflow_api import AirflowApi
+    from crm_sync.demo.airflow_api import admin_password as read_password
+
+    return AirflowApi(AIRFLOW_URL, "admin", read_password(AIRFLOW_HOME))
+
+
+def start_dags() -> None:
+    """Unpause every ``sync_*`` DAG; trigger ``full_copy`` when it exists and has never run."""
+    sync_ids = {entity.dag_id for entity in load_entities(entities_dir()).values()}
+    wanted = set(sync_ids)
+    if (PROJECT_DIR / "dags" / f"{FULL_COPY_DAG}.py").exists():
+        wanted.add(FULL_COPY_DAG)
+    api = airflow_api()
+    try:
+        missing = api.wait_for_dags(wanted, 180)
+        if missing - {FULL_COPY_DAG}:
+            raise SystemExit(
+                f"DAGs not parsed within 180 s: {sorted(missing)}; see {LOG_DIR / 'airflow.log'}"
+            )
+        if FULL_COPY_DAG in wanted - missing:
+            api.set_paused(FULL_COPY_DAG, False)
+            if api.run_count(FULL_COPY_DAG) == 0:
+                print(f"airflow: {FULL_COPY_DAG} triggered (run {api.trigger(FULL_COPY_DAG)})")
+        elif FULL_COPY_DAG in wanted:
+            print(f"airflow: {FULL_COPY_DAG} did not appear in time; not triggered")
+        for dag_id in sorted(sync_ids):
+            api.set_paused(dag_id, False)
+        print(f"airflow: unpaused {', '.join(sorted(sync_ids))}")
+    finally:
+        api.close()
+
+
+def start_activity(env: dict[str, str]) -> None:
+    """Start the process that keeps changing both CRMs (off with ``MDS_ACTIVITY_INTERVAL=0``)."""
+    from crm_sync.demo.activity import ActivityConfig
+
+    config = ActivityConfig.from_env(env)
+    if config.interval_s <= 0:
+        print("activity: off (MDS_ACTIVITY_INTERVAL=0)")
+        return
+    _spawn(
+        "activity",
+        [
+            str(BIN_DIR / "python"),
+            "-m",
+            "crm_sync.demo.activity",
+            "--marketo-url",
+            f"https://127.0.0.1:{MARKETO_EMULATOR_PORT}",
+            "--dynamics-url",
+            f"https://127.0.0.1:{DYNAMICS_EMULATOR_PORT}",
+            "--ca-file",
+            str(CA_FILE),
+        ],
+        env,
     )
 
 
@@ -194,16 +315,45 @@ def start() -> None:
     env = _base_env()
     try:
         start_emulators(env)
+        start_alert_sink(env)
         start_airflow(env)
         load_settings(env)
-    except (SystemExit, subprocess.CalledProcessError):
+        start_dags()
+        start_activity(env)
+    except (SystemExit, subprocess.CalledProcessError, RuntimeError, OSError):
         print("start-up failed; stopping what was started")
         stop()
         raise
     print()
     print(f"Airflow UI:  http://127.0.0.1:{AIRFLOW_API_PORT}")
     print(f"Login:       admin / {admin_password()}")
-    print("Stop with:   make stop")
+    print(f"Alerts:      {ALERTS_FILE} (sink {ALERT_SINK_URL})")
+    print(f"Activity:    {LOG_DIR / 'activity.log'}")
+    print("Stop with:   make stop   (make demo-fault: watch a task fail, retry, alert and recover)")
+
+
+def check() -> int:
+    """Compare both systems with ``crm_sync.reconcile`` and print the differences (exit 1 if any).
+
+    The check reads through the demo's connections (aimed at this stack's emulators), given to
+    the reconcile command as ``AIRFLOW_CONN_*`` variables, and this stack's state store.
+    """
+    settings = demo_settings()
+    env = _base_env()
+    for conn_id, conn in settings.connections.items():
+        data = {k: v for k, v in conn.items() if k != "description"}
+        data["extra"] = json.loads(conn.get("extra") or "{}")
+        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(data)
+    env["AIRFLOW_VAR_MDS_STATE_DB_URL"] = settings.variables["mds_state_db_url"]
+    argv = [
+        str(BIN_DIR / "python"),
+        "-m",
+        "crm_sync.reconcile",
+        "check",
+        "--entities-dir",
+        str(entities_dir()),
+    ]
+    return subprocess.run(argv, env=env, check=False).returncode
 
 
 def _group_alive(pgid: int) -> bool:
@@ -257,12 +407,14 @@ def status() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("command", choices=["start", "stop", "status", "check"])
     args = parser.parse_args()
     if args.command == "start":
         start()
     elif args.command == "stop":
         stop()
+    elif args.command == "check":
+        return check()
     else:
         return status()
     return 0

@@ -1,0 +1,115 @@
+"""A small client of Airflow's REST API v2 for the demo commands (unpause, trigger, watch runs).
+
+It logs in as the demo's admin (the password ``airflow standalone`` generated) and keeps the JWT
+in memory only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import requests
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class AirflowApiError(RuntimeError):
+    """The Airflow API refused a call; the message names the call and the status."""
+
+
+def admin_password(airflow_home: Path, timeout_s: float = 30.0) -> str:
+    """The admin password ``airflow standalone`` wrote into its home (waits for the file).
+
+    Raises:
+        FileNotFoundError: The file did not appear within ``timeout_s``.
+    """
+    file = airflow_home / "simple_auth_manager_passwords.json.generated"
+    deadline = time.monotonic() + timeout_s
+    while not file.exists():
+        if time.monotonic() > deadline:
+            raise FileNotFoundError(f"{file} does not exist; is the demo's Airflow running?")
+        time.sleep(1)
+    return str(json.loads(file.read_text())["admin"])
+
+
+class AirflowApi:
+    """REST API v2 calls the demo needs.
+
+    Args:
+        base_url: ``http://127.0.0.1:<port>``.
+        username: Login (``admin`` in the demo).
+        password: Its password.
+    """
+
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        resp = self.session.post(
+            f"{self.base_url}/auth/token",
+            json={"username": username, "password": password},
+            timeout=timeout,
+        )
+        if resp.status_code not in (200, 201):
+            raise AirflowApiError(f"POST /auth/token: HTTP {resp.status_code}")
+        self.session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        resp = self.session.request(method, f"{self.base_url}/api/v2/{path}", json=body, timeout=self.timeout)
+        if resp.status_code >= 400:
+            raise AirflowApiError(f"{method} /api/v2/{path}: HTTP {resp.status_code} {resp.text[:300]}")
+        return resp.json() if resp.content else None
+
+    def dag_ids(self) -> set[str]:
+        """Ids of every DAG the dag-processor has parsed so far."""
+        found: set[str] = set()
+        offset = 0
+        while True:
+            page = self._call("GET", f"dags?limit=100&offset={offset}")
+            found |= {d["dag_id"] for d in page["dags"]}
+            offset += len(page["dags"])
+            if not page["dags"] or offset >= page["total_entries"]:
+                return found
+
+    def wait_for_dags(self, wanted: set[str], timeout_s: float) -> set[str]:
+        """Wait until every DAG in ``wanted`` is listed; return those still missing at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            missing = wanted - self.dag_ids()
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(2)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        """Pause or unpause one DAG."""
+        self._call("PATCH", f"dags/{quote(dag_id)}", {"is_paused": paused})
+
+    def run_count(self, dag_id: str) -> int:
+        """How many runs ``dag_id`` has had (any state)."""
+        return int(self._call("GET", f"dags/{quote(dag_id)}/dagRuns?limit=1")["total_entries"])
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """Trigger a manual run now; return its run id."""
+        run = self._call("POST", f"dags/{quote(dag_id)}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        return str(run["dag_run_id"])
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        """State of one run (queued, running, success, failed)."""
+        return str(self._call("GET", f"dags/{quote(dag_id)}/dagRuns/{quote(run_id)}")["state"])
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, tuple[str | None, int]]:
+        """``task_id[map index]`` → (state, try number) of one run's task instances."""
+        page = self._call("GET", f"dags/{quote(dag_id)}/dagRuns/{quote(run_id)}/taskInstances?limit=1000")
+        out: dict[str, tuple[str | None, int]] = {}
+        for ti in page["task_instances"]:
+            name = ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else "")
+            out[name] = (ti.get("state"), int(ti.get("try_number") or 0))
+        return out
+
+    def close(self) -> None:
+        """Close the keep-alive connection."""
+        self.session.close()
