@@ -4,8 +4,11 @@ Thin wiring only: every task calls :mod:`crm_sync.engine.runner`, imported insid
 parsing this file stays cheap and touches no network or database. Adding an entity is adding a
 YAML file under ``include/crm_sync/entities/`` (or the folder named by ``$MDS_ENTITIES_DIR``).
 
-Run shape: ``extract_changes`` → ``transform`` → ``load`` (mapped, one task per staged batch) →
-``commit`` (advances the watermark only when every batch is loaded).
+Run shape: ``preflight`` (Marketo budget left today, schema drift check) → ``extract_changes``
+→ ``transform`` → ``guard`` (mass-delete guard, the load's API cost against the budget) →
+``load`` (mapped, one task per staged batch) → ``commit`` (advances the watermark only when
+every batch is loaded). A guard that stops the run fails its task at once (no retries; the
+failure alert carries its message); a deferred low-priority run skips ``load`` and ``commit``.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, get_current_context, task
+from airflow.sdk import DAG, Param, get_current_context, task
 
 from crm_sync.config import ENTITIES_DIR, Direction, EntityConfig, load_entities
 from crm_sync.dag_defaults import START_DATE, TAG_VOCABULARY, default_args
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from crm_sync.engine.runner import RunSettings
+    from crm_sync.guards import GuardSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,52 @@ def _settings(entities_dir: str) -> RunSettings:
     run_id = str(get_current_context()["run_id"])
     state_url = Variable.get("mds_state_db_url", default=None) or default_url()
     staging = Variable.get("mds_staging_path", default=None) or f"file://{PROJECT_DIR / 'var' / 'staging'}"
-    return RunSettings(run_id=run_id, state_url=state_url, staging_url=staging, entities_dir=entities_dir)
+    return RunSettings(
+        run_id=run_id,
+        state_url=state_url,
+        staging_url=staging,
+        entities_dir=entities_dir,
+        dynamics_window_reserve=_guard_settings().dynamics_reserve_share,
+    )
+
+
+def _variable(name: str, cast: Callable[[str], Any], default: Any) -> Any:
+    """An Airflow Variable read as a number; a bad value fails naming the Variable."""
+    from airflow.sdk import Variable
+
+    raw = Variable.get(name, default=None)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        return cast(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"Airflow Variable {name!r} must be a number, got {raw!r}") from None
+
+
+def _guard_settings() -> GuardSettings:
+    """Budget and delete-guard settings from the project's Airflow Variables."""
+    from crm_sync.guards import GuardSettings
+
+    reserve = _variable("mds_quota_reserve_share", float, 0.2)
+    return GuardSettings(
+        daily_quota=_variable("mds_marketo_daily_quota", int, 50_000),
+        reserve_share=reserve,
+        dynamics_reserve_share=_variable("mds_dynamics_window_reserve", float, reserve),
+        low_priority_headroom=_variable("mds_quota_low_priority_headroom", float, 0.25),
+        max_delete_share=_variable("mds_max_delete_share", float, None),
+        mass_delete_min_records=_variable("mds_mass_delete_min_records", int, 10),
+    )
+
+
+def _stop(exc: Exception) -> Exception:
+    """The Airflow exception for a guard's verdict: skip a deferred run, fail (no retries) otherwise."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from crm_sync.guards.quota import QuotaDeferred
+
+    if isinstance(exc, QuotaDeferred):
+        return AirflowSkipException(str(exc))
+    return AirflowFailException(str(exc))
 
 
 def _tags(entity: EntityConfig) -> list[str]:
@@ -58,9 +109,12 @@ def _doc(entity: EntityConfig) -> str:
         f"* Dynamics `{entity.dynamics.table}` ↔ Marketo `{entity.marketo.object.value}`, "
         f"direction `{entity.direction.value}`, schedule `{entity.schedule}`\n"
         f"* Defined by `{source}`; batches of {entity.batch_size}.\n"
-        "* `extract_changes` stages the changes since the watermark as Parquet, `transform` plans the "
-        "writes (invalid records go to the record-error table), `load` writes one staged batch per "
-        "mapped task, `commit` advances the watermark and writes the run ledger.\n"
+        "* `preflight` checks the Marketo budget left today and the schema (a mapped field removed, "
+        "renamed or retyped on either side stops the run), `extract_changes` stages the changes since "
+        "the watermark as Parquet, `transform` plans the writes (invalid records go to the "
+        "record-error table), `guard` stops a mass delete (unless the Param `confirm_deletes` is set) "
+        "or a load that would eat into the quota reserve, `load` writes one staged batch per mapped "
+        "task, `commit` advances the watermark and writes the run ledger.\n"
     )
 
 
@@ -78,7 +132,29 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
         default_args=default_args(),
         tags=_tags(entity),
         doc_md=_doc(entity),
+        params={
+            "confirm_deletes": Param(
+                False,
+                type="boolean",
+                description=(
+                    "Apply the deletes of a run the mass-delete guard stopped (more than the entity's "
+                    "max_delete_share of its linked records deleted or flagged)."
+                ),
+            )
+        },
     ) as dag:
+
+        @task(task_id="preflight")
+        def preflight() -> dict[str, Any]:
+            from crm_sync.engine.runner import run_preflight
+            from crm_sync.guards import GuardError
+
+            try:
+                report = run_preflight(_settings(entities_dir), name, _guard_settings())
+            except GuardError as exc:
+                raise _stop(exc) from exc
+            log.info("preflight: %s", report)
+            return report
 
         @task(task_id="extract_changes", pool=extract_pool)
         def extract_changes() -> dict[str, Any]:
@@ -96,6 +172,24 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
             log.info("%d load batches staged: %s", len(batches), [b["name"] for b in batches])
             return batches
 
+        @task(task_id="guard")
+        def guard(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            from crm_sync.engine.runner import run_guard
+            from crm_sync.guards import GuardError
+
+            context = get_current_context()
+            confirm = bool(context["params"].get("confirm_deletes", False))
+            try:
+                report = run_guard(
+                    _settings(entities_dir), name, list(batches), _guard_settings(), confirm_deletes=confirm
+                )
+            except GuardError as exc:
+                raise _stop(exc) from exc
+            checks = {k: v for k, v in report.items() if k != "batches"}
+            log.info("guard: %s", checks)
+            context["ti"].xcom_push(key="checks", value=checks)
+            return list(report["batches"])
+
         @task(task_id="load", pool=load_pool)
         def load(batch: dict[str, Any]) -> dict[str, Any]:
             from crm_sync.engine.runner import run_load
@@ -104,7 +198,9 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
             log.info("loaded: %s", outcome)
             return outcome
 
-        @task(task_id="commit", trigger_rule="none_failed")
+        # Runs when every batch loaded or there was none to load (the mapped load is then
+        # skipped); skipped with the guard when a low-priority run is deferred.
+        @task(task_id="commit", trigger_rule="none_failed_min_one_success")
         def commit() -> dict[str, Any]:
             from crm_sync.engine.runner import run_commit
 
@@ -114,8 +210,10 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
 
         # Transform and commit read the run's manifests from staging; XCom carries references only.
         planned = transform()
-        extract_changes() >> planned
-        load.expand(batch=planned) >> commit()
+        checked = guard(planned)  # type: ignore[arg-type]  # an XComArg resolves to the list
+        preflight() >> extract_changes() >> planned
+        load.expand(batch=checked) >> (done := commit())
+        checked >> done
     return dag
 
 

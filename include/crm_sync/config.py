@@ -71,6 +71,13 @@ class DeletePolicy(StrEnum):
     IGNORE = "ignore"
 
 
+class QuotaPriority(StrEnum):
+    """How an entity's runs share a short API budget (``crm_sync.guards.quota``)."""
+
+    NORMAL = "normal"  # runs while its load fits in what is left of the budget
+    LOW = "low"  # deferred when its load would eat into the headroom kept for the others
+
+
 class MarketoObject(StrEnum):
     """The Marketo object family an entity writes to; decides the REST path the hooks use."""
 
@@ -208,6 +215,8 @@ class EntityConfig(_Strict):
     batch_size: int = Field(default=300, gt=0, le=300)
     schedule: str = "*/5 * * * *"
     priority: int = Field(default=50, ge=0)
+    quota_priority: QuotaPriority = QuotaPriority.NORMAL
+    max_delete_share: float = Field(default=0.2, gt=0, le=1)
     depends_on: tuple[str, ...] = ()
     source_path: Path | None = Field(default=None, exclude=True)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from crm_sync.engine.load import OUTCOME
 from crm_sync.state import RunCounts, session_scope, set_watermark, utcnow, write_ledger
+from crm_sync.state.guards import run_api_calls
 
 if TYPE_CHECKING:
     from crm_sync.config import EntityConfig
@@ -61,7 +62,8 @@ def commit(
 
     Returns:
         The run's counts: ``extracted``, ``transformed``, ``loaded``, ``skipped``, ``failed``,
-        ``conflicts``, ``seconds`` and ``records_per_second``.
+        ``conflicts``, ``seconds``, ``records_per_second`` and ``api_calls`` (calls the run
+        sent per system; their total is the ledger's ``api_calls``).
 
     Raises:
         LoadIncompleteError: A load batch has no staged outcome.
@@ -91,6 +93,9 @@ def commit(
         ended_at=ended,
     )
     with session_scope(ctx.state) as session:
+        # Every call the run's tasks sent so far (preflight, extract, each load attempt).
+        calls = run_api_calls(session, ctx.run_id, entity.name)
+        counts.api_calls = sum(calls.values())
         for direction, token in sorted(extract.get("pending", {}).items()):
             set_watermark(session, entity.name, direction, token, now=ended)
         write_ledger(session, counts)
@@ -104,6 +109,7 @@ def commit(
         "conflicts": counts.conflicts,
         "seconds": round(seconds, 3),
         "records_per_second": round(counts.loaded / seconds, 1),
+        "api_calls": {"marketo": calls.get("marketo", 0), "dynamics": calls.get("dynamics", 0)},
     }
     log.info("%s commit: %s; watermarks %s advanced", entity.name, result, sorted(extract.get("pending", {})))
     return result

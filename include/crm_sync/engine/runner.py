@@ -17,6 +17,8 @@ from crm_sync.config import ENTITIES_DIR, Direction, EntityConfig, load_entities
 
 if TYPE_CHECKING:
     from crm_sync.engine.extract import RunContext
+    from crm_sync.guards import GuardSettings
+    from crm_sync.guards.calls import CallCounter
     from crm_sync_hooks.dynamics import DynamicsHook
     from crm_sync_hooks.marketo import MarketoHook
 
@@ -34,6 +36,8 @@ class RunSettings:
         entities_dir: Folder of the entity YAML files.
         marketo_conn_id: Airflow connection of Marketo.
         dynamics_conn_id: Airflow connection of Dataverse.
+        dynamics_window_reserve: Share of the Dataverse request window (per user and 5 minutes)
+            the sync leaves to other integrations: its hooks' shared limiter allows only the rest.
     """
 
     run_id: str
@@ -42,6 +46,7 @@ class RunSettings:
     entities_dir: str = str(ENTITIES_DIR)
     marketo_conn_id: str = "marketo_default"
     dynamics_conn_id: str = "dynamics_default"
+    dynamics_window_reserve: float = 0.0
 
     def __repr__(self) -> str:
         # URLs may carry a password (PostgreSQL); never show them in logs.
@@ -89,9 +94,50 @@ def _marketo(settings: RunSettings) -> MarketoHook:
 
 
 def _dynamics(settings: RunSettings) -> DynamicsHook:
+    """The Dataverse hook; with a window reserve, on a limiter that allows only the sync's share."""
+    from crm_sync_hooks.base import shared_limiter
     from crm_sync_hooks.dynamics import DynamicsHook
 
-    return DynamicsHook(settings.dynamics_conn_id)
+    hook = DynamicsHook(settings.dynamics_conn_id)
+    if settings.dynamics_window_reserve <= 0:
+        return hook
+    from dataclasses import replace
+
+    from crm_sync.guards.quota import dynamics_window_calls
+
+    limits = hook.limits
+    capped = replace(
+        limits, max_calls=dynamics_window_calls(limits.max_calls, settings.dynamics_window_reserve)
+    )
+    # The same scope as the hook's own limiter (limits are per application user), so every
+    # process of the sync shares one count and stops at the capped figure.
+    scope = f"dynamics:{hook.org_url}:{hook.settings.login}"
+    limiter = shared_limiter(hook.settings.text("limiter_url"), scope, capped)
+    return DynamicsHook(settings.dynamics_conn_id, limiter=limiter)
+
+
+def _count_calls(hooks: dict[str, Any]) -> CallCounter:
+    """A counter attached to each hook of ``{"marketo": hook, "dynamics": hook}`` (None skipped)."""
+    from crm_sync.guards.calls import CallCounter
+
+    counter = CallCounter()
+    for system, hook in hooks.items():
+        if hook is not None:
+            counter.attach(hook, system)
+    return counter
+
+
+def _record_calls(ctx: RunContext, name: str, stage: str, counter: CallCounter) -> None:
+    """Add the calls one task attempt sent to the run's call log (also after a failure)."""
+    from crm_sync.state import session_scope
+    from crm_sync.state.guards import add_api_calls
+
+    calls = counter.as_dict()
+    if not calls:
+        return
+    with session_scope(ctx.state) as session:
+        add_api_calls(session, run_id=ctx.run_id, entity=name, stage=stage, calls=calls)
+    log.info("%s %s: API calls %s", name, stage, calls)
 
 
 def run_extract(settings: RunSettings, name: str) -> dict[str, Any]:
@@ -104,7 +150,9 @@ def run_extract(settings: RunSettings, name: str) -> dict[str, Any]:
         _dynamics(settings) if entity.direction.includes(Direction.D2M) or entity.writes_dynamics else None
     )
     marketo = _marketo(settings) if entity.direction.includes(Direction.M2D) else None
+    counter = None
     try:
+        counter = _count_calls({"marketo": marketo, "dynamics": dynamics})
         everything = _entities(settings.entities_dir).values()
         persons = [e for e in everything if e.marketo.person_type and e.writes_dynamics]
         manifest = extract_changes(
@@ -119,7 +167,11 @@ def run_extract(settings: RunSettings, name: str) -> dict[str, Any]:
         for hook in (dynamics, marketo):
             if hook is not None:
                 hook.close()
-        ctx.state.dispose()
+        try:
+            if counter is not None:
+                _record_calls(ctx, name, "extract_changes", counter)
+        finally:
+            ctx.state.dispose()
     folder = ctx.staging.run_dir(name, settings.run_id)
     return {
         "manifest": str(folder / f"{EXTRACT_MANIFEST}.json"),
@@ -158,13 +210,19 @@ def run_load(settings: RunSettings, name: str, batch: dict[str, Any]) -> dict[st
     ctx = context(settings)
     marketo = _marketo(settings)
     dynamics = _dynamics(settings) if entity.writes_dynamics else None
+    counter = None
     try:
+        counter = _count_calls({"marketo": marketo, "dynamics": dynamics})
         return load_batch(entity, ctx, batch, marketo=marketo, dynamics=dynamics)
     finally:
         for hook in (dynamics, marketo):
             if hook is not None:
                 hook.close()
-        ctx.state.dispose()
+        try:
+            if counter is not None:
+                _record_calls(ctx, name, f"load:{batch.get('name', '?')}", counter)
+        finally:
+            ctx.state.dispose()
 
 
 def run_commit(settings: RunSettings, name: str) -> dict[str, Any]:
@@ -181,3 +239,146 @@ def run_commit(settings: RunSettings, name: str) -> dict[str, Any]:
         )
     finally:
         ctx.state.dispose()
+
+
+def _stop_ledger(ctx: RunContext, entity: EntityConfig, status: str, started: str | None = None) -> None:
+    """Write the ledger row of a run a guard stopped (status ``schema_drift``, ``over_quota``,
+    ``deferred`` or ``mass_delete``), with the calls it spent so far."""
+    from datetime import datetime
+
+    from crm_sync.state import RunCounts, session_scope, utcnow, write_ledger
+    from crm_sync.state.guards import run_api_calls
+
+    now = utcnow()
+    with session_scope(ctx.state) as session:
+        calls = sum(run_api_calls(session, ctx.run_id, entity.name).values())
+        write_ledger(
+            session,
+            RunCounts(
+                run_id=ctx.run_id,
+                entity=entity.name,
+                direction=entity.direction.value,
+                status=status,
+                api_calls=calls,
+                started_at=datetime.fromisoformat(started) if started else now,
+                ended_at=now,
+            ),
+        )
+
+
+def run_preflight(settings: RunSettings, name: str, guards: GuardSettings) -> dict[str, Any]:
+    """Task ``preflight``: Marketo budget left today, then the schema drift check.
+
+    Returns:
+        ``quota`` (:func:`crm_sync.guards.quota.quota_status`) and ``schema`` (the drift
+        report: objects checked, ``new_fields``, ``changed_types``).
+
+    Raises:
+        QuotaExceededError: Nothing is left of today's Marketo budget.
+        SchemaDriftError: A mapped field was removed, renamed or changed type; names each one.
+    """
+    from crm_sync.guards import GuardError
+    from crm_sync.guards.drift import SchemaDriftError, check_schema
+    from crm_sync.guards.quota import check_preflight, quota_status
+    from crm_sync.state import session_scope, utcnow
+
+    entity = entity_config(settings, name)
+    ctx = context(settings, migrate=True)
+    marketo = _marketo(settings)
+    dynamics = _dynamics(settings)
+    counter = None
+    try:
+        counter = _count_calls({"marketo": marketo, "dynamics": dynamics})
+        with session_scope(ctx.state) as session:
+            quota = quota_status(
+                session, now=utcnow(), daily_quota=guards.daily_quota, reserve_share=guards.reserve_share
+            )
+        try:
+            check_preflight(entity, quota)
+            with session_scope(ctx.state) as session:
+                schema = check_schema(entity, session, marketo=marketo, dynamics=dynamics, today=quota["day"])
+        except GuardError as exc:
+            _record_calls(ctx, name, "preflight", counter)
+            counter = None
+            _stop_ledger(ctx, entity, "schema_drift" if isinstance(exc, SchemaDriftError) else "over_quota")
+            raise
+    finally:
+        for hook in (dynamics, marketo):
+            hook.close()
+        try:
+            if counter is not None:
+                _record_calls(ctx, name, "preflight", counter)
+        finally:
+            ctx.state.dispose()
+    return {"quota": quota, "schema": schema}
+
+
+def _op_counts(ctx: RunContext, batches: list[dict[str, Any]]) -> list[dict[str, int]]:
+    """``{operation: records}`` of each staged load batch."""
+    counts = []
+    for batch in batches:
+        ops = ctx.staging.read_frame(batch["ops"])
+        counts.append({str(k): int(v) for k, v in ops["op"].value_counts().items()})
+    return counts
+
+
+def run_guard(
+    settings: RunSettings,
+    name: str,
+    batches: list[dict[str, Any]],
+    guards: GuardSettings,
+    *,
+    confirm_deletes: bool = False,
+) -> dict[str, Any]:
+    """Task ``guard`` (after the transform, before any write): mass deletes, then the budget.
+
+    Returns:
+        ``batches`` (unchanged, for the load), ``deletes`` (the mass-delete figures),
+        ``budget`` (the load's estimated calls and what is left after it) and ``quota``.
+
+    Raises:
+        MassDeleteBlocked: Too many deletes and ``confirm_deletes`` is not set.
+        QuotaExceededError: The load does not fit in what is left of today's Marketo budget.
+        QuotaDeferred: A low-priority entity is put off to keep budget for the others.
+    """
+    from crm_sync.engine.extract import EXTRACT_MANIFEST
+    from crm_sync.guards import GuardError
+    from crm_sync.guards.deletes import MassDeleteBlocked, check_mass_delete, linked_records, planned_deletes
+    from crm_sync.guards.quota import QuotaDeferred, check_budget, estimate_load_calls, quota_status
+    from crm_sync.state import session_scope, utcnow
+
+    entity = entity_config(settings, name)
+    ctx = context(settings)
+    try:
+        op_counts = _op_counts(ctx, batches)
+        estimate = estimate_load_calls(op_counts)
+        with session_scope(ctx.state) as session:
+            linked = linked_records(session, entity.name)
+            quota = quota_status(
+                session, now=utcnow(), daily_quota=guards.daily_quota, reserve_share=guards.reserve_share
+            )
+        try:
+            deletes = check_mass_delete(
+                entity,
+                deletes=planned_deletes(op_counts),
+                linked=linked,
+                max_share=guards.max_delete_share,
+                min_records=guards.mass_delete_min_records,
+                confirmed=confirm_deletes,
+            )
+            budget = check_budget(entity, estimate, quota, guards)
+        except GuardError as exc:
+            status = (
+                "mass_delete"
+                if isinstance(exc, MassDeleteBlocked)
+                else "deferred"
+                if isinstance(exc, QuotaDeferred)
+                else "over_quota"
+            )
+            started = _manifest(ctx, name, EXTRACT_MANIFEST).get("started_at")
+            _stop_ledger(ctx, entity, status, started)
+            raise
+    finally:
+        ctx.state.dispose()
+    log.info("%s guard: deletes %s, budget %s", name, deletes, budget)
+    return {"batches": batches, "deletes": deletes, "budget": budget, "quota": quota}
