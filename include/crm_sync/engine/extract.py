@@ -213,12 +213,21 @@ def extract_dynamics(
     staging: StagingArea,
     folder: ObjectStoragePath,
     delta_link: str | None,
+    ctx: RunContext | None = None,
 ) -> dict[str, Any]:
     """Stage the Dataverse changes of ``entity`` since ``delta_link``.
 
+    An expired delta link (past Dataverse's retention) triggers a targeted re-baseline when
+    ``ctx`` is given (:func:`crm_sync.rebaseline.rebaseline_expired`): the table is read again
+    for a new delta link, but only the rows whose mapped values differ from what was last
+    synced are staged, and linked records missing from the read are staged as deletes, so the
+    gap loses no delete and re-sends nothing unchanged; an alert says what happened. Without
+    ``ctx`` the whole table is staged again (upserts by key keep that safe).
+
     Returns:
         ``batches`` (changed rows), ``deleted`` (batches of deleted ids), ``rows``,
-        ``deleted_rows`` and ``token`` (the next delta link).
+        ``deleted_rows``, ``token`` (the next delta link) and, after a re-baseline,
+        ``rebaseline`` (its counts).
 
     Raises:
         RuntimeError: The read ended without a delta link.
@@ -229,9 +238,13 @@ def extract_dynamics(
     try:
         return _read_changes(entity, client, staging, folder, columns, delta_link)
     except DeltaTokenExpired:
-        # Past the retention period: read the table again; upserts by key make this safe.
-        log.warning("%s: delta link expired, reading the whole table again", entity.name)
-        return _read_changes(entity, client, staging, folder, columns, None)
+        if ctx is None:
+            log.warning("%s: delta link expired, reading the whole table again", entity.name)
+            return _read_changes(entity, client, staging, folder, columns, None)
+        from crm_sync.rebaseline import rebaseline_expired
+
+        full = _read_changes(entity, client, staging, folder, columns, None)
+        return rebaseline_expired(entity, ctx, full, folder)
 
 
 def _read_changes(
@@ -487,6 +500,35 @@ def _retry_rows(
     return _stage_rows(entity, ctx, dynamics, guids, "retry")
 
 
+def _requeued_gone(
+    entity: EntityConfig, ctx: RunContext, retry: dict[str, Any] | None, extracted: set[str], now: datetime
+) -> dict[str, Any] | None:
+    """Stage as deletes the GUIDs a reconciliation re-queued that Dataverse no longer has.
+
+    Such a record is an orphan: its delete was never seen (a lost delta, an expired token), so
+    the entity's delete policy is applied now, exactly as for a delete from change tracking.
+    """
+    from crm_sync.reconcile.repair import REQUEUE_CODE
+    from crm_sync.state import open_errors
+
+    with session_scope(ctx.state) as session:
+        # Retried in this run: _retry_rows counted this run's attempt on them at ``now``.
+        errors = open_errors(session, entity=entity.name, since=now)
+    mine = errors[errors["direction"].eq(Direction.D2M.value) & errors["code"].eq(REQUEUE_CODE)]
+    wanted = {str(i).lower() for i in mine["source_id"]} - extracted
+    if not wanted:
+        return None
+    found = _extracted_keys(entity, ctx, {"batches": [retry] if retry else []})
+    gone = sorted(wanted - found)
+    if not gone:
+        return None
+    log.info(
+        "%s: %d re-queued records no longer exist in Dataverse; staged as deletes", entity.name, len(gone)
+    )
+    folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "extract"
+    return ctx.staging.write_frame(folder, "requeued-deleted", pd.DataFrame({"id": gone})).to_dict()
+
+
 def _count_attempt(session: Session, due: pd.DataFrame, run_id: str, now: datetime) -> None:
     """Count this run's attempt for the due errors being retried, before the retry is planned.
 
@@ -635,13 +677,18 @@ def extract_changes(
     if entity.direction.includes(Direction.D2M):
         if dynamics is None:
             raise ValueError(f"{entity.name}: a Dynamics client is needed to extract D→M changes")
-        part = extract_dynamics(entity, dynamics, ctx.staging, folder / "extract", d_token)
+        part = extract_dynamics(entity, dynamics, ctx.staging, folder / "extract", d_token, ctx)
         manifest["dynamics"] = part
         manifest["pending"][Direction.D2M.value] = part["token"]
-        retry = _retry_rows(entity, ctx, dynamics, _extracted_keys(entity, ctx, part), started)
+        extracted = _extracted_keys(entity, ctx, part)
+        retry = _retry_rows(entity, ctx, dynamics, extracted, started)
         if retry is not None:
             part["batches"].append(retry)
             part["retried"] = retry["rows"]
+        gone = _requeued_gone(entity, ctx, retry, extracted, started)
+        if gone is not None:
+            part["deleted"].append(gone)
+            part["deleted_rows"] += gone["rows"]
     if entity.direction.includes(Direction.M2D) and entity.marketo.object is MarketoObject.LEAD:
         if marketo is None:
             raise ValueError(f"{entity.name}: a Marketo client is needed to extract M→D changes")
