@@ -16,12 +16,14 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 
-.PHONY: help install install-test-clients demo stop status prod-local prod-health prod-status load-settings lint typecheck test test-unit test-dags test-e2e parse clean
+.PHONY: help install install-test-clients demo demo-fault demo-fault-off demo-check stop status prod-local prod-health prod-status load-settings lint typecheck test test-unit test-dags test-e2e parse clean
 
 help:
 	@echo "make demo    - install, start the emulators and Airflow, load airflow_settings.yaml, print the login"
 	@echo "make test    - install if needed, then lint, type-check and run the whole test suite"
 	@echo "make stop    - stop everything 'make demo' or 'make prod-local' started"
+	@echo "make demo-fault - break one Dataverse endpoint: watch sync_lead fail, retry, alert and recover"
+	@echo "make demo-check - compare both systems and print the differences (none expected)"
 	@echo "make prod-local - PostgreSQL + CeleryExecutor (Redis) + two workers; see docs/deployment.md"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -43,6 +45,16 @@ install-test-clients: $(AIRBYTE_STAMP)
 
 demo: install
 	$(BIN)/python scripts/stack.py start
+
+# Needs a running `make demo`. The fault stays on until the alert arrives (see crm_sync/demo/faults.py).
+demo-fault: install
+	$(BIN)/python -m crm_sync.demo.faults on --stack-dir $${MDS_STACK_DIR:-$(CURDIR)}
+
+demo-fault-off: install
+	$(BIN)/python -m crm_sync.demo.faults off --stack-dir $${MDS_STACK_DIR:-$(CURDIR)}
+
+demo-check: install
+	$(BIN)/python scripts/stack.py check
 
 stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/stack.py stop; else $(PYTHON) scripts/stack.py stop; fi

@@ -332,28 +332,60 @@ def start() -> None:
     print("Stop with:   make stop   (make demo-fault: watch a task fail, retry, alert and recover)")
 
 
-def check() -> int:
+def settle(timeout_s: float = 900.0) -> bool:
+    """Run every sync DAG once more, in dependency order, each after the previous one ended.
+
+    Whatever changed before this call is then carried across (a scheduled run still active
+    is waited for first: the DAGs allow one active run). Returns False if a run did not succeed.
+    """
+    api = airflow_api()
+    ok = True
+    try:
+        for entity in load_entities(entities_dir()).values():
+            run_id = api.trigger(entity.dag_id)
+            deadline = time.monotonic() + timeout_s
+            state = api.run_state(entity.dag_id, run_id)
+            while state not in ("success", "failed") and time.monotonic() < deadline:
+                time.sleep(3)
+                state = api.run_state(entity.dag_id, run_id)
+            print(f"settle: {entity.dag_id} run {run_id}: {state}", flush=True)
+            ok = ok and state == "success"
+    finally:
+        api.close()
+    return ok
+
+
+def check(settle_first: bool = True) -> int:
     """Compare both systems with ``crm_sync.reconcile`` and print the differences (exit 1 if any).
 
-    The check reads through the demo's connections (aimed at this stack's emulators), given to
-    the reconcile command as ``AIRFLOW_CONN_*`` variables, and this stack's state store.
+    With the activity process running, both systems change all the time, so the activity is
+    paused (SIGSTOP) and every sync DAG runs once more first (``settle_first``); the activity
+    resumes afterwards. The comparison reads through the demo's connections (aimed at this
+    stack's emulators), given to the reconcile command as ``AIRFLOW_CONN_*`` variables, and uses
+    this stack's state store.
     """
-    settings = demo_settings()
-    env = _base_env()
-    for conn_id, conn in settings.connections.items():
-        data = {k: v for k, v in conn.items() if k != "description"}
-        data["extra"] = json.loads(conn.get("extra") or "{}")
-        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(data)
-    env["AIRFLOW_VAR_MDS_STATE_DB_URL"] = settings.variables["mds_state_db_url"]
-    argv = [
-        str(BIN_DIR / "python"),
-        "-m",
-        "crm_sync.reconcile",
-        "check",
-        "--entities-dir",
-        str(entities_dir()),
-    ]
-    return subprocess.run(argv, env=env, check=False).returncode
+    activity = _running_pid("activity")
+    if activity:
+        os.killpg(activity, signal.SIGSTOP)
+        print("activity: paused while both systems are compared", flush=True)
+    try:
+        if settle_first and not settle():
+            print("settle: a sync run did not succeed; the comparison shows what is left", flush=True)
+        settings = demo_settings()
+        env = _base_env()
+        for conn_id, conn in settings.connections.items():
+            data = {k: v for k, v in conn.items() if k != "description"}
+            data["extra"] = json.loads(conn.get("extra") or "{}")
+            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(data)
+        env["AIRFLOW_VAR_MDS_STATE_DB_URL"] = settings.variables["mds_state_db_url"]
+        argv = [str(BIN_DIR / "python"), "-m", "crm_sync.reconcile", "check"]
+        argv += ["--entities-dir", str(entities_dir())]
+        return subprocess.run(argv, env=env, check=False).returncode
+    finally:
+        if activity:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(activity, signal.SIGCONT)
+            print("activity: resumed", flush=True)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -408,13 +440,16 @@ def status() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["start", "stop", "status", "check"])
+    parser.add_argument(
+        "--no-settle", action="store_true", help="check: compare as things are, without a last sync pass"
+    )
     args = parser.parse_args()
     if args.command == "start":
         start()
     elif args.command == "stop":
         stop()
     elif args.command == "check":
-        return check()
+        return check(settle_first=not args.no_settle)
     else:
         return status()
     return 0
