@@ -42,7 +42,7 @@ with DAG(
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args=default_args(retries=0),
+    default_args=default_args(retries=1),
     tags=["marketo-dynamics-sync", "kind:maintenance", "entity:all"],
     doc_md=DOC,
     params={

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from crm_sync.engine.runner import RunSettings, _entities, context
 
 if TYPE_CHECKING:
@@ -18,8 +20,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ReconcileThresholdExceeded(RuntimeError):
-    """More records differ than the run's threshold allows; the report is stored all the same."""
+class ReconcileThresholdExceeded(AirflowFailException):
+    """More records differ than the run's threshold allows; the report is stored all the same.
+
+    Fails the task without retries (a retry would only read both systems again).
+    """
 
 
 def over_threshold(report: Report, threshold: float) -> dict[str, float]:
