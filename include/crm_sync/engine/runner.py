@@ -278,7 +278,7 @@ def run_preflight(settings: RunSettings, name: str, guards: GuardSettings) -> di
         SchemaDriftError: A mapped field was removed, renamed or changed type; names each one.
     """
     from crm_sync.guards import GuardError
-    from crm_sync.guards.drift import SchemaDriftError, check_schema
+    from crm_sync.guards.drift import SchemaDriftError, check_schema, raise_for_drift
     from crm_sync.guards.quota import check_preflight, quota_status
     from crm_sync.state import session_scope, utcnow
 
@@ -297,6 +297,7 @@ def run_preflight(settings: RunSettings, name: str, guards: GuardSettings) -> di
             check_preflight(entity, quota)
             with session_scope(ctx.state) as session:
                 schema = check_schema(entity, session, marketo=marketo, dynamics=dynamics, today=quota["day"])
+            raise_for_drift(entity, schema)
         except GuardError as exc:
             _record_calls(ctx, name, "preflight", counter)
             counter = None

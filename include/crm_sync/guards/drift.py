@@ -16,9 +16,10 @@ and with the snapshot the last passing check accepted:
 * a mapped field whose type no longer fits its cast is an error naming both types;
 * fields that appeared since the snapshot are reported (logged and returned), never an error.
 
-Errors raise :class:`SchemaDriftError` (one message listing every problem, each naming the
-object and field); the snapshot is then left as it was, so every later run stops the same way
-until the mapping or the schema is fixed. A passing check stores the fields it saw.
+Errors raise :class:`SchemaDriftError` (:func:`raise_for_drift`: one message listing every
+problem, each naming the object and field); the snapshot of that object is then left as it
+was, so every later run stops the same way until the mapping or the schema is fixed. An object
+that passes gets the fields it showed stored as its new snapshot.
 """
 
 from __future__ import annotations
@@ -310,10 +311,9 @@ def check_schema(
         today: The day (``YYYY-MM-DD``) a Marketo describe stays cached for.
 
     Returns:
-        ``{"objects": [...], "new_fields": {"dynamics contact": [...]}, "changed_types": [...]}``.
-
-    Raises:
-        SchemaDriftError: A needed field is gone or its type no longer fits; names each one.
+        ``{"objects": [...], "new_fields": {"dynamics contact": [...]}, "changed_types": [...],
+        "problems": [...]}``; ``problems`` (one line per removed, renamed or retyped field, each
+        naming it) must be empty for the run to go on: see :func:`raise_for_drift`.
     """
     reports: list[tuple[ObjectReport, dict[str, str], str]] = []
     if dynamics is not None:
@@ -353,7 +353,17 @@ def check_schema(
         log.warning("%s: new fields in %s (not mapped): %s", entity.name, where, ", ".join(names))
     for change in changed:
         log.warning("%s: a mapped field changed to a compatible type: %s", entity.name, change)
-    if problems:
-        raise SchemaDriftError(entity.name, problems)
-    log.info("%s: schema check passed: %s", entity.name, result["objects"])
+    result["problems"] = problems
+    if not problems:
+        log.info("%s: schema check passed: %s", entity.name, result["objects"])
     return result
+
+
+def raise_for_drift(entity: EntityConfig, result: dict[str, Any]) -> None:
+    """Raise :class:`SchemaDriftError` when :func:`check_schema` found problems.
+
+    Separate from the check so the caller can first commit the snapshots of the objects that
+    passed (a Marketo describe read today is then not read again by the next run).
+    """
+    if result["problems"]:
+        raise SchemaDriftError(entity.name, result["problems"])

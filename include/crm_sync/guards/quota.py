@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from crm_sync.config import QuotaPriority
 from crm_sync.engine.plan import (
     DYNAMICS_UPSERT,
     MARKETO_DELETE,
@@ -180,7 +181,7 @@ def check_budget(
             f"{_figures(status)}; the run stopped before any write (its changes stay pending)"
         )
     headroom = math.ceil(int(status["usable"]) * settings.low_priority_headroom)
-    if need and entity.quota_priority.value == "low" and left - need < headroom:
+    if need and entity.quota_priority == QuotaPriority.LOW and left - need < headroom:
         raise QuotaDeferred(
             f"{entity.name}: low-priority entity deferred: its load needs {need} Marketo calls and "
             f"would leave {left - need}, under the {headroom} kept for higher-priority entities; "

@@ -1,0 +1,187 @@
+"""Run guards end to end with real ``dag.test()`` runs of ``sync_contact`` against both emulators.
+
+* a mapped column dropped from the Dataverse schema stops the run in ``preflight``, before any
+  read or write, with the column named in the error and in the failure alert;
+* a bulk delete of 30 % of the linked contacts is stopped by the mass-delete guard (nothing is
+  flagged in Marketo) until a run triggered with ``confirm_deletes`` flags them;
+* with the Marketo emulator's daily quota set low, a run whose load does not fit stops before
+  writing and the reserve stays untouched (the emulator's own day counter proves it); the run
+  ledger's ``api_calls`` equals the calls the emulators counted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from tests.e2e.conftest import SyncEnv, write_calls
+
+pytestmark = pytest.mark.e2e
+
+
+class _AlertSink(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []  # noqa: RUF012 - reset by the fixture for each test
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _AlertSink.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def alerts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """Failure alerts POSTed by the DAGs' notifier to a local webhook sink."""
+    _AlertSink.received = []
+    server = HTTPServer(("127.0.0.1", 0), _AlertSink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/alerts")
+    yield _AlertSink.received
+    server.shutdown()
+
+
+def _contacts(env: SyncEnv, ids: list[str], **extra: Any) -> None:
+    rows = [{"contactid": guid, "lastname": f"Person {i}", **extra} for i, guid in enumerate(ids)]
+    hook = env.dyn()
+    try:
+        assert all(r.ok for r in hook.upsert_records("contacts", rows, ["contactid"], id_column="contactid"))
+    finally:
+        hook.close()
+
+
+def _failed_run(env: SyncEnv, dag_id: str, conf: dict[str, Any] | None = None) -> dict[str, str]:
+    """One ``dag.test()`` run expected to fail; returns the state of each task.
+
+    Retries are switched off so that a task failing for another reason than a guard ends now
+    (a guard's failure is never retried anyway).
+    """
+    dag = env.dag(dag_id)
+    for task in dag.tasks:
+        task.retries = 0
+    run = dag.test(run_conf=conf)
+    assert run.state == "failed", f"{dag_id} run ended {run.state}"
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def _flagged(env: SyncEnv, ids: list[str]) -> set[str]:
+    hook = env.mkto()
+    try:
+        pages = hook.get_leads("externalPersonId", ids, ["externalPersonId", "msdIsDeleted"])
+        return {r["externalPersonId"] for page in pages for r in page if r.get("msdIsDeleted") is True}
+    finally:
+        hook.close()
+
+
+def _api_calls(stats: dict[str, Any]) -> int:
+    """Calls an emulator counted, token and discovery requests left out."""
+    calls: dict[str, int] = dict(stats.get("calls", {}))
+    skip = ("/identity/", "oauth2", "openid-configuration", "discovery")
+    return sum(n for route, n in calls.items() if not any(s in route for s in skip))
+
+
+def test_dropped_column_stops_the_run_before_any_write_and_alerts(
+    sync_env: SyncEnv, new_guid: Callable[[], str], alerts: list[dict[str, Any]]
+) -> None:
+    ids = [new_guid() for _ in range(2)]
+    _contacts(sync_env, ids, jobtitle="Engineer")
+    sync_env.run("sync_contact")  # the accepted schema snapshot is stored here
+    sync_env.dynamics.admin("POST", "schema", json={"entity": "contact", "drop": "jobtitle"})
+    _contacts(sync_env, ids, firstname="Changed")
+    sync_env.reset_stats()
+
+    states = _failed_run(sync_env, "sync_contact")
+
+    assert states["preflight"] == "failed"
+    assert states["extract_changes"] == "upstream_failed"
+    assert write_calls(sync_env.marketo.stats()) == {}
+    assert write_calls(sync_env.dynamics.stats()) == {}
+    (alert,) = alerts
+    assert alert["task_id"] == "preflight"
+    assert "contact.jobtitle (mapped to Marketo title)" in alert["error"]
+    assert "no longer exists" in alert["error"]
+    with sync_env.state().connect() as conn:
+        statuses = conn.execute(text("SELECT status FROM run_ledger ORDER BY id")).scalars().all()
+    assert statuses == ["success", "schema_drift"]
+
+
+def test_mass_delete_waits_for_confirmation_then_flags(
+    sync_env: SyncEnv, new_guid: Callable[[], str], alerts: list[dict[str, Any]]
+) -> None:
+    ids = [new_guid() for _ in range(40)]
+    _contacts(sync_env, ids)
+    sync_env.run("sync_contact")
+    gone = ids[:12]  # 30 % of the linked contacts
+    hook = sync_env.dyn()
+    try:
+        assert all(r.ok for r in hook.delete_records("contacts", gone))
+    finally:
+        hook.close()
+    sync_env.reset_stats()
+
+    states = _failed_run(sync_env, "sync_contact")
+
+    assert states["guard"] == "failed"
+    assert states["commit"] == "upstream_failed"
+    assert write_calls(sync_env.marketo.stats()) == {}
+    assert _flagged(sync_env, ids) == set()
+    (alert,) = alerts
+    assert alert["task_id"] == "guard"
+    assert "12 of 40 linked records (30%" in alert["error"]
+    assert "confirm_deletes" in alert["error"]
+
+    run = sync_env.dag("sync_contact").test(run_conf={"confirm_deletes": True})
+
+    assert run.state == "success"
+    assert _flagged(sync_env, ids) == set(gone)
+
+
+def test_low_daily_quota_stops_the_run_and_leaves_the_reserve(
+    sync_env: SyncEnv, new_guid: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quota, reserve = 20, 4  # reserve share 0.2
+    monkeypatch.setenv("AIRFLOW_VAR_MDS_MARKETO_DAILY_QUOTA", str(quota))
+    monkeypatch.setenv("AIRFLOW_VAR_MDS_QUOTA_RESERVE_SHARE", "0.2")
+    contact_yaml = sync_env.entities_dir / "contact.yaml"
+    contact_yaml.write_text(contact_yaml.read_text().replace("batch_size: 300", "batch_size: 5"))
+    _contacts(sync_env, [new_guid() for _ in range(20)])
+    sync_env.marketo.admin("PUT", "limits", json={"daily_quota": quota})
+    sync_env.marketo.admin("POST", "reset-counters")
+    sync_env.reset_stats()
+
+    first = sync_env.run("sync_contact")  # 4 load calls of 5 contacts each: fits
+
+    with sync_env.state().connect() as conn:
+        (api_calls,) = conn.execute(
+            text("SELECT api_calls FROM run_ledger WHERE run_id = :r"), {"r": first.run_id}
+        ).one()
+    spent = _api_calls(sync_env.marketo.stats())
+    assert api_calls == spent + _api_calls(sync_env.dynamics.stats())
+    assert 4 < spent < quota - reserve
+
+    _contacts(sync_env, [new_guid() for _ in range(60)])  # 12 more load calls: cannot fit
+    sync_env.reset_stats()
+
+    states = _failed_run(sync_env, "sync_contact")
+
+    assert states["guard"] == "failed"
+    assert write_calls(sync_env.marketo.stats()) == {}
+    day_calls = sync_env.marketo.admin("GET", "limits").json()["counters"]["day_calls"]
+    assert day_calls <= quota - reserve, "the sync ate into the reserve"
+    assert sync_env.marketo.stats()["limit_hits"] == {}, "the emulator never had to refuse a call"
+    from crm_sync.guards.quota import quota_status
+    from crm_sync.state import session_scope, utcnow
+
+    with session_scope(sync_env.state()) as session:
+        status = quota_status(session, now=utcnow(), daily_quota=quota, reserve_share=0.2)
+    assert status["used_today"] == day_calls
+    assert status["left"] == quota - reserve - day_calls
