@@ -1,0 +1,72 @@
+"""The theoretical minimum number of API calls for the records a run actually moved.
+
+The minimum is computed from the emulators' record counters of the same run (records read and
+written per table/object), never typed in, with the API's own maxima:
+
+* Dataverse: a read returns at most 5,000 rows per page (``Prefer: odata.maxpagesize``), so
+  ``ceil(rows / 5000)`` calls per table read, at least one (an empty delta read is still a call);
+  a ``$batch`` carries at most 1,000 operations, so ``ceil(rows / 1000)`` calls per table written.
+* Marketo: 300 records per REST call, so ``ceil(records / 300)`` per object written and per
+  person read by id; the person change feed returns 300 activities per page, at least one page;
+  one paging-token call when the run had no stored token (the route then shows in the stats).
+  A bulk import moves up to 10 MB per file with two calls (create, status) at the least.
+* Authentication: one token per side per run (reported apart from the API calls).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DATAVERSE_PAGE = 5000
+DATAVERSE_BATCH = 1000
+MARKETO_BATCH = 300
+MARKETO_FEED_PAGE = 300
+MARKETO_IMPORT_BYTES = 10 * 1024 * 1024
+
+DEFINITION = {
+    "dynamics": "per table read: ceil(rows/5000), at least 1 (delta or first query); "
+    "per table written: ceil(rows/1000) $batch calls; 1 token call",
+    "marketo": "per object written: ceil(records/300) sync calls (bulk import: 2 calls per 10 MB file); "
+    "person reads by id: ceil(persons/300); change feed: ceil(activities/300), at least 1 page; "
+    "1 paging-token call when no token was stored; 1 token call",
+}
+
+
+def _ceil(n: int, per: int) -> int:
+    return math.ceil(n / per) if n > 0 else 0
+
+
+def dynamics_minimum(side: dict[str, Any]) -> int:
+    """Minimum Dataverse API calls (token excluded) for the rows one run read and wrote."""
+    total = 0
+    for key, n in dict(side.get("records", {})).items():
+        kind = key.rsplit(".", 1)[-1]
+        if kind == "read":
+            total += max(_ceil(int(n), DATAVERSE_PAGE), 1)
+        elif kind in ("write", "delete", "create", "update"):
+            total += _ceil(int(n), DATAVERSE_BATCH)
+    return total
+
+
+def marketo_minimum(side: dict[str, Any]) -> int:
+    """Minimum Marketo API calls (token excluded) for the records one run read and wrote."""
+    total = 0
+    routes: dict[str, int] = dict(side.get("routes", {}))
+    if any("pagingtoken" in r for r in routes):
+        total += 1
+    for key, n in dict(side.get("records", {})).items():
+        obj, _, kind = key.rpartition(".")
+        n = int(n)
+        if obj == "leadchange" and kind == "read":
+            total += max(_ceil(n, MARKETO_FEED_PAGE), 1)
+        elif kind in ("write", "delete") or kind == "read":
+            total += _ceil(n, MARKETO_BATCH)
+        elif kind == "import_bytes":
+            total += 2 * _ceil(n, MARKETO_IMPORT_BYTES)
+    return total
+
+
+def ratio(actual: int, minimum: int) -> float | None:
+    """``actual / minimum`` rounded, or None when the minimum is zero."""
+    return round(actual / minimum, 3) if minimum else None

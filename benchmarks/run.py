@@ -1,0 +1,173 @@
+"""Run the benchmark scenarios and write JSON, a Markdown table and a plot under ``benchmarks/results/``.
+
+Usage::
+
+    python -m benchmarks.run --quick            # make bench-quick: small volumes, under 5 minutes
+    python -m benchmarks.run                    # make bench: 100,000 leads, both limit modes, peers
+    python -m benchmarks.run --volumes 1000000 --modes off --only full-copy   # the 1M full copy, once
+
+Every figure comes from the run itself: emulator counters, wall clocks, psutil samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import peers, scenarios
+from benchmarks.harness import BenchEnv, LimitMode
+from benchmarks.report import write_results
+from tests.support.emulator_procs import PROJECT_DIR
+
+log = logging.getLogger("benchmarks.run")
+
+RESULTS_DIR = PROJECT_DIR / "benchmarks" / "results"
+PHASES = ("full-copy", "incremental", "conflicts", "peers", "transform")
+
+
+def _profile(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        defaults: dict[str, Any] = {
+            "volumes": [1000], "changes": [0, 100], "conflicts": 50, "peer_leads": [2000],
+            "peer_start": "2025-07-01", "transform_rows": [50_000], "modes": ["on"],
+        }  # fmt: skip
+    else:
+        defaults = {
+            "volumes": [100_000], "changes": [0, 100, 10_000], "conflicts": 1000, "peer_leads": [100_000],
+            "peer_start": "2024-01-01", "transform_rows": [200_000, 1_000_000], "modes": ["on", "off"],
+        }  # fmt: skip
+    for key in defaults:
+        value = getattr(args, key, None)
+        if value is not None:
+            defaults[key] = value
+    return defaults
+
+
+def _mode(name: str, args: argparse.Namespace) -> LimitMode:
+    return (
+        LimitMode.on(args.marketo_time_scale, args.dynamics_time_scale) if name == "on" else LimitMode.off()
+    )
+
+
+def transform_rate(rows: int) -> dict[str, Any]:
+    """Run ``benchmarks.transform_bench`` in its own process (pinned to one core) and parse its line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.transform_bench", "--rows", str(rows), "--repeat", "3"],
+        capture_output=True, text=True, check=True, cwd=PROJECT_DIR, env=os.environ.copy(), timeout=1800,
+    )  # fmt: skip
+    match = re.search(r"best of \d+: ([\d.]+) s, ([\d,]+) records/s per core", proc.stdout)
+    if not match:
+        raise RuntimeError(f"transform_bench printed no figure: {proc.stdout!r} {proc.stderr[-1000:]!r}")
+    return {
+        "scenario": f"lead transform, {rows:,} rows",
+        "rows": rows,
+        "best_seconds": float(match.group(1)),
+        "records_per_s_per_core": int(match.group(2).replace(",", "")),
+        "line": proc.stdout.strip(),
+    }
+
+
+def run_sync_scenarios(
+    workroot: Path, mode: LimitMode, volume: int, profile: dict[str, Any], only: set[str]
+) -> list[dict[str, Any]]:
+    """Full copy, then (unless ``only`` says otherwise) incremental runs and conflicts on one env."""
+    out: list[dict[str, Any]] = []
+    with BenchEnv(workroot / f"sync-{mode.name}-{volume}", mode, dynamics_seed=volume) as env:
+        env.migrate_airflow()
+        log.info("[%s] full copy of %d leads", mode.name, volume)
+        out.append(scenarios.full_copy(env, volume))
+        if "incremental" in only or "conflicts" in only:
+            out.append(scenarios.settle(env))
+        if "incremental" in only:
+            for changes in profile["changes"]:
+                log.info("[%s] incremental, %d changes per side", mode.name, changes)
+                out.append(scenarios.empty_runs(env) if changes == 0 else scenarios.incremental(env, changes))
+        if "conflicts" in only:
+            log.info("[%s] bidirectional with %d conflicts", mode.name, profile["conflicts"])
+            out.append(scenarios.conflicts(env, profile["conflicts"]))
+    for item in out:
+        item["volume"] = volume
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected scenarios and write the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small volumes (make bench-quick)")
+    parser.add_argument("--volumes", type=int, nargs="+", help="Dataverse leads to seed per full copy")
+    parser.add_argument("--changes", type=int, nargs="+", help="changes per side of the incremental runs")
+    parser.add_argument("--conflicts", type=int, help="leads changed on both sides")
+    parser.add_argument(
+        "--peer-leads", dest="peer_leads", type=int, nargs="+", help="Marketo leads for peers"
+    )
+    parser.add_argument("--peer-start", dest="peer_start", help="first day of the peers' extract window")
+    parser.add_argument("--transform-rows", dest="transform_rows", type=int, nargs="+")
+    parser.add_argument("--modes", nargs="+", choices=["on", "off"], help="limit modes (default both)")
+    parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES))
+    parser.add_argument("--marketo-time-scale", type=float, default=0.25, help="Marketo windows x this")
+    parser.add_argument("--dynamics-time-scale", type=float, default=4.0, help="Dataverse windows / this")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    parser.add_argument("--name", default=None, help="results file stem (default: quick or full)")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("airflow", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    profile = _profile(args)
+    only = set(args.only)
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": "quick" if args.quick else "full",
+        "settings": profile,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_at_start": list(os.getloadavg()),
+            "python": platform.python_version(),
+        },
+        "modes": {},
+        "scenarios": [],
+        "peers": [],
+        "transform": [],
+    }
+    workroot = args.workdir or Path(tempfile.mkdtemp(prefix="mds-bench-"))
+    stem = args.name or ("quick" if args.quick else "full")
+
+    def checkpoint() -> list[Path]:
+        # Written after every phase, so a long run that fails late keeps what it measured.
+        results["machine"]["load_average_at_end"] = list(os.getloadavg())
+        results["total_seconds"] = round(time.monotonic() - started, 1)
+        return write_results(results, args.out, stem)
+
+    for name in profile["modes"]:
+        mode = _mode(name, args)
+        results["modes"][mode.name] = mode.describe()
+        if "full-copy" in only or only & {"incremental", "conflicts"}:
+            for volume in profile["volumes"]:
+                results["scenarios"] += run_sync_scenarios(workroot, mode, volume, profile, only)
+                checkpoint()
+        if "peers" in only:
+            for leads in profile["peer_leads"]:
+                start = datetime.fromisoformat(profile["peer_start"]).replace(tzinfo=UTC)
+                results["peers"].append(
+                    peers.compare(workroot / f"peers-{mode.name}-{leads}", mode, leads, start)
+                )
+    if "transform" in only:
+        results["transform"] = [transform_rate(rows) for rows in profile["transform_rows"]]
+    paths = checkpoint()
+    sys.stdout.write("".join(f"wrote {p}\n" for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
