@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed-stamp
 # airbyte-source-marketo's pins clash with Airflow, so the emulator test that runs it gets its own venv.
 AIRBYTE_VENV := .venv-airbyte
 AIRBYTE_STAMP := $(AIRBYTE_VENV)/.installed-stamp
+# Benchmark peers, each in its own venv (their pins clash with Airflow and with each other).
+TAP_STAMP := .venv-tap-marketo/.installed-stamp
+DATAVERSE_PEER_STAMP := .venv-airbyte-dataverse/.installed-stamp
 
 export PYTHONPATH := $(CURDIR)/include:$(CURDIR)/plugins:$(CURDIR)
 export MDS_PROJECT_DIR := $(CURDIR)
@@ -42,6 +45,23 @@ $(AIRBYTE_STAMP): tests/emulators/marketo/airbyte_venv.sh
 install: $(STAMP)
 
 install-test-clients: $(AIRBYTE_STAMP)
+
+$(TAP_STAMP): benchmarks/peers/tap_marketo_venv.sh
+	env -u PYTHONPATH PYTHON=$(PYTHON) bash benchmarks/peers/tap_marketo_venv.sh $(CURDIR)/.venv-tap-marketo
+	touch $@
+
+$(DATAVERSE_PEER_STAMP): benchmarks/peers/dataverse_venv.sh
+	env -u PYTHONPATH PYTHON=$(PYTHON) bash benchmarks/peers/dataverse_venv.sh $(CURDIR)/.venv-airbyte-dataverse
+	touch $@
+
+bench-peers: $(AIRBYTE_STAMP) $(TAP_STAMP) $(DATAVERSE_PEER_STAMP)
+
+# Figures printed to benchmarks/results/ (JSON, Markdown, PNG), never asserted. See README "Benchmarks".
+bench-quick: install bench-peers
+	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
+
+bench: install bench-peers
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 demo: install
 	$(BIN)/python scripts/stack.py start
