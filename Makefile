@@ -19,7 +19,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 
-.PHONY: help install install-test-clients demo demo-fault demo-fault-off demo-check stop status prod-local prod-health prod-status load-settings lint typecheck test test-unit test-dags test-e2e parse clean
+.PHONY: help install install-test-clients bench bench-quick bench-peers demo demo-fault demo-fault-off demo-check stop status prod-local prod-health prod-status load-settings lint typecheck test test-unit test-dags test-e2e parse clean
 
 help:
 	@echo "make demo    - install, start the emulators and Airflow, load airflow_settings.yaml, print the login"
