@@ -27,7 +27,14 @@ import pandas as pd
 
 from crm_sync.config import Direction, EntityConfig, MarketoObject
 from crm_sync.engine.staging import token_key
-from crm_sync.state import check_identity, get_watermark, session_scope, set_watermark, utcnow
+from crm_sync.state import (
+    IdentityMismatchError,
+    check_identity,
+    get_watermark,
+    session_scope,
+    set_watermark,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -672,8 +679,15 @@ def extract_changes(
     with session_scope(ctx.state) as session:
         d_token = get_watermark(session, entity.name, Direction.D2M.value)
         m_token = get_watermark(session, entity.name, Direction.M2D.value)
-        if dynamics is not None:
-            check_identity(session, "dynamics", dynamics.organization_id())
+    if dynamics is not None:
+        try:
+            with session_scope(ctx.state) as session:
+                check_identity(session, "dynamics", dynamics.organization_id())
+        except IdentityMismatchError as err:
+            # A refreshed sandbox (or a re-pointed connection): alert, pause, stop for good.
+            from crm_sync.rebaseline import on_identity_mismatch
+
+            on_identity_mismatch(entity, ctx.run_id, err)
     if entity.direction.includes(Direction.D2M):
         if dynamics is None:
             raise ValueError(f"{entity.name}: a Dynamics client is needed to extract D→M changes")

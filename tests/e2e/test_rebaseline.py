@@ -1,0 +1,91 @@
+"""Dynamics sandbox refresh end to end: the sync stops with an alert, ``rebaseline`` re-links."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crm_sync.reconcile.__main__ import main as reconcile_cli
+from tests.e2e.conftest import SyncEnv
+
+pytestmark = pytest.mark.e2e
+
+ORDER = ("sync_user", "sync_team", "sync_account", "sync_contact", "sync_lead")
+REBASELINE_DAG = Path(__file__).resolve().parents[2] / "dags" / "rebaseline.py"
+
+
+def _active_persons(env: SyncEnv) -> Counter[str]:
+    """Linked, not-deleted Marketo persons by Dataverse key (bulk export of every person)."""
+    hook = env.mkto()
+    try:
+        fields = ["id", "externalPersonId", "msdType", "msdIsDeleted"]
+        start = datetime.now(UTC) - timedelta(days=1)
+        rows = [
+            r
+            for b in hook.bulk_extract_leads(
+                fields, start, datetime.now(UTC) + timedelta(minutes=1), poll_seconds=0.5
+            )
+            for r in b
+        ]
+    finally:
+        hook.close()
+    return Counter(
+        str(r["externalPersonId"]).lower()
+        for r in rows
+        if r.get("externalPersonId") and str(r.get("msdIsDeleted")).lower() not in ("true", "1")
+    )
+
+
+def _rebaseline(env: SyncEnv, **conf: Any) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REBASELINE_DAG))
+    assert bag.import_errors == {}, bag.import_errors
+    return bag.dags["rebaseline"].test(run_conf=conf)
+
+
+@pytest.mark.parametrize("sync_env", [{"dynamics_seed": 100}], indirect=True)
+def test_sandbox_refresh_stops_the_sync_then_rebaseline_relinks_without_duplicates(
+    sync_env: SyncEnv, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for dag_id in ORDER:
+        sync_env.run(dag_id)
+    before = _active_persons(sync_env)
+    assert len(before) > 50
+    assert set(before.values()) == {1}
+
+    refreshed = sync_env.dynamics.admin("POST", "sandbox-refresh").json()
+    assert refreshed["records_reissued"] > 100
+
+    caplog.set_level(logging.ERROR, logger="crm_sync.rebaseline")
+    run = sync_env.dag("sync_lead").test()
+    assert run.state == "failed", "the sync must stop on a refreshed org"
+    alerts = [r.getMessage() for r in caplog.records if "sandbox refresh suspected" in r.getMessage()]
+    assert len(alerts) == 1, alerts
+    assert refreshed["organization_id"] in alerts[0]
+    assert "rebaseline" in alerts[0]
+
+    # Report only: nothing changes without confirm.
+    dry = _rebaseline(sync_env, poll_seconds=0.5)
+    assert dry.state == "success"
+    assert _active_persons(sync_env) == before
+
+    run = _rebaseline(sync_env, confirm=True, poll_seconds=0.5)
+    assert run.state == "success"
+    for dag_id in ORDER:
+        sync_env.run(dag_id)
+
+    after = _active_persons(sync_env)
+    assert set(after.values()) == {1}, "no Marketo person is linked twice"
+    assert len(after) == len(before), "every person re-linked, none created twice"
+    assert not set(after) & set(before), "every key now names a record of the refreshed org"
+    capsys.readouterr()
+    status = reconcile_cli(["check", "--entities", "user,team,account,contact,lead", "--poll-seconds", "0.5"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "no differences" in out, out
