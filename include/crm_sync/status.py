@@ -8,18 +8,17 @@ Plain queries on the state store that return plain dicts, so the Airflow UI plug
   extract's starting point is; it grows when runs stop succeeding);
 - **records synced**: the sum of the ledger's ``loaded`` over runs that ended in the last hour
   and the last day;
-- **API calls today**: the ledger's ``api_calls`` since the Marketo quota day began (00:00 US
-  Central time, when Marketo resets its daily quota), against the daily quota;
+- **API calls today**: the Marketo calls the sync sent since the quota day began (00:00 US
+  Central time, when Marketo resets its daily quota), against the daily quota and the share of
+  it left for other integrations: the budget guard's figures (:mod:`crm_sync.guards.quota`);
 - **record errors**: unresolved rows of the record-error table (retrying or parked), with the
   re-queue action for parked ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
@@ -32,9 +31,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.orm import Session
 
-# Marketo resets the daily API quota at 00:00 US Central time ("12:00AM CST" in its docs).
-QUOTA_TIMEZONE = ZoneInfo("America/Chicago")
-DEFAULT_DAILY_QUOTA = 50_000
+DEFAULT_DAILY_QUOTA = 50_000  # Variable mds_marketo_daily_quota, as the sync DAGs read it
+DEFAULT_RESERVE_SHARE = 0.2  # Variable mds_quota_reserve_share
 ERROR_LIST_LIMIT = 500
 DIRECTIONS = ("d2m", "m2d")
 _KNOWN_DIRECTIONS = {"both", *DIRECTIONS}
@@ -170,56 +168,38 @@ def entity_status(
     return sorted(rows.values(), key=lambda r: (r["entity"], r["direction"]))
 
 
-@dataclass(frozen=True)
-class QuotaUsage:
-    """API calls used in the current quota day against the daily quota."""
-
-    used: int
-    limit: int
-    day_start: datetime
-
-    @property
-    def remaining(self) -> int:
-        """Calls left today (never negative)."""
-        return max(self.limit - self.used, 0)
-
-    @property
-    def percent(self) -> float:
-        """Share of the quota used, in percent (0 when the limit is 0)."""
-        return round(100.0 * self.used / self.limit, 1) if self.limit > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON and templates."""
-        out = asdict(self)
-        out.update(day_start=self.day_start.isoformat(), remaining=self.remaining, percent=self.percent)
-        return out
-
-
-def quota_day_start(now: datetime | None = None) -> datetime:
-    """The start (in UTC) of the Marketo quota day that contains ``now``."""
-    local = (as_utc(now) or utcnow()).astimezone(QUOTA_TIMEZONE)
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return as_utc(midnight) or midnight
-
-
 def quota_usage(
-    session: Session, *, limit: int = DEFAULT_DAILY_QUOTA, now: datetime | None = None
-) -> QuotaUsage:
-    """Sum the ledger's ``api_calls`` of runs started since the quota day began.
+    session: Session,
+    *,
+    daily_quota: int = DEFAULT_DAILY_QUOTA,
+    reserve_share: float = DEFAULT_RESERVE_SHARE,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Marketo calls the sync sent since the quota day began, against the daily quota.
 
-    This is the one place the status view gets its quota figure from; swap its body when a
-    dedicated quota guard keeps its own count.
+    The figures are the budget guard's own (:func:`crm_sync.guards.quota.quota_status`, summed
+    from the per-stage call log), so the page shows exactly what the guard decides on. This is
+    the one place the status view gets its quota figures from.
+
+    Returns:
+        ``quota_status``'s dict (``daily_quota``, ``reserve``, ``usable``, ``used_today``,
+        ``left``, ``resets_at``, ``used_by_entity``...) plus ``day_start`` (UTC ISO time) and
+        ``percent`` (share of the daily quota used).
 
     Raises:
-        ValueError: ``limit`` is negative.
+        ValueError: A negative quota, or a reserve share outside [0, 1).
     """
-    if limit < 0:
-        raise ValueError(f"daily quota must be zero or more, not {limit}")
-    start = quota_day_start(now)
-    used = session.execute(
-        select(func.coalesce(func.sum(RunLedger.api_calls), 0)).where(RunLedger.started_at >= start)
-    ).scalar_one()
-    return QuotaUsage(used=int(used), limit=limit, day_start=start)
+    from crm_sync.guards.quota import quota_day_start, quota_status
+
+    if daily_quota < 0:
+        raise ValueError(f"daily quota must be zero or more, not {daily_quota}")
+    if not 0.0 <= reserve_share < 1.0:
+        raise ValueError(f"quota reserve share must be in [0, 1), not {reserve_share}")
+    when = as_utc(now) or utcnow()
+    out = quota_status(session, now=when, daily_quota=daily_quota, reserve_share=reserve_share)
+    out["day_start"] = quota_day_start(when).isoformat()
+    out["percent"] = round(100.0 * out["used_today"] / daily_quota, 1) if daily_quota else 0.0
+    return out
 
 
 def error_list(

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 URL_PREFIX = "/crm-sync-status"
 STATE_URL_VARIABLE = "mds_state_db_url"
 QUOTA_VARIABLE = "mds_marketo_daily_quota"
+RESERVE_VARIABLE = "mds_quota_reserve_share"
 ENTITIES_ENV = "MDS_ENTITIES_DIR"
 
 _templates = Environment(
@@ -45,6 +46,18 @@ _templates = Environment(
     lstrip_blocks=True,
 )
 _templates.filters["age"] = sync_status.format_age
+
+
+def _short_time(iso: str | None) -> str:
+    """``2026-11-26T16:31:30.697+00:00`` → ``2026-11-26 16:31:30`` (UTC, as the page says)."""
+    from datetime import UTC, datetime
+
+    if not iso:
+        return "—"
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+_templates.filters["ts"] = _short_time
 _bearer = HTTPBearer(auto_error=False)
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
@@ -126,24 +139,24 @@ def state_url() -> str:
     return _variable(STATE_URL_VARIABLE) or default_url()
 
 
-def daily_quota() -> int:
-    """Variable ``mds_marketo_daily_quota`` (default 50,000 calls).
+def _number(key: str, cast: type[int] | type[float], default: float) -> float:
+    raw = _variable(key)
+    if raw is None:
+        return default
+    try:
+        return cast(raw.strip())
+    except ValueError:
+        raise ValueError(f"Variable {key} must be a number ({cast.__name__}), not {raw!r}") from None
+
+
+def quota_settings() -> tuple[int, float]:
+    """``(daily quota, reserve share)`` from the Variables the sync DAGs' budget guard reads.
 
     Raises:
-        ValueError: The Variable is not a whole number of zero or more.
+        ValueError: A Variable is not a number.
     """
-    raw = _variable(QUOTA_VARIABLE)
-    if raw is None:
-        return sync_status.DEFAULT_DAILY_QUOTA
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"Variable {QUOTA_VARIABLE} must be a whole number of API calls, not {raw!r}"
-        ) from None
-    if value < 0:
-        raise ValueError(f"Variable {QUOTA_VARIABLE} must be zero or more, not {value}")
-    return value
+    quota = int(_number(QUOTA_VARIABLE, int, sync_status.DEFAULT_DAILY_QUOTA))
+    return quota, float(_number(RESERVE_VARIABLE, float, sync_status.DEFAULT_RESERVE_SHARE))
 
 
 def configured_entities() -> dict[str, str]:
@@ -193,14 +206,13 @@ def collect() -> dict[str, Any]:
         out["problems"].append("The state store has no tables yet: no sync has run against it.")
         out["entities"] = [sync_status.blank_row(n, d) for n, d in sorted(configured.items())]
         return out
-    try:
-        limit = daily_quota()
-    except ValueError as exc:
-        out["problems"].append(str(exc))
-        limit = sync_status.DEFAULT_DAILY_QUOTA
     with session_scope(engine) as session:
         out["entities"] = sync_status.entity_status(session, configured)
-        out["quota"] = sync_status.quota_usage(session, limit=limit).as_dict()
+        try:
+            quota, reserve = quota_settings()
+            out["quota"] = sync_status.quota_usage(session, daily_quota=quota, reserve_share=reserve)
+        except ValueError as exc:
+            out["problems"].append(str(exc))
         out["errors"], out["errors_total"] = sync_status.error_list(session)
     out["ready"] = True
     return out

@@ -22,7 +22,8 @@ from crm_sync.state import (
     upgrade,
     write_ledger,
 )
-from crm_sync.status import entity_status, error_list, format_age, quota_day_start, quota_usage, requeue
+from crm_sync.state.guards import add_api_calls
+from crm_sync.status import entity_status, error_list, format_age, quota_usage, requeue
 
 NOW = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)  # 04:00 in Chicago (CST, UTC-6)
 
@@ -152,31 +153,29 @@ def test_entity_status_rejects_an_unknown_direction(engine: Engine) -> None:
         entity_status(s, {"lead": "sideways"}, now=NOW)
 
 
-def test_quota_counts_api_calls_since_midnight_us_central(engine: Engine) -> None:
-    day_start = quota_day_start(NOW)
-    assert day_start == datetime(2026, 1, 15, 6, 0, tzinfo=UTC)
-    # Summer time: midnight in Chicago is 05:00 UTC.
-    assert quota_day_start(datetime(2026, 7, 1, 4, 59, tzinfo=UTC)) == datetime(2026, 6, 30, 5, 0, tzinfo=UTC)
+def test_quota_counts_marketo_calls_since_midnight_us_central(engine: Engine) -> None:
+    day_start = datetime(2026, 1, 15, 6, 0, tzinfo=UTC)  # 00:00 CST (UTC-6) on NOW's day
     with session_scope(engine) as s:
-        for run_id, started, calls in (
-            ("before", day_start - timedelta(seconds=1), 400),
-            ("at", day_start, 120),
-            ("later", NOW - timedelta(minutes=5), 30),
+        for run_id, stage, at, calls in (
+            ("before", "load", day_start - timedelta(seconds=1), {"marketo": 400}),
+            ("at", "load", day_start, {"marketo": 120, "dynamics": 999}),
+            ("later", "extract_changes", NOW - timedelta(minutes=5), {"marketo": 30}),
         ):
-            write_ledger(
-                s,
-                RunCounts(
-                    run_id=run_id, entity="lead", direction="both", api_calls=calls, started_at=started
-                ),
-            )
+            add_api_calls(s, run_id=run_id, entity="lead", stage=stage, calls=calls, at=at)
     with session_scope(engine) as s:
-        usage = quota_usage(s, limit=1000, now=NOW)
-        empty = quota_usage(s, limit=1000, now=NOW + timedelta(days=1))
-    assert (usage.used, usage.remaining, usage.percent) == (150, 850, 15.0)
-    assert usage.as_dict()["day_start"] == "2026-01-15T06:00:00+00:00"
-    assert empty.used == 0
+        usage = quota_usage(s, daily_quota=1000, reserve_share=0.2, now=NOW)
+        tomorrow = quota_usage(s, daily_quota=1000, now=NOW + timedelta(days=1))
+        # Summer time: the quota day starts at 05:00 UTC.
+        summer = quota_usage(s, daily_quota=1000, now=datetime(2026, 7, 1, 4, 59, tzinfo=UTC))
+    # Dataverse calls do not count against Marketo's quota; yesterday's calls neither.
+    assert (usage["used_today"], usage["reserve"], usage["usable"], usage["left"]) == (150, 200, 800, 650)
+    assert (usage["percent"], usage["day_start"]) == (15.0, "2026-01-15T06:00:00+00:00")
+    assert usage["used_by_entity"] == {"lead": 150}
+    assert (tomorrow["used_today"], summer["day_start"]) == (0, "2026-06-30T05:00:00+00:00")
     with session_scope(engine) as s, pytest.raises(ValueError, match="daily quota"):
-        quota_usage(s, limit=-1, now=NOW)
+        quota_usage(s, daily_quota=-1, now=NOW)
+    with session_scope(engine) as s, pytest.raises(ValueError, match="reserve share"):
+        quota_usage(s, reserve_share=1.5, now=NOW)
 
 
 def test_error_list_parked_first_with_reasons_and_total(engine: Engine) -> None:

@@ -30,6 +30,7 @@ from crm_sync.state import (
     utcnow,
     write_ledger,
 )
+from crm_sync.state.guards import add_api_calls
 from crm_sync.state.models import RecordError
 
 PREFIX = "/crm-sync-status"
@@ -86,6 +87,9 @@ def _seed(url: str) -> None:
             ),
         )
         set_watermark(s, "lead", "d2m", "delta", now=now - timedelta(minutes=2))
+        add_api_calls(
+            s, run_id="manual__1", entity="lead", stage="load", calls={"marketo": 300, "dynamics": 7}
+        )
         errors = pd.DataFrame(
             [
                 {
@@ -140,11 +144,16 @@ def test_page_shows_figures_escaped_and_requeue_works_from_the_session_cookie(
         assert row, html
         assert re.search(r'data-testid="synced-day">42<', row.group(1))
         assert re.search(r'data-testid="quota-used">300<', html)
-        assert "of 2,000 calls" in html
+        assert "of 2,000 calls used" in html
+        assert "400 kept for other integrations" in html  # reserve share 0.2 by default
 
         data = api.get(f"{PREFIX}/status.json").json()
         assert data["ready"] is True
-        assert (data["quota"]["used"], data["quota"]["limit"]) == (300, 2000)
+        assert (data["quota"]["used_today"], data["quota"]["daily_quota"], data["quota"]["left"]) == (
+            300,
+            2000,
+            1300,
+        )
         lead = next(r for r in data["entities"] if (r["entity"], r["direction"]) == ("lead", "both"))
         assert (lead["synced_last_hour"], lead["errors_parked"], lead["last_success_run_id"]) == (
             42,
@@ -208,3 +217,14 @@ def test_empty_state_store_says_no_sync_has_run(api: TestClient, state: str) -> 
     assert page.status_code == 200
     assert "no sync has run against it" in page.text
     assert 'data-testid="entity-lead-both"' in page.text
+
+
+def test_a_bad_quota_variable_is_named_on_the_page(
+    api: TestClient, state: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(state)
+    monkeypatch.setenv("AIRFLOW_VAR_MDS_MARKETO_DAILY_QUOTA", "lots")
+    page = api.get(f"{PREFIX}/", headers={"Authorization": f"Bearer {_token('admin')}"})
+    assert page.status_code == 200
+    assert "Variable mds_marketo_daily_quota must be a number (int), not &#39;lots&#39;" in page.text
+    assert 'data-testid="entity-lead-both"' in page.text  # the rest of the page still shows
