@@ -19,7 +19,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 
-.PHONY: help install install-test-clients bench bench-quick bench-peers demo demo-fault demo-fault-off demo-check stop status prod-local prod-health prod-status load-settings lint typecheck test test-unit test-dags test-e2e parse clean
+.PHONY: help install install-test-clients bench bench-quick bench-peers demo demo-fault demo-fault-off demo-check stop status prod-local prod-health prod-status load-settings install-browser lint typecheck test test-unit test-dags test-e2e parse clean
 
 help:
 	@echo "make demo    - install, start the emulators and Airflow, load airflow_settings.yaml, print the login"
@@ -45,6 +45,18 @@ $(AIRBYTE_STAMP): tests/emulators/marketo/airbyte_venv.sh
 install: $(STAMP)
 
 install-test-clients: $(AIRBYTE_STAMP)
+
+# Headless Chromium from Debian's packages for tests/e2e/test_browser.py (driven by Playwright,
+# which never downloads a browser of its own); apt-get runs only when /usr/bin/chromium is missing.
+install-browser:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; \
+	else \
+		echo "install-browser: no apt-get here; install Chromium as /usr/bin/chromium or the browser test skips"; \
+	fi
 
 $(TAP_STAMP): benchmarks/peers/tap_marketo_venv.sh
 	env -u PYTHONPATH PYTHON=$(PYTHON) bash benchmarks/peers/tap_marketo_venv.sh $(CURDIR)/.venv-tap-marketo
@@ -107,7 +119,7 @@ parse: install
 	@for f in dags/*.py; do echo "parse $$f"; $(BIN)/python $$f || exit 1; done
 
 # MDS_REQUIRE_TEST_CLIENTS turns "independent client not installed" from a skip into a failure.
-test: lint typecheck install-test-clients
+test: lint typecheck install-test-clients install-browser
 	MDS_REQUIRE_TEST_CLIENTS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install
