@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from crm_sync.demo.airflow_api import AirflowApi
 from crm_sync.reconcile.__main__ import main as reconcile_cli
 from tests.e2e.conftest import SyncEnv
+from tests.support.emulator_procs import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +48,43 @@ def _active_persons(env: SyncEnv) -> Counter[str]:
     )
 
 
+@pytest.fixture
+def airflow_api(sync_env: SyncEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AirflowApi]:
+    """Airflow's real API server (its own FastAPI app under uvicorn, 127.0.0.1) on this test's
+    metadata DB, with an ``airflow_api`` connection the tasks use to pause and unpause DAGs."""
+    import uvicorn
+    from airflow.api_fastapi.app import create_app, purge_cached_app
+
+    password = secrets.token_urlsafe(16)
+    (tmp_path / "passwords.json").write_text(json.dumps({"admin": password}))
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(tmp_path / "passwords.json"))
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(64))
+    monkeypatch.setenv("AIRFLOW__API__SECRET_KEY", secrets.token_urlsafe(64))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive(), "API server stopped while starting"
+        assert time.monotonic() < deadline, "API server did not start"
+        time.sleep(0.1)
+    base = f"http://127.0.0.1:{port}"
+    conn = {"conn_type": "http", "host": base, "login": "admin", "password": password}
+    monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_API", json.dumps(conn))
+    try:
+        yield AirflowApi(base, "admin", password)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        purge_cached_app()
+
+
+def _paused(api: AirflowApi, dag_id: str) -> bool:
+    return bool(api._call("GET", f"dags/{dag_id}")["is_paused"])
+
+
 def _rebaseline(env: SyncEnv, **conf: Any) -> Any:
     from airflow.dag_processing.dagbag import DagBag
 
@@ -51,10 +95,15 @@ def _rebaseline(env: SyncEnv, **conf: Any) -> Any:
 
 @pytest.mark.parametrize("sync_env", [{"dynamics_seed": 100}], indirect=True)
 def test_sandbox_refresh_stops_the_sync_then_rebaseline_relinks_without_duplicates(
-    sync_env: SyncEnv, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    sync_env: SyncEnv,
+    airflow_api: AirflowApi,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     for dag_id in ORDER:
         sync_env.run(dag_id)
+    for dag_id in ORDER:
+        airflow_api.set_paused(dag_id, False)
     before = _active_persons(sync_env)
     assert len(before) > 50
     assert set(before.values()) == {1}
@@ -69,6 +118,8 @@ def test_sandbox_refresh_stops_the_sync_then_rebaseline_relinks_without_duplicat
     assert len(alerts) == 1, alerts
     assert refreshed["organization_id"] in alerts[0]
     assert "rebaseline" in alerts[0]
+    assert "Paused: " in alerts[0]
+    assert all(_paused(airflow_api, d) for d in ORDER), "every sync DAG paused"
 
     # Report only: nothing changes without confirm.
     dry = _rebaseline(sync_env, poll_seconds=0.5)
@@ -77,6 +128,7 @@ def test_sandbox_refresh_stops_the_sync_then_rebaseline_relinks_without_duplicat
 
     run = _rebaseline(sync_env, confirm=True, poll_seconds=0.5)
     assert run.state == "success"
+    assert not any(_paused(airflow_api, d) for d in ORDER), "the sync DAGs run again"
     for dag_id in ORDER:
         sync_env.run(dag_id)
 
