@@ -170,7 +170,11 @@ def write_calls(stats: dict[str, Any]) -> dict[str, int]:
 
 
 def read_calls(stats: dict[str, Any]) -> int:
-    """API calls that only read (token and metadata discovery excluded)."""
+    """API calls that only read data (token and metadata discovery excluded).
+
+    Metadata includes the schema reads of each run's drift check (Dataverse ``EntityDefinitions``,
+    Marketo ``describe``), which do not grow with the data.
+    """
     calls: dict[str, int] = dict(stats.get("calls", {}))
     return sum(
         n
@@ -179,6 +183,8 @@ def read_calls(stats: dict[str, Any]) -> int:
         and "oauth" not in route
         and "openid-configuration" not in route
         and "/identity/" not in route
+        and "EntityDefinitions" not in route
+        and not route.endswith("/describe.json")
     )
 
 
