@@ -136,21 +136,32 @@ def test_commit_refuses_until_every_batch_is_loaded(
         assert get_watermark(session, "account", "d2m") == extracted["pending"]["d2m"]
 
 
-def test_an_expired_delta_link_falls_back_to_a_full_read(
+def test_an_expired_delta_link_rebaselines_only_the_differences(
     entities: dict[str, EntityConfig], make_ctx: MakeCtx
 ) -> None:
     account = entities["account"]
     dyn, mkto = FakeDynamics(), FakeMarketo()
-    a = guid()
-    dyn.put("accounts", {"accountid": a, "name": "Acme"}, "accountid")
+    same, renamed, gone, added = guid(), guid(), guid(), guid()
+    for key, name in ((same, "Same"), (renamed, "Old name"), (gone, "Gone")):
+        dyn.put("accounts", {"accountid": key, "name": name}, "accountid")
     cycle(account, make_ctx("run-1"), dyn, mkto)
     with session_scope(make_ctx("x").state) as session:
-        dyn.expired.add(str(get_watermark(session, "account", "d2m")))
+        old_token = str(get_watermark(session, "account", "d2m"))
+    dyn.expired.add(old_token)
+    dyn.put("accounts", {"accountid": renamed, "name": "New name"}, "accountid")
+    dyn.put("accounts", {"accountid": added, "name": "Added"}, "accountid")
+    dyn.delete("accounts", gone)
 
-    extracted = extract_changes(account, make_ctx("run-2"), dynamics=dyn)
+    ctx = make_ctx("run-2")
+    extracted = extract_changes(account, ctx, dynamics=dyn)
 
-    assert extracted["dynamics"]["initial"] is True
-    assert extracted["dynamics"]["rows"] == 1
+    part = extracted["dynamics"]
+    assert part["rebaseline"] == {"read": 3, "unchanged": 1, "staged": 2, "deleted": 1}
+    assert part["token"] != old_token
+    staged = sorted(k for ref in part["batches"] for k in ctx.staging.read_frame(ref)["accountid"])
+    assert staged == sorted([renamed, added])
+    deleted = [k for ref in part["deleted"] for k in ctx.staging.read_frame(ref)["id"]]
+    assert deleted == [gone]
 
 
 def test_record_level_write_failures_are_recorded_and_do_not_block_the_watermark(
