@@ -41,7 +41,14 @@ def test_new_custom_entity_yaml_gives_a_working_dag(sync_env: SyncEnv, new_guid:
     (sync_env.entities_dir / "widget.yaml").write_text(WIDGET_YAML)
     dag = sync_env.dag("sync_custom_widget")
     assert "entity:custom" in dag.tags
-    assert {t.task_id for t in dag.tasks} == {"extract_changes", "transform", "load", "commit"}
+    assert {t.task_id for t in dag.tasks} == {
+        "preflight",
+        "extract_changes",
+        "transform",
+        "guard",
+        "load",
+        "commit",
+    }
 
     alpha, beta = new_guid(), new_guid()
     hook = sync_env.dyn()
