@@ -180,6 +180,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark results ({results['profile']}, {results['generated_at']})",
         "",
+        f"Revision measured: `{results.get('revision', 'unknown')}`.",
+        "",
         f"Machine: {machine['cpus']} CPUs, load average {machine['load_average_at_start'][0]:.1f} at start, "
         f"{machine['load_average_at_end'][0]:.1f} at end; total {results['total_seconds']} s.",
         "",

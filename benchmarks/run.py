@@ -46,6 +46,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
             "volumes": [100_000], "changes": [0, 100, 10_000], "conflicts": 1000, "peer_leads": [100_000],
             "peer_start": "2024-01-01", "transform_rows": [200_000, 1_000_000], "modes": ["on", "off"],
         }  # fmt: skip
+    defaults["copy_with"] = None
     for key in defaults:
         value = getattr(args, key, None)
         if value is not None:
@@ -57,6 +58,20 @@ def _mode(name: str, args: argparse.Namespace) -> LimitMode:
     return (
         LimitMode.on(args.marketo_time_scale, args.dynamics_time_scale) if name == "on" else LimitMode.off()
     )
+
+
+def source_revision() -> str:
+    """The commit measured: ``$MDS_BENCH_COMMIT`` (a snapshot without .git), else ``git describe``."""
+    if os.environ.get("MDS_BENCH_COMMIT"):
+        return os.environ["MDS_BENCH_COMMIT"]
+    proc = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_DIR,
+        check=False,
+    )
+    return proc.stdout.strip() or "unknown"
 
 
 def transform_rate(rows: int) -> dict[str, Any]:
@@ -85,7 +100,7 @@ def run_sync_scenarios(
     with BenchEnv(workroot / f"sync-{mode.name}-{volume}", mode, dynamics_seed=volume) as env:
         env.migrate_airflow()
         log.info("[%s] full copy of %d leads", mode.name, volume)
-        out.append(scenarios.full_copy(env, volume))
+        out.append(scenarios.full_copy(env, volume, profile.get("copy_with")))
         if "incremental" in only or "conflicts" in only:
             out.append(scenarios.settle(env))
         if "incremental" in only:
@@ -112,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--peer-start", dest="peer_start", help="first day of the peers' extract window")
     parser.add_argument("--transform-rows", dest="transform_rows", type=int, nargs="+")
+    parser.add_argument(
+        "--copy-with", dest="copy_with", nargs="+", help="copy with the first runs of these sync DAGs instead"
+    )
     parser.add_argument("--modes", nargs="+", choices=["on", "off"], help="limit modes (default both)")
     parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--marketo-time-scale", type=float, default=0.25, help="Marketo windows x this")
@@ -129,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": "quick" if args.quick else "full",
+        "revision": source_revision(),
         "settings": profile,
         "machine": {
             "cpus": os.cpu_count(),

@@ -199,9 +199,12 @@ def _latency(changed: int, arrived: int, lat: Sequence[float]) -> dict[str, Any]
 
 
 # --- the scenarios -------------------------------------------------------------------------
-def full_copy(env: BenchEnv, volume: int) -> dict[str, Any]:
-    """Copy the seeded org to the empty Marketo emulator."""
-    if DAG_FILES["full_copy"].exists():
+def full_copy(env: BenchEnv, volume: int, dags: Sequence[str] | None = None) -> dict[str, Any]:
+    """Copy the seeded org to the empty Marketo emulator (with the first runs of ``dags`` if given)."""
+    if dags:
+        measures = [env.run_dag(d) for d in dags]
+        how = "first runs of " + ", ".join(dags)
+    elif DAG_FILES["full_copy"].exists():
         measures = [env.run_dag("full_copy", dag_file="full_copy")]
         how = "full_copy DAG"
     else:

@@ -1,0 +1,84 @@
+"""The benchmark harness at a tiny volume: a real first sync_lead run and a real transform, results on disk.
+
+It checks the shape of the JSON and Markdown the harness writes and that the figures in them
+come from the run (the records the emulators counted match the seeded volume), never that any
+figure is fast: timings are printed by ``make bench``, not asserted by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crm_sync.localenv import python_path
+
+pytestmark = pytest.mark.timeout(240)
+
+LEADS = 60
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "PYTHONPATH": python_path()}
+    argv = [
+        sys.executable, "-m", "benchmarks.run", "--quick", "--modes", "off",
+        "--only", "full-copy", "transform", "--copy-with", "sync_lead",
+        "--volumes", str(LEADS), "--transform-rows", "3000", "--out", str(root / "out"), "--name", "smoke",
+        "--workdir", str(root / "work"),
+    ]  # fmt: skip
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=220, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = root / "out"
+    return json.loads((out / "smoke.json").read_text()), (out / "smoke.md").read_text(), out
+
+
+def test_full_copy_figures_come_from_the_emulators(results: tuple[dict, str, Path]) -> None:
+    data, _, _ = results
+    (copy,) = data["scenarios"]
+    assert copy["scenario"] == f"full copy {LEADS:,} leads"
+    # Every seeded Dataverse lead was read once; the persons written are the leads the sync
+    # filter lets through, as the emulator counted them.
+    assert copy["dynamics"]["records"]["lead.read"] == LEADS
+    assert 0 < copy["marketo"]["records"]["lead.write"] <= LEADS
+    assert copy["records_written"] == sum(
+        v
+        for side in ("marketo", "dynamics")
+        for k, v in copy[side]["records"].items()
+        if k.endswith(".write")
+    )
+    for side in ("marketo", "dynamics"):
+        s = copy[side]
+        assert s["api_calls"] == sum(s["routes"].values()) - s["auth_calls"]
+        assert 1 <= s["min_api_calls"] <= s["api_calls"]
+        assert s["ratio"] == round(s["api_calls"] / s["min_api_calls"], 3)
+        assert s["auth_calls"] >= 1
+
+
+def test_memory_and_time_are_measured_per_task(results: tuple[dict, str, Path]) -> None:
+    data, _, _ = results
+    (copy,) = data["scenarios"]
+    (run,) = copy["runs"]
+    assert run["state"] == "success"
+    assert run["wall_s"] > 0
+    assert {t["task_id"] for t in run["tasks"]} >= {"extract_changes", "transform", "load", "commit"}
+    sampled = [t for t in copy["tasks"] if t["peak_rss_mb"] is not None]
+    assert sampled, "no RSS sample fell inside any task"
+    assert all(20 < t["peak_rss_mb"] <= run["process_peak_rss_mb"] + 1 for t in sampled)
+
+
+def test_transform_rate_and_reports_written(results: tuple[dict, str, Path]) -> None:
+    data, markdown, out = results
+    (transform,) = data["transform"]
+    assert transform["rows"] == 3000
+    assert transform["records_per_s_per_core"] == pytest.approx(3000 / transform["best_seconds"], rel=0.01)
+    assert f"| full copy {LEADS:,} leads | limits-off |" in markdown
+    assert "## Targets (issue 9)" in markdown
+    assert {t["target"].split(" ")[0] for t in data["targets"]} >= {"calls", "transform", "peak"}
+    png = (out / "smoke-throughput.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
