@@ -40,6 +40,7 @@ AIRBYTE_WRAPPER = PROJECT_DIR / "tests" / "emulators" / "marketo" / "run_airbyte
 TAP_PYTHON = PROJECT_DIR / ".venv-tap-marketo" / "bin" / "python"
 TAP_WRAPPER = PROJECT_DIR / "benchmarks" / "peers" / "run_tap_marketo.py"
 DATAVERSE_PEER_PYTHON = PROJECT_DIR / ".venv-airbyte-dataverse" / "bin" / "python"
+DATAVERSE_WRAPPER = PROJECT_DIR / "benchmarks" / "peers" / "run_dataverse_source.py"
 
 
 def _peer_env(emu: RunningEmulator) -> dict[str, str]:
@@ -68,15 +69,15 @@ def _run_sampled(
     return {"seconds": seconds, "returncode": proc.returncode, "peak_rss_mb": round(peak / MB, 1)}
 
 
-def _count_records(path: Path, airbyte: bool) -> int:
+def _count_records(path: Path, airbyte: bool, stream: str = "leads") -> int:
     rows = 0
     with path.open("rb") as handle:
         for line in handle:
             if not line.startswith(b"{"):
                 continue
             msg = json.loads(line)
-            stream = msg["record"]["stream"] if airbyte and msg.get("type") == "RECORD" else msg.get("stream")
-            if msg.get("type") == "RECORD" and stream == "leads":
+            name = msg["record"]["stream"] if airbyte and msg.get("type") == "RECORD" else msg.get("stream")
+            if msg.get("type") == "RECORD" and name == stream:
                 rows += 1
     return rows
 
@@ -100,7 +101,15 @@ def run_ours(
          "password": cred.client_secret, "extra": extra}
     )  # fmt: skip
     out = workdir / "ours.json"
-    argv = [sys.executable, "-m", "benchmarks.extract_child", start.isoformat(), end.isoformat(), str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.extract_child",
+        "marketo",
+        start.isoformat(),
+        end.isoformat(),
+        str(out),
+    ]
     run = _run_sampled(argv, env, PROJECT_DIR, workdir / "ours.out", timeout=3600)
     if run["returncode"] != 0:
         return {"error": (workdir / "ours.err").read_text(errors="replace")[-2000:], **run}
@@ -251,15 +260,120 @@ def compare(workdir: Path, mode: LimitMode, leads: int, start: datetime = START)
         "minimum_definition": "4 calls (create, enqueue, status, file) per export window of 31 days, 1 token",
         "clients": results,
         "ours_over_best_peer": round(ours / best_peer, 3) if best_peer else None,
-        "dataverse_peer": dataverse_peer_note(),
     }
 
 
-def dataverse_peer_note() -> str:
-    """Why the Dataverse peer is (not) part of the comparison."""
+def run_ours_dataverse(emu: RunningEmulator, mode: LimitMode, workdir: Path) -> dict[str, Any]:
+    """Our hook's initial change-tracking read of every Dataverse lead (the lead mapping's columns)."""
+    cred = default_credentials("dynamics_default")
+    env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    env.update(airflow_env(workdir / "airflow-home", parallelism=2))
+    extra = {
+        "ca_bundle": str(emu.ca_file),
+        "tenant_id": cred.tenant_id,
+        "authority_host": emu.base_url,
+        "api_version": "9.2",
+        "timeout": 120,
+        "limiter_url": f"sqlite:///{workdir / 'limiter.sqlite'}",
+        "rate_limit_calls": mode.dynamics_calls,
+        "rate_limit_window_seconds": mode.dynamics_window_s,
+    }
+    env["AIRFLOW_CONN_DYNAMICS_DEFAULT"] = json.dumps(
+        {"conn_type": "dynamics", "host": emu.base_url, "login": cred.client_id,
+         "password": cred.client_secret, "extra": extra}
+    )  # fmt: skip
+    out = workdir / "ours.json"
+    argv = [sys.executable, "-m", "benchmarks.extract_child", "dynamics", str(out)]
+    run = _run_sampled(argv, env, PROJECT_DIR, workdir / "ours.out", timeout=3600)
+    if run["returncode"] != 0:
+        return {"error": (workdir / "ours.err").read_text(errors="replace")[-2000:], **run}
+    report = json.loads(out.read_text())
+    how = "DynamicsHook.track_changes, pages of 5,000, mapped columns"
+    read = round(report["seconds"], 2)
+    return {**run, "rows": report["rows"], "fields": report["fields"], "read_seconds": read, "how": how}
+
+
+def run_airbyte_dataverse(emu: RunningEmulator, workdir: Path) -> dict[str, Any]:
+    """airbyte-source-microsoft-dataverse ``read`` of the ``lead`` stream (incremental, first sync)."""
     if not DATAVERSE_PEER_PYTHON.exists():
-        return (
-            "airbyte-source-microsoft-dataverse not installed (benchmarks/peers/dataverse_venv.sh); "
-            "tap/airbyte have no other Dataverse source that reads change tracking"
-        )
-    return "see the 'Dataverse read' scenario"
+        return {"error": "no .venv-airbyte-dataverse (benchmarks/peers/dataverse_venv.sh)"}
+    cred = default_credentials("dynamics_default")
+    config = {
+        "url": emu.base_url,
+        "tenant_id": cred.tenant_id,
+        "client_id": cred.client_id,
+        "client_secret_value": cred.client_secret,
+        "odata_maxpagesize": 5000,
+    }
+    cfg = workdir / "config.json"
+    cfg.write_text(json.dumps(config))
+    env = _peer_env(emu)
+    env["DATAVERSE_TOKEN_URL"] = emu.base_url + "/{tenant_id}/oauth2/v2.0/token"
+    disc = subprocess.run(
+        [str(DATAVERSE_PEER_PYTHON), str(DATAVERSE_WRAPPER), "discover", "--config", str(cfg)],
+        env=env, cwd=workdir, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    catalog = next(
+        (json.loads(line)["catalog"] for line in disc.stdout.splitlines()
+         if line.startswith("{") and json.loads(line).get("type") == "CATALOG"),
+        None,
+    )  # fmt: skip
+    if catalog is None:
+        return {"error": f"discover failed: {(disc.stdout + disc.stderr)[-1500:]}"}
+    lead = next((s for s in catalog["streams"] if s["name"] == "lead"), None)
+    if lead is None:
+        return {"error": f"discover found no lead stream: {[s['name'] for s in catalog['streams']]}"}
+    modes = lead.get("supported_sync_modes", ["full_refresh"])
+    sync_mode = "incremental" if "incremental" in modes else "full_refresh"
+    configured = {"streams": [{"stream": lead, "sync_mode": sync_mode, "destination_sync_mode": "append",
+                               **({"cursor_field": lead.get("default_cursor_field") or []}
+                                  if sync_mode == "incremental" else {})}]}  # fmt: skip
+    (workdir / "catalog.json").write_text(json.dumps(configured))
+    emu.admin("POST", "stats/reset")
+    argv = [str(DATAVERSE_PEER_PYTHON), str(DATAVERSE_WRAPPER), "read", "--config", str(cfg),
+            "--catalog", str(workdir / "catalog.json")]  # fmt: skip
+    run = _run_sampled(argv, env, workdir, workdir / "peer.out", timeout=3600)
+    if run["returncode"] != 0:
+        return {"error": (workdir / "peer.err").read_text(errors="replace")[-2000:], **run}
+    rows = _count_records(workdir / "peer.out", airbyte=True, stream="lead")
+    fields = len(lead["json_schema"].get("properties", {}))
+    how = f"airbyte-source-microsoft-dataverse 1.0.2 read ({sync_mode}), pages of 5,000, all columns"
+    return {**run, "rows": rows, "fields": fields, "how": how}
+
+
+def compare_dataverse(workdir: Path, mode: LimitMode, leads: int) -> dict[str, Any]:
+    """Seed one Dataverse emulator with ``leads`` leads and read the ``lead`` table with each client."""
+    emu = start_emulator(
+        "dynamics", workdir / "dynamics", mode.dynamics_args(), seed_scale=leads, ready_timeout=300
+    )
+    results: dict[str, Any] = {}
+    try:
+        for name, runner in (
+            ("ours", lambda d: run_ours_dataverse(emu, mode, d)),
+            ("airbyte-source-microsoft-dataverse", lambda d: run_airbyte_dataverse(emu, d)),
+        ):
+            peer_dir = workdir / name
+            peer_dir.mkdir(parents=True, exist_ok=True)
+            emu.admin("POST", "stats/reset")
+            log.info("Dataverse read with %s (%s, %d leads)", name, mode.name, leads)
+            result = runner(peer_dir)
+            result.update(split_calls(emu.stats()))
+            if result.get("rows") and result.get("seconds"):
+                result["rows_per_s"] = round(result["rows"] / result["seconds"], 1)
+            results[name] = result
+    finally:
+        emu.stop()
+    minimum = max(math.ceil(leads / 5000), 1)
+    for result in results.values():
+        result["min_api_calls"] = minimum
+        result["ratio"] = round(result["api_calls"] / minimum, 3) if result.get("api_calls") else None
+    peer = results["airbyte-source-microsoft-dataverse"].get("rows_per_s") or 0.0
+    ours = results["ours"].get("rows_per_s") or 0.0
+    return {
+        "scenario": f"Dataverse lead read, {leads:,} leads",
+        "limits": mode.name,
+        "leads": leads,
+        "minimum_definition": "ceil(rows/5000) pages (change tracking, maximum page size), 1 token",
+        "clients": results,
+        "ours_over_best_peer": round(ours / peer, 3) if peer else None,
+    }

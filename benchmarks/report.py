@@ -77,7 +77,7 @@ def sync_table(items: list[dict[str, Any]]) -> list[str]:
 def peers_table(items: list[dict[str, Any]]) -> list[str]:
     """Rows of the extract-vs-peers table."""
     lines = [
-        "| extract | limits | client | rows | fields | seconds | rows/s | API calls / min (ratio) "
+        "| extract | limits | client | rows | fields | process s (read s) | rows/s | API calls / min (ratio) "
         "| token calls | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -88,9 +88,11 @@ def peers_table(items: list[dict[str, Any]]) -> list[str]:
                     f"| {it['scenario']} | {it['limits']} | {name} | failed: {c['error'][:120]} |||||||"
                 )
                 continue
+            read = f" ({c['read_seconds']})" if c.get("read_seconds") else ""
             lines.append(
                 f"| {it['scenario']} | {it['limits']} | {name} | {_fmt(c['rows'])} | {c['fields']} "
-                f"| {_fmt(c['seconds'])} | {_fmt(c.get('rows_per_s'))} "
+                f"| {_fmt(c['seconds'])}{read} "
+                f"| {_fmt(c.get('rows_per_s'))} "
                 f"| {_fmt(c['api_calls'])} / {_fmt(c['min_api_calls'])} ({_fmt(c['ratio'], 2)}×) "
                 f"| {c['auth_calls']} | {_fmt(c['peak_rss_mb'])} |"
             )
@@ -202,10 +204,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["## Sync runs", "", *sync_table(results["scenarios"]), ""]
         lines += ["## Memory per task (full copies)", "", *task_table(results["scenarios"]), ""]
     if results["peers"]:
-        lines += ["## Marketo extract: ours vs peer connectors (same emulator, same leads)", ""]
+        lines += ["## Extract: ours vs peer connectors (same emulator, same records)", ""]
         lines += [*peers_table(results["peers"]), ""]
-        lines += [f"Minimum: {results['peers'][0]['minimum_definition']}. Dataverse peer: "
-                  f"{results['peers'][0]['dataverse_peer']}.", ""]  # fmt: skip
+        definitions = {p["scenario"].split(",")[0]: p["minimum_definition"] for p in results["peers"]}
+        lines += [f"Minimum, {name}: {text}." for name, text in definitions.items()] + [""]
     if results["transform"]:
         lines += [
             "## Transform (pandas, one core)",
