@@ -236,6 +236,23 @@ def create_app() -> FastAPI:
     """The FastAPI app of the status page (mounted by the plugin under :data:`URL_PREFIX`)."""
     app = FastAPI(title="Marketo-Dynamics sync status", docs_url=None, redoc_url=None, openapi_url=None)
 
+    @app.exception_handler(HTTPException)
+    async def _to_login(request: Request, exc: HTTPException) -> Any:
+        """A browser without a session opening the page goes to Airflow's login, then back here."""
+        from fastapi.exception_handlers import http_exception_handler
+
+        wants_page = request.method == "GET" and request.url.path.rstrip("/").endswith(URL_PREFIX)
+        if (
+            exc.status_code == status.HTTP_401_UNAUTHORIZED
+            and wants_page
+            and "text/html" in request.headers.get("accept", "")
+        ):
+            from airflow.api_fastapi.app import get_auth_manager
+
+            login = get_auth_manager().get_url_login(next_url=str(request.url))
+            return RedirectResponse(login, status_code=status.HTTP_303_SEE_OTHER)
+        return await http_exception_handler(request, exc)
+
     @app.get("/", response_class=HTMLResponse, name="status_page")
     def status_page(
         request: Request, user: Annotated[Any, Depends(_reader)], requeued: int | None = None

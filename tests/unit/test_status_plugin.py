@@ -124,6 +124,12 @@ def test_listed_as_a_ui_view_and_mounted(api: TestClient) -> None:
 
 def test_refused_without_a_session_and_with_a_bad_token(api: TestClient, state: str) -> None:
     assert api.get(f"{PREFIX}/").status_code == 401
+    # A browser is sent to Airflow's login page, which returns it here afterwards.
+    to_login = api.get(f"{PREFIX}/", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert to_login.status_code == 303
+    assert to_login.headers["location"].startswith("/auth/login?next=")
+    assert "crm-sync-status" in to_login.headers["location"]
+    assert api.get(f"{PREFIX}/status.json", headers={"Accept": "text/html"}).status_code == 401
     assert api.get(f"{PREFIX}/status.json").status_code == 401
     assert api.post(f"{PREFIX}/requeue", data={"token": "0" * 64}).status_code == 401
     assert api.get(f"{PREFIX}/", headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403
