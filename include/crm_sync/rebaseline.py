@@ -396,20 +396,24 @@ def relink(
     Raises:
         RuntimeError: Some Marketo writes failed (the state store is left untouched).
     """
+    from crm_sync.engine.extract import _GUID
     from crm_sync.reconcile.core import default_since
     from crm_sync.reconcile.reads import is_person, marketo_fields, read_dynamics, read_persons
+    from crm_sync.state import open_errors, resolve_errors, upsert_links
     from crm_sync.state import rebaseline as reset_state
-    from crm_sync.state import upsert_links
 
     start = since or default_since(state)
     person_entities = [e for e in entities if is_person(e)]
     persons = None
     if person_entities:
+        with session_scope(state) as session:
+            # Persons linked before the export window (created in Marketo long ago) by key.
+            linked = lookup_links(session, [e.name for e in person_entities])
         persons = read_persons(
             marketo,
             marketo_fields(person_entities),
             person_entities[0].marketo.key,
-            (),
+            set(linked["dynamics_id"].dropna().astype(str)),
             start,
             poll_seconds=poll_seconds,
         )
@@ -434,6 +438,11 @@ def relink(
         reset_state(session)
         for name, links in new_links.items():
             upsert_links(session, name, links)
+        # Failures keyed by the old org's record ids can never be retried (Marketo-keyed stay).
+        stale = open_errors(session)
+        stale = stale[stale["source_id"].astype(str).str.lower().str.match(_GUID.pattern)]
+        for (name, direction), part in stale.groupby(["entity", "direction"]):
+            resolve_errors(session, str(name), str(direction), part["source_id"].astype(str))
     log.warning("re-baselined after a sandbox refresh: %s", counts)
     return counts
 
