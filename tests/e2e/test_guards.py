@@ -185,3 +185,36 @@ def test_low_daily_quota_stops_the_run_and_leaves_the_reserve(
         status = quota_status(session, now=utcnow(), daily_quota=quota, reserve_share=0.2)
     assert status["used_today"] == day_calls
     assert status["left"] == quota - reserve - day_calls
+
+
+def test_low_priority_entity_is_deferred_when_budget_is_short_then_syncs_later(
+    sync_env: SyncEnv, new_guid: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_MDS_MARKETO_DAILY_QUOTA", "40")
+    monkeypatch.setenv("AIRFLOW_VAR_MDS_QUOTA_LOW_PRIORITY_HEADROOM", "0.9")  # keep 29 of 32 usable
+    contact_yaml = sync_env.entities_dir / "contact.yaml"
+    text_ = contact_yaml.read_text().replace("batch_size: 300", "batch_size: 5")
+    contact_yaml.write_text(text_.replace("priority: 40", "priority: 40\nquota_priority: low"))
+    ids = [new_guid() for _ in range(20)]
+    _contacts(sync_env, ids)
+    sync_env.reset_stats()
+
+    run = sync_env.run("sync_contact")
+
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert (states["guard"], states["commit"]) == ("skipped", "skipped")
+    assert write_calls(sync_env.marketo.stats()) == {}
+    with sync_env.state().connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM watermark WHERE entity = 'contact'")).scalar() == 0
+        assert conn.execute(text("SELECT status FROM run_ledger")).scalars().all() == ["deferred"]
+
+    monkeypatch.delenv("AIRFLOW_VAR_MDS_QUOTA_LOW_PRIORITY_HEADROOM")
+    sync_env.run("sync_contact")
+
+    hook = sync_env.mkto()
+    try:
+        pages = hook.get_leads("externalPersonId", ids, ["externalPersonId"])
+        synced = {r["externalPersonId"] for page in pages for r in page}
+    finally:
+        hook.close()
+    assert synced == set(ids), "the deferred changes were kept and synced by the next run"
