@@ -492,6 +492,15 @@ class BulkWorker:
                     failures.append([*row, reason])
             processed += outcome.created + outcome.updated
             self.stats_add("lead.imported", outcome.created + outcome.updated)
+            # Counters are running totals while the job imports (marketo-rest-api.md §6).
+            with self.store.begin() as conn:
+                conn.execute(
+                    text(
+                        "UPDATE import_jobs SET numOfLeadsProcessed = :p, numOfRowsFailed = :f "
+                        "WHERE batchId = :b"
+                    ),
+                    {"p": processed, "f": len(failures), "b": batch_id},
+                )
         self._write_report(batch_id, "failures", header, "Import Failure Reason", failures, delimiter)
         self._write_report(batch_id, "warnings", header, "Import Warning Reason", warnings, delimiter)
         if failures:

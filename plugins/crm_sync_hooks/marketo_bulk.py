@@ -54,6 +54,7 @@ class BulkImportJob:
     message: str
     failures: list[WriteResult] = field(default_factory=list)
     warnings: list[WriteResult] = field(default_factory=list)
+    seconds: float = 0.0  # from the upload to the final status
 
 
 def extract_windows(
@@ -159,14 +160,19 @@ class MarketoBulkMixin:
         return self._first_result(self.call_json("GET", path), f"GET {path}")
 
     def wait_for_lead_export(
-        self, export_id: str, poll_seconds: float, max_wait_seconds: float
+        self, export_id: str, poll_seconds: float, max_wait_seconds: float, first_poll_seconds: float = 0.0
     ) -> dict[str, Any]:
         """Poll an export job until it completes and return its final status.
+
+        ``first_poll_seconds`` is waited before the first status call (a job just enqueued is
+        never finished yet).
 
         Raises:
             BulkJobFailed: The job failed, was cancelled or did not finish in ``max_wait_seconds``.
         """
         deadline = time.monotonic() + max_wait_seconds
+        if first_poll_seconds > 0:
+            self.poll_sleep(min(first_poll_seconds, max_wait_seconds))
         while True:
             status = self.lead_export_status(export_id)
             state = str(status.get("status", "")).lower()
@@ -246,6 +252,7 @@ class MarketoBulkMixin:
         max_wait_seconds: float = 6 * 3600,
         workdir: Path | None = None,
         window: timedelta = MAX_EXTRACT_WINDOW,
+        first_poll_seconds: float = 0.0,
     ) -> Iterator[list[dict[str, str | None]]]:
         """Yield batches of leads whose ``date_filter`` (``createdAt``/``updatedAt``) is in ``[start, end)``.
 
@@ -259,7 +266,7 @@ class MarketoBulkMixin:
             export_filter = {date_filter: {"startAt": marketo_time(lower), "endAt": marketo_time(upper)}}
             export_id = self.create_lead_export(fields, export_filter)
             self.enqueue_lead_export(export_id)
-            status = self.wait_for_lead_export(export_id, poll, max_wait_seconds)
+            status = self.wait_for_lead_export(export_id, poll, max_wait_seconds, first_poll_seconds)
             log.info(
                 "export %s completed: %s records, %s bytes",
                 export_id,
@@ -376,7 +383,8 @@ class MarketoBulkMixin:
             "POST /bulk/v1/leads.json",
         )
         batch_id = str(created.get("batchId") or created.get("importId"))
-        deadline = time.monotonic() + max_wait_seconds
+        submitted = time.monotonic()
+        deadline = submitted + max_wait_seconds
         if first_poll_seconds > 0:
             self.poll_sleep(min(first_poll_seconds, max_wait_seconds))
         while True:
@@ -387,12 +395,15 @@ class MarketoBulkMixin:
             state = str(status.get("status", ""))
             if state.lower() in ("complete", "completed", "failed"):
                 break
-            if time.monotonic() + poll_seconds > deadline:
+            wait = import_wait(
+                count, int(status.get("numOfLeadsProcessed") or 0), time.monotonic() - submitted, poll_seconds
+            )
+            if time.monotonic() + wait > deadline:
                 raise BulkJobFailed(
                     f"import {batch_id} still {state} after {max_wait_seconds:.0f}s",
                     endpoint="GET /bulk/v1/leads/batch/{id}.json",
                 )
-            self.poll_sleep(poll_seconds)
+            self.poll_sleep(wait)
         job = BulkImportJob(
             batch_id,
             state,
@@ -401,6 +412,7 @@ class MarketoBulkMixin:
             int(status.get("numOfRowsFailed") or 0),
             int(status.get("numOfRowsWithWarning") or 0),
             str(status.get("message") or ""),
+            seconds=time.monotonic() - submitted,
         )
         if state.lower() == "failed" and not job.rows_failed:
             raise BulkJobFailed(
@@ -448,6 +460,19 @@ class MarketoBulkMixin:
         if not isinstance(result, list) or not result or not isinstance(result[0], Mapping):
             raise FatalApiError("answer has no result", endpoint=label)
         return dict(result[0])
+
+
+def import_wait(rows: int, processed: int, elapsed: float, poll_seconds: float) -> float:
+    """Seconds to wait before the next status call of an import still running.
+
+    The job's running counter tells its pace: wait for the rows left at that pace (a quarter
+    more, so the next call finds it finished), never less than a tenth of ``poll_seconds`` nor
+    more than ten times it. Without progress yet, wait ``poll_seconds``.
+    """
+    if processed <= 0 or elapsed <= 0:
+        return poll_seconds
+    left = max(rows - processed, 0) * elapsed / processed
+    return min(max(left * 1.25 + 0.5, poll_seconds / 10), poll_seconds * 10)
 
 
 def _csv_line(cells: list[str]) -> bytes:

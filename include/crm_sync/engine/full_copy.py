@@ -36,8 +36,9 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import numpy as np
 import pandas as pd
 
 from crm_sync.config import Direction, EntityConfig, MarketoObject
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
     from airflow.sdk import ObjectStoragePath
+    from sqlalchemy import Table
 
     from crm_sync.engine.clients import MarketoClient
     from crm_sync.engine.staging import StagingArea
@@ -76,6 +78,7 @@ LOOKUP_HINT = "_lookup"  # payload entry naming a person's lookup field (removed
 SAMPLE_SIZE = 3
 STATE = "state"
 PROGRESS = "extract-progress"
+IMPORT_PACE = "import-pace"
 
 
 class CopySource(Protocol):
@@ -524,11 +527,12 @@ def _csv_bytes(payload: Mapping[str, Any], columns: Sequence[str]) -> int:
 
 @dataclass
 class _Unit:
-    kind: str  # "bulk:<lookup>" or "sync"
-    records: list[str] = field(default_factory=list)
-    ops: list[pd.DataFrame] = field(default_factory=list)
-    links: list[pd.DataFrame] = field(default_factory=list)
+    """A load unit: its kind (``bulk:<lookup field>`` or ``sync``), size and last plan."""
+
+    kind: str
+    records: int = 0
     size: int = 0
+    last_plan: int = 0
 
 
 def _plan_refs(transform: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -651,6 +655,23 @@ def plan_partition(
     return manifest
 
 
+def _prepared_ops(
+    entity: EntityConfig, ops: pd.DataFrame, lookup: Mapping[str, str], bulk: bool
+) -> tuple[pd.DataFrame, pd.Series]:
+    """A plan's ops with lookup hints in the payloads, and each row's unit kind."""
+    ops = ops.assign(**{DYNAMICS_ID: ops[DYNAMICS_ID].astype(str)})
+    lookups = ops[DYNAMICS_ID].map(lambda d: lookup.get(d, entity.marketo.key))
+    email_field = entity.marketo.email_field
+    if email_field:
+        hinted = (ops["op"].eq(MARKETO_UPSERT) & lookups.eq(email_field)).to_numpy()
+        if hinted.any():
+            ops.loc[hinted, "payload"] = [_hinted(p, email_field) for p in ops.loc[hinted, "payload"]]
+    upsert = ops["op"].eq(MARKETO_UPSERT)
+    only_upserts = upsert.groupby(ops[DYNAMICS_ID], sort=False).transform("all").astype(bool)
+    kinds = ("bulk:" + lookups).where(only_upserts & bulk, "sync")
+    return ops, kinds
+
+
 def _build_units(
     entity: EntityConfig,
     ctx: RunContext,
@@ -660,62 +681,75 @@ def _build_units(
     bulk: bool,
     policy: UnitPolicy,
 ) -> list[dict[str, Any]]:
-    """Regroup the staged plans into load units; every op of one record stays in one unit."""
-    folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "units"
-    open_units: dict[str, _Unit] = {}
-    staged: list[dict[str, Any]] = []
+    """Regroup the staged plans into load units; every op of one record stays in one unit.
 
-    def flush(unit: _Unit) -> None:
-        ops = pd.concat(unit.ops, ignore_index=True)
-        links = pd.concat(unit.links, ignore_index=True) if unit.links else pd.DataFrame()
-        name = f"unit-{len(staged):05d}"
-        mode = unit.kind.split(":")[0]
-        staged.append(
-            {
-                "name": name,
-                "mode": mode,
-                "lookup": unit.kind.split(":")[1] if ":" in unit.kind else None,
-                "records": len(unit.records),
-                "ops": ctx.staging.write_frame(folder / name, "ops", ops).to_dict(),
-                "links": ctx.staging.write_frame(folder / name, "links", links.astype(object)).to_dict(),
-            }
-        )
-
-    for ref in refs:
-        ops = ctx.staging.read_frame(ref["ops"])
-        links = ctx.staging.read_frame(ref["links"])
-        if ops.empty:
-            continue
-        ops = ops.assign(**{DYNAMICS_ID: ops[DYNAMICS_ID].astype(str)})
-        for did, record_ops in ops.groupby(DYNAMICS_ID, sort=False):
-            kind = "sync"
-            size = 1
-            if bulk and set(record_ops["op"]) == {MARKETO_UPSERT}:
-                field_name = lookup.get(str(did), entity.marketo.key)
-                kind = f"bulk:{field_name}"
-                payload = json.loads(record_ops["payload"].iloc[0])
-                size = _csv_bytes(payload, columns)
-            if lookup.get(str(did)) == entity.marketo.email_field and entity.marketo.email_field:
-                record_ops = record_ops.assign(
-                    payload=[
-                        _hinted(p, str(entity.marketo.email_field)) if o == MARKETO_UPSERT else p
-                        for o, p in zip(record_ops["op"], record_ops["payload"], strict=True)
-                    ]
-                )
-            unit = open_units.setdefault(kind, _Unit(kind))
-            limit = policy.bulk_file_bytes if kind != "sync" else policy.sync_unit_records
-            if unit.records and unit.size + size > limit:
-                flush(unit)
-                unit = open_units[kind] = _Unit(kind)
-            unit.records.append(str(did))
-            unit.ops.append(record_ops)
-            if len(links):
-                unit.links.append(links[links[DYNAMICS_ID].astype(str) == str(did)])
+    Units of one kind (bulk import per lookup field, or sync calls) fill up in plan order: a bulk
+    unit up to ``bulk_file_bytes`` of CSV, a sync unit up to ``sync_unit_records`` records. The
+    first pass sizes the units, the second stages each as soon as its last plan has been read, so
+    only the units being filled are held in memory.
+    """
+    units: list[_Unit] = []
+    filling: dict[str, int] = {}
+    row_units: list[np.ndarray] = []
+    for index, ref in enumerate(refs):
+        ops, kinds = _prepared_ops(entity, ctx.staging.read_frame(ref["ops"]), lookup, bulk)
+        first = ~ops[DYNAMICS_ID].duplicated()
+        record_unit: dict[str, int] = {}
+        for did, kind, payload in zip(
+            ops.loc[first, DYNAMICS_ID], kinds[first], ops.loc[first, "payload"], strict=True
+        ):
+            size = 1 if kind == "sync" else _csv_bytes(_unhinted(payload), columns)
+            limit = policy.sync_unit_records if kind == "sync" else policy.bulk_file_bytes
+            number = filling.get(kind)
+            if number is None or units[number].size + size > limit:
+                number = filling[kind] = len(units)
+                units.append(_Unit(kind))
+            unit = units[number]
+            unit.records += 1
             unit.size += size
-    for unit in open_units.values():
-        if unit.records:
-            flush(unit)
-    return staged
+            unit.last_plan = index
+            record_unit[did] = number
+        row_units.append(ops[DYNAMICS_ID].map(record_unit).to_numpy(dtype=np.int64))
+
+    folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "units"
+    parts: dict[int, tuple[list[pd.DataFrame], list[pd.DataFrame]]] = {}
+    staged: list[dict[str, Any]] = []
+    for index, ref in enumerate(refs):
+        ops, _ = _prepared_ops(entity, ctx.staging.read_frame(ref["ops"]), lookup, bulk)
+        links = ctx.staging.read_frame(ref["links"])
+        by_record = dict(zip(ops[DYNAMICS_ID], row_units[index], strict=True))
+        link_units = links[DYNAMICS_ID].astype(str).map(by_record).to_numpy() if len(links) else np.array([])
+        for number in np.unique(row_units[index]):
+            ops_part = ops[row_units[index] == number]
+            links_part = links[link_units == number] if len(links) else links
+            bucket = parts.setdefault(int(number), ([], []))
+            bucket[0].append(ops_part)
+            bucket[1].append(links_part)
+        for number in sorted(n for n in parts if units[n].last_plan == index):
+            ops_frames, link_frames = parts.pop(number)
+            unit = units[number]
+            name = f"unit-{number:05d}"
+            staged.append(
+                {
+                    "name": name,
+                    "mode": unit.kind.split(":")[0],
+                    "lookup": unit.kind.split(":", 1)[1] if ":" in unit.kind else None,
+                    "records": unit.records,
+                    "ops": ctx.staging.write_frame(
+                        folder / name, "ops", pd.concat(ops_frames, ignore_index=True)
+                    ).to_dict(),
+                    "links": ctx.staging.write_frame(
+                        folder / name, "links", pd.concat(link_frames, ignore_index=True).astype(object)
+                    ).to_dict(),
+                }
+            )
+    return sorted(staged, key=lambda u: u["name"])
+
+
+def _unhinted(payload: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(payload)
+    data.pop(LOOKUP_HINT, None)
+    return data
 
 
 def _hinted(payload: str, lookup_field: str) -> str:
@@ -864,16 +898,31 @@ def load_unit(
         )
         return {**done, "reused": True}
     started = time.monotonic()
+    started_at = utcnow().isoformat()
+    pace_dir = ctx.staging.root / "full_copy"
+    pace = ctx.staging.read_json(pace_dir, IMPORT_PACE) or {}
     client = BulkAwareMarketo(
         marketo,
         mode=str(unit.get("mode") or "sync"),
         lookup=unit.get("lookup"),
-        first_poll_seconds=first_poll_estimate(int(unit.get("records") or 0)),
+        first_poll_seconds=first_poll_estimate(int(unit.get("records") or 0), pace.get("seconds_per_row")),
     )
     outcome = load_batch(entity, ctx, dict(unit), marketo=client)
     seconds = max(time.monotonic() - started, 1e-6)
-    outcome = {**outcome, "seconds": round(seconds, 3), "imports": len(client.imports)}
+    outcome = {
+        **outcome,
+        "seconds": round(seconds, 3),
+        "imports": len(client.imports),
+        "mode": unit.get("mode"),
+        "started_at": started_at,
+    }
     ctx.staging.write_json(folder, OUTCOME, outcome)
+    for job in client.imports:
+        if job.seconds and job.rows_submitted:
+            # The next import's first status call waits as long as this one took per row
+            # (shared by every entity and run: it measures this Marketo instance).
+            pace = {"seconds_per_row": job.seconds / job.rows_submitted}
+            ctx.staging.write_json(pace_dir, IMPORT_PACE, pace)
     log.info(
         "%s %s (%s): %d loaded, %d failed, %.0f records/s%s",
         entity.name,
@@ -902,10 +951,89 @@ def unit_progress(entity: EntityConfig, ctx: RunContext, transform: Mapping[str,
 # --- commit --------------------------------------------------------------------------------------
 
 
+def link_marketo_ids(
+    entity: EntityConfig, ctx: RunContext, marketo: Any, since: datetime, person_entities: Sequence[str] = ()
+) -> int:
+    """Store the Marketo ids of the persons this copy wrote by bulk import.
+
+    A bulk import does not answer with ids, but opportunity roles and custom objects link to
+    persons by Marketo id. One bulk export of ``id`` and the key field, filtered on ``updatedAt``
+    since the first import, brings them all (a few calls, not one per 300 persons), for every
+    person entity at once: the other person entity's commit then finds nothing missing.
+
+    Returns:
+        The number of id-map rows that got their Marketo id.
+    """
+    from sqlalchemy import bindparam, func, select, update
+
+    from crm_sync.state.models import IdMap
+
+    names = sorted({entity.name, *person_entities})
+    with session_scope(ctx.state) as session:
+        missing = session.execute(
+            select(func.count()).where(IdMap.entity == entity.name, IdMap.marketo_id.is_(None))
+        ).scalar_one()
+    if not missing:
+        log.info("%s: every copied person already has its Marketo id", entity.name)
+        return 0
+    key = entity.marketo.key
+    found: dict[str, str] = {}
+    until = utcnow() + timedelta(minutes=1)
+    pages = marketo.bulk_extract_leads(
+        ["id", key], since, until, date_filter="updatedAt", poll_seconds=2.0, first_poll_seconds=3.0
+    )
+    for rows in pages:
+        for row in rows:
+            if row.get(key) and row.get("id"):
+                found[str(row[key]).strip().lower()] = str(row["id"])
+    table = cast("Table", IdMap.__table__)
+    with session_scope(ctx.state) as session:
+        rows = session.execute(
+            select(IdMap.entity, IdMap.dynamics_id).where(IdMap.entity.in_(names), IdMap.marketo_id.is_(None))
+        ).all()
+        updates = [{"e": e, "d": d, "m": found[d.lower()]} for e, d in rows if d.lower() in found]
+        if updates:
+            session.execute(
+                update(table)
+                .where(table.c.entity == bindparam("e"), table.c.dynamics_id == bindparam("d"))
+                .values(marketo_id=bindparam("m")),
+                updates,
+            )
+    log.info(
+        "Marketo ids of %d bulk-imported persons (%s) stored in the id map", len(updates), ", ".join(names)
+    )
+    return len(updates)
+
+
+def _bulk_since(
+    staging: StagingArea, entities: Sequence[EntityConfig], scope_key: str, transform: Mapping[str, Any]
+) -> datetime | None:
+    """When the earliest person attempt of this scope opened (None: this attempt had no bulk unit).
+
+    Every import of the person entities' current attempts happened after their attempts opened,
+    killed and resumed runs included.
+    """
+    if not any(unit.get("mode") == "bulk" for unit in transform.get("batches", [])):
+        return None
+    opened = []
+    for entity in entities:
+        folder = _partition_dir(staging, entity.name, scope_key, mapping_fingerprint(entity))
+        state = staging.read_json(folder, STATE)
+        if state and state.get("opened_at"):
+            opened.append(datetime.fromisoformat(state["opened_at"]))
+    return min(opened) - timedelta(minutes=1) if opened else None
+
+
 def commit_partition(
-    entity: EntityConfig, ctx: RunContext, staging: StagingArea, partition: Partition
+    entity: EntityConfig,
+    ctx: RunContext,
+    staging: StagingArea,
+    partition: Partition,
+    marketo: Any = None,
+    person_entities: Sequence[EntityConfig] = (),
 ) -> dict[str, Any]:
-    """Ledger row, hand-over watermark (only where none exists yet), attempt marked finished."""
+    """Marketo ids of bulk-imported persons, ledger row, hand-over watermark (only where none
+    exists yet), attempt marked finished."""
     from crm_sync.engine.commit import commit
 
     folder = ctx.staging.run_dir(entity.name, ctx.run_id)
@@ -913,6 +1041,12 @@ def commit_partition(
     transform = ctx.staging.read_json(folder, TRANSFORM_MANIFEST)
     if extract is None or transform is None:
         raise FileNotFoundError(f"{entity.name}: attempt {ctx.run_id} has no staged extract or plan")
+    persons = list(person_entities) or [entity]
+    since = _bulk_since(staging, persons, partition.scope_key, transform)
+    if since is not None:
+        if marketo is None:
+            raise ValueError(f"{entity.name}: a Marketo client is needed to read back bulk-imported ids")
+        link_marketo_ids(entity, ctx, marketo, since, [p.name for p in persons])
     pending = dict(extract.get("pending") or {})
     with session_scope(ctx.state) as session:
         for direction in list(pending):

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from crm_sync.engine.extract import RunContext
-    from crm_sync.engine.full_copy import Partition
+    from crm_sync.engine.full_copy import Partition, UnitPolicy
     from crm_sync.engine.staging import StagingArea
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,31 @@ def _partition(settings: RunSettings, name: str, scope: CopyScope) -> tuple[Part
     return partition, _ctx(settings, partition.run_id)
 
 
+def unit_policy() -> UnitPolicy:
+    """Load-unit sizes from the Airflow Variables ``mds_full_copy_bulk_threshold``,
+    ``mds_full_copy_bulk_file_bytes`` and ``mds_full_copy_sync_unit_records`` (defaults otherwise)."""
+    from airflow.sdk import Variable
+
+    from crm_sync.engine.full_copy import UnitPolicy
+
+    default = UnitPolicy()
+
+    def number(name: str, fallback: int) -> int:
+        value = Variable.get(name, default=None)
+        try:
+            return int(value) if value not in (None, "") else fallback
+        except ValueError:
+            raise ValueError(f"Variable {name}={value!r} is not a whole number") from None
+
+    return UnitPolicy(
+        bulk_threshold=number("mds_full_copy_bulk_threshold", default.bulk_threshold),
+        bulk_file_bytes=min(
+            number("mds_full_copy_bulk_file_bytes", default.bulk_file_bytes), default.bulk_file_bytes
+        ),
+        sync_unit_records=number("mds_full_copy_sync_unit_records", default.sync_unit_records),
+    )
+
+
 def plan(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Task ``<entity>.plan``: plan and stage the load units; returns them (none in a dry run)."""
     from crm_sync.engine.full_copy import plan_partition
@@ -111,7 +136,7 @@ def plan(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> lis
     ]
     _, ctx = _partition(settings, name, scope)
     try:
-        manifest = plan_partition(entity, ctx, person_entities=persons or [name])
+        manifest = plan_partition(entity, ctx, person_entities=persons or [name], policy=unit_policy())
     finally:
         ctx.state.dispose()
     summary = manifest["summary"]
@@ -168,7 +193,15 @@ def commit(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> d
         if scope.dry_run:
             close_partition(ctx.staging, partition)
             return {"entity": name, "dry_run": True}
-        return {"entity": name, **commit_partition(entity, ctx, ctx.staging, partition)}
+        from crm_sync_hooks.marketo import MarketoHook
+
+        marketo = MarketoHook(settings.marketo_conn_id)
+        try:
+            persons = [e for e in _entities(settings.entities_dir).values() if e.marketo.person_type]
+            counts = commit_partition(entity, ctx, ctx.staging, partition, marketo, persons)
+            return {"entity": name, **counts}
+        finally:
+            marketo.close()
     finally:
         ctx.state.dispose()
 
