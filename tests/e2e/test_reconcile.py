@@ -8,6 +8,7 @@ find them.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,7 +87,10 @@ def _linked_leads(env: SyncEnv) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("sync_env", [{"dynamics_seed": 300}], indirect=True)
 def test_reconcile_finds_exactly_the_hidden_changes_and_repair_clears_them(
-    sync_env: SyncEnv, new_guid: Callable[[], str], capsys: pytest.CaptureFixture[str]
+    sync_env: SyncEnv,
+    new_guid: Callable[[], str],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _full_sync(sync_env)
     linked = _linked_leads(sync_env)
@@ -148,8 +152,14 @@ def test_reconcile_finds_exactly_the_hidden_changes_and_repair_clears_them(
         key=str,
     )
     # Over the threshold: the run fails (the failure alert fires), the report is stored anyway.
+    caplog.set_level(logging.ERROR, logger="crm_sync.alerting")
     state, found, stored = _reconcile(sync_env, entities=["lead"], threshold=0.001, poll_seconds=0.5)
     assert state == "failed"
+    (alert,) = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("Task failed: dag=reconcile")
+    ]
+    assert "ReconcileThresholdExceeded" in alert
+    assert "lead 2.00%" in alert  # 6 records differ out of 300 Dataverse rows
     assert found == expected
     assert stored.total == 6
     assert Path(stored.csv_path.removeprefix("file://")).read_text().count("\n") == 7  # header + 6

@@ -56,7 +56,7 @@ def run_reconcile(
     """
     from crm_sync.reconcile.__main__ import select_entities
     from crm_sync.reconcile.artefacts import write_artefacts
-    from crm_sync.reconcile.core import differences_text, reconcile
+    from crm_sync.reconcile.core import reconcile
     from crm_sync.reconcile.repair import repair as requeue
     from crm_sync.reconcile.repair import settle_requeued
     from crm_sync.reconcile.store import save_report
@@ -75,7 +75,8 @@ def run_reconcile(
         report = reconcile(
             entities, dynamics=dynamics, marketo=marketo, state=ctx.state, poll_seconds=poll_seconds
         )
-        log.info("reconciliation:\n%s", differences_text(report))
+        # Counts only: the findings carry field values (personal data) and go to the artefacts.
+        log.info("reconciliation (%d findings):\n%s", report.total, report.summary())
         csv_url, html_url = write_artefacts(ctx.staging.root, report, settings.run_id)
         outcome = None
         with session_scope(ctx.state) as session:
