@@ -252,6 +252,41 @@ def _add_dynamics_leads(env: dict[str, str], count: int) -> list[str]:
     return [r["leadid"] for r in rows]
 
 
+def _park_a_lead_error(state_url: str) -> str:
+    """A parked record error of a (made-up) Dataverse lead, as the engine records one."""
+    import pandas as pd
+
+    from crm_sync.state import RetryPolicy, make_engine, record_errors, session_scope
+
+    record_id = str(uuid.uuid4())
+    error = {
+        "entity": "lead",
+        "direction": "d2m",
+        "record_id": record_id,
+        "field": "emailaddress1",
+        "code": "INVALID_EMAIL",
+        "reason": "not an e-mail address",
+    }
+    engine = make_engine(state_url)
+    try:
+        with session_scope(engine) as s:
+            record_errors(s, pd.DataFrame([error]), run_id="browser-test", policy=RetryPolicy(max_attempts=1))
+    finally:
+        engine.dispose()
+    return record_id
+
+
+def _parked_ids(state_url: str) -> list[str]:
+    from crm_sync.state import make_engine, parked_errors, session_scope
+
+    engine = make_engine(state_url)
+    try:
+        with session_scope(engine) as s:
+            return list(parked_errors(s, entity="lead")["source_id"])
+    finally:
+        engine.dispose()
+
+
 def _int(cell_text: str) -> int:
     return int(cell_text.strip().replace(",", ""))
 
@@ -322,7 +357,10 @@ def test_login_trigger_sync_lead_and_read_the_status_view(chromium: Path, stack:
             shot(f"06-run-{state}")
             assert state == "success", f"sync_lead run {run_id} ended {state}"
 
-            # 5. Browse → Sync status: the plugin page inside the UI shows lead's counts.
+            # 5. Browse → Sync status: the plugin page inside the UI shows lead's counts, and a
+            #    parked record error that its Re-queue button (a form POST with the session
+            #    cookie, the signed token and the page's own Origin) makes due again.
+            parked_id = _park_a_lead_error(stack.env["AIRFLOW_VAR_MDS_STATE_DB_URL"])
             page.goto(f"{base}/", wait_until="commit")
             page.get_by_role("button", name="Browse").click()
             page.get_by_role("menuitem", name="Sync status").click()
@@ -333,6 +371,12 @@ def test_login_trigger_sync_lead_and_read_the_status_view(chromium: Path, stack:
             synced_day = _int(lead.locator("[data-testid='synced-day']").inner_text())
             synced_hour = _int(lead.locator("[data-testid='synced-hour']").inner_text())
             row_text = lead.inner_text()
+            error_row = frame.locator("[data-testid='error-row']", has_text=parked_id)
+            assert "parked" in error_row.inner_text()
+            error_row.get_by_role("button", name="Re-queue").click()
+            frame.locator("[data-testid='requeued']").wait_for()
+            flash = frame.locator("[data-testid='requeued']").inner_text()
+            shot("08-requeued", full_page=True)
         finally:
             browser.close()
 
@@ -352,6 +396,8 @@ def test_login_trigger_sync_lead_and_read_the_status_view(chromium: Path, stack:
     finally:
         engine.dispose()
     assert mine.status == "success"
+    assert flash.startswith("Re-queued 1 parked record error"), flash
+    assert parked_id not in _parked_ids(stack.env["AIRFLOW_VAR_MDS_STATE_DB_URL"])
     assert synced_hour >= NEW_LEADS, row_text  # the new leads were written by a run that just ended
     assert synced_day >= synced_hour
     assert 0 < synced_day <= int(total or 0), (row_text, total)
