@@ -52,7 +52,7 @@ def _settings(entities_dir: str) -> RunSettings:
         state_url=state_url,
         staging_url=staging,
         entities_dir=entities_dir,
-        dynamics_window_reserve=_guard_settings().dynamics_reserve_share,
+        dynamics_window_reserve=_dynamics_reserve(),
     )
 
 
@@ -69,15 +69,27 @@ def _variable(name: str, cast: Callable[[str], Any], default: Any) -> Any:
         raise ValueError(f"Airflow Variable {name!r} must be a number, got {raw!r}") from None
 
 
+def _reserve_share() -> float:
+    """Share of the Marketo daily quota kept for other integrations (default 0.2)."""
+    # mds_marketo_quota_reserve: the name airflow_settings.yaml first shipped the share under.
+    reserve = _variable("mds_quota_reserve_share", float, None)
+    return float(reserve if reserve is not None else _variable("mds_marketo_quota_reserve", float, 0.2))
+
+
+def _dynamics_reserve() -> float:
+    """Share of the Dataverse request window kept for other integrations (default: the Marketo share)."""
+    reserve = _variable("mds_dynamics_window_reserve", float, None)
+    return float(reserve if reserve is not None else _reserve_share())
+
+
 def _guard_settings() -> GuardSettings:
     """Budget and delete-guard settings from the project's Airflow Variables."""
     from crm_sync.guards import GuardSettings
 
-    reserve = _variable("mds_quota_reserve_share", float, 0.2)
     return GuardSettings(
         daily_quota=_variable("mds_marketo_daily_quota", int, 50_000),
-        reserve_share=reserve,
-        dynamics_reserve_share=_variable("mds_dynamics_window_reserve", float, reserve),
+        reserve_share=_reserve_share(),
+        dynamics_reserve_share=_dynamics_reserve(),
         low_priority_headroom=_variable("mds_quota_low_priority_headroom", float, 0.25),
         max_delete_share=_variable("mds_max_delete_share", float, None),
         mass_delete_min_records=_variable("mds_mass_delete_min_records", int, 10),
