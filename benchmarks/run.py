@@ -12,6 +12,7 @@ Every figure comes from the run itself: emulator counters, wall clocks, psutil s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -115,6 +116,19 @@ def run_sync_scenarios(
     return out
 
 
+def merge(results: dict[str, Any], earlier: dict[str, Any]) -> None:
+    """Add an earlier run's measurements (a long run split in parts) to ``results``."""
+    if earlier.get("revision") != results["revision"]:
+        raise ValueError(f"cannot merge revision {earlier.get('revision')} into {results['revision']}")
+    results["modes"].update(earlier["modes"])
+    for key in ("scenarios", "peers", "transform"):
+        results[key] += earlier[key]
+    results["parts"] = [
+        *results.get("parts", []),
+        {k: earlier[k] for k in ("generated_at", "settings", "machine")},
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected scenarios and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -136,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dynamics-time-scale", type=float, default=4.0, help="Dataverse windows / this")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument("--name", default=None, help="results file stem (default: quick or full)")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="results JSON of earlier runs to include (same revision)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -159,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         "peers": [],
         "transform": [],
     }
+    for earlier in args.merge:
+        merge(results, json.loads(earlier.read_text()))
     workroot = args.workdir or Path(tempfile.mkdtemp(prefix="mds-bench-"))
     stem = args.name or ("quick" if args.quick else "full")
 
