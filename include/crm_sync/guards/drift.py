@@ -238,6 +238,10 @@ def fingerprint(fields: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+def _type_change(before: str | None, now: str) -> str:
+    return f"changed type {before} -> {now}" if before and before != now else f"has type {now}"
+
+
 def compare(
     system: str,
     obj: str,
@@ -276,10 +280,10 @@ def compare(
             report.problems.append(f"{where} no longer exists{hint}")
             continue
         if need.lookup and system == DYNAMICS and now not in DYNAMICS_LOOKUP_TYPES:
-            report.problems.append(f"{where} changed type {before or '?'} -> {now}; a lookup type is needed")
+            report.problems.append(f"{where} {_type_change(before, now)}; a lookup type is needed")
         elif need.cast is not None and now not in allowed[need.cast]:
             report.problems.append(
-                f"{where} changed type {before or '?'} -> {now}, which cast {need.cast.value} cannot use"
+                f"{where} {_type_change(before, now)}, which cast {need.cast.value} cannot use"
             )
         elif before is not None and before != now:
             report.changed_types.append(f"{obj}.{need.name}: {before} -> {now}")

@@ -103,6 +103,16 @@ def test_incompatible_type_is_an_error_and_compatible_one_is_reported(
     assert ok.changed_types == ["contact.jobtitle: String -> Memo"]
 
 
+def test_first_check_names_an_unusable_type(entities: dict[str, EntityConfig]) -> None:
+    contact = entities["contact"]
+    current, _ = _contact_schema(contact)
+    report = compare("dynamics", "contact", dynamics_needs(contact), {**current, "ownerid": "String"}, None)
+    assert report.problems == [
+        "Dataverse contact.ownerid (lookup into Marketo externalSalesPersonId) has type String; "
+        "a lookup type is needed"
+    ]
+
+
 def test_check_caches_marketo_describe_for_the_day_and_keeps_snapshot_on_drift(
     entities: dict[str, EntityConfig], state: Engine
 ) -> None:
