@@ -117,9 +117,9 @@ def run_sync_scenarios(
 
 
 def merge(results: dict[str, Any], earlier: dict[str, Any]) -> None:
-    """Add an earlier run's measurements (a long run split in parts) to ``results``."""
-    if earlier.get("revision") != results["revision"]:
-        raise ValueError(f"cannot merge revision {earlier.get('revision')} into {results['revision']}")
+    """Add an earlier run's measurements (a long run split in parts) to ``results``; revisions are listed."""
+    if earlier.get("revision") not in results["revision"].split(" + "):
+        results["revision"] += f" + {earlier.get('revision')}"
     results["modes"].update(earlier["modes"])
     for key in ("scenarios", "peers", "transform"):
         results[key] += earlier[key]
