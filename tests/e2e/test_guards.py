@@ -1,7 +1,7 @@
 """Run guards end to end with real ``dag.test()`` runs of ``sync_contact`` against both emulators.
 
-* a mapped column dropped from the Dataverse schema stops the run in ``preflight``, before any
-  read or write, with the column named in the error and in the failure alert;
+* mapped columns dropped, renamed or retyped in the Dataverse schema stop the run in
+  ``preflight``, before any read or write, each named in the error and in the failure alert;
 * a bulk delete of 30 % of the linked contacts is stopped by the mass-delete guard (nothing is
   flagged in Marketo) until a run triggered with ``confirm_deletes`` flags them;
 * with the Marketo emulator's daily quota set low, a run whose load does not fit stops before
@@ -89,13 +89,19 @@ def _api_calls(stats: dict[str, Any]) -> int:
     return sum(n for route, n in calls.items() if not any(s in route for s in skip))
 
 
-def test_dropped_column_stops_the_run_before_any_write_and_alerts(
+def test_dropped_renamed_retyped_columns_stop_the_run_before_any_write_and_alert(
     sync_env: SyncEnv, new_guid: Callable[[], str], alerts: list[dict[str, Any]]
 ) -> None:
     ids = [new_guid() for _ in range(2)]
     _contacts(sync_env, ids, jobtitle="Engineer")
     sync_env.run("sync_contact")  # the accepted schema snapshot is stored here
-    sync_env.dynamics.admin("POST", "schema", json={"entity": "contact", "drop": "jobtitle"})
+    for change in (
+        {"drop": "jobtitle"},
+        {"rename": {"from": "mobilephone", "to": "new_mobile"}},
+        {"drop": "telephone1"},
+        {"add": {"name": "telephone1", "type": "Integer"}},  # the same column, now a number
+    ):
+        sync_env.dynamics.admin("POST", "schema", json={"entity": "contact", **change})
     _contacts(sync_env, ids, firstname="Changed")
     sync_env.reset_stats()
 
@@ -107,8 +113,13 @@ def test_dropped_column_stops_the_run_before_any_write_and_alerts(
     assert write_calls(sync_env.dynamics.stats()) == {}
     (alert,) = alerts
     assert alert["task_id"] == "preflight"
-    assert "contact.jobtitle (mapped to Marketo title)" in alert["error"]
-    assert "no longer exists" in alert["error"]
+    assert "Dataverse contact.jobtitle (mapped to Marketo title) no longer exists" in alert["error"]
+    assert "contact.mobilephone (mapped to Marketo mobilePhone) no longer exists" in alert["error"]
+    assert "new_mobile (renamed?)" in alert["error"]
+    assert (
+        "contact.telephone1 (mapped to Marketo phone) changed type String -> Integer, "
+        "which cast string cannot use" in alert["error"]
+    )
     with sync_env.state().connect() as conn:
         statuses = conn.execute(text("SELECT status FROM run_ledger ORDER BY id")).scalars().all()
     assert statuses == ["success", "schema_drift"]
