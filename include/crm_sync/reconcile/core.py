@@ -28,6 +28,7 @@ from crm_sync.reconcile.reads import (
 from crm_sync.state import lookup_links, session_scope, utcnow
 from crm_sync.state.db import as_utc
 from crm_sync.state.models import SyncIdentity
+from crm_sync.transforms import sync_filter_mask
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -143,7 +144,10 @@ def reconcile(
     if person_entities:
         keys: set[str] = set()
         for e in person_entities:
-            keys |= set(dyn_rows[e.name][e.dynamics.key].dropna().astype(str).str.lower())
+            rows = dyn_rows[e.name]
+            # Rows the sync filter keeps out need no Marketo read (the id map covers old links).
+            in_scope = rows[sync_filter_mask(rows, e).to_numpy()] if len(rows) else rows
+            keys |= set(in_scope[e.dynamics.key].dropna().astype(str).str.lower())
         links_all = _links(state, group)
         keys |= set(links_all["dynamics_id"].dropna().astype(str))
         key_field = person_entities[0].marketo.key
