@@ -51,7 +51,7 @@ from crm_sync.engine.extract import (
     dynamics_columns,
 )
 from crm_sync.engine.load import OUTCOME, load_batch
-from crm_sync.engine.plan import MARKETO_UPSERT
+from crm_sync.engine.plan import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.engine.transform import TRANSFORM_MANIFEST, transform_changes
 from crm_sync.state import get_watermark, session_scope, utcnow
 from crm_sync.transforms import DYNAMICS_ID
@@ -634,7 +634,8 @@ def plan_partition(
     if _is_person(entity):
         lookup, columns, upserts = _lookups(entity, ctx, refs, person_entities or [entity.name])
     bulk = _is_person(entity) and upserts >= policy.bulk_threshold
-    units = _build_units(entity, ctx, refs, lookup, columns, bulk, policy)
+    retry_roles = _open_error_ids(entity, ctx) if entity.roles is not None else set()
+    units = _build_units(entity, ctx, refs, lookup, columns, bulk, policy, retry_roles)
     summary = _summary(entity, ctx, refs, lookup)
     manifest = {
         "entity": entity.name,
@@ -655,11 +656,34 @@ def plan_partition(
     return manifest
 
 
+def _open_error_ids(entity: EntityConfig, ctx: RunContext) -> set[str]:
+    """Records of the entity with an unresolved error (their roles are sent again)."""
+    from crm_sync.state.errors import open_errors
+
+    with session_scope(ctx.state) as session:
+        errors = open_errors(session, entity=entity.name)
+    return set(errors["source_id"].astype(str).str.lower()) if len(errors) else set()
+
+
 def _prepared_ops(
-    entity: EntityConfig, ops: pd.DataFrame, lookup: Mapping[str, str], bulk: bool
+    entity: EntityConfig,
+    ops: pd.DataFrame,
+    lookup: Mapping[str, str],
+    bulk: bool,
+    retry_roles: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[pd.DataFrame, pd.Series]:
-    """A plan's ops with lookup hints in the payloads, and each row's unit kind."""
+    """A plan's ops with lookup hints in the payloads, and each row's unit kind.
+
+    The incremental plan re-sends an opportunity's roles with every change of it; a copy reads
+    every opportunity, so roles are only sent with their opportunity's own write, or when the
+    opportunity has an open error (a role that could not be resolved before).
+    """
     ops = ops.assign(**{DYNAMICS_ID: ops[DYNAMICS_ID].astype(str)})
+    roles = ops["op"].eq(MARKETO_ROLE_UPSERT)
+    if roles.any():
+        written = set(ops.loc[ops["op"].eq(MARKETO_UPSERT), DYNAMICS_ID].str.lower())
+        ids = ops[DYNAMICS_ID].str.lower()
+        ops = ops[~roles | ids.isin(written) | ids.isin(retry_roles)].reset_index(drop=True)
     lookups = ops[DYNAMICS_ID].map(lambda d: lookup.get(d, entity.marketo.key))
     email_field = entity.marketo.email_field
     if email_field:
@@ -680,6 +704,7 @@ def _build_units(
     columns: Sequence[str],
     bulk: bool,
     policy: UnitPolicy,
+    retry_roles: set[str] | frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Regroup the staged plans into load units; every op of one record stays in one unit.
 
@@ -692,7 +717,7 @@ def _build_units(
     filling: dict[str, int] = {}
     row_units: list[np.ndarray] = []
     for index, ref in enumerate(refs):
-        ops, kinds = _prepared_ops(entity, ctx.staging.read_frame(ref["ops"]), lookup, bulk)
+        ops, kinds = _prepared_ops(entity, ctx.staging.read_frame(ref["ops"]), lookup, bulk, retry_roles)
         first = ~ops[DYNAMICS_ID].duplicated()
         record_unit: dict[str, int] = {}
         for did, kind, payload in zip(
@@ -715,7 +740,7 @@ def _build_units(
     parts: dict[int, tuple[list[pd.DataFrame], list[pd.DataFrame]]] = {}
     staged: list[dict[str, Any]] = []
     for index, ref in enumerate(refs):
-        ops, _ = _prepared_ops(entity, ctx.staging.read_frame(ref["ops"]), lookup, bulk)
+        ops, _ = _prepared_ops(entity, ctx.staging.read_frame(ref["ops"]), lookup, bulk, retry_roles)
         links = ctx.staging.read_frame(ref["links"])
         by_record = dict(zip(ops[DYNAMICS_ID], row_units[index], strict=True))
         link_units = links[DYNAMICS_ID].astype(str).map(by_record).to_numpy() if len(links) else np.array([])

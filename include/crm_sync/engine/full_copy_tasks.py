@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from crm_sync.engine.full_copy import CopyScope
-from crm_sync.engine.runner import RunSettings, _entities, context, entity_config
+from crm_sync.engine.runner import RunSettings, _count_calls, _entities, _record_calls, context, entity_config
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -76,11 +76,13 @@ def extract(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> 
     partition = open_partition(staging, entity, scope)
     ctx = _ctx(settings, partition.run_id)
     dynamics = DynamicsHook(settings.dynamics_conn_id)
+    counter = _count_calls({"dynamics": dynamics})
     try:
         with session_scope(ctx.state) as session:
             check_identity(session, "dynamics", dynamics.organization_id())
         manifest = extract_partition(entity, ctx, dynamics, scope)
     finally:
+        _record_calls(ctx, name, "extract", counter)
         dynamics.close()
         ctx.state.dispose()
         base.state.dispose()
@@ -169,12 +171,14 @@ def load(
     entity = entity_config(settings, name)
     _, ctx = _partition(settings, name, scope)
     marketo = MarketoHook(settings.marketo_conn_id)
+    counter = _count_calls({"marketo": marketo})
     try:
         transform = ctx.staging.read_json(ctx.staging.run_dir(name, ctx.run_id), TRANSFORM_MANIFEST) or {}
         total = sum(int(u.get("records") or 0) for u in transform.get("batches", []))
         outcome = load_unit(entity, ctx, unit, marketo, total_records=total)
         log.info("progress: %s", unit_progress(entity, ctx, transform))
     finally:
+        _record_calls(ctx, name, "load", counter)
         marketo.close()
         ctx.state.dispose()
     return outcome
@@ -196,11 +200,14 @@ def commit(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> d
         from crm_sync_hooks.marketo import MarketoHook
 
         marketo = MarketoHook(settings.marketo_conn_id)
+        counter = _count_calls({"marketo": marketo})
         try:
             persons = [e for e in _entities(settings.entities_dir).values() if e.marketo.person_type]
             counts = commit_partition(entity, ctx, ctx.staging, partition, marketo, persons)
             return {"entity": name, **counts}
         finally:
+            # The id read-back's calls count for the day's quota (after the ledger row).
+            _record_calls(ctx, name, "commit", counter)
             marketo.close()
     finally:
         ctx.state.dispose()
