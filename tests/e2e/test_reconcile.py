@@ -95,10 +95,12 @@ def test_reconcile_finds_exactly_the_hidden_changes_and_repair_clears_them(
     _full_sync(sync_env)
     linked = _linked_leads(sync_env)
     assert len(linked) > 200
-    # 1 % of the synced leads altered on each side: an update, a delete, a duplicate.
+    # About 1 % of the synced leads altered on each side: updates, deletes, a duplicate, and a
+    # person flagged deleted in Marketo while its lead still exists.
     (d_upd, d_upd_id), (d_del, d_del_id), (d_src, _), (m_upd, m_upd_id), (m_del, m_del_id), (m_dup, _) = (
         linked[:6]
     )
+    m_flag, m_flag_id = linked[6]
     d_new = new_guid()
     dyn = sync_env.dyn()
     try:
@@ -127,6 +129,8 @@ def test_reconcile_finds_exactly_the_hidden_changes_and_repair_clears_them(
             )
         )
         assert all(r.ok for r in mkto.delete_leads([int(m_del_id)]))
+        flag = [{"id": int(m_flag_id), "msdIsDeleted": True}]
+        assert all(r.ok for r in mkto.sync_leads(flag, "updateOnly", "id"))
         (dup,) = mkto.sync_leads(
             [{"externalPersonId": m_dup, "msdType": "Lead", "lastName": "Twin"}], "createDuplicate"
         )
@@ -147,6 +151,7 @@ def test_reconcile_finds_exactly_the_hidden_changes_and_repair_clears_them(
             ("missing_in_marketo", d_new, None, None),
             ("divergent", m_upd, m_upd_id, "title"),
             ("missing_in_marketo", m_del, None, None),
+            ("missing_in_marketo", m_flag, m_flag_id, None),  # flagged deleted, record still there
             ("duplicate_in_marketo", m_dup, str(dup.id), None),
         ],
         key=str,
@@ -159,10 +164,10 @@ def test_reconcile_finds_exactly_the_hidden_changes_and_repair_clears_them(
         r.getMessage() for r in caplog.records if r.getMessage().startswith("Task failed: dag=reconcile")
     ]
     assert "ReconcileThresholdExceeded" in alert
-    assert "lead 2.00%" in alert  # 6 records differ out of 300 Dataverse rows
+    assert "lead 2.33%" in alert  # 7 records differ out of 300 Dataverse rows
     assert found == expected
-    assert stored.total == 6
-    assert Path(stored.csv_path.removeprefix("file://")).read_text().count("\n") == 7  # header + 6
+    assert stored.total == 7
+    assert Path(stored.csv_path.removeprefix("file://")).read_text().count("\n") == 8  # header + 7
     assert "duplicate_in_marketo" in Path(stored.html_path.removeprefix("file://")).read_text()
 
     state, _, stored = _reconcile(sync_env, entities=["lead"], repair=True, threshold=1.0, poll_seconds=0.5)

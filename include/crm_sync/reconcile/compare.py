@@ -7,7 +7,8 @@ field) agree are equal; only the others are compared field by field.
 
 The result is one flat frame of differences (:data:`DIFF_COLUMNS`), one row per finding:
 
-* ``missing_in_marketo``: a Dataverse record in the sync's scope with no Marketo record;
+* ``missing_in_marketo``: a Dataverse record in the sync's scope with no Marketo record (the
+  Marketo id is that of a person the sync flagged deleted for it, if there is one);
 * ``missing_in_dynamics``: a Marketo-only person flagged for creation that is not linked yet;
 * ``orphan``: a Marketo record carrying a Dataverse key that Dataverse no longer has (persons
   flagged deleted by the sync are not orphans: that is the delete policy at work);
@@ -201,8 +202,16 @@ def compare_entity(
     )
     m_all = m_all[m_all["_key"].notna() & ~m_all["_key"].isin(out_of_scope)]
     deleted_field = entity.marketo.deleted_field
+    # Persons the sync flagged deleted, by key: not records of the entity any more, but a
+    # record Dataverse still has points at the one to revive (reported on missing_in_marketo).
+    flagged_ids = pd.Series(dtype="str")
     if deleted_field and deleted_field in m_all and len(m_all):
         flagged = as_string(m_all[deleted_field]).str.strip().str.lower().isin(_TRUE)
+        gone = m_all[flagged.to_numpy()]
+        flagged_ids = pd.Series(
+            as_string(gone[entity.marketo.id_field]).to_numpy(), index=gone["_key"].to_numpy()
+        )
+        flagged_ids = flagged_ids[~flagged_ids.index.duplicated(keep="last")]
         m_all = m_all[~flagged.to_numpy()]
     if len(m_all):
         primary = _primary_ids(m_all, entity, links)
@@ -226,7 +235,7 @@ def compare_entity(
 
     d_keys, m_keys = set(d.index), set(m_ids.index)
     missing = sorted(d_keys - m_keys)
-    parts.append(_rows(name, MISSING_IN_MARKETO, missing, [None] * len(missing)))
+    parts.append(_rows(name, MISSING_IN_MARKETO, missing, [flagged_ids.get(k) for k in missing]))
     orphans = sorted(m_keys - d_keys)
     parts.append(_rows(name, ORPHAN, orphans, [m_ids[k] for k in orphans]))
 

@@ -9,7 +9,8 @@ becomes a record error due now, the same way a failed record is retried, so the 
   field that flows one way only, its stored hash is dropped, so the source side's value is
   written again even when only the target side was changed.
 * ``missing_in_marketo``: the Dataverse record is re-queued; a link whose Marketo record is
-  gone loses its stored hashes, so every field is written (the upsert by key creates it).
+  gone loses its stored hashes, so every field is written (the upsert by key creates it); a
+  person the sync had flagged deleted for it gets the flag cleared.
 * ``orphan``: the Dataverse GUID is re-queued; the extract finds it gone and stages it as a
   delete, so the entity's delete policy applies (persons flagged deleted, never deleted).
 * ``missing_in_dynamics``: the flagged Marketo person is re-queued (created or linked by email).
@@ -74,11 +75,13 @@ class RepairOutcome:
     Attributes:
         requeued: Per entity and direction, records re-queued for the next run.
         unlinked: Marketo ids of duplicate persons unlinked.
+        revived: Marketo ids of persons flagged deleted whose record Dataverse still has.
         skipped: Findings left alone, with the reason.
     """
 
     requeued: dict[str, dict[str, int]] = field(default_factory=dict)
     unlinked: list[str] = field(default_factory=list)
+    revived: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -142,7 +145,9 @@ def repair(
         m2d: set[str] = set()
         drop: dict[str, set[str] | None] = {}
         one_way = _one_way_fields(entity)
-        for row in found.to_dict("records"):
+        revive: list[dict[str, Any]] = []
+        plain = found.astype(object).where(found.notna(), None)
+        for row in plain.to_dict("records"):
             kind, did, mid = row["kind"], row["dynamics_id"], row["marketo_id"]
             if kind == DIVERGENT:
                 d2m.add(did)
@@ -155,6 +160,9 @@ def repair(
             elif kind == MISSING_IN_MARKETO:
                 d2m.add(did)
                 drop[did] = None
+                if mid and entity.marketo.deleted_field:
+                    # The person was flagged deleted, yet Dataverse has the record: revive it.
+                    revive.append({"id": int(mid), entity.marketo.deleted_field: False})
             elif kind == ORPHAN:
                 d2m.add(did)
             elif kind == MISSING_IN_DYNAMICS:
@@ -171,6 +179,19 @@ def repair(
                     outcome.skipped.append({**row, "reason": "unlinking failed"})
             elif kind == DUPLICATE_IN_DYNAMICS:
                 outcome.skipped.append({**row, "reason": "several Dataverse records claim one person"})
+        if revive:
+            if marketo is None:
+                outcome.skipped += [
+                    {
+                        "kind": MISSING_IN_MARKETO,
+                        "marketo_id": str(r["id"]),
+                        "reason": "no Marketo client to clear the deleted flag",
+                    }
+                    for r in revive
+                ]
+            else:
+                results = marketo.sync_leads(revive, "updateOnly", "id")
+                outcome.revived += [str(r["id"]) for r, res in zip(revive, results, strict=True) if res.ok]
         if drop:
             _forget_hashes(session, entity, drop)
         if d2m and entity.direction.includes(Direction.D2M):

@@ -102,6 +102,7 @@ def run_reconcile(
         "html": html_url,
         "requeued": outcome.requeued if outcome else {},
         "unlinked": outcome.unlinked if outcome else [],
+        "revived": outcome.revived if outcome else [],
         "not_repaired": len(outcome.skipped) if outcome else 0,
     }
     exceeded = over_threshold(report, threshold)

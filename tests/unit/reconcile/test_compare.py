@@ -81,6 +81,7 @@ def test_every_kind_of_finding(lead: EntityConfig) -> None:
             {"id": 8, "externalPersonId": C, "lastName": "Gone"},  # its record was deleted
             {"id": 10, "externalPersonId": D, "lastName": "Hidden"},  # out of the sync's scope
             {"id": 11, "externalPersonId": "x", "msdIsDeleted": "true", "lastName": "Flagged"},
+            {"id": 14, "externalPersonId": B, "msdIsDeleted": "true", "lastName": "Kim"},  # to revive
             {
                 "id": 12,
                 "msdType": None,
@@ -95,7 +96,7 @@ def test_every_kind_of_finding(lead: EntityConfig) -> None:
         ("divergent", A, "7", "title", "CTO", "CEO"),
         ("duplicate_in_marketo", A, "9", None, None, None),
         ("missing_in_dynamics", None, "12", None, None, None),
-        ("missing_in_marketo", B, None, None, None, None),
+        ("missing_in_marketo", B, "14", None, None, None),
         ("orphan", C, "8", None, None, None),
     ]
 

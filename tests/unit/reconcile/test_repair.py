@@ -64,12 +64,18 @@ def test_requeues_both_ways_drops_the_right_hashes_and_settles(engine: Any) -> N
             {"entity": "lead", "kind": "missing_in_dynamics", "marketo_id": "12"},
             {"entity": "lead", "kind": "duplicate_in_marketo", "dynamics_id": A, "marketo_id": "13"},
             {"entity": "lead", "kind": "duplicate_in_dynamics", "dynamics_id": A, "marketo_id": "7"},
+            # A person flagged deleted while Dataverse still has the record: needs its flag cleared.
+            {"entity": "lead", "kind": "missing_in_marketo", "dynamics_id": "guid-d", "marketo_id": "15"},
         ]
     )
     with session_scope(engine) as s:
         outcome = repair(s, entities, found, run_id="reconcile-1")
-    assert outcome.requeued == {"lead": {"d2m": 3, "m2d": 2}}
-    assert [r["kind"] for r in outcome.skipped] == ["duplicate_in_marketo", "duplicate_in_dynamics"]
+    assert outcome.requeued == {"lead": {"d2m": 4, "m2d": 2}}
+    assert [(r["kind"], r["marketo_id"]) for r in outcome.skipped] == [
+        ("duplicate_in_marketo", "13"),
+        ("duplicate_in_dynamics", "7"),
+        ("missing_in_marketo", "15"),
+    ]
     with session_scope(engine) as s:
         due = due_errors(s, entity="lead")
         links = lookup_links(s, "lead").set_index("dynamics_id")
@@ -77,6 +83,7 @@ def test_requeues_both_ways_drops_the_right_hashes_and_settles(engine: Any) -> N
         ("d2m", A, REQUEUE_CODE),
         ("d2m", B, REQUEUE_CODE),
         ("d2m", C, REQUEUE_CODE),
+        ("d2m", "guid-d", REQUEUE_CODE),
         ("m2d", "12", REQUEUE_CODE),
         ("m2d", "7", REQUEUE_CODE),
     ]
