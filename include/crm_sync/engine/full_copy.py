@@ -367,14 +367,18 @@ def _duration(seconds: float) -> str:
 
 
 def take_handover_token(entity: EntityConfig, source: CopySource) -> str:
-    """A change-tracking token taken now (a key-only read): changes after this moment are the
-    incremental DAG's.
+    """A change-tracking token taken now: changes after this moment are the incremental DAG's.
+
+    The read selects the columns the incremental extract selects, because a delta link keeps
+    the ``$select`` of the read that produced it (a key-only token would make every later
+    incremental read return keys only).
 
     Raises:
         RuntimeError: The read ended without a delta link.
     """
+    select, _ = _split_derived(dynamics_columns(entity))
     token: str | None = None
-    for page in source.track_changes(entity.dynamics.entity_set, [entity.dynamics.key], None, PAGE_SIZE):
+    for page in source.track_changes(entity.dynamics.entity_set, select, None, PAGE_SIZE):
         token = page.delta_link or token
     if not token:
         raise RuntimeError(f"{entity.name}: change tracking gave no delta link")
