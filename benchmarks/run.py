@@ -33,7 +33,7 @@ from tests.support.emulator_procs import PROJECT_DIR
 log = logging.getLogger("benchmarks.run")
 
 RESULTS_DIR = PROJECT_DIR / "benchmarks" / "results"
-PHASES = ("full-copy", "incremental", "conflicts", "peers", "transform")
+PHASES = ("full-copy", "incremental", "conflicts", "peers", "dataverse-peer", "transform")
 
 
 def _profile(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
                 results["peers"].append(
                     peers.compare(workroot / f"peers-{mode.name}-{leads}", mode, leads, start)
                 )
+                checkpoint()
+        if "dataverse-peer" in only:
+            for leads in profile["peer_leads"]:
+                results["peers"].append(
+                    peers.compare_dataverse(workroot / f"dv-{mode.name}-{leads}", mode, leads)
+                )
+                checkpoint()
     if "transform" in only:
         results["transform"] = [transform_rate(rows) for rows in profile["transform_rows"]]
     paths = checkpoint()
