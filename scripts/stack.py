@@ -11,7 +11,8 @@ ends exactly those process groups (by PID, never by name).
 
 Environment: ``MDS_STACK_DIR`` (run-time folder), ``MDS_AIRFLOW_PORT``, ``MDS_MARKETO_PORT``,
 ``MDS_DYNAMICS_PORT``, ``MDS_ALERT_SINK_PORT``; ``MDS_DEMO_SCALE`` (leads seeded in Dataverse,
-default 2000); ``MDS_ACTIVITY_INTERVAL``/``_LEADS``/``_CONTACTS``/``_OPPORTUNITIES`` (activity
+default 2000); ``MDS_DEMO_FULL_COPY=0`` (the first incremental runs copy instead of
+``full_copy``); ``MDS_ACTIVITY_INTERVAL``/``_LEADS``/``_CONTACTS``/``_OPPORTUNITIES`` (activity
 rate; ``MDS_ACTIVITY_INTERVAL=0`` turns the activity off); ``MDS_ENTITIES_DIR`` (entity files).
 """
 
@@ -30,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from crm_sync.config import ENTITIES_DIR, load_entities
+from crm_sync.config import ENTITIES_DIR, EntityConfig, load_entities
 from crm_sync.demo import ALERT_SINK_PORT
 from crm_sync.localenv import (
     AIRFLOW_API_PORT,
@@ -250,30 +251,55 @@ def airflow_api() -> Any:
     return AirflowApi(AIRFLOW_URL, "admin", read_password(AIRFLOW_HOME))
 
 
-def start_dags() -> None:
-    """Unpause every ``sync_*`` DAG; trigger ``full_copy`` when it exists and has never run."""
-    sync_ids = {entity.dag_id for entity in load_entities(entities_dir()).values()}
+def start_dags(copy_timeout_s: float = 1800.0) -> None:
+    """Trigger ``full_copy`` (when it exists and never ran), wait for it, then unpause every sync DAG.
+
+    The incremental DAGs take over from the first full copy (its hand-over token becomes their
+    watermark), so they are unpaused, and the activity started, once the copy has ended. Without
+    a full copy, every sync DAG runs once first, in dependency order (their first runs copy).
+    """
+    sync_ids = [entity.dag_id for entity in load_entities(entities_dir()).values()]
     wanted = set(sync_ids)
     if (PROJECT_DIR / "dags" / f"{FULL_COPY_DAG}.py").exists():
         wanted.add(FULL_COPY_DAG)
     api = airflow_api()
+    copied = False
     try:
         missing = api.wait_for_dags(wanted, 180)
         if missing - {FULL_COPY_DAG}:
             raise SystemExit(
                 f"DAGs not parsed within 180 s: {sorted(missing)}; see {LOG_DIR / 'airflow.log'}"
             )
-        if FULL_COPY_DAG in wanted - missing:
-            api.set_paused(FULL_COPY_DAG, False)
-            if api.run_count(FULL_COPY_DAG) == 0:
-                print(f"airflow: {FULL_COPY_DAG} triggered (run {api.trigger(FULL_COPY_DAG)})")
+        if FULL_COPY_DAG in wanted - missing and os.environ.get("MDS_DEMO_FULL_COPY", "1") == "0":
+            print(f"airflow: {FULL_COPY_DAG} not triggered (MDS_DEMO_FULL_COPY=0)")
+        elif FULL_COPY_DAG in wanted - missing:
+            copied = api.run_count(FULL_COPY_DAG) > 0
+            if not copied:
+                copied = _run_full_copy(api, copy_timeout_s)
         elif FULL_COPY_DAG in wanted:
             print(f"airflow: {FULL_COPY_DAG} did not appear in time; not triggered")
-        for dag_id in sorted(sync_ids):
+        for dag_id in sync_ids:
             api.set_paused(dag_id, False)
         print(f"airflow: unpaused {', '.join(sorted(sync_ids))}")
     finally:
         api.close()
+    if not copied:
+        print("airflow: first sync pass (no full_copy run)", flush=True)
+        settle()
+
+
+def _run_full_copy(api: Any, timeout_s: float) -> bool:
+    """Trigger ``full_copy`` and wait until its run ends; True when it succeeded."""
+    run_id = api.trigger(FULL_COPY_DAG)
+    api.set_paused(FULL_COPY_DAG, False)  # a manual run waits while its DAG is paused
+    print(f"airflow: {FULL_COPY_DAG} triggered (run {run_id}); waiting for it to end", flush=True)
+    started = time.monotonic()
+    state = api.run_state(FULL_COPY_DAG, run_id)
+    while state not in ("success", "failed") and time.monotonic() - started < timeout_s:
+        time.sleep(5)
+        state = api.run_state(FULL_COPY_DAG, run_id)
+    print(f"airflow: {FULL_COPY_DAG} {state} after {time.monotonic() - started:.0f} s", flush=True)
+    return bool(state == "success")
 
 
 def start_activity(env: dict[str, str]) -> None:
@@ -332,8 +358,24 @@ def start() -> None:
     print("Stop with:   make stop   (make demo-fault: watch a task fail, retry, alert and recover)")
 
 
+def dependency_waves(entities: list[EntityConfig]) -> list[list[EntityConfig]]:
+    """Group entities so that each one comes after every entity it ``depends_on``.
+
+    Entities in one wave do not depend on each other and may run at the same time.
+    """
+    names = {e.name for e in entities}
+    level: dict[str, int] = {}
+    for entity in sorted(entities, key=lambda e: e.priority):  # priority follows the dependencies
+        deps = [level[d] for d in entity.depends_on if d in names and d in level]
+        level[entity.name] = 1 + max(deps, default=-1)
+    waves: list[list[EntityConfig]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for entity in entities:
+        waves[level[entity.name]].append(entity)
+    return waves
+
+
 def settle(timeout_s: float = 900.0) -> bool:
-    """Run every sync DAG once more, in dependency order, each after the previous one ended.
+    """Run every sync DAG once more, in dependency waves, each wave after the previous one ended.
 
     Whatever changed before this call is then carried across (a scheduled run still active
     is waited for first: the DAGs allow one active run). Returns False if a run did not succeed.
@@ -341,15 +383,18 @@ def settle(timeout_s: float = 900.0) -> bool:
     api = airflow_api()
     ok = True
     try:
-        for entity in load_entities(entities_dir()).values():
-            run_id = api.trigger(entity.dag_id)
+        for wave in dependency_waves(list(load_entities(entities_dir()).values())):
+            runs = {entity.dag_id: api.trigger(entity.dag_id) for entity in wave}
             deadline = time.monotonic() + timeout_s
-            state = api.run_state(entity.dag_id, run_id)
-            while state not in ("success", "failed") and time.monotonic() < deadline:
+            states = {dag_id: api.run_state(dag_id, run_id) for dag_id, run_id in runs.items()}
+            while time.monotonic() < deadline and any(
+                s not in ("success", "failed") for s in states.values()
+            ):
                 time.sleep(3)
-                state = api.run_state(entity.dag_id, run_id)
-            print(f"settle: {entity.dag_id} run {run_id}: {state}", flush=True)
-            ok = ok and state == "success"
+                states = {dag_id: api.run_state(dag_id, run_id) for dag_id, run_id in runs.items()}
+            for dag_id, run_id in runs.items():
+                print(f"settle: {dag_id} run {run_id}: {states[dag_id]}", flush=True)
+                ok = ok and states[dag_id] == "success"
     finally:
         api.close()
     return ok
@@ -359,7 +404,8 @@ def check(settle_first: bool = True) -> int:
     """Compare both systems with ``crm_sync.reconcile`` and print the differences (exit 1 if any).
 
     With the activity process running, both systems change all the time, so the activity is
-    paused (SIGSTOP) and every sync DAG runs once more first (``settle_first``); the activity
+    paused (SIGSTOP) and every sync DAG runs once more first (``settle_first``, in dependency
+    waves); the activity
     resumes afterwards. The comparison reads through the demo's connections (aimed at this
     stack's emulators), given to the reconcile command as ``AIRFLOW_CONN_*`` variables, and uses
     this stack's state store.

@@ -58,11 +58,26 @@ class AirflowApi:
             raise AirflowApiError(f"POST /auth/token: HTTP {resp.status_code}")
         self.session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        resp = self.session.request(method, f"{self.base_url}/api/v2/{path}", json=body, timeout=self.timeout)
-        if resp.status_code >= 400:
-            raise AirflowApiError(f"{method} /api/v2/{path}: HTTP {resp.status_code} {resp.text[:300]}")
-        return resp.json() if resp.content else None
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, attempts: int = 5) -> Any:
+        """One API call; a 5xx or a dropped connection is retried (SQLite's "database is locked"
+        reaches the client as a 500 while the scheduler writes)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                resp = self.session.request(
+                    method, f"{self.base_url}/api/v2/{path}", json=body, timeout=self.timeout
+                )
+            except requests.ConnectionError:
+                if attempt == attempts:
+                    raise
+                time.sleep(2 * attempt)
+                continue
+            if resp.status_code >= 500 and attempt < attempts:
+                time.sleep(2 * attempt)
+                continue
+            if resp.status_code >= 400:
+                raise AirflowApiError(f"{method} /api/v2/{path}: HTTP {resp.status_code} {resp.text[:300]}")
+            return resp.json() if resp.content else None
+        raise AirflowApiError(f"{method} /api/v2/{path}: no answer after {attempts} attempts")
 
     def dag_ids(self) -> set[str]:
         """Ids of every DAG the dag-processor has parsed so far."""
