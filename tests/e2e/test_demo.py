@@ -1,0 +1,172 @@
+"""``make demo`` end to end: a second, isolated demo stack (own folder and ports) on 127.0.0.1.
+
+One stack start serves the whole check, because starting Airflow is the expensive part:
+the UI answers with the printed login, everything listens on 127.0.0.1 only, ``full_copy`` ran
+first and every sync DAG is unpaused, the activity process changes both CRMs at a fast rate,
+and ``stack.py check`` (``make demo-check``) then finds both systems in agreement. ``stop``
+leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.support.emulator_procs import free_port
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+ACTIVITY_SECONDS = 30
+ROUND_LINE = r"round \d+: (\d+) new Marketo persons .*?, (\d+) Dataverse contacts updated"
+SUMMARY_LINE = r"^\w+: \d+ Dynamics / \d+ Marketo records; "
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("AIRFLOW_HOME", "AIRFLOW__CORE__FERNET_KEY", "MDS_TEST_AIRFLOW_HOME", "MDS_ENTITIES_DIR"):
+        env.pop(var, None)
+    env.update(
+        {
+            "MDS_STACK_DIR": str(tmp_path),
+            "MDS_AIRFLOW_PORT": str(free_port()),
+            "MDS_MARKETO_PORT": str(free_port()),
+            "MDS_DYNAMICS_PORT": str(free_port()),
+            "MDS_ALERT_SINK_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            # A small org and a fast activity, so the test finishes in minutes.
+            "MDS_DEMO_SCALE": "100",
+            "MDS_ACTIVITY_INTERVAL": "5",
+            "MDS_ACTIVITY_LEADS": "2",
+            "MDS_ACTIVITY_CONTACTS": "2",
+            "MDS_ACTIVITY_OPPORTUNITIES": "1",
+        }
+    )
+    return env
+
+
+def _stack(command: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "scripts" / "stack.py"), command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _listeners(pids: set[int]) -> list[tuple[str, int]]:
+    found = []
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            found.append((conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def _tree(run_dir: Path) -> set[int]:
+    roots = {int(p.read_text()) for p in run_dir.glob("*.pid")}
+    tree = set(roots)
+    for pid in roots:
+        tree |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    return tree
+
+
+class Disagreement(AssertionError):
+    """``make demo-check`` found differences between the two systems."""
+
+
+# Known engine defects the demo's activity exposes (reported to the lead, 26 Nov); remove the
+# marker when the check reports no differences (strict: an unexpected pass fails the test):
+# 1. a lead the sync creates in Dynamics from a flagged Marketo person never gets its Dynamics-side
+#    fields back in Marketo (msdCreatedDate, leadStatus, msdStatusReason, externalSalesPersonId);
+# 2. flagged persons created in the first seconds after the sync DAGs start never reach Dynamics.
+# Only the agreement check is expected to fail: every other assertion fails the test as usual.
+@pytest.mark.xfail(strict=True, raises=Disagreement, reason="engine defects 1 and 2 above")
+@pytest.mark.timeout(1500)
+def test_demo_serves_ui_syncs_live_activity_and_the_check_finds_no_differences(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    started = _stack("start", stack_env)
+    tree: set[int] = set()
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        port = stack_env["MDS_AIRFLOW_PORT"]
+        assert f"Airflow UI:  http://127.0.0.1:{port}" in started.stdout
+        password = json.loads(
+            (tmp_path / ".airflow" / "simple_auth_manager_passwords.json.generated").read_text()
+        )["admin"]
+        assert f"Login:       admin / {password}" in started.stdout
+        assert re.search(r"full_copy triggered \(run manual__", started.stdout), started.stdout
+        assert re.search(r"full_copy success after \d+ s", started.stdout), started.stdout
+
+        token = requests.post(
+            f"http://127.0.0.1:{port}/auth/token",
+            json={"username": "admin", "password": password},
+            timeout=30,
+        ).json()["access_token"]
+        dags = requests.get(
+            f"http://127.0.0.1:{port}/api/v2/dags?limit=100",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ).json()["dags"]
+        paused = {d["dag_id"]: d["is_paused"] for d in dags}
+        sync_dags = {d for d in paused if d.startswith("sync_")}
+        assert {"sync_lead", "sync_contact", "sync_opportunity", "sync_custom_new_project"} <= sync_dags
+        assert not any(paused[d] for d in sync_dags), paused
+        assert paused["full_copy"] is False
+
+        run_dir = tmp_path / ".run"
+        assert {p.stem for p in run_dir.glob("*.pid")} >= {
+            "airflow",
+            "alert-sink",
+            "activity",
+            "emulator-marketo",
+            "emulator-dynamics",
+        }
+        tree = _tree(run_dir)
+        ours = [
+            int(stack_env[f"MDS_{name}_PORT"]) for name in ("AIRFLOW", "MARKETO", "DYNAMICS", "ALERT_SINK")
+        ]
+        listening = _listeners(tree)
+        for our_port in ours:
+            assert {ip for ip, p in listening if p == our_port} == {"127.0.0.1"}, (our_port, listening)
+
+        time.sleep(ACTIVITY_SECONDS)  # the activity keeps changing both CRMs meanwhile
+        activity_log = (tmp_path / "var" / "log" / "activity.log").read_text()
+        rounds = re.findall(
+            r"round \d+: (\d+) new Marketo persons .*?, (\d+) Dataverse contacts updated", activity_log
+        )
+        assert len(rounds) >= 3, activity_log[-2000:]
+        assert sum(int(leads) for leads, _ in rounds) >= 6
+        assert sum(int(contacts) for _, contacts in rounds) >= 6
+
+        checked = _stack("check", stack_env, timeout=900)
+        output = checked.stdout + checked.stderr
+        assert "activity: paused" in output
+        assert "activity: resumed" in output
+        settled = re.findall(r"settle: (\S+) run \S+: (\w+)", output)
+        assert {dag for dag, _ in settled} == sync_dags, output[-3000:]
+        assert all(state == "success" for _, state in settled), settled
+        summary = [line for line in checked.stdout.splitlines() if re.match(SUMMARY_LINE, line)]
+        assert len(summary) == len(sync_dags), checked.stdout[-3000:]
+        agree = all(line.endswith("no differences") for line in summary) and checked.returncode == 0
+    finally:
+        stopped = _stack("stop", stack_env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not list((tmp_path / ".run").glob("*.pid"))
+    alive = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert alive == []
+    if not agree:
+        raise Disagreement(checked.stdout[-8000:])
