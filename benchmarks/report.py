@@ -121,7 +121,7 @@ def _target(target: str, met: bool | None, figure: str, why: str = "") -> dict[s
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the issue: met, not met (why) or not measured in this run."""
     out: list[dict[str, Any]] = []
-    syncs = [s for s in results["scenarios"] if s.get("dags")]
+    syncs = [s for s in results["scenarios"] if s.get("dags") and "error" not in s]
     rated = [(s, side) for s in syncs for side in ("marketo", "dynamics") if s[side]["ratio"] is not None]
     worst = max(rated, key=lambda p: p[0][p[1]]["ratio"], default=None)
     if worst:
@@ -200,9 +200,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"Minimum API calls: Dataverse: {DEFINITION['dynamics']}. Marketo: {DEFINITION['marketo']}.",
         "",
     ]  # fmt: skip
-    if results["scenarios"]:
-        lines += ["## Sync runs", "", *sync_table(results["scenarios"]), ""]
-        lines += ["## Memory per task (full copies)", "", *task_table(results["scenarios"]), ""]
+    measured = [s for s in results["scenarios"] if "error" not in s]
+    if measured:
+        lines += ["## Sync runs", "", *sync_table(measured), ""]
+        lines += ["## Memory per task (full copies)", "", *task_table(measured), ""]
+    for failed in (s for s in results["scenarios"] if "error" in s):
+        lines += [f"**{failed['scenario']} ({failed['limits']}, {failed['volume']:,} leads) failed**: "
+                  f"`{failed['error'].splitlines()[-1][:300]}`", ""]  # fmt: skip
     if results["peers"]:
         lines += ["## Extract: ours vs peer connectors (same emulator, same records)", ""]
         lines += [*peers_table(results["peers"]), ""]
@@ -237,7 +241,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     series: dict[str, list[tuple[int, float]]] = {}
     for s in results["scenarios"]:
-        if s["scenario"].startswith("full copy") and s.get("records_per_s"):
+        if s["scenario"].startswith("full copy") and s.get("records_per_s") and "error" not in s:
             series.setdefault(f"full copy, written/s ({s['limits']})", []).append(
                 (s["volume"], s["records_per_s"])
             )

@@ -12,6 +12,7 @@ Every figure comes from the run itself: emulator counters, wall clocks, psutil s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -23,12 +24,15 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks import peers, scenarios
 from benchmarks.harness import BenchEnv, LimitMode
 from benchmarks.report import write_results
 from tests.support.emulator_procs import PROJECT_DIR
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 log = logging.getLogger("benchmarks.run")
 
@@ -94,26 +98,45 @@ def transform_rate(rows: int) -> dict[str, Any]:
 
 
 def run_sync_scenarios(
-    workroot: Path, mode: LimitMode, volume: int, profile: dict[str, Any], only: set[str]
-) -> list[dict[str, Any]]:
-    """Full copy, then (unless ``only`` says otherwise) incremental runs and conflicts on one env."""
-    out: list[dict[str, Any]] = []
+    workroot: Path,
+    mode: LimitMode,
+    volume: int,
+    profile: dict[str, Any],
+    only: set[str],
+    sink: list[dict[str, Any]],
+    checkpoint: Callable[[], object],
+) -> None:
+    """Full copy, then (unless ``only`` says otherwise) incremental runs and conflicts on one env.
+
+    Each scenario's figures go to ``sink`` and are checkpointed as soon as they exist; a scenario
+    that fails is recorded with its error and the later ones still run.
+    """
+    steps: list[tuple[str, Callable[[BenchEnv], dict[str, Any]]]] = [
+        ("full copy", lambda env: scenarios.full_copy(env, volume, profile.get("copy_with")))
+    ]
+    if "incremental" in only or "conflicts" in only:
+        steps.append(("echo runs", scenarios.settle))
+    if "incremental" in only:
+        for changes in profile["changes"]:
+            steps.append(
+                (f"incremental {changes}", scenarios.empty_runs)
+                if changes == 0
+                else (f"incremental {changes}", functools.partial(scenarios.incremental, changes=changes))
+            )
+    if "conflicts" in only:
+        steps.append(("conflicts", lambda env: scenarios.conflicts(env, profile["conflicts"])))
     with BenchEnv(workroot / f"sync-{mode.name}-{volume}", mode, dynamics_seed=volume) as env:
         env.migrate_airflow()
-        log.info("[%s] full copy of %d leads", mode.name, volume)
-        out.append(scenarios.full_copy(env, volume, profile.get("copy_with")))
-        if "incremental" in only or "conflicts" in only:
-            out.append(scenarios.settle(env))
-        if "incremental" in only:
-            for changes in profile["changes"]:
-                log.info("[%s] incremental, %d changes per side", mode.name, changes)
-                out.append(scenarios.empty_runs(env) if changes == 0 else scenarios.incremental(env, changes))
-        if "conflicts" in only:
-            log.info("[%s] bidirectional with %d conflicts", mode.name, profile["conflicts"])
-            out.append(scenarios.conflicts(env, profile["conflicts"]))
-    for item in out:
-        item["volume"] = volume
-    return out
+        for name, step in steps:
+            log.info("[%s] %s, %d leads", mode.name, name, volume)
+            try:
+                item = step(env)
+            except Exception as exc:  # keep what was measured; say what failed
+                log.exception("[%s] %s failed", mode.name, name)
+                item = {"scenario": name, "limits": mode.name, "error": str(exc)[-2000:]}
+            item["volume"] = volume
+            sink.append(item)
+            checkpoint()
 
 
 def merge(results: dict[str, Any], earlier: dict[str, Any]) -> None:
@@ -196,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         results["modes"][mode.name] = mode.describe()
         if "full-copy" in only or only & {"incremental", "conflicts"}:
             for volume in profile["volumes"]:
-                results["scenarios"] += run_sync_scenarios(workroot, mode, volume, profile, only)
-                checkpoint()
+                run_sync_scenarios(workroot, mode, volume, profile, only, results["scenarios"], checkpoint)
         if "peers" in only:
             for leads in profile["peer_leads"]:
                 start = datetime.fromisoformat(profile["peer_start"]).replace(tzinfo=UTC)

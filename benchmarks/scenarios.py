@@ -85,20 +85,35 @@ def summarize(name: str, env: BenchEnv, measures: Sequence[DagRunMeasure], **ext
 
 # --- changes -------------------------------------------------------------------------------
 def linked_leads(env: BenchEnv, limit: int) -> list[tuple[str, int]]:
-    """``limit`` (Dataverse lead id, Marketo person id) pairs the sync has linked, in a stable order."""
+    """``limit`` (Dataverse lead id, Marketo person id) pairs the sync has linked, in a stable order.
+
+    A bulk-imported person has no Marketo id in the id map (imports return none), so those are
+    looked up in Marketo by ``externalPersonId`` (the lead's GUID).
+    """
+    from crm_sync_hooks.marketo import MarketoHook
+
     engine = create_engine(env.state_url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(
                 text(
                     "SELECT dynamics_id, marketo_id FROM id_map WHERE entity = 'lead' AND state = 'active' "
-                    "AND marketo_id IS NOT NULL ORDER BY dynamics_id LIMIT :n"
+                    "ORDER BY dynamics_id LIMIT :n"
                 ),
                 {"n": limit},
             ).all()
     finally:
         engine.dispose()
-    return [(str(d), int(m)) for d, m in rows]
+    known = {str(d).lower(): int(m) for d, m in rows if m is not None}
+    missing = [str(d) for d, m in rows if m is None]
+    if missing:
+        hook = MarketoHook("marketo_default")
+        try:
+            for page in hook.get_leads("externalPersonId", missing, ["id", "externalPersonId"]):
+                known.update({str(p["externalPersonId"]).lower(): int(p["id"]) for p in page})
+        finally:
+            hook.close()
+    return [(str(d).lower(), known[str(d).lower()]) for d, _ in rows if str(d).lower() in known]
 
 
 def change_dynamics(leads: Sequence[tuple[str, int]], tag: str) -> float:
