@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         "--copy-with", dest="copy_with", nargs="+", help="copy with the first runs of these sync DAGs instead"
     )
     parser.add_argument("--modes", nargs="+", choices=["on", "off"], help="limit modes (default both)")
-    parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES))
+    parser.add_argument(
+        "--only", nargs="*", choices=PHASES, default=list(PHASES), help="phases (none: merge only)"
+    )
     parser.add_argument("--marketo-time-scale", type=float, default=0.25, help="Marketo windows x this")
     parser.add_argument("--dynamics-time-scale", type=float, default=4.0, help="Dataverse windows / this")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
