@@ -165,14 +165,24 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_target(name, peak <= RSS_TARGET_MB, f"{peak} MB", "see the per-task table"))
     else:
         out.append(_target(name, None, "not run in this profile"))
-    ratios = [p["ours_over_best_peer"] for p in results["peers"] if p.get("ours_over_best_peer")]
-    if ratios:
+    for kind in dict.fromkeys(p["scenario"].split(",")[0] for p in results["peers"]):
+        items = [
+            p for p in results["peers"] if p["scenario"].startswith(kind) and p.get("ours_over_best_peer")
+        ]
+        if not items:
+            continue
+        low = min(p["ours_over_best_peer"] for p in items)
         figure = ", ".join(
-            f"{p['scenario']} ({p['limits']}): {p['ours_over_best_peer']}×" for p in results["peers"]
+            f"{p['scenario'].split(', ')[-1]} ({p['limits']}): {p['ours_over_best_peer']}×" for p in items
         )
-        why = "every client runs the same export jobs one window at a time; jobs and polls set the pace"
-        out.append(_target(f"extract throughput ≥ {PEER_TARGET}× the best peer", min(ratios) >= PEER_TARGET,
-                           figure, why))  # fmt: skip
+        why = (
+            "every client runs the same export jobs one 31-day window at a time; jobs and polls set the pace"
+            if kind.startswith("Marketo")
+            else "the peer reads every column; ours reads the mapped ones"
+        )
+        out.append(
+            _target(f"{kind}: throughput ≥ {PEER_TARGET}× the best peer", low >= PEER_TARGET, figure, why)
+        )
     return out
 
 
@@ -184,8 +194,13 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Revision measured: `{results.get('revision', 'unknown')}`.",
         "",
-        f"Machine: {machine['cpus']} CPUs, load average {machine['load_average_at_start'][0]:.1f} at start, "
-        f"{machine['load_average_at_end'][0]:.1f} at end; total {results['total_seconds']} s.",
+        f"Machine: {machine['cpus']} CPUs (shared with other work). "
+        + "; ".join(
+            f"part of {part['generated_at']}: load average {part['machine']['load_average_at_start'][0]:.1f} "
+            f"at start, {part['machine'].get('load_average_at_end', [0.0])[0]:.1f} at end"
+            for part in results.get("parts") or [results]
+        )
+        + ".",
         "",
         "Limit modes: " + "; ".join(
             f"**{name}**: " + (

@@ -141,8 +141,9 @@ def run_sync_scenarios(
 
 def merge(results: dict[str, Any], earlier: dict[str, Any]) -> None:
     """Add an earlier run's measurements (a long run split in parts) to ``results``; revisions are listed."""
-    if earlier.get("revision") not in results["revision"].split(" + "):
-        results["revision"] += f" + {earlier.get('revision')}"
+    revisions = [r for r in results["revision"].split(" + ") if r]
+    if earlier.get("revision") not in revisions:
+        results["revision"] = " + ".join([*revisions, str(earlier.get("revision"))])
     results["modes"].update(earlier["modes"])
     for key in ("scenarios", "peers", "transform"):
         results[key] += earlier[key]
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "peers": [],
         "transform": [],
     }
+    if not only and args.merge:
+        results["revision"] = ""  # a merge measures nothing itself
     for earlier in args.merge:
         merge(results, json.loads(earlier.read_text()))
     workroot = args.workdir or Path(tempfile.mkdtemp(prefix="mds-bench-"))
