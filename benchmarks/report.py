@@ -283,6 +283,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def write_results(results: dict[str, Any], folder: Path, stem: str) -> list[Path]:
     """Evaluate the targets, then write JSON, Markdown and the PNG plot; returns the paths."""
+    from benchmarks.harness import LimitMode
+    from benchmarks.scenarios import refresh
+
+    for item in results["scenarios"]:
+        if item.get("runs"):
+            mode = results["modes"][item["limits"]]
+            limits = LimitMode(
+                mode["name"], mode["enforced"], mode["marketo"]["calls"], mode["marketo"]["window_s"],
+                mode["dynamics"]["requests"], mode["dynamics"]["window_s"], mode["marketo_time_scale"],
+                mode["dynamics_time_scale"],
+            )  # fmt: skip
+            refresh(item, limits)
     results["targets"] = targets(results)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.json", folder / f"{stem}.md", folder / f"{stem}-throughput.png"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, text
 
-from benchmarks.harness import DAG_FILES, BenchEnv, DagRunMeasure
+from benchmarks.harness import DAG_FILES, BenchEnv, DagRunMeasure, LimitMode
 from benchmarks.minimum import dynamics_minimum, marketo_minimum, ratio
 
 if TYPE_CHECKING:
@@ -32,12 +32,16 @@ FULL_COPY_ORDER = ["sync_user", "sync_team", "sync_account", "sync_contact", "sy
 SETTLE = ["sync_account", "sync_contact", "sync_lead"]
 
 
-def _side_summary(measures: Sequence[DagRunMeasure], side: str) -> dict[str, Any]:
+WRITE_KINDS = (".write", ".imported")
+
+
+def side_summary(runs: Sequence[dict[str, Any]], side: str) -> dict[str, Any]:
+    """Calls, minimum and records of one side over the runs (``DagRunMeasure.as_dict()`` forms)."""
     routes: dict[str, int] = {}
     records: dict[str, int] = {}
     api = auth = minimum = 0
-    for m in measures:
-        s = getattr(m, side)
+    for run in runs:
+        s = run[side]
         api += s["api_calls"]
         auth += s["auth_calls"]
         minimum += dynamics_minimum(s) if side == "dynamics" else marketo_minimum(s)
@@ -49,38 +53,51 @@ def _side_summary(measures: Sequence[DagRunMeasure], side: str) -> dict[str, Any
         "api_calls": api,
         "auth_calls": auth,
         "min_api_calls": minimum,
-        "min_auth_calls": len(measures),
+        "min_auth_calls": len(runs),
         "ratio": ratio(api, minimum),
         "records": records,
         "routes": routes,
     }
 
 
+def refresh(item: dict[str, Any], mode: LimitMode) -> None:
+    """(Re)compute a scenario's summary figures from its stored runs (also for older results)."""
+    runs = item["runs"]
+    marketo = side_summary(runs, "marketo")
+    dynamics = side_summary(runs, "dynamics")
+    wall = sum(r["wall_s"] for r in runs)
+    bound = mode.bound_seconds(marketo["min_api_calls"] + 1, dynamics["min_api_calls"] + 1)
+    written = sum(
+        v for k, v in {**marketo["records"], **dynamics["records"]}.items() if k.endswith(WRITE_KINDS)
+    )
+    tasks = [
+        {"dag_id": r["dag_id"], **t} for r in runs for t in r["tasks"] if t.get("peak_rss_mb") is not None
+    ]
+    item.update(
+        dags=[r["dag_id"] for r in runs],
+        wall_s=round(wall, 2),
+        records_written=written,
+        records_per_s=round(written / wall, 1) if wall else None,
+        limit_bound_s=round(bound, 2),
+        bound_over_wall=round(bound / wall, 3) if bound and wall else None,
+        marketo=marketo,
+        dynamics=dynamics,
+        peak_rss_mb=max((t["peak_rss_mb"] for t in tasks), default=None),
+        baseline_rss_mb=min((r["baseline_rss_mb"] for r in runs if r["baseline_rss_mb"]), default=None),
+        tasks=tasks,
+    )
+
+
 def summarize(name: str, env: BenchEnv, measures: Sequence[DagRunMeasure], **extra: Any) -> dict[str, Any]:
     """One scenario's figures from its DAG runs (summed when a scenario runs several DAGs)."""
-    marketo = _side_summary(measures, "marketo")
-    dynamics = _side_summary(measures, "dynamics")
-    wall = sum(m.wall_s for m in measures)
-    bound = env.mode.bound_seconds(marketo["min_api_calls"] + 1, dynamics["min_api_calls"] + 1)
-    written = sum(v for k, v in {**marketo["records"], **dynamics["records"]}.items() if k.endswith(".write"))
-    tasks = [{"dag_id": m.dag_id, **t} for m in measures for t in m.tasks if t.get("peak_rss_mb") is not None]
-    return {
+    item: dict[str, Any] = {
         "scenario": name,
         "limits": env.mode.name,
-        "dags": [m.dag_id for m in measures],
-        "wall_s": round(wall, 2),
-        "records_written": written,
-        "records_per_s": round(written / wall, 1) if wall else None,
-        "limit_bound_s": round(bound, 2),
-        "bound_over_wall": round(bound / wall, 3) if bound and wall else None,
-        "marketo": marketo,
-        "dynamics": dynamics,
-        "peak_rss_mb": max((t["peak_rss_mb"] for t in tasks), default=None),
-        "baseline_rss_mb": min((m.baseline_rss_mb for m in measures if m.baseline_rss_mb), default=None),
-        "tasks": tasks,
         "runs": [m.as_dict() for m in measures],
         **extra,
     }
+    refresh(item, env.mode)
+    return item
 
 
 # --- changes -------------------------------------------------------------------------------
