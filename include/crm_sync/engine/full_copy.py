@@ -72,7 +72,10 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 5000  # Dataverse's largest page
 SYNC_CALL_RECORDS = 300  # Marketo's largest sync batch
 SYNC_UNIT_RECORDS = 20 * SYNC_CALL_RECORDS  # records per sync load unit (20 calls)
-BULK_FILE_BYTES = 9_400_000  # a unit's CSV stays under the hook's 9.5 MB file cut
+# A bulk unit's CSV (rows and header) stays just under Marketo's 10 MB file limit, read as
+# 10,000,000 bytes (the hook's reading; unconfirmed whether Marketo means 10 MiB), so the hook
+# sends each unit as one file.
+BULK_FILE_BYTES = 9_900_000
 BULK_THRESHOLD = 1_000  # person upserts in a partition from which bulk import is used
 LOOKUP_HINT = "_lookup"  # payload entry naming a person's lookup field (removed before sending)
 SAMPLE_SIZE = 3
@@ -875,8 +878,14 @@ class BulkAwareMarketo:
         from crm_sync_hooks.results import WriteResult, WriteStatus
 
         fields = list(dict.fromkeys(k for r in records for k in r))
+        from crm_sync_hooks.marketo_bulk import MAX_IMPORT_FILE_BYTES
+
         jobs = self._hook.bulk_import_leads(
-            records, fields, lookup_field=lookup_field, first_poll_seconds=self.first_poll_seconds
+            records,
+            fields,
+            lookup_field=lookup_field,
+            first_poll_seconds=self.first_poll_seconds,
+            max_file_bytes=MAX_IMPORT_FILE_BYTES - 10_000,
         )
         self.imports.extend(jobs)
         failed: dict[int, WriteResult] = {}
