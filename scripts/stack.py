@@ -273,9 +273,11 @@ def start_dags(copy_timeout_s: float = 1800.0) -> None:
         if FULL_COPY_DAG in wanted - missing and os.environ.get("MDS_DEMO_FULL_COPY", "1") == "0":
             print(f"airflow: {FULL_COPY_DAG} not triggered (MDS_DEMO_FULL_COPY=0)")
         elif FULL_COPY_DAG in wanted - missing:
-            copied = api.run_count(FULL_COPY_DAG) > 0
-            if not copied:
-                copied = _run_full_copy(api, copy_timeout_s)
+            manual = api.runs(FULL_COPY_DAG, run_type="manual")
+            copied = "success" in manual.values()
+            if not copied:  # never copied, or a start-up stopped while copying: resume or retry
+                active = [run for run, state in manual.items() if state in ("queued", "running")]
+                copied = _run_full_copy(api, copy_timeout_s, active[0] if active else None)
         elif FULL_COPY_DAG in wanted:
             print(f"airflow: {FULL_COPY_DAG} did not appear in time; not triggered")
         for dag_id in sync_ids:
@@ -288,11 +290,14 @@ def start_dags(copy_timeout_s: float = 1800.0) -> None:
         settle()
 
 
-def _run_full_copy(api: Any, timeout_s: float) -> bool:
-    """Trigger ``full_copy`` and wait until its run ends; True when it succeeded."""
-    run_id = api.trigger(FULL_COPY_DAG)
+def _run_full_copy(api: Any, timeout_s: float, run_id: str | None = None) -> bool:
+    """Trigger ``full_copy`` (or follow ``run_id``, still active) until it ends; True on success."""
+    if run_id is None:
+        run_id = api.trigger(FULL_COPY_DAG)
+        print(f"airflow: {FULL_COPY_DAG} triggered (run {run_id}); waiting for it to end", flush=True)
+    else:
+        print(f"airflow: {FULL_COPY_DAG} run {run_id} still active; waiting for it to end", flush=True)
     api.set_paused(FULL_COPY_DAG, False)  # a manual run waits while its DAG is paused
-    print(f"airflow: {FULL_COPY_DAG} triggered (run {run_id}); waiting for it to end", flush=True)
     started = time.monotonic()
     state = api.run_state(FULL_COPY_DAG, run_id)
     while state not in ("success", "failed") and time.monotonic() - started < timeout_s:

@@ -107,6 +107,12 @@ class AirflowApi:
         """How many runs ``dag_id`` has had (any state)."""
         return int(self._call("GET", f"dags/{quote(dag_id)}/dagRuns?limit=1")["total_entries"])
 
+    def runs(self, dag_id: str, run_type: str | None = None) -> dict[str, str]:
+        """Run id → state of ``dag_id``'s latest runs (100 at most), optionally of one run type."""
+        query = "limit=100&order_by=-run_after" + (f"&run_type={run_type}" if run_type else "")
+        page = self._call("GET", f"dags/{quote(dag_id)}/dagRuns?{query}")
+        return {str(r["dag_run_id"]): str(r["state"]) for r in page["dag_runs"]}
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         """Trigger a manual run now; return its run id."""
         run = self._call("POST", f"dags/{quote(dag_id)}/dagRuns", {"logical_date": None, "conf": conf or {}})
