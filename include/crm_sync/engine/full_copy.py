@@ -53,7 +53,7 @@ from crm_sync.engine.extract import (
 from crm_sync.engine.load import OUTCOME, load_batch
 from crm_sync.engine.plan import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.engine.transform import TRANSFORM_MANIFEST, transform_changes
-from crm_sync.state import get_watermark, session_scope, utcnow
+from crm_sync.state import get_watermark, session_scope, set_watermark, utcnow
 from crm_sync.transforms import DYNAMICS_ID
 
 if TYPE_CHECKING:
@@ -367,6 +367,30 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def start_person_feed(ctx: RunContext, marketo: Any, now: datetime | None = None) -> bool:
+    """Start the Marketo person change feed now, unless an incremental run already did.
+
+    The incremental person DAGs join the feed at its stored head; without one they would start
+    at their own first run, and Marketo persons created between the copy and that run would
+    never reach Dynamics. Called when a copy of everything starts (one Marketo call).
+
+    Returns:
+        Whether the feed head was stored now.
+    """
+    from crm_sync.engine.extract import FEED_HEAD_ENTITY
+
+    with session_scope(ctx.state) as session:
+        if get_watermark(session, FEED_HEAD_ENTITY, Direction.M2D.value) is not None:
+            return False
+    token = marketo.get_paging_token(now or utcnow())
+    with session_scope(ctx.state) as session:
+        if get_watermark(session, FEED_HEAD_ENTITY, Direction.M2D.value) is not None:
+            return False
+        set_watermark(session, FEED_HEAD_ENTITY, Direction.M2D.value, token)
+    log.info("Marketo person feed starts now: persons changed from here on reach Dynamics")
+    return True
 
 
 def take_handover_token(entity: EntityConfig, source: CopySource) -> str:

@@ -50,7 +50,19 @@ def prepare(
         known_entities=list(entities),
     )
     ctx = context(settings, migrate=True)
-    ctx.state.dispose()
+    try:
+        persons = [n for n, e in entities.items() if e.marketo.person_type and e.writes_dynamics]
+        if scope.everything and not scope.dry_run and any(scope.includes(n) for n in persons):
+            from crm_sync.engine.full_copy import start_person_feed
+            from crm_sync_hooks.marketo import MarketoHook
+
+            marketo = MarketoHook(settings.marketo_conn_id)
+            try:
+                start_person_feed(ctx, marketo)
+            finally:
+                marketo.close()
+    finally:
+        ctx.state.dispose()
     order = [[n for n in tier if scope.includes(n)] for tier in copy_order(entities)]
     log.info(
         "full copy scope: %s, entities in order %s%s",

@@ -117,3 +117,31 @@ def test_an_unfinished_attempt_is_continued_and_a_finished_one_starts_the_next(t
 def test_first_poll_waits_longer_for_bigger_imports() -> None:
     assert first_poll_estimate(20_000) > first_poll_estimate(1_000) > 0
     assert first_poll_estimate(1_000, seconds_per_row=0.001) == pytest.approx(2.0)
+
+
+def test_a_copy_of_everything_starts_the_person_feed_once(tmp_path: Path) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    from crm_sync.engine.extract import FEED_HEAD_ENTITY, RunContext
+    from crm_sync.engine.full_copy import start_person_feed
+    from crm_sync.state import get_watermark, make_engine, session_scope, upgrade
+
+    class Marketo:
+        def __init__(self) -> None:
+            self.asked: list[datetime] = []
+
+        def get_paging_token(self, since: datetime) -> str:
+            self.asked.append(since)
+            return f"token-{len(self.asked)}"
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    upgrade(engine)
+    ctx = RunContext("run", StagingArea(ObjectStoragePath(f"file://{tmp_path}")), engine)
+    marketo = Marketo()
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    assert start_person_feed(ctx, marketo, now) is True
+    assert start_person_feed(ctx, marketo, now) is False  # an existing head is kept
+    assert marketo.asked == [now]
+    with session_scope(engine) as session:
+        assert get_watermark(session, FEED_HEAD_ENTITY, "m2d") == "token-1"
+    engine.dispose()
