@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
@@ -28,9 +29,9 @@ def _pg_reachable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A throwaway PostgreSQL database for this test session, migrated once, dropped at the end."""
+@contextlib.contextmanager
+def _pg_database() -> Iterator[str]:
+    """Create a throwaway PostgreSQL database (skip when the server does not answer); drop it after."""
     reason = _pg_reachable()
     if reason:
         pytest.skip(reason)
@@ -38,14 +39,30 @@ def pg_url() -> Iterator[str]:
     admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    upgrade(url)
     try:
-        yield url
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database for this test session, migrated once, dropped at the end."""
+    with _pg_database() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """URL of an empty state store, not migrated yet, on each backend (PostgreSQL: its own database)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+    else:
+        with _pg_database() as url:
+            yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -17,8 +17,8 @@ def _cli(*args: str) -> str:
     return subprocess.run(cmd, check=True, env=ENV, capture_output=True, text=True, timeout=60).stdout
 
 
-def test_parked_then_requeue(tmp_path):
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
+def test_parked_then_requeue(empty_url):
+    url = empty_url
     upgrade(url)
     engine = make_engine(url)
     errors = pd.DataFrame(
@@ -44,8 +44,8 @@ def test_parked_then_requeue(tmp_path):
     engine.dispose()
 
 
-def test_rebaseline_needs_confirmation(tmp_path):
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
+def test_rebaseline_needs_confirmation(empty_url):
+    url = empty_url
     upgrade(url)
     cmd = [sys.executable, "-m", "crm_sync.state", "rebaseline", "--url", url]
     refused = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=60)

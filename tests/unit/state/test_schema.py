@@ -1,4 +1,4 @@
-"""Migrations: idempotent upgrade, models equal to the migrated schema, CLI, several processes."""
+"""Migrations: idempotent upgrade, models equal to the schema, CLI, several processes, both backends."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def test_sqlite_file_uses_wal(tmp_path):
     eng.dispose()
 
 
-def test_cli_upgrade_then_current(tmp_path):
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
+def test_cli_upgrade_then_current(empty_url):
+    url = empty_url
     run = [sys.executable, "-m", "crm_sync.state"]
     subprocess.run([*run, "upgrade", "--url", url], check=True, env=ENV, capture_output=True, timeout=60)
     out = subprocess.run([*run, "current", "--url", url], check=True, env=ENV, capture_output=True, text=True)
@@ -69,8 +69,10 @@ for batch in range(20):
 """
 
 
-def test_several_processes_migrate_and_write_one_sqlite_file(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+def test_several_processes_migrate_and_write_one_store(empty_url):
+    """Four processes migrate the same empty store at once and then write to it (SQLite file or
+    PostgreSQL database: the migration takes a lock, so none of them fails on a half-made schema)."""
+    url = empty_url
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, url, str(w)], env=ENV, stderr=subprocess.PIPE, text=True
