@@ -132,9 +132,14 @@ def _drop_databases(*names: str) -> None:
         conn.close()
 
 
-@pytest.fixture
-def prod_stack(tmp_path: Path) -> Iterator[ProdStack]:
-    """Settings for a stack that shares nothing with a developer's demo or prod-local stack."""
+@contextlib.contextmanager
+def isolated_stack(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[ProdStack]:
+    """Settings for a stack that shares nothing with a developer's demo or prod-local stack.
+
+    Its own folder (``home``), ports, PostgreSQL databases and empty Redis db numbers; on exit the
+    stack is stopped (a no-op when the test already stopped it), its databases are dropped and
+    its Redis dbs flushed. ``extra_env`` adds settings for every process of the stack.
+    """
     import redis
 
     tag = uuid.uuid4().hex[:8]
@@ -144,7 +149,7 @@ def prod_stack(tmp_path: Path) -> Iterator[ProdStack]:
         env.pop(var, None)
     env.update(
         {
-            "MDS_STACK_DIR": str(tmp_path),
+            "MDS_STACK_DIR": str(home),
             "MDS_AIRFLOW_PORT": str(free_port()),
             "MDS_MARKETO_PORT": str(free_port()),
             "MDS_DYNAMICS_PORT": str(free_port()),
@@ -154,12 +159,13 @@ def prod_stack(tmp_path: Path) -> Iterator[ProdStack]:
             "MDS_PROD_REDIS_URL": REDIS_URL,
             "MDS_PROD_BROKER_DB": str(broker_db),
             "MDS_PROD_LIMITER_DB": str(limiter_db),
-            "MDS_PROD_STAGING_URL": f"file://{tmp_path / 'shared-staging'}",
+            "MDS_PROD_STAGING_URL": f"file://{home / 'shared-staging'}",
+            **(extra_env or {}),
         }
     )
     stack = ProdStack(
         env=env,
-        home=tmp_path,
+        home=home,
         airflow_db=env["MDS_PROD_AIRFLOW_DB"],
         state_db=env["MDS_PROD_STATE_DB"],
         broker_db=broker_db,
@@ -176,6 +182,13 @@ def prod_stack(tmp_path: Path) -> Iterator[ProdStack]:
                 client.flushdb()
             finally:
                 client.close()
+
+
+@pytest.fixture
+def prod_stack(tmp_path: Path) -> Iterator[ProdStack]:
+    """An isolated stack's settings for one test (see :func:`isolated_stack`)."""
+    with isolated_stack(tmp_path) as stack:
+        yield stack
 
 
 def _process_tree(run_dir: Path) -> set[int]:
