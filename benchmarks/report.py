@@ -263,7 +263,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for p in results["peers"]:
         for name, c in p["clients"].items():
             if c.get("rows_per_s"):
-                series.setdefault(f"extract {name} ({p['limits']})", []).append((p["leads"], c["rows_per_s"]))
+                label = f"{p['scenario'].split(',')[0]}: {name} ({p['limits']})"
+                series.setdefault(label, []).append((p["leads"], c["rows_per_s"]))
     for t in results["transform"]:
         series.setdefault("transform per core", []).append((t["rows"], t["records_per_s_per_core"]))
     for label, points in sorted(series.items()):
