@@ -93,7 +93,7 @@ with DAG(
         return full_copy_tasks.prepare(
             _settings(),
             context["params"],
-            run_type=str(getattr(dag_run, "run_type", "") or ""),
+            run_type=getattr(dag_run, "run_type", None),
             interval_start=context.get("data_interval_start"),
             interval_end=context.get("data_interval_end"),
         )

@@ -145,3 +145,17 @@ def test_a_copy_of_everything_starts_the_person_feed_once(tmp_path: Path) -> Non
     with session_scope(engine) as session:
         assert get_watermark(session, FEED_HEAD_ENTITY, "m2d") == "token-1"
     engine.dispose()
+
+
+def test_the_run_type_enum_of_the_task_context_is_understood() -> None:
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    start, end = datetime(2025, 4, 1, tzinfo=UTC), datetime(2025, 5, 1, tzinfo=UTC)
+    scope = scope_for_run(
+        {}, run_type=DagRunType.BACKFILL, interval_start=start, interval_end=end, known_entities=NAMES
+    )
+    assert (scope.start, scope.end) == (start, end)
+    manual = scope_for_run(
+        {}, run_type=DagRunType.MANUAL, interval_start=start, interval_end=end, known_entities=NAMES
+    )
+    assert manual.everything
