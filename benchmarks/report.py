@@ -175,11 +175,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         figure = ", ".join(
             f"{p['scenario'].split(', ')[-1]} ({p['limits']}): {p['ours_over_best_peer']}×" for p in items
         )
-        why = (
-            "every client runs the same export jobs one 31-day window at a time; jobs and polls set the pace"
-            if kind.startswith("Marketo")
-            else "the peer reads every column; ours reads the mapped ones"
-        )
+        ours = [p["clients"]["ours"] for p in items]
+        if any(c.get("read_seconds") and c["read_seconds"] < c["seconds"] / 2 for c in ours):
+            why = "at this volume our process start-up (Airflow, pandas imports) outweighs the read itself"
+        elif kind.startswith("Marketo"):
+            why = (
+                "same export jobs for every client, one 31-day window at a time; jobs and polls set the pace"
+            )
+        else:
+            why = "the read is bound by the emulator's paging"
         out.append(
             _target(f"{kind}: throughput ≥ {PEER_TARGET}× the best peer", low >= PEER_TARGET, figure, why)
         )
