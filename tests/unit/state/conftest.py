@@ -10,6 +10,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+# Tables defined outside models.py register on Base.metadata when their module is imported.
+import crm_sync.reconcile.store
+import crm_sync.state.guards  # noqa: F401
 from crm_sync.state import make_engine, upgrade
 from crm_sync.state.models import Base
 

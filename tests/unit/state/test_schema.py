@@ -12,6 +12,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
+# Tables defined outside models.py register on Base.metadata when their module is imported.
+import crm_sync.reconcile.store
+import crm_sync.state.guards  # noqa: F401
 from crm_sync.state import current_revision, make_engine, session_scope, upgrade
 from crm_sync.state.db import alembic_config
 from crm_sync.state.idmap import lookup_links
