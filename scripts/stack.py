@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from crm_sync.config import ENTITIES_DIR, EntityConfig, load_entities
+from crm_sync.config import ENTITIES_DIR, Direction, EntityConfig, load_entities
 from crm_sync.demo import ALERT_SINK_PORT
 from crm_sync.localenv import (
     AIRFLOW_API_PORT,
@@ -383,12 +383,20 @@ def settle(timeout_s: float = 900.0) -> bool:
     """Run every sync DAG once more, in dependency waves, each wave after the previous one ended.
 
     Whatever changed before this call is then carried across (a scheduled run still active
-    is waited for first: the DAGs allow one active run). Returns False if a run did not succeed.
+    is waited for first: the DAGs allow one active run). A record one run creates in Dynamics
+    from Marketo (a flagged person) comes back with Dynamics' own values (created on, status,
+    owner) in the next run, so the two-way entities run once more at the end. Returns False if a
+    run did not succeed.
     """
+    entities = list(load_entities(entities_dir()).values())
+    waves = dependency_waves(entities)
+    two_way = [e for e in entities if e.direction is Direction.BOTH]
+    if two_way:
+        waves.append(two_way)
     api = airflow_api()
     ok = True
     try:
-        for wave in dependency_waves(list(load_entities(entities_dir()).values())):
+        for wave in waves:
             runs = {entity.dag_id: api.trigger(entity.dag_id) for entity in wave}
             deadline = time.monotonic() + timeout_s
             states = {dag_id: api.run_state(dag_id, run_id) for dag_id, run_id in runs.items()}
