@@ -321,7 +321,8 @@ class WebApi:
 
     def _check_delta_token(self, conn: Connection, table: Table, token: str) -> int:
         row = conn.exec_driver_sql(
-            "SELECT entity, version, last_used, expired FROM delta_tokens WHERE token = ?", (token,)
+            "SELECT entity, version, last_used, expired FROM delta_tokens WHERE token = ? AND entity = ?",
+            (token, table.logical_name),
         ).fetchone()
         now = time.time()
         # The exact code for an expired *data* delta token is unconfirmed (reference §4); the
@@ -332,7 +333,10 @@ class WebApi:
                 EXPIRED_VERSION,
                 "Version stamp associated with the client has expired. Please perform a full sync.",
             )
-        conn.exec_driver_sql("UPDATE delta_tokens SET last_used = ? WHERE token = ?", (now, token))
+        conn.exec_driver_sql(
+            "UPDATE delta_tokens SET last_used = ? WHERE token = ? AND entity = ?",
+            (now, token, table.logical_name),
+        )
         return int(row[1])
 
     def _delta_page(

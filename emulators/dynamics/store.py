@@ -53,8 +53,10 @@ _SIDE_TABLES = [
     "CREATE TABLE IF NOT EXISTS teammembership (teamid TEXT NOT NULL, systemuserid TEXT NOT NULL,"
     " PRIMARY KEY (teamid, systemuserid))",
     "CREATE INDEX IF NOT EXISTS ix_teammembership_user ON teammembership (systemuserid)",
-    "CREATE TABLE IF NOT EXISTS delta_tokens (token TEXT PRIMARY KEY, entity TEXT NOT NULL,"
-    " version INTEGER NOT NULL, last_used REAL NOT NULL, expired INTEGER NOT NULL DEFAULT 0)",
+    # Keyed by token and table: two tables read in the same second get the same token text.
+    "CREATE TABLE IF NOT EXISTS delta_tokens (token TEXT NOT NULL, entity TEXT NOT NULL,"
+    " version INTEGER NOT NULL, last_used REAL NOT NULL, expired INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (token, entity))",
 ]
 
 

@@ -87,3 +87,13 @@ def test_delta_tokens_expire_after_disuse_with_time_scale(fresh_emulator):
     assert dv.get(link).status_code == 200
     wait_until(lambda: dv.get(link).status_code == 400, timeout=15, interval=1.5)
     assert dv.get(link).json()["error"]["code"] == "0x80044352"
+
+
+def test_two_tables_tracked_in_the_same_second_keep_their_own_delta_tokens(dataverse):
+    _, accounts_link = _initial_delta_link(dataverse, "accounts")
+    _, contacts_last = dataverse.read_all("contacts?$select=lastname", page=50, prefer=TRACK)
+    contacts_link = contacts_last["@odata.deltaLink"]
+    tokens = [parse_qs(urlsplit(link).query)["$deltatoken"][0] for link in (accounts_link, contacts_link)]
+    # Both links stay valid for their own table, whatever their token texts are.
+    assert dataverse.get(accounts_link).status_code == 200, tokens
+    assert dataverse.get(contacts_link).status_code == 200, tokens
