@@ -369,27 +369,38 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def start_person_feed(ctx: RunContext, marketo: Any, now: datetime | None = None) -> bool:
+def start_person_feed(
+    ctx: RunContext, marketo: Any, now: datetime | None = None, person_entities: Sequence[str] = ()
+) -> bool:
     """Start the Marketo person change feed now, unless an incremental run already did.
 
-    The incremental person DAGs join the feed at its stored head; without one they would start
-    at their own first run, and Marketo persons created between the copy and that run would
-    never reach Dynamics. Called when a copy of everything starts (one Marketo call).
+    The token becomes the feed's head and the feed watermark of every person entity that has
+    none, so ``sync_lead`` and ``sync_contact`` both start reading here (whichever runs first
+    stages the chunk, the other reuses it). Without this, each would start at its own first run,
+    and Marketo persons created between the copy and that run would never reach Dynamics.
+    Called when a copy of everything starts (one Marketo call).
 
     Returns:
-        Whether the feed head was stored now.
+        Whether the feed was started now.
     """
     from crm_sync.engine.extract import FEED_HEAD_ENTITY
 
+    m2d = Direction.M2D.value
     with session_scope(ctx.state) as session:
-        if get_watermark(session, FEED_HEAD_ENTITY, Direction.M2D.value) is not None:
+        if get_watermark(session, FEED_HEAD_ENTITY, m2d) is not None:
             return False
     token = marketo.get_paging_token(now or utcnow())
     with session_scope(ctx.state) as session:
-        if get_watermark(session, FEED_HEAD_ENTITY, Direction.M2D.value) is not None:
+        if get_watermark(session, FEED_HEAD_ENTITY, m2d) is not None:
             return False
-        set_watermark(session, FEED_HEAD_ENTITY, Direction.M2D.value, token)
-    log.info("Marketo person feed starts now: persons changed from here on reach Dynamics")
+        set_watermark(session, FEED_HEAD_ENTITY, m2d, token)
+        for name in person_entities:
+            if get_watermark(session, name, m2d) is None:
+                set_watermark(session, name, m2d, token)
+    log.info(
+        "Marketo person feed starts now for %s: persons changed from here on reach Dynamics",
+        list(person_entities),
+    )
     return True
 
 

@@ -58,7 +58,7 @@ def prepare(
 
             marketo = MarketoHook(settings.marketo_conn_id)
             try:
-                start_person_feed(ctx, marketo)
+                start_person_feed(ctx, marketo, person_entities=persons)
             finally:
                 marketo.close()
     finally:

@@ -124,7 +124,7 @@ def test_a_copy_of_everything_starts_the_person_feed_once(tmp_path: Path) -> Non
 
     from crm_sync.engine.extract import FEED_HEAD_ENTITY, RunContext
     from crm_sync.engine.full_copy import start_person_feed
-    from crm_sync.state import get_watermark, make_engine, session_scope, upgrade
+    from crm_sync.state import get_watermark, make_engine, session_scope, set_watermark, upgrade
 
     class Marketo:
         def __init__(self) -> None:
@@ -139,11 +139,16 @@ def test_a_copy_of_everything_starts_the_person_feed_once(tmp_path: Path) -> Non
     ctx = RunContext("run", StagingArea(ObjectStoragePath(f"file://{tmp_path}")), engine)
     marketo = Marketo()
     now = datetime(2026, 11, 26, 12, tzinfo=UTC)
-    assert start_person_feed(ctx, marketo, now) is True
-    assert start_person_feed(ctx, marketo, now) is False  # an existing head is kept
+    with session_scope(engine) as session:
+        set_watermark(session, "contact", "m2d", "contact-own")
+    assert start_person_feed(ctx, marketo, now, ["lead", "contact"]) is True
+    assert start_person_feed(ctx, marketo, now, ["lead", "contact"]) is False  # a head is kept
     assert marketo.asked == [now]
     with session_scope(engine) as session:
         assert get_watermark(session, FEED_HEAD_ENTITY, "m2d") == "token-1"
+        # Both person DAGs start where the feed starts (an existing watermark is kept).
+        assert get_watermark(session, "lead", "m2d") == "token-1"
+        assert get_watermark(session, "contact", "m2d") == "contact-own"
     engine.dispose()
 
 
