@@ -292,6 +292,7 @@ def _int(cell_text: str) -> int:
 
 
 def test_login_trigger_sync_lead_and_read_the_status_view(chromium: Path, stack: Stack) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     base, password, api = stack.base, stack.password, stack.api
@@ -330,11 +331,30 @@ def test_login_trigger_sync_lead_and_read_the_status_view(chromium: Path, stack:
             before = api.manual_runs("sync_lead")
             page.get_by_role("link", name="sync_lead", exact=True).click()
             page.wait_for_url(re.compile(r"/dags/sync_lead"))
-            page.get_by_role("button", name="Trigger").first.click()
             dialog = page.get_by_role("dialog")
-            dialog.get_by_text("Trigger Dag - sync_lead").wait_for()
+            for attempt in range(3):
+                # A click that lands while the page is still hydrating opens nothing; try again.
+                page.get_by_role("button", name="Trigger").first.click()
+                try:
+                    dialog.get_by_text("Trigger Dag - sync_lead").wait_for(timeout=UI_TIMEOUT_MS // 3)
+                    break
+                except PlaywrightTimeout:
+                    shot(f"04-no-dialog-{attempt}")
+                    page.reload(wait_until="commit")
+                    page.get_by_role("button", name="Trigger").first.wait_for()
+            else:
+                pytest.fail("the Trigger dialog of sync_lead did not open after three clicks")
             unpause = dialog.get_by_role("checkbox", name=re.compile("Unpause sync_lead on trigger"))
-            unpause.check()
+            try:
+                unpause.check(timeout=UI_TIMEOUT_MS // 3)
+            except PlaywrightTimeout:
+                # Not offered (the DAG is not paused any more): make sure through the REST API.
+                requests.patch(
+                    f"{base}/api/v2/dags/sync_lead",
+                    headers=api.headers,
+                    json={"is_paused": False},
+                    timeout=30,
+                ).raise_for_status()
             shot("04-trigger-dialog")
             dialog.get_by_role("button", name="Trigger").click()
             page.get_by_text("Dag Run Triggered").first.wait_for()
