@@ -28,9 +28,10 @@ from typing import Any
 from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
-from crm_sync.config import ENTITIES_DIR, load_entities
+from crm_sync.config import load_entities
 from crm_sync.dag_defaults import default_args
 from crm_sync.engine.full_copy import copy_order
+from crm_sync.engine.runner import entities_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,13 @@ DYNAMICS_POOL = "dynamics_api"
 HISTORY_START = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def _entities_dir() -> str:
-    import os
-
-    return os.environ.get("MDS_ENTITIES_DIR") or str(ENTITIES_DIR)
-
-
 def _settings() -> Any:
-    from airflow.sdk import Variable
+    from crm_sync.engine.runner import settings_from_airflow
 
-    from crm_sync.engine.runner import RunSettings
-    from crm_sync.localenv import PROJECT_DIR
-    from crm_sync.state import default_url
-
-    run_id = str(get_current_context()["run_id"])
-    state_url = Variable.get("mds_state_db_url", default=None) or default_url()
-    staging = Variable.get("mds_staging_path", default=None) or f"file://{PROJECT_DIR / 'var' / 'staging'}"
-    return RunSettings(run_id=run_id, state_url=state_url, staging_url=staging, entities_dir=_entities_dir())
+    return settings_from_airflow(str(get_current_context()["run_id"]))
 
 
-ENTITIES = load_entities(Path(_entities_dir()))
+ENTITIES = load_entities(Path(entities_dir()))
 
 with DAG(
     dag_id="full_copy",

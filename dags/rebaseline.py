@@ -10,12 +10,10 @@ identity and watermarks, and ``unpause_sync`` lets the sync DAGs run again.
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from crm_sync.config import ENTITIES_DIR
 from crm_sync.dag_defaults import START_DATE, default_args
 
 if TYPE_CHECKING:
@@ -37,19 +35,9 @@ Pausing and unpausing go through Airflow's REST API with the `airflow_api` conne
 
 
 def _settings() -> RunSettings:
-    from airflow.sdk import Variable
+    from crm_sync.engine.runner import settings_from_airflow
 
-    from crm_sync.engine.runner import RunSettings
-    from crm_sync.localenv import PROJECT_DIR
-    from crm_sync.state import default_url
-
-    return RunSettings(
-        run_id=str(get_current_context()["run_id"]),
-        state_url=Variable.get("mds_state_db_url", default=None) or default_url(),
-        staging_url=Variable.get("mds_staging_path", default=None)
-        or f"file://{PROJECT_DIR / 'var' / 'staging'}",
-        entities_dir=os.environ.get("MDS_ENTITIES_DIR") or str(ENTITIES_DIR),
-    )
+    return settings_from_airflow(str(get_current_context()["run_id"]))
 
 
 def _params() -> dict[str, Any]:

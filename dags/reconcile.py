@@ -11,12 +11,10 @@ and fails (so the failure alert fires) when an entity's share of differing recor
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from crm_sync.config import ENTITIES_DIR
 from crm_sync.dag_defaults import START_DATE, default_args
 
 log = logging.getLogger(__name__)
@@ -55,22 +53,12 @@ with DAG(
 
     @task(task_id="reconcile", pool="marketo_api")
     def reconcile_task() -> dict[str, Any]:
-        from airflow.sdk import Variable
-
-        from crm_sync.engine.runner import RunSettings
-        from crm_sync.localenv import PROJECT_DIR
+        from crm_sync.engine.runner import settings_from_airflow
         from crm_sync.reconcile.tasks import run_reconcile
-        from crm_sync.state import default_url
 
         ctx = get_current_context()
         params = ctx["params"]
-        settings = RunSettings(
-            run_id=str(ctx["run_id"]),
-            state_url=Variable.get("mds_state_db_url", default=None) or default_url(),
-            staging_url=Variable.get("mds_staging_path", default=None)
-            or f"file://{PROJECT_DIR / 'var' / 'staging'}",
-            entities_dir=os.environ.get("MDS_ENTITIES_DIR") or str(ENTITIES_DIR),
-        )
+        settings = settings_from_airflow(str(ctx["run_id"]))
         result = run_reconcile(
             settings,
             list(params.get("entities") or []),

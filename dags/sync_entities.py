@@ -14,14 +14,14 @@ failure alert carries its message); a deferred low-priority run skips ``load`` a
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from crm_sync.config import ENTITIES_DIR, Direction, EntityConfig, load_entities
+from crm_sync.config import Direction, EntityConfig, load_entities
 from crm_sync.dag_defaults import START_DATE, TAG_VOCABULARY, default_args
+from crm_sync.engine.runner import entities_dir
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,29 +31,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENTITIES_ENV = "MDS_ENTITIES_DIR"
 MARKETO_POOL = "marketo_api"
 DYNAMICS_POOL = "dynamics_api"
 
 
 def _settings(entities_dir: str) -> RunSettings:
     """Run settings from the task context and the project's Airflow Variables."""
-    from airflow.sdk import Variable
-
-    from crm_sync.engine.runner import RunSettings
-    from crm_sync.localenv import PROJECT_DIR
-    from crm_sync.state import default_url
+    from crm_sync.engine.runner import settings_from_airflow
 
     run_id = str(get_current_context()["run_id"])
-    state_url = Variable.get("mds_state_db_url", default=None) or default_url()
-    staging = Variable.get("mds_staging_path", default=None) or f"file://{PROJECT_DIR / 'var' / 'staging'}"
-    return RunSettings(
-        run_id=run_id,
-        state_url=state_url,
-        staging_url=staging,
-        entities_dir=entities_dir,
-        dynamics_window_reserve=_dynamics_reserve(),
-    )
+    return settings_from_airflow(run_id, entities_dir, dynamics_window_reserve=_dynamics_reserve())
 
 
 def _variable(name: str, cast: Callable[[str], Any], default: Any) -> Any:
@@ -229,9 +216,5 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
     return dag
 
 
-def _entities_dir() -> str:
-    return os.environ.get(ENTITIES_ENV) or str(ENTITIES_DIR)
-
-
-for _entity in load_entities(Path(_entities_dir())).values():
-    globals()[_entity.dag_id] = build_dag(_entity, _entities_dir())
+for _entity in load_entities(Path(entities_dir())).values():
+    globals()[_entity.dag_id] = build_dag(_entity, entities_dir())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -37,7 +36,6 @@ URL_PREFIX = "/crm-sync-status"
 STATE_URL_VARIABLE = "mds_state_db_url"
 QUOTA_VARIABLE = "mds_marketo_daily_quota"
 RESERVE_VARIABLE = "mds_quota_reserve_share"
-ENTITIES_ENV = "MDS_ENTITIES_DIR"
 
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
@@ -161,9 +159,10 @@ def quota_settings() -> tuple[int, float]:
 
 def configured_entities() -> dict[str, str]:
     """Entity name → configured direction, from the same entity folder the DAG factory reads."""
-    from crm_sync.config import ENTITIES_DIR, load_entities
+    from crm_sync.config import load_entities
+    from crm_sync.engine.runner import entities_dir
 
-    folder = Path(os.environ.get(ENTITIES_ENV) or ENTITIES_DIR)
+    folder = Path(entities_dir())
     return {name: e.direction.value for name, e in load_entities(folder).items()}
 
 

@@ -53,6 +53,37 @@ class RunSettings:
         return f"RunSettings(run_id={self.run_id!r}, entities_dir={self.entities_dir!r})"
 
 
+ENTITIES_ENV = "MDS_ENTITIES_DIR"
+
+
+def entities_dir() -> str:
+    """The folder of the entity files: ``$MDS_ENTITIES_DIR`` or the project's own."""
+    import os
+
+    return os.environ.get(ENTITIES_ENV) or str(ENTITIES_DIR)
+
+
+def settings_from_airflow(run_id: str, entities: str | None = None, **extra: Any) -> RunSettings:
+    """Run settings from the Airflow Variables ``mds_state_db_url`` and ``mds_staging_path``.
+
+    Called inside a task (Variables are read then, never at DAG parse time); defaults are the
+    project's SQLite state store and ``var/staging``. ``extra`` sets further fields.
+    """
+    from airflow.sdk import Variable
+
+    from crm_sync.localenv import PROJECT_DIR
+    from crm_sync.state import default_url
+
+    return RunSettings(
+        run_id=run_id,
+        state_url=Variable.get("mds_state_db_url", default=None) or default_url(),
+        staging_url=Variable.get("mds_staging_path", default=None)
+        or f"file://{PROJECT_DIR / 'var' / 'staging'}",
+        entities_dir=entities or entities_dir(),
+        **extra,
+    )
+
+
 @lru_cache(maxsize=8)
 def _entities(directory: str) -> dict[str, EntityConfig]:
     return load_entities(Path(directory))
