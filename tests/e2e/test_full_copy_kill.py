@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +20,10 @@ from sqlalchemy import text
 
 from tests.e2e.conftest import SyncEnv
 from tests.e2e.full_copy_support import dynamics_rows, marketo_objects, run_full_copy
+from tests.support.killed_run import kill_dag_test_when
 
 pytestmark = pytest.mark.e2e
 log = logging.getLogger(__name__)
-
-AIRFLOW = Path(sys.executable).with_name("airflow")
 
 
 def _attempt(env: SyncEnv, entity: str) -> Path | None:
@@ -61,33 +55,11 @@ def _unit_records(env: SyncEnv, entity: str) -> dict[str, int]:
 
 
 def _kill_mid_load(env: SyncEnv, deadline_s: float = 240.0) -> tuple[int, int]:
-    log_file = env.staging.parent / "full_copy-killed.log"
-    with log_file.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(AIRFLOW), "dags", "test", "full_copy"],
-            env=dict(os.environ),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + deadline_s
-        while True:
-            done, planned = _lead_units(env)
-            if planned and 0 < done < planned:
-                break
-            if proc.poll() is not None:
-                tail = log_file.read_text()[-4000:]
-                pytest.fail(f"full_copy ended ({proc.returncode}) before it was killed:\n{tail}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no lead unit loaded within {deadline_s} s:\n{log_file.read_text()[-4000:]}")
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    def mid_load() -> bool:
+        done, planned = _lead_units(env)
+        return bool(planned) and 0 < done < planned
+
+    kill_dag_test_when("full_copy", mid_load, env.staging.parent / "full_copy-killed.log", deadline_s)
     return _lead_units(env)
 
 

@@ -10,19 +10,14 @@ id-map row per lead, no duplicate persons, the watermark stored; and a further r
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from tests.e2e.conftest import SyncEnv, write_calls
+from tests.support.killed_run import kill_dag_test_when
 
 pytestmark = pytest.mark.e2e
 log = logging.getLogger(__name__)
@@ -30,7 +25,6 @@ log = logging.getLogger(__name__)
 N_LEADS = 1500  # five load batches of 300: the load spans several write calls
 WRITE_LATENCY_MS = 700
 LEADS_PATH = "/rest/v1/leads.json"
-AIRFLOW = Path(sys.executable).with_name("airflow")
 
 
 def _seed_leads(env: SyncEnv, guids: list[str]) -> None:
@@ -63,29 +57,10 @@ def _kill_mid_load(env: SyncEnv, dag_id: str, total: int, deadline_s: float = 60
     Returns:
         The person writes the emulator had counted when the process group was killed.
     """
-    log_file = env.staging.parent / f"{dag_id}-killed.log"
-    with log_file.open("wb") as log:
-        proc = subprocess.Popen(
-            [str(AIRFLOW), "dags", "test", dag_id],
-            env=dict(os.environ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, killed as a whole below
-        )
-    try:
-        deadline = time.monotonic() + deadline_s
-        while (written := _lead_writes(env)) == 0:
-            if proc.poll() is not None:
-                pytest.fail(f"{dag_id} ended ({proc.returncode}) before any write:\n{log_file.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no person write within {deadline_s} s:\n{log_file.read_text()}")
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run was killed, not finished"
+    kill_dag_test_when(
+        dag_id, lambda: _lead_writes(env) > 0, env.staging.parent / f"{dag_id}-killed.log", deadline_s
+    )
+    written = _lead_writes(env)
     assert 0 < written < total, f"killed mid-load: {written} of {total} persons written"
     return written
 

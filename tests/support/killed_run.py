@@ -1,0 +1,45 @@
+"""Run a DAG in an ``airflow dags test`` process and SIGKILL its process group at a chosen moment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+AIRFLOW = Path(sys.executable).with_name("airflow")
+
+
+def kill_dag_test_when(dag_id: str, ready: Callable[[], bool], log_file: Path, deadline_s: float) -> None:
+    """Start ``airflow dags test dag_id`` and SIGKILL the whole process group once ``ready()``.
+
+    Fails the test if the run ends first or ``ready()`` never holds within ``deadline_s``.
+    """
+    with log_file.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(AIRFLOW), "dags", "test", dag_id],
+            env=dict(os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed as a whole below
+        )
+    try:
+        deadline = time.monotonic() + deadline_s
+        while not ready():
+            if proc.poll() is not None:
+                tail = log_file.read_text()[-4000:]
+                pytest.fail(f"{dag_id} ended ({proc.returncode}) before it was killed:\n{tail}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{dag_id}: the moment to kill did not come within {deadline_s} s")
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run was killed, not finished"
