@@ -87,12 +87,6 @@ class Disagreement(AssertionError):
     """``make demo-check`` found differences between the two systems."""
 
 
-# Known engine defect the demo's activity exposes (reported to the lead, 26 Nov): a Marketo person
-# flagged for Dynamics in the first seconds after the sync DAGs start (the activity's first
-# rounds) never reaches Dynamics (reconcile: lead missing_in_dynamics). Only the agreement check
-# may fail as expected (raises=Disagreement): every other assertion fails the test as usual. Not
-# strict, because a first round may flag nobody; remove the marker once the defect is fixed.
-@pytest.mark.xfail(raises=Disagreement, reason="flagged persons of the first seconds are missed")
 @pytest.mark.timeout(1500)
 def test_demo_serves_ui_syncs_live_activity_and_the_check_finds_no_differences(
     stack_env: dict[str, str], tmp_path: Path
