@@ -193,12 +193,33 @@ class SqliteLimiter(CallLimiter):
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 30000")
-        # WAL lets readers proceed while one process holds the write lock.
-        self._db.execute("PRAGMA journal_mode = WAL")
-        # No fsync per decision: a power cut may forget the last few counts, which only makes
-        # the next seconds a little less cautious; an fsync per API call would cost far more.
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SQLITE_SCHEMA)
+        self._set_up(deadline=time.monotonic() + 30)
+
+    def _set_up(self, deadline: float) -> None:
+        """Switch the file to WAL and create the tables, waiting out another process doing the same.
+
+        SQLite answers "database is locked" at once, without its busy handler, when two
+        connections switch a new file's journal mode together; so the set-up is retried.
+        """
+        while True:
+            try:
+                # WAL lets readers proceed while one process holds the write lock.
+                self._db.execute("PRAGMA journal_mode = WAL")
+                # No fsync per decision: a power cut may forget the last few counts, which only
+                # makes the next seconds a little less cautious; an fsync per call costs far more.
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._db.execute("BEGIN IMMEDIATE")
+                for statement in _SQLITE_SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05))
 
     def close(self) -> None:
         """Close the database handle."""
