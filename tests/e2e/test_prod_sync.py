@@ -535,16 +535,21 @@ def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: Runni
         began = time.monotonic()
         victim: tuple[str, int, list[dict[str, Any]]] | None = None
         deadline = began + 300
+        loads_seen_at: float | None = None
         while victim is None and time.monotonic() < deadline:
             written = _lead_writes(running) - writes_before
-            if 0 < written < KILL_LEADS:
+            if written < KILL_LEADS:
                 # The worker running the most load tasks right now: its writes are in flight.
                 placed = _worker_runs(running.stack.home)
                 loading: dict[str, list[dict[str, Any]]] = {}
                 for ti in running.task_instances("sync_lead", run_id):
                     if ti["task_id"] == "load" and ti["state"] == "running" and ti["id"] in placed:
                         loading.setdefault(placed[ti["id"]][0], []).append(ti)
-                if loading:
+                if loading and loads_seen_at is None:
+                    loads_seen_at = time.monotonic()
+                # Mid-load: a load task's write call is in flight (the emulator holds each for
+                # 4 s). Some writes may have landed already, or none yet on a fast machine.
+                if loading and (written > 0 or time.monotonic() - (loads_seen_at or 0.0) > 2.5):
                     worker = max(loading, key=lambda w: len(loading[w]))
                     pid = int((run_dir / f"celery-{worker}.pid").read_text())
                     written = _lead_writes(running) - writes_before
