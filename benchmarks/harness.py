@@ -392,6 +392,42 @@ class BenchEnv:
             raise RuntimeError(f"{dag_id}: run ended {measure.state}:\n{tail}")
         return measure
 
+    def run_dag_in_workers(self, dag_id: str, dag_file: str = "sync", timeout: float = 7200) -> DagRunMeasure:
+        """Run ``dag_id`` once under ``airflow standalone`` (LocalExecutor: a process per task).
+
+        Calls and wall time are measured as in :meth:`run_dag`; each task's ``peak_rss_mb`` is
+        its own process's peak (see :mod:`benchmarks.standalone`), which is what a worker needs.
+        """
+        from benchmarks.standalone import Standalone
+
+        assert self.marketo is not None
+        assert self.dynamics is not None
+        del dag_file  # the DAGs folder holds every DAG file; the scheduler finds the DAG by id
+        with Standalone(self.env, self.workdir / f"standalone-{dag_id}") as airflow:
+            self.reset_stats()
+            started = time.time()
+            child = airflow.run(dag_id, timeout)
+            ended = time.time()
+        m_stats = split_calls(self.marketo.stats())
+        d_stats = split_calls(self.dynamics.stats())
+        peaks = [t["peak_rss_mb"] for t in child["tasks"] if t["peak_rss_mb"]]
+        measure = DagRunMeasure(
+            dag_id=dag_id,
+            state=child["state"],
+            wall_s=child["run_seconds"],
+            marketo=m_stats,
+            dynamics=d_stats,
+            tasks=child["tasks"],
+            baseline_rss_mb=min(peaks) if peaks else None,
+            process_peak_rss_mb=max(peaks) if peaks else None,
+            started=started,
+            ended=ended,
+        )
+        if measure.state != "success":
+            failed = [t["task_id"] for t in child["tasks"] if t["state"] != "success"]
+            raise RuntimeError(f"{dag_id}: run ended {measure.state}; tasks not successful: {failed}")
+        return measure
+
     def cleanup(self) -> None:
         """Remove the working folder (emulator databases, staging, Airflow home)."""
         shutil.rmtree(self.workdir, ignore_errors=True)

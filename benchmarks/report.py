@@ -60,7 +60,7 @@ def sync_table(items: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| scenario | limits | wall s | records written | written/s | Marketo calls / min (ratio) "
         "| Dataverse calls / min (ratio) | token calls M/D | limit-bound s (bound/wall) "
-        "| peak RSS MB (process before 1st task) | arrived, latency p50/max |",
+        "| peak RSS MB (baseline) | arrived, latency p50/max |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for it in items:
@@ -222,7 +222,14 @@ def markdown(results: dict[str, Any]) -> str:
     measured = [s for s in results["scenarios"] if "error" not in s]
     if measured:
         lines += ["## Sync runs", "", *sync_table(measured), ""]
-        lines += ["## Memory per task (full copies)", "", *task_table(measured), ""]
+        lines += [
+            "Peak RSS: a full copy runs under `airflow standalone` (LocalExecutor), each task in its "
+            "own process as on a worker: the figure is the largest task process, the baseline the "
+            "smallest (Airflow and the DAG's imports). The other runs use `dag.test()`, every task in "
+            "one process: the figure is that process's peak, the baseline its size before the first task.",
+            "",
+        ]
+        lines += ["## Memory per task (full copies, each task's own process)", "", *task_table(measured), ""]
     for failed in (s for s in results["scenarios"] if "error" in s):
         lines += [f"**{failed['scenario']} ({failed['limits']}, {failed['volume']:,} leads) failed**: "
                   f"`{failed['error'].splitlines()[-1][:300]}`", ""]  # fmt: skip

@@ -237,8 +237,9 @@ def full_copy(env: BenchEnv, volume: int, dags: Sequence[str] | None = None) -> 
         measures = [env.run_dag(d) for d in dags]
         how = "first runs of " + ", ".join(dags)
     elif DAG_FILES["full_copy"].exists():
-        measures = [env.run_dag("full_copy", dag_file="full_copy")]
-        how = "full_copy DAG"
+        # Under the scheduler, each task in its own process as on a worker: per-task memory.
+        measures = [env.run_dag_in_workers("full_copy", dag_file="full_copy")]
+        how = "full_copy DAG under airflow standalone (LocalExecutor, a process per task)"
     else:
         measures = [env.run_dag(d) for d in FULL_COPY_ORDER]
         how = "first runs of " + ", ".join(FULL_COPY_ORDER) + " (no full_copy DAG in this checkout)"
