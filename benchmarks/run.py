@@ -53,7 +53,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
         defaults = {
             "volumes": {"on": [100_000], "off": [1_000_000]}, "changes": [0, 100, 10_000],
             "conflicts": 1000, "peer_leads": [100_000], "peer_start": "2024-01-01",
-            "transform_rows": [200_000, 1_000_000], "modes": ["on", "off"],
+            "transform_rows": [200_000, 1_000_000], "modes": ["off", "on"],  # the longest first
         }  # fmt: skip
     defaults["copy_with"] = None
     defaults["copy_only_from"] = 1_000_000  # volumes from here: the full copy only
