@@ -99,6 +99,7 @@ def test_loading_twice_into_airflow_is_idempotent(airflow_db: str) -> None:
     assert conns["dynamics_default"]["extra"]["api_version"] == "9.2"
     assert pools["marketo_api"] == 8
     assert pools["dynamics_api"] == 8
-    assert variables["mds_marketo_quota_reserve"] == "0.2"
+    assert variables["mds_quota_reserve_share"] == "0.2"
+    assert variables["mds_marketo_daily_quota"] == "50000"
     assert set(variables) == set(settings.variables)
     assert sum(1 for c in conns if c in settings.connections) == len(settings.connections)
