@@ -219,8 +219,22 @@ def demo_settings() -> AirflowSettings:
 
 
 def load_settings(env: dict[str, str]) -> None:
-    """Import :func:`demo_settings` into Airflow's metadata DB (overwrite mode)."""
-    load_into_airflow(demo_settings(), env)
+    """Import :func:`demo_settings` into Airflow's metadata DB (overwrite mode).
+
+    Also the ``airflow_api`` connection (this stack's API server, its generated admin login),
+    which a task uses to pause the sync DAGs when it finds a refreshed sandbox.
+    """
+    from crm_sync.demo.airflow_api import admin_password as read_password
+
+    settings = demo_settings()
+    settings.connections["airflow_api"] = {
+        "conn_type": "http",
+        "description": "This demo's Airflow REST API (pauses the sync DAGs on a sandbox refresh)",
+        "host": AIRFLOW_URL,
+        "login": "admin",
+        "password": read_password(AIRFLOW_HOME),
+    }
+    load_into_airflow(settings, env)
     print(f"airflow: loaded airflow_settings.yaml (alerts go to {ALERT_SINK_URL})")
 
 

@@ -119,6 +119,17 @@ def test_demo_serves_ui_syncs_live_activity_and_the_check_finds_no_differences(
         assert {"sync_lead", "sync_contact", "sync_opportunity", "sync_custom_new_project"} <= sync_dags
         assert not any(paused[d] for d in sync_dags), paused
         assert paused["full_copy"] is False
+        # The connection a task pauses the sync DAGs with when it finds a refreshed sandbox.
+        api_conn = requests.get(
+            f"http://127.0.0.1:{port}/api/v2/connections/airflow_api",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ).json()
+        assert (api_conn["conn_type"], api_conn["host"], api_conn["login"]) == (
+            "http",
+            f"http://127.0.0.1:{port}",
+            "admin",
+        ), api_conn
 
         run_dir = tmp_path / ".run"
         assert {p.stem for p in run_dir.glob("*.pid")} >= {
