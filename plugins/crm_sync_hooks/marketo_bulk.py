@@ -16,6 +16,7 @@ import io
 import logging
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EXTRACT_WINDOW = timedelta(days=31)
+EXPORT_JOBS_PROCESSING = 2  # export jobs Marketo processes at once per instance
+EXPORT_QUEUE_SIZE = 10  # export jobs queued per instance, processing ones included
 MAX_IMPORT_FILE_BYTES = 10_000_000
 DELIMITERS = {"CSV": ",", "TSV": "\t", "SSV": " "}
 _DONE_EXPORT = {"completed"}
@@ -240,6 +243,11 @@ class MarketoBulkMixin:
 
         check_http(resp, label)
 
+    def cancel_lead_export(self, export_id: str) -> dict[str, Any]:
+        """Cancel a queued or processing export job."""
+        path = f"/bulk/v1/leads/export/{export_id}/cancel.json"
+        return self._first_result(self.call_json("POST", path), f"POST {path}")
+
     def bulk_extract_leads(
         self,
         fields: Sequence[str],
@@ -253,31 +261,60 @@ class MarketoBulkMixin:
         workdir: Path | None = None,
         window: timedelta = MAX_EXTRACT_WINDOW,
         first_poll_seconds: float = 0.0,
+        parallel_jobs: int = EXPORT_JOBS_PROCESSING,
     ) -> Iterator[list[dict[str, str | None]]]:
         """Yield batches of leads whose ``date_filter`` (``createdAt``/``updatedAt``) is in ``[start, end)``.
 
         One export job runs per window of at most 31 days; each file is streamed to a temporary
-        file, verified, read back in batches of ``batch_size`` rows and deleted.
+        file, verified, read back in batches of ``batch_size`` rows and deleted. Up to
+        ``parallel_jobs`` windows are queued at once (Marketo processes two export jobs of an
+        instance at a time, so the next window's job runs while this one's file is read);
+        windows are still yielded in order. Jobs not yet read when the caller stops are
+        cancelled.
         """
         if window > MAX_EXTRACT_WINDOW:
             raise ValueError("bulk extract windows cannot exceed 31 days")
+        if not 1 <= parallel_jobs <= EXPORT_QUEUE_SIZE:
+            raise ValueError(f"parallel_jobs must be 1..{EXPORT_QUEUE_SIZE}, got {parallel_jobs}")
         poll = self.bulk_queue_wait if poll_seconds is None else poll_seconds
-        for lower, upper in extract_windows(start, end, window):
+        windows = iter(extract_windows(start, end, window))
+        queued: deque[str] = deque()
+
+        def submit_next() -> None:
+            bounds = next(windows, None)
+            if bounds is None:
+                return
+            lower, upper = bounds
             export_filter = {date_filter: {"startAt": marketo_time(lower), "endAt": marketo_time(upper)}}
             export_id = self.create_lead_export(fields, export_filter)
+            queued.append(export_id)
             self.enqueue_lead_export(export_id)
-            status = self.wait_for_lead_export(export_id, poll, max_wait_seconds, first_poll_seconds)
-            log.info(
-                "export %s completed: %s records, %s bytes",
-                export_id,
-                status.get("numberOfRecords"),
-                status.get("fileSize"),
-            )
-            with tempfile.TemporaryDirectory(dir=workdir, prefix="marketo-export-") as tmp:
-                file_path = self.download_lead_export(export_id, Path(tmp) / "leads.csv", status)
-                yield from read_csv_batches(
-                    file_path, batch_size, DELIMITERS.get(str(status.get("format", "CSV")), ",")
+
+        try:
+            for _ in range(parallel_jobs):
+                submit_next()
+            while queued:
+                export_id = queued[0]
+                status = self.wait_for_lead_export(export_id, poll, max_wait_seconds, first_poll_seconds)
+                queued.popleft()
+                submit_next()  # processes while this file is downloaded and read
+                log.info(
+                    "export %s completed: %s records, %s bytes",
+                    export_id,
+                    status.get("numberOfRecords"),
+                    status.get("fileSize"),
                 )
+                with tempfile.TemporaryDirectory(dir=workdir, prefix="marketo-export-") as tmp:
+                    file_path = self.download_lead_export(export_id, Path(tmp) / "leads.csv", status)
+                    yield from read_csv_batches(
+                        file_path, batch_size, DELIMITERS.get(str(status.get("format", "CSV")), ",")
+                    )
+        finally:
+            for export_id in queued:  # the caller stopped early, or a job failed
+                try:
+                    self.cancel_lead_export(export_id)
+                except Exception:  # best effort: an uncancelled job only expires unread
+                    log.warning("could not cancel export job %s", export_id, exc_info=True)
 
     # --- import ----------------------------------------------------------------------------
     def bulk_import_leads(

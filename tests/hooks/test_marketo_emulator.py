@@ -194,6 +194,27 @@ def test_bulk_extract_yields_every_lead_in_windows_of_31_days(hook, emulator, le
     assert calls(emulator)["POST /bulk/v1/leads/export/create.json"] == 3
 
 
+def test_bulk_extract_queues_the_next_window_and_cancels_unread_jobs_when_stopped(hook, emulator, lead_ids):
+    start = datetime.now(UTC) - timedelta(hours=1)
+    end = start + timedelta(days=80)  # three windows; the leads are all in the first
+    before = {j["exportId"] for j in hook.call_json("GET", "/bulk/v1/leads/export.json").get("result", [])}
+    pages = hook.bulk_extract_leads(["id"], start, end, batch_size=1, poll_seconds=0.05, parallel_jobs=2)
+    next(pages)
+    # Windows 1 and 2 were queued at once; window 3 was queued when window 1 finished.
+    assert calls(emulator)["POST /bulk/v1/leads/export/create.json"] == 3
+    assert calls(emulator)["POST /bulk/v1/leads/export/{id}/enqueue.json"] == 3
+    pages.close()  # the caller stops while windows 2 and 3 are unread
+    listed = hook.call_json("GET", "/bulk/v1/leads/export.json")["result"]
+    jobs = [j for j in listed if j["exportId"] not in before]
+    # Both unread jobs were cancelled; one may have finished first (cancelling it is refused).
+    assert calls(emulator)["POST /bulk/v1/leads/export/{id}/cancel.json"] == 2
+    statuses = sorted(j["status"] for j in jobs)
+    assert statuses[0] == "Cancelled", jobs
+    assert set(statuses) <= {"Cancelled", "Completed"}, jobs
+    with pytest.raises(ValueError, match="parallel_jobs"):
+        next(hook.bulk_extract_leads(["id"], start, end, parallel_jobs=11))
+
+
 def test_export_file_is_downloaded_in_range_chunks(hook, emulator, tmp_path):
     now = datetime.now(UTC)
     export_id = hook.create_lead_export(
