@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 
 from crm_sync.config import Direction, EntityConfig, FieldMap, Side
@@ -208,11 +209,12 @@ def to_records(
 ) -> list[dict[str, object]]:
     """Convert a frame into JSON-ready dicts for the hooks' batch writers.
 
-    Missing values become ``None`` (clears the field on the target). This runs at load time on
-    one API batch (≤ 300 records), so the per-record dict building is not a hot path.
+    Missing values become ``None`` (clears the field on the target). The plan builds every
+    payload of a copy here (a million records and more), so the mask is applied as one array,
+    not looked up per row and cell.
 
     Args:
-        frame: Values to send.
+        frame: Values to send (unique index).
         mask: Optional boolean frame (same index, subset of columns): only True cells are
             sent, so a record carries just its changed fields.
         always: Columns sent for every record regardless of ``mask`` (keys, type field).
@@ -221,14 +223,16 @@ def to_records(
         One dict per row, in frame order; rows with nothing to send are omitted.
     """
     plain = frame.astype(object).where(frame.notna(), None)
+    columns = list(plain.columns)
+    values = plain.to_numpy(dtype=object)
+    if mask is None:
+        return [dict(zip(columns, row, strict=True)) for row in values]
+    chosen = mask.reindex(index=plain.index, columns=columns, fill_value=False).to_numpy(dtype=bool)
+    fixed = np.array([c in always for c in columns], dtype=bool)
+    changed = (chosen & ~fixed).any(axis=1)
+    send = chosen | fixed
     records: list[dict[str, object]] = []
-    for idx, row in zip(plain.index, plain.to_dict("records"), strict=True):
-        if mask is not None:
-            send = mask.loc[idx]
-            data = {k: v for k, v in row.items() if k in always or bool(send.get(k, False))}
-            if set(data) <= set(always):
-                continue
-        else:
-            data = row
-        records.append(data)
+    for row, flags, any_change in zip(values, send, changed, strict=True):
+        if any_change:
+            records.append({c: v for c, v, f in zip(columns, row, flags, strict=True) if f})
     return records
