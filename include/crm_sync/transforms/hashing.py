@@ -57,8 +57,9 @@ def hashes_frame(stored: Sequence[Mapping[str, int] | None], index: Sequence[str
 
 def hashes_to_dicts(hashes: pd.DataFrame) -> list[dict[str, int]]:
     """Per-record dicts of the non-missing hashes, for storing in the id map."""
-    plain = hashes.astype(object).where(hashes.notna(), None)
-    return [{k: int(v) for k, v in row.items() if v is not None} for row in plain.to_dict("records")]
+    columns = list(hashes.columns)
+    values = hashes.to_numpy(dtype=object, na_value=None)
+    return [{k: int(v) for k, v in zip(columns, row, strict=True) if v is not None} for row in values]
 
 
 def changed(current: pd.DataFrame, last: pd.DataFrame) -> pd.DataFrame:
