@@ -892,7 +892,9 @@ class BulkAwareMarketo:
         groups: dict[str, list[int]] = {}
         cleaned: list[dict[str, Any]] = []
         for index, record in enumerate(records):
-            data = dict(record)
+            # The load parsed these payloads for this call: a hint is taken out in place, since
+            # a copy of a bulk unit's tens of thousands of records costs a hundred MB or more.
+            data = record if isinstance(record, dict) else dict(record)
             hint = data.pop(LOOKUP_HINT, None)
             cleaned.append(data)
             groups.setdefault(str(hint or lookup_field), []).append(index)
