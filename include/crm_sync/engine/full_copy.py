@@ -53,7 +53,7 @@ from crm_sync.engine.extract import (
 from crm_sync.engine.load import OUTCOME, load_batch
 from crm_sync.engine.plan import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.engine.transform import TRANSFORM_MANIFEST, transform_changes
-from crm_sync.state import get_watermark, session_scope, set_watermark, utcnow
+from crm_sync.state import get_watermark, read_scope, session_scope, set_watermark, utcnow
 from crm_sync.transforms import DYNAMICS_ID
 
 if TYPE_CHECKING:
@@ -547,7 +547,7 @@ def _known_emails(
     from crm_sync.state.models import IdMap
 
     found: dict[str, set[str]] = {}
-    with session_scope(ctx.state) as session:
+    with read_scope(ctx.state) as session:
         for start in range(0, len(emails), 500):
             part = list(emails[start : start + 500])
             stmt = select(func.lower(IdMap.email), IdMap.dynamics_id).where(
@@ -627,7 +627,7 @@ def _lookups(
             emails[did] = email
             counts[email] = counts.get(email, 0) + 1
     linked: set[str] = set()
-    with session_scope(ctx.state) as session:
+    with read_scope(ctx.state) as session:
         for start in range(0, len(ids), 5000):
             links = lookup_links(session, entity.name, dynamics_ids=ids[start : start + 5000])
             linked |= set(links["dynamics_id"].astype(str).str.lower())

@@ -13,7 +13,15 @@ commit to the caller, so a batch's outcomes and its watermark commit together.
 
 from __future__ import annotations
 
-from crm_sync.state.db import current_revision, default_url, make_engine, session_scope, upgrade, utcnow
+from crm_sync.state.db import (
+    current_revision,
+    default_url,
+    make_engine,
+    read_scope,
+    session_scope,
+    upgrade,
+    utcnow,
+)
 from crm_sync.state.errors import (
     RetryPolicy,
     due_errors,
@@ -47,6 +55,7 @@ __all__ = [
     "open_errors",
     "park_errors",
     "parked_errors",
+    "read_scope",
     "rebaseline",
     "record_errors",
     "requeue_errors",

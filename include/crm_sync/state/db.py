@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 URL_ENV = "CRM_SYNC_STATE_URL"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 60
+READ_ONLY = "mds_read_only"  # execution option of read_scope's connections
 
 
 def utcnow() -> datetime:
@@ -69,7 +70,9 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only scope (read_scope) begins deferred: it reads a WAL snapshot and never
+        # holds the write lock, so a long read (a million ids in chunks) keeps no writer waiting.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
@@ -98,6 +101,17 @@ def make_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
 def session_scope(engine: Engine) -> Iterator[Session]:
     """Yield a session whose work is committed on success and rolled back on error."""
     with Session(engine) as session, session.begin():
+        yield session
+
+
+@contextmanager
+def read_scope(engine: Engine) -> Iterator[Session]:
+    """Yield a session for reads only; on SQLite it does not take the write lock.
+
+    Every other transaction on SQLite begins ``IMMEDIATE`` (writers queue instead of failing),
+    which would make a long read block the writers of other tasks for its whole duration.
+    """
+    with Session(engine.execution_options(**{READ_ONLY: True})) as session, session.begin():
         yield session
 
 

@@ -7,17 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
 
 # Tables defined outside models.py register on Base.metadata when their module is imported.
 import crm_sync.reconcile.store
 import crm_sync.state.guards  # noqa: F401
-from crm_sync.state import current_revision, make_engine, session_scope, upgrade
+from crm_sync.state import current_revision, make_engine, read_scope, session_scope, upgrade
 from crm_sync.state.db import alembic_config
-from crm_sync.state.idmap import lookup_links
+from crm_sync.state.idmap import lookup_links, upsert_links
 from crm_sync.state.models import Base
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -48,6 +50,29 @@ def test_sqlite_file_uses_wal(tmp_path):
     with eng.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     eng.dispose()
+
+
+def test_a_long_read_scope_keeps_no_writer_waiting_on_sqlite(tmp_path):
+    url = f"sqlite:///{tmp_path / 'locks.db'}"
+    reader_engine = make_engine(url)
+    upgrade(reader_engine)
+    # A writer on its own (pooled) connection that gives up after 0.5 s of waiting for the lock.
+    writer_engine = make_engine(url, pool_size=1, max_overflow=0)
+    with writer_engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA busy_timeout = 500")
+    with read_scope(reader_engine) as reader:
+        assert lookup_links(reader, "lead").empty  # the read transaction is open now
+        with session_scope(writer_engine) as writer:  # BEGIN IMMEDIATE: needs the write lock
+            upsert_links(writer, "lead", [{"dynamics_id": "d1", "marketo_id": "1"}])
+        with session_scope(reader_engine) as other:
+            assert len(lookup_links(other, "lead")) == 1
+    # An ordinary scope does hold the write lock: the same writer then times out.
+    with session_scope(reader_engine) as holder:
+        lookup_links(holder, "lead")
+        with pytest.raises(OperationalError, match="locked"), session_scope(writer_engine) as writer:
+            upsert_links(writer, "lead", [{"dynamics_id": "d2", "marketo_id": "2"}])
+    reader_engine.dispose()
+    writer_engine.dispose()
 
 
 def test_cli_upgrade_then_current(empty_url):
