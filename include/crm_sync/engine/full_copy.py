@@ -541,19 +541,33 @@ def _payload_email(entity: EntityConfig, payload: Mapping[str, Any]) -> str | No
 def _known_emails(
     ctx: RunContext, person_entities: Sequence[str], emails: Sequence[str]
 ) -> dict[str, set[str]]:
-    """Dataverse ids already linked in the id map, by lower-case email (any person entity)."""
+    """Dataverse ids already linked in the id map, by lower-case email (any person entity).
+
+    Lower-case email has no index, so each ``IN`` query scans the person rows of the id map:
+    a few hundred emails are looked up in chunks, more in one pass over those rows.
+    """
     from sqlalchemy import func, select
 
     from crm_sync.state.models import IdMap
 
     found: dict[str, set[str]] = {}
+    chunk = 500
     with read_scope(ctx.state) as session:
-        for start in range(0, len(emails), 500):
-            part = list(emails[start : start + 500])
-            stmt = select(func.lower(IdMap.email), IdMap.dynamics_id).where(
-                IdMap.entity.in_(person_entities), func.lower(IdMap.email).in_(part)
-            )
-            for email, did in session.execute(stmt):
+        if len(emails) <= 4 * chunk:
+            for start in range(0, len(emails), chunk):
+                part = list(emails[start : start + chunk])
+                stmt = select(func.lower(IdMap.email), IdMap.dynamics_id).where(
+                    IdMap.entity.in_(person_entities), func.lower(IdMap.email).in_(part)
+                )
+                for email, did in session.execute(stmt):
+                    found.setdefault(str(email), set()).add(str(did).lower())
+            return found
+        wanted = set(emails)
+        stmt = select(func.lower(IdMap.email), IdMap.dynamics_id).where(
+            IdMap.entity.in_(person_entities), IdMap.email.is_not(None)
+        )
+        for email, did in session.execute(stmt.execution_options(yield_per=20_000)):
+            if email in wanted:
                 found.setdefault(str(email), set()).add(str(did).lower())
     return found
 

@@ -164,3 +164,27 @@ def test_the_run_type_enum_of_the_task_context_is_understood() -> None:
         {}, run_type=DagRunType.MANUAL, interval_start=start, interval_end=end, known_entities=NAMES
     )
     assert manual.everything
+
+
+def test_known_emails_are_found_the_same_in_chunks_and_in_one_pass(make_ctx) -> None:
+    from crm_sync.engine.full_copy import _known_emails
+    from crm_sync.state import session_scope, upsert_links
+
+    ctx = make_ctx("copy")
+    with session_scope(ctx.state) as session:
+        upsert_links(session, "lead", [{"dynamics_id": "L1", "marketo_id": "1", "email": "Ann@Example.com"}])
+        upsert_links(
+            session,
+            "contact",
+            [
+                {"dynamics_id": "C1", "marketo_id": "2", "email": "ann@example.com"},
+                {"dynamics_id": "C2", "marketo_id": "3", "email": "bo@example.com"},
+            ],
+        )
+        account = {"dynamics_id": "A1", "marketo_id": "4", "email": "bo@example.com"}
+        upsert_links(session, "account", [account])
+    expected = {"ann@example.com": {"l1", "c1"}, "bo@example.com": {"c2"}}
+    few = ["ann@example.com", "bo@example.com", "cy@example.com"]
+    many = few + [f"other{i}@example.com" for i in range(2500)]  # above the chunked limit
+    assert _known_emails(ctx, ["lead", "contact"], few) == expected
+    assert _known_emails(ctx, ["lead", "contact"], many) == expected
