@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTCOME = "outcome"
+DYNAMICS_BATCH_OPERATIONS = 1000  # operations Dataverse accepts in one $batch request
 # "Not found" answers to a delete or a deleted-flag update: the record is already gone.
 _GONE_CODES = {"1004", "1013", "610", "702"}
 # Dataverse first: a Marketo person is pointed at a created lead only once the lead exists.
@@ -79,7 +80,15 @@ def _write(
         if dynamics is None:
             raise ValueError(f"{entity.name}: a Dynamics client is needed to load {op}")
         dkey = entity.dynamics.key
-        return dynamics.upsert_records(entity.dynamics.entity_set, payloads, [dkey], id_column=dkey)
+        # One $batch per load batch (at most 300 records; Dataverse takes up to 1,000 operations):
+        # each operation still succeeds or fails on its own, and calls stay few.
+        return dynamics.upsert_records(
+            entity.dynamics.entity_set,
+            payloads,
+            [dkey],
+            id_column=dkey,
+            batch_size=max(1, min(len(payloads), DYNAMICS_BATCH_OPERATIONS)),
+        )
     if marketo is None:
         raise ValueError(f"{entity.name}: a Marketo client is needed to load {op}")
     is_person = entity.marketo.object is MarketoObject.LEAD
