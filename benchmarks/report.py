@@ -223,13 +223,14 @@ def markdown(results: dict[str, Any]) -> str:
     if measured:
         lines += ["## Sync runs", "", *sync_table(measured), ""]
         lines += [
-            "Peak RSS: a full copy runs under `airflow standalone` (LocalExecutor), each task in its "
-            "own process as on a worker: the figure is the largest task process, the baseline the "
-            "smallest (Airflow and the DAG's imports). The other runs use `dag.test()`, every task in "
-            "one process: the figure is that process's peak, the baseline its size before the first task.",
+            "Peak RSS: a full copy run under `airflow standalone` (LocalExecutor; `make bench`) runs each "
+            "task in its own process as on a worker: the figure is the largest task process, the "
+            "baseline the smallest (Airflow and the DAG's imports). Runs in `dag.test()` (the sync "
+            "DAGs; the full copy of `make bench-quick`) run every task in one process: the figure is "
+            "that process's peak, the baseline its size before the first task.",
             "",
         ]
-        lines += ["## Memory per task (full copies, each task's own process)", "", *task_table(measured), ""]
+        lines += ["## Memory per task (full copies)", "", *task_table(measured), ""]
     for failed in (s for s in results["scenarios"] if "error" in s):
         lines += [f"**{failed['scenario']} ({failed['limits']}, {failed['volume']:,} leads) failed**: "
                   f"`{failed['error'].splitlines()[-1][:300]}`", ""]  # fmt: skip

@@ -56,6 +56,9 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
             "transform_rows": [200_000, 1_000_000], "modes": ["off", "on"],  # the longest first
         }  # fmt: skip
     defaults["copy_with"] = None
+    # The full copy under airflow standalone (a process per task: per-task memory) costs about a
+    # minute of start-up and task processes; the quick profile runs it in dag.test() instead.
+    defaults["copy_in_workers"] = not args.quick
     defaults["copy_only_from"] = 1_000_000  # volumes from here: the full copy only
     for key in defaults:
         value = getattr(args, key, None)
@@ -119,7 +122,12 @@ def run_sync_scenarios(
     that fails is recorded with its error and the later ones still run.
     """
     steps: list[tuple[str, Callable[[BenchEnv], dict[str, Any]]]] = [
-        ("full copy", lambda env: scenarios.full_copy(env, volume, profile.get("copy_with")))
+        (
+            "full copy",
+            lambda env: scenarios.full_copy(
+                env, volume, profile.get("copy_with"), in_workers=profile["copy_in_workers"]
+            ),
+        )
     ]
     if "incremental" in only or "conflicts" in only:
         steps.append(("echo runs", scenarios.settle))

@@ -231,15 +231,23 @@ def _latency(changed: int, arrived: int, lat: Sequence[float]) -> dict[str, Any]
 
 
 # --- the scenarios -------------------------------------------------------------------------
-def full_copy(env: BenchEnv, volume: int, dags: Sequence[str] | None = None) -> dict[str, Any]:
-    """Copy the seeded org to the empty Marketo emulator (with the first runs of ``dags`` if given)."""
+def full_copy(
+    env: BenchEnv, volume: int, dags: Sequence[str] | None = None, *, in_workers: bool = True
+) -> dict[str, Any]:
+    """Copy the seeded org to the empty Marketo emulator (with the first runs of ``dags`` if given).
+
+    ``in_workers``: run ``full_copy`` under airflow standalone, each task in its own process as
+    on a worker (per-task memory), rather than in one ``dag.test()`` process.
+    """
     if dags:
         measures = [env.run_dag(d) for d in dags]
         how = "first runs of " + ", ".join(dags)
-    elif DAG_FILES["full_copy"].exists():
-        # Under the scheduler, each task in its own process as on a worker: per-task memory.
+    elif DAG_FILES["full_copy"].exists() and in_workers:
         measures = [env.run_dag_in_workers("full_copy", dag_file="full_copy")]
         how = "full_copy DAG under airflow standalone (LocalExecutor, a process per task)"
+    elif DAG_FILES["full_copy"].exists():
+        measures = [env.run_dag("full_copy", dag_file="full_copy")]
+        how = "full_copy DAG in dag.test() (one process)"
     else:
         measures = [env.run_dag(d) for d in FULL_COPY_ORDER]
         how = "first runs of " + ", ".join(FULL_COPY_ORDER) + " (no full_copy DAG in this checkout)"
