@@ -77,6 +77,7 @@ SYNC_UNIT_RECORDS = 20 * SYNC_CALL_RECORDS  # records per sync load unit (20 cal
 # sends each unit as one file.
 BULK_FILE_BYTES = 9_900_000
 BULK_THRESHOLD = 1_000  # person upserts in a partition from which bulk import is used
+LINK_UPDATE_CHUNK = 10_000  # id-map rows updated per statement when storing read-back Marketo ids
 LOOKUP_HINT = "_lookup"  # payload entry naming a person's lookup field (removed before sending)
 SAMPLE_SIZE = 3
 STATE = "state"
@@ -1076,22 +1077,28 @@ def link_marketo_ids(
             if row.get(key) and row.get("id"):
                 found[str(row[key]).strip().lower()] = str(row["id"])
     table = cast("Table", IdMap.__table__)
+    statement = (
+        update(table)
+        .where(table.c.entity == bindparam("e"), table.c.dynamics_id == bindparam("d"))
+        .values(marketo_id=bindparam("m"))
+    )
+    stored = 0
     with session_scope(ctx.state) as session:
         rows = session.execute(
             select(IdMap.entity, IdMap.dynamics_id).where(IdMap.entity.in_(names), IdMap.marketo_id.is_(None))
         ).all()
-        updates = [{"e": e, "d": d, "m": found[d.lower()]} for e, d in rows if d.lower() in found]
-        if updates:
-            session.execute(
-                update(table)
-                .where(table.c.entity == bindparam("e"), table.c.dynamics_id == bindparam("d"))
-                .values(marketo_id=bindparam("m")),
-                updates,
-            )
-    log.info(
-        "Marketo ids of %d bulk-imported persons (%s) stored in the id map", len(updates), ", ".join(names)
-    )
-    return len(updates)
+        # In chunks: a copy of a million persons would otherwise hold a million parameter dicts.
+        for start in range(0, len(rows), LINK_UPDATE_CHUNK):
+            updates = [
+                {"e": e, "d": d, "m": found[d.lower()]}
+                for e, d in rows[start : start + LINK_UPDATE_CHUNK]
+                if d.lower() in found
+            ]
+            if updates:
+                session.execute(statement, updates)
+                stored += len(updates)
+    log.info("Marketo ids of %d bulk-imported persons (%s) stored in the id map", stored, ", ".join(names))
+    return stored
 
 
 def _bulk_since(
