@@ -358,8 +358,6 @@ class BenchEnv:
                     proc.kill()
                     proc.wait()
         ended = time.time()
-        m_stats = split_calls(self.marketo.stats())
-        d_stats = split_calls(self.dynamics.stats())
         if proc.returncode != 0 or not out.exists():
             tail = log_path.read_text(errors="replace")[-4000:]
             raise RuntimeError(f"{dag_id}: dag.test() child exited {proc.returncode}:\n{tail}")
@@ -375,13 +373,9 @@ class BenchEnv:
             })  # fmt: skip
         first = min((t["start"] for t in child["tasks"] if t["start"]), default=None)
         baseline = sampler.last_before(first) if first else None
-        measure = DagRunMeasure(
-            dag_id=dag_id,
-            state=child["state"],
-            wall_s=child["run_seconds"],
-            marketo=m_stats,
-            dynamics=d_stats,
-            tasks=tasks,
+        measure = self._measure(
+            child,
+            tasks,
             baseline_rss_mb=round(baseline / MB, 1) if baseline else None,
             process_peak_rss_mb=round(child["max_rss_kb"] / 1024, 1),
             started=started,
@@ -392,7 +386,7 @@ class BenchEnv:
             raise RuntimeError(f"{dag_id}: run ended {measure.state}:\n{tail}")
         return measure
 
-    def run_dag_in_workers(self, dag_id: str, dag_file: str = "sync", timeout: float = 7200) -> DagRunMeasure:
+    def run_dag_in_workers(self, dag_id: str, timeout: float = 7200) -> DagRunMeasure:
         """Run ``dag_id`` once under ``airflow standalone`` (LocalExecutor: a process per task).
 
         Calls and wall time are measured as in :meth:`run_dag`; each task's ``peak_rss_mb`` is
@@ -402,22 +396,15 @@ class BenchEnv:
 
         assert self.marketo is not None
         assert self.dynamics is not None
-        del dag_file  # the DAGs folder holds every DAG file; the scheduler finds the DAG by id
         with Standalone(self.env, self.workdir / f"standalone-{dag_id}") as airflow:
             self.reset_stats()
             started = time.time()
             child = airflow.run(dag_id, timeout)
             ended = time.time()
-        m_stats = split_calls(self.marketo.stats())
-        d_stats = split_calls(self.dynamics.stats())
         peaks = [t["peak_rss_mb"] for t in child["tasks"] if t["peak_rss_mb"]]
-        measure = DagRunMeasure(
-            dag_id=dag_id,
-            state=child["state"],
-            wall_s=child["run_seconds"],
-            marketo=m_stats,
-            dynamics=d_stats,
-            tasks=child["tasks"],
+        measure = self._measure(
+            child,
+            child["tasks"],
             baseline_rss_mb=min(peaks) if peaks else None,
             process_peak_rss_mb=max(peaks) if peaks else None,
             started=started,
@@ -427,6 +414,32 @@ class BenchEnv:
             failed = [t["task_id"] for t in child["tasks"] if t["state"] != "success"]
             raise RuntimeError(f"{dag_id}: run ended {measure.state}; tasks not successful: {failed}")
         return measure
+
+    def _measure(
+        self,
+        child: dict[str, Any],
+        tasks: list[dict[str, Any]],
+        *,
+        baseline_rss_mb: float | None,
+        process_peak_rss_mb: float | None,
+        started: float,
+        ended: float,
+    ) -> DagRunMeasure:
+        """A finished run's measure: its report from the child, both emulators' counters since reset."""
+        assert self.marketo is not None
+        assert self.dynamics is not None
+        return DagRunMeasure(
+            dag_id=child["dag_id"],
+            state=child["state"],
+            wall_s=child["run_seconds"],
+            marketo=split_calls(self.marketo.stats()),
+            dynamics=split_calls(self.dynamics.stats()),
+            tasks=tasks,
+            baseline_rss_mb=baseline_rss_mb,
+            process_peak_rss_mb=process_peak_rss_mb,
+            started=started,
+            ended=ended,
+        )
 
     def cleanup(self) -> None:
         """Remove the working folder (emulator databases, staging, Airflow home)."""

@@ -243,7 +243,7 @@ def full_copy(
         measures = [env.run_dag(d) for d in dags]
         how = "first runs of " + ", ".join(dags)
     elif DAG_FILES["full_copy"].exists() and in_workers:
-        measures = [env.run_dag_in_workers("full_copy", dag_file="full_copy")]
+        measures = [env.run_dag_in_workers("full_copy")]
         how = "full_copy DAG under airflow standalone (LocalExecutor, a process per task)"
     elif DAG_FILES["full_copy"].exists():
         measures = [env.run_dag("full_copy", dag_file="full_copy")]
