@@ -19,11 +19,12 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 
-.PHONY: help install install-test-clients bench bench-quick bench-peers demo demo-fault demo-fault-off demo-check stop status prod-local prod-health prod-status load-settings install-browser lint typecheck test test-unit test-dags test-e2e parse clean
+.PHONY: help install install-test-clients bench bench-quick bench-peers demo demo-fault demo-fault-off demo-check stop status prod-local prod-health prod-status load-settings install-browser lint typecheck test test-fast test-unit test-dags test-e2e parse clean
 
 help:
 	@echo "make demo    - install, start the emulators and Airflow, load airflow_settings.yaml, print the login"
 	@echo "make test    - install if needed, then lint, type-check and run the whole test suite"
+	@echo "make test-fast - unit, DAG integrity and mocked-HTTP hook tests: the loop while editing"
 	@echo "make stop    - stop everything 'make demo' or 'make prod-local' started"
 	@echo "make demo-fault - break one Dataverse endpoint: watch sync_lead fail, retry, alert and recover"
 	@echo "make demo-check - compare both systems and print the differences (none expected)"
@@ -118,9 +119,20 @@ typecheck: install
 parse: install
 	@for f in dags/*.py; do echo "parse $$f"; $(BIN)/python $$f || exit 1; done
 
+# The suite runs in pytest-xdist workers (tests/conftest.py deals the long tests out first). Most
+# end-to-end tests wait on emulators, Airflow and Celery more than they compute, so four workers
+# keep two cores busy. TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 4
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
+# The edit-test loop: unit tests, DAG integrity and the hook tests against mocked HTTP.
+FAST_TESTS := tests/unit tests/dags tests/hooks/test_marketo_unit.py tests/hooks/test_dynamics_unit.py tests/hooks/test_limiter.py
+
 # MDS_REQUIRE_TEST_CLIENTS turns "independent client not installed" from a skip into a failure.
 test: lint typecheck install-test-clients install-browser
-	MDS_REQUIRE_TEST_CLIENTS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	MDS_REQUIRE_TEST_CLIENTS=1 $(BIN)/python -m pytest $(XDIST) --durations=25 $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -n 2 --dist worksteal $(FAST_TESTS) $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

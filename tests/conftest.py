@@ -12,24 +12,49 @@ from pathlib import Path
 
 from crm_sync.localenv import PROJECT_DIR, airflow_env
 
-if "MDS_TEST_AIRFLOW_HOME" not in os.environ:
-    os.environ["MDS_TEST_AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="mds-airflow-home-")
+# Under pytest-xdist every worker is a process of its own with its own Airflow home (and so its
+# own SQLite metadata DB): the home the controller made is inherited through the environment, so
+# a worker always makes a new one rather than share it.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _XDIST_WORKER or "MDS_TEST_AIRFLOW_HOME" not in os.environ:
+    os.environ["MDS_TEST_AIRFLOW_HOME"] = tempfile.mkdtemp(
+        prefix=f"mds-airflow-home-{_XDIST_WORKER or 'main'}-"
+    )
 os.environ.update(airflow_env(Path(os.environ["MDS_TEST_AIRFLOW_HOME"]), parallelism=4))
+if not _XDIST_WORKER and "MDS_TEST_SLOTS_DIR" not in os.environ:
+    # One folder for the whole session, workers included: the stack slots (tests/support/slots.py).
+    os.environ["MDS_TEST_SLOTS_DIR"] = tempfile.mkdtemp(prefix="mds-test-slots-")
 if "AIRFLOW__CORE__FERNET_KEY" not in os.environ:
     # One key for this process and every airflow CLI it starts, so stored secrets can be read back.
     from cryptography.fernet import Fernet
 
     os.environ["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
+# The Airflow stacks some tests start (standalone, Celery) inherit this environment. Their DAG
+# processor would parse every DAG file again every 30 s, about half a core per stack on this
+# 2-core machine; no test changes a DAG file under a running stack, so once an hour is enough
+# (a new file is still parsed at once).
+os.environ.setdefault("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "3600")
 # Unit tests must never pick a developer's CA bundle override up by accident.
 for _var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
     os.environ.pop(_var, None)
 
+from collections.abc import Iterator  # noqa: E402
+
 import pytest  # noqa: E402
+
+from tests.support.slots import DEFAULT_SLOTS, SLOTS_VAR, stack_slot  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def project_dir() -> Path:
     return PROJECT_DIR
+
+
+@pytest.fixture
+def stack_slot_held(request: pytest.FixtureRequest) -> Iterator[int]:
+    """One of the suite's Airflow stack slots, held for the test (``tests/support/slots.py``)."""
+    with stack_slot(request.node.nodeid) as number:
+        yield number
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +64,42 @@ def airflow_db() -> str:
 
     db.resetdb()
     return os.environ["AIRFLOW_HOME"]
+
+
+STACK_WEIGHT = 3
+
+
+def _weight(item: pytest.Item) -> int:
+    """How long a test is expected to take, coarsely: 3 runs its own Airflow stack, 2 slow (over a
+    minute), 1 e2e, 0 the rest."""
+    for weight, marker in ((STACK_WEIGHT, "stack"), (2, "slow"), (1, "e2e")):
+        if item.get_closest_marker(marker):
+            return weight
+    return 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the tests so that pytest-xdist starts the long ones first, spread over the workers.
+
+    ``--dist worksteal`` hands each worker one contiguous block of the collection and lets an idle
+    worker take the tail of another's queue. Test modules are dealt out whole, the heaviest first
+    (own Airflow stack, then slow, then e2e, then the rest; among equals the one with more tests),
+    each to the block with the fewest tests so far; stack modules only to as many blocks as there
+    are stack slots (``tests/support/slots.py``), so no worker starts by waiting for a slot. Every
+    block starts with its share of the long tests and the short ones fill in after them. The first
+    module lands at the head of the first block, where stealing never reaches (xdist leaves a
+    worker its running test and the next): that is where a module whose tests share one expensive
+    stack belongs (``test_prod_sync``). Without xdist the order is simply heaviest first. Every
+    worker computes the same order, as xdist requires.
+    """
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    ranked = sorted(modules.values(), key=lambda m: (max(map(_weight, m)), len(m)), reverse=True)
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    blocks: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    stack_blocks = blocks[: max(1, int(os.environ.get(SLOTS_VAR, str(DEFAULT_SLOTS))))]
+    for module in ranked:
+        choices = stack_blocks if max(map(_weight, module)) == STACK_WEIGHT else blocks
+        min(choices, key=len).extend(module)
+    items[:] = [item for block in blocks for item in block]

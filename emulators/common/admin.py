@@ -75,6 +75,9 @@ class CallStats:
     faults_injected: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     max_in_flight: int = 0
+    # Calls a latency fault is holding right now, by route: a test can act while a write is
+    # surely in flight (sent, not yet applied) instead of guessing the moment from timings.
+    held: Counter[str] = field(default_factory=Counter)
     started_at: float = field(default_factory=time.time)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -93,6 +96,12 @@ class CallStats:
         """Count records read or written, e.g. ``add_records("lead.read", 300)``."""
         with self._lock:
             self.records[kind] += count
+
+    def hold(self, key: str, delta: int) -> None:
+        with self._lock:
+            self.held[key] += delta
+            if self.held[key] <= 0:
+                del self.held[key]
 
     def limit_hit(self, code: str) -> None:
         with self._lock:
@@ -147,7 +156,8 @@ class EmulatorMiddleware:
             await self.app(scope, receive, send)
             return
         stats = self.state.stats
-        stats.begin(route_key(scope["method"], scope["path"]))
+        key = route_key(scope["method"], scope["path"])
+        stats.begin(key)
         status_holder = {"status": 500}
 
         async def send_wrapper(message: Message) -> None:
@@ -159,7 +169,11 @@ class EmulatorMiddleware:
             faults = self.state.faults
             if faults.applies_to(scope["path"]):
                 if faults.latency_ms:
-                    await asyncio.sleep(faults.latency_ms / 1000)
+                    stats.hold(key, 1)
+                    try:
+                        await asyncio.sleep(faults.latency_ms / 1000)
+                    finally:
+                        stats.hold(key, -1)
                 roll = self.state.rng.random()
                 if roll < faults.drop_rate:
                     stats.faults_injected["drop"] += 1

@@ -29,7 +29,7 @@ from crm_sync.settings_loader import parse_settings
 from emulators.common.credentials import default_credentials
 from tests.support.emulator_procs import free_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack]
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -185,7 +185,7 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+def stack(tmp_path: Path, stack_slot_held: int) -> Iterator[Stack]:
     """The demo stack, seeded small (the stack seeds only databases that do not exist yet)."""
     env = _stack_env(tmp_path)
     emulator_dir = tmp_path / "var" / "emulators"

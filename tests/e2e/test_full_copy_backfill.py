@@ -31,7 +31,7 @@ from tests.e2e.conftest import SyncEnv
 from tests.e2e.full_copy_support import dynamics_rows, marketo_objects, run_full_copy
 from tests.support.emulator_procs import free_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack]
 
 AIRFLOW = Path(sys.executable).with_name("airflow")
 WINDOW = (datetime(2025, 4, 1, tzinfo=UTC), datetime(2025, 7, 1, tzinfo=UTC))
@@ -80,7 +80,7 @@ def _created(row: dict[str, Any]) -> datetime:
 
 @pytest.mark.parametrize("sync_env", [{"dynamics_seed": 2000}], indirect=True)
 def test_backfill_of_three_months_copies_exactly_the_records_created_in_them(
-    sync_env: SyncEnv, tmp_path: Path
+    sync_env: SyncEnv, tmp_path: Path, stack_slot_held: int
 ) -> None:
     entities = load_entities(sync_env.entities_dir)
     run_full_copy(entities=list(PRIMED))
@@ -95,6 +95,9 @@ def test_backfill_of_three_months_copies_exactly_the_records_created_in_them(
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        # The log servers of the scheduler and triggerer on ports of this test's own.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         # standalone starts its parts as `airflow ...` from PATH.
         "PATH": f"{AIRFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }

@@ -1,13 +1,17 @@
-"""``full_copy`` of a seeded org of over 100,000 records: exact counts, equal fields, few calls.
+"""``full_copy`` of a seeded org of over 25,000 records: exact counts, equal fields, few calls.
 
-One ``dag.test()`` run copies every entity of a Dataverse emulator seeded with 60,000 leads (and
+One ``dag.test()`` run copies every entity of a Dataverse emulator seeded with 15,000 leads (and
 in proportion users, teams, accounts, contacts, opportunities and custom rows) into an empty
 Marketo emulator, except for a few Marketo persons created beforehand with the emails of
-Dynamics leads: those must be matched by email and updated, not duplicated. Then:
+Dynamics leads: those must be matched by email and updated, not duplicated. The bulk files are
+cut at a quarter of Marketo's 10 MB, so this quarter of a 60,000-lead org goes in as many import
+files as the whole one would: the file splitting and the call count are what this test proves;
+the volume itself (100,000 and 1,000,000 leads) is measured by ``make bench``. Then:
 
 * every entity's Marketo records are exactly the Dynamics rows that pass the sync filter, each
   once, and hold exactly what the copy's staged load units say (the mapping's output);
-* the Marketo calls are within 5 % of the minimum for the volume (printed);
+* every Marketo call but the bulk jobs' status polls is one the volume needs, and those polls
+  stay within three per job (the ratio to the minimum is printed);
 * a second run reads everything again and writes nothing.
 """
 
@@ -22,20 +26,23 @@ import pytest
 from sqlalchemy import text
 
 from crm_sync.config import MarketoObject, load_entities
-from crm_sync.engine.full_copy import LOOKUP_HINT, _csv_bytes
+from crm_sync.engine.full_copy import BULK_FILE_BYTES, LOOKUP_HINT, _csv_bytes
 from crm_sync.engine.load import marketo_object_path
 from crm_sync.engine.plan import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.engine.staging import BatchRef
 from tests.e2e.conftest import SyncEnv, write_calls
 from tests.e2e.full_copy_support import dynamics_rows, ledger, marketo_objects, run_full_copy
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 log = logging.getLogger(__name__)
 
-SEED_LEADS = 60_000
+SCALE_DOWN = 4
+SEED_LEADS = 60_000 // SCALE_DOWN
 PRE_EXISTING = 40
-MARKETO_FILE_LIMIT = 10_000_000  # Marketo's 10 MB bulk file, read as decimal bytes like the hook
+# Marketo's 10 MB bulk file (read as decimal bytes like the hook), cut by the same factor.
+MARKETO_FILE_LIMIT = 10_000_000 // SCALE_DOWN
 SYNC_BATCH = 300
+STATUS_ROUTES = ("GET /bulk/v1/leads/batch/{id}.json", "GET /bulk/v1/leads/export/{id}/status.json")
 
 
 def _same(expected: Any, actual: Any) -> bool:
@@ -64,7 +71,10 @@ def _read(ref: dict[str, Any]) -> Any:
 
 
 @pytest.mark.parametrize("sync_env", [{"dynamics_seed": SEED_LEADS}], indirect=True)
-def test_full_copy_of_a_100k_org_counts_fields_calls_and_a_quiet_second_run(sync_env: SyncEnv) -> None:
+def test_full_copy_of_a_seeded_org_counts_fields_calls_and_a_quiet_second_run(
+    sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_MDS_FULL_COPY_BULK_FILE_BYTES", str(BULK_FILE_BYTES // SCALE_DOWN))
     entities = load_entities(sync_env.entities_dir)
     tables = {
         name: dynamics_rows(sync_env, e.dynamics.entity_set, [e.dynamics.key, "new_synctomkto"])
@@ -76,7 +86,7 @@ def test_full_copy_of_a_100k_org_counts_fields_calls_and_a_quiet_second_run(sync
         if e.dynamics.filter_column != "new_synctomkto"
     }
     total = sum(len(rows) for rows in tables.values())
-    assert total >= 100_000, f"seeded org has {total} records"
+    assert total >= 100_000 // SCALE_DOWN, f"seeded org has {total} records"
 
     # Marketo persons that exist before the copy, with the emails of synced Dynamics leads.
     leads = dynamics_rows(sync_env, "leads", ["leadid", "emailaddress1", "new_synctomkto"])
@@ -122,6 +132,7 @@ def test_full_copy_of_a_100k_org_counts_fields_calls_and_a_quiet_second_run(sync
         }
     minimum = 0  # token calls are not counted by the emulator's call stats
     any_bulk = False
+    all_bulk_bytes: list[int] = []
     parts: dict[str, int] = {}
     for name, entity in entities.items():
         rows = tables[name]
@@ -164,11 +175,12 @@ def test_full_copy_of_a_100k_org_counts_fields_calls_and_a_quiet_second_run(sync
                 f: (v, by_key[key].get(f)) for f, v in payload.items() if not _same(v, by_key[key].get(f))
             }
             assert not differing, f"{name} {key}: {differing}"
-        # The least calls this volume allows: 10 MB bulk files (create + one status call each)
+        # The least calls this volume allows: bulk files of MARKETO_FILE_LIMIT (create + one status call each)
         # for persons written by bulk import, 300-record sync calls for everything else
         # (roles included).
         synced = sum(u["records"] for u in units if u["mode"] == "sync")
         part = sum(2 * math.ceil(b / MARKETO_FILE_LIMIT) for b in bulk_bytes.values())
+        all_bulk_bytes.extend(bulk_bytes.values())
         part += math.ceil(synced / SYNC_BATCH) + math.ceil(roles / SYNC_BATCH)
         parts[name] = part
         any_bulk = any_bulk or bool(bulk_bytes)
@@ -196,15 +208,24 @@ def test_full_copy_of_a_100k_org_counts_fields_calls_and_a_quiet_second_run(sync
         assert str(person["id"]) == existing_ids[email]
         assert str(person["externalPersonId"]).lower() == chosen_ids[email]
 
+    # One call whatever the volume: the copy starts the Marketo person feed (a paging token).
+    minimum += 1
     calls = sum(stats["calls"].values())  # token calls included, admin calls are never counted
     ratio = calls / minimum
     print(
         f"\nfull copy of {total:,} records: {calls} Marketo calls, "
         f"minimum for the volume {minimum}, ratio {ratio:.3f}"
     )
-    print(f"minimum by entity (plus 4 for the id read-back export): {parts}")
+    print(f"minimum by entity (plus 4 for the id read-back export, 1 for the feed): {parts}")
     print(f"Marketo calls by endpoint: {dict(stats['calls'])}")
-    assert ratio <= 1.05, f"{calls} Marketo calls for a minimum of {minimum}"
+    # The minimum counts one status call per bulk job (each import file and the export). How many
+    # a job really takes depends on how fast this machine processes it, so the status calls are
+    # bounded apart; every other call must be one the volume needs.
+    polls = sum(n for route, n in stats["calls"].items() if route in STATUS_ROUTES)
+    jobs = sum(math.ceil(b / MARKETO_FILE_LIMIT) for b in all_bulk_bytes) + (1 if any_bulk else 0)
+    needed = minimum - jobs
+    assert calls - polls == needed, f"{calls - polls} calls besides status polls, {needed} needed"
+    assert jobs <= polls <= 3 * jobs, f"{polls} status calls for {jobs} bulk jobs"
     assert stats.get("limit_hits", {}) in ({}, None) or not any(stats["limit_hits"].values())
 
     # A second run reads everything again and writes nothing.
@@ -217,4 +238,4 @@ def test_full_copy_of_a_100k_org_counts_fields_calls_and_a_quiet_second_run(sync
     assert {name: row["extracted"] for name, row in second.items()} == {n: len(r) for n, r in tables.items()}
     for name, entity in entities.items():
         if entity.marketo.object is MarketoObject.LEAD:
-            assert copied[name]["loaded"] > 10_000
+            assert copied[name]["loaded"] > 10_000 // SCALE_DOWN

@@ -28,6 +28,7 @@ import pytest
 import requests
 
 from tests.support.emulator_procs import free_port
+from tests.support.wait import wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 PG_HOST, PG_PORT = "127.0.0.1", 5432
@@ -49,6 +50,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.postgres,
     pytest.mark.slow,
+    pytest.mark.stack,
     pytest.mark.skipif(
         not _reachable(PG_HOST, PG_PORT), reason=f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}"
     ),
@@ -97,25 +99,39 @@ class ProdStack:
             conn.close()
 
 
-def _free_redis_dbs(count: int) -> list[int]:
-    """Redis db numbers that hold no keys now.
+CLAIM_KEY = "mds-test:claimed-by"
+
+
+def _free_redis_dbs(count: int, tag: str) -> list[int]:
+    """Claim ``count`` Redis db numbers that held no keys, for this test alone.
 
     Only dbs 3..14 are considered: db 0 is everyone's default and db 15 belongs to the limiter's
-    own tests, so flushing ours afterwards never touches another test's keys.
+    own tests, so flushing ours afterwards never touches another test's keys. A db is claimed by
+    writing ``CLAIM_KEY`` with SET NX and then finding it the only key: two tests running at once
+    (pytest-xdist workers) can never both take the same db, which "holds no keys" alone allowed.
     """
     import redis
 
-    found = []
+    found: list[int] = []
     for number in range(14, 2, -1):
         client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number)
         try:
-            if client.dbsize() == 0:
-                found.append(number)
+            if client.set(CLAIM_KEY, tag, nx=True):
+                if client.dbsize() == 1:
+                    found.append(number)
+                else:  # keys of someone who does not claim: leave the db to them
+                    client.delete(CLAIM_KEY)
         finally:
             client.close()
         if len(found) == count:
             return found
-    pytest.skip(f"no {count} empty Redis databases among 3..14")
+    for number in found:
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number)
+        try:
+            client.delete(CLAIM_KEY)
+        finally:
+            client.close()
+    pytest.fail(f"no {count} empty Redis databases among 3..14 (found {found}); is another stack running?")
 
 
 def _drop_databases(*names: str) -> None:
@@ -143,7 +159,7 @@ def isolated_stack(home: Path, extra_env: dict[str, str] | None = None) -> Itera
     import redis
 
     tag = uuid.uuid4().hex[:8]
-    broker_db, limiter_db = _free_redis_dbs(2)
+    broker_db, limiter_db = _free_redis_dbs(2, tag)
     env = dict(os.environ)
     for var in ("AIRFLOW_HOME", "AIRFLOW__CORE__FERNET_KEY", "MDS_TEST_AIRFLOW_HOME"):
         env.pop(var, None)
@@ -185,7 +201,7 @@ def isolated_stack(home: Path, extra_env: dict[str, str] | None = None) -> Itera
 
 
 @pytest.fixture
-def prod_stack(tmp_path: Path) -> Iterator[ProdStack]:
+def prod_stack(tmp_path: Path, stack_slot_held: int) -> Iterator[ProdStack]:
     """An isolated stack's settings for one test (see :func:`isolated_stack`)."""
     with isolated_stack(tmp_path) as stack:
         yield stack
@@ -210,18 +226,6 @@ def _listen_addresses(pids: set[int]) -> set[tuple[str, int]]:
         for conn in psutil.net_connections(kind="tcp")
         if conn.status == psutil.CONN_LISTEN and conn.pid in pids
     }
-
-
-def _poll(what: str, timeout_s: float, probe: object) -> object:
-    """Call ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    assert callable(probe)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(1)
-    pytest.fail(f"{what} not reached within {timeout_s:.0f} s")
 
 
 def _worker_runs(home: Path) -> dict[str, tuple[str, str]]:
@@ -289,7 +293,7 @@ def test_prod_local_runs_check_connections_on_celery_workers_reports_health_and_
             "mds_state_db_url": f"postgresql+psycopg2://postgres@{PG_HOST}:{PG_PORT}/{prod_stack.state_db}",
             "mds_staging_path": prod_stack.env["MDS_PROD_STAGING_URL"],
         }
-        _poll(
+        wait_until(
             "check_connections parsed",
             90,
             lambda: api.get(f"{base}/api/v2/dags/check_connections", timeout=30).status_code == 200,
@@ -302,7 +306,7 @@ def test_prod_local_runs_check_connections_on_celery_workers_reports_health_and_
         run_id = created.json()["dag_run_id"]
         assert api.patch(f"{base}/api/v2/dags/check_connections", json={"is_paused": False}, timeout=30).ok
         run_url = f"{base}/api/v2/dags/check_connections/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-        state = _poll(
+        state = wait_until(
             "check_connections run finished",
             120,
             lambda: (s := api.get(run_url, timeout=30).json()["state"]) in ("success", "failed") and s,
@@ -330,7 +334,7 @@ def test_prod_local_runs_check_connections_on_celery_workers_reports_health_and_
                 )
                 return rows if rows and rows[0][0] == "SUCCESS" else []
 
-            rows = _poll(f"Celery result of {celery_id}", 30, result_row)
+            rows = wait_until(f"Celery result of {celery_id}", 30, result_row)
             assert isinstance(rows, list)
             assert str(rows[0][1]).split("@", 1)[0] == worker
 
@@ -360,7 +364,7 @@ def test_prod_local_runs_check_connections_on_celery_workers_reports_health_and_
         # health notices a worker that died: its PID is dead and it no longer answers the ping.
         victim = int((run_dir / "celery-worker2.pid").read_text())
         os.killpg(victim, signal.SIGKILL)
-        _poll("worker2's process group gone", 30, lambda: not psutil.pid_exists(victim))
+        wait_until("worker2's process group gone", 30, lambda: not psutil.pid_exists(victim))
         degraded = prod_stack.run("health", timeout=60)
         assert degraded.returncode != 0, degraded.stdout
         assert f"celery-worker2: dead (pid {victim})" in degraded.stdout

@@ -50,16 +50,18 @@ from tests.e2e.test_prod_local import (
     REDIS_URL,
     WORKERS,
     ProdStack,
-    _poll,
     _reachable,
     _worker_runs,
     isolated_stack,
 )
+from tests.support.slots import stack_slot
+from tests.support.wait import wait_until
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.postgres,
     pytest.mark.slow,
+    pytest.mark.stack,
     pytest.mark.skipif(
         not _reachable(PG_HOST, PG_PORT), reason=f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}"
     ),
@@ -218,7 +220,11 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
     }
-    with isolated_stack(home, extra_env) as stack, pytest.MonkeyPatch.context() as mp:
+    with (
+        stack_slot("test_prod_sync"),
+        isolated_stack(home, extra_env) as stack,
+        pytest.MonkeyPatch.context() as mp,
+    ):
         began = time.monotonic()
         started = stack.run("start", timeout=400)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -238,7 +244,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
             mp.setenv(name, value)
         clear_process_caches()
         try:
-            _poll(
+            wait_until(
                 "every DAG parsed",
                 180,
                 lambda: all(
@@ -511,6 +517,12 @@ def _lead_writes(running: RunningStack) -> int:
     return int(records.get("lead.write", 0))
 
 
+def _held_lead_calls(running: RunningStack) -> int:
+    """Person calls the Marketo emulator's latency fault holds open right now."""
+    held: dict[str, int] = running.admin("marketo", "GET", "stats").get("held", {})
+    return int(held.get(f"POST {LEADS_PATH}", 0))
+
+
 def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: RunningStack) -> None:
     from crm_sync_hooks.dynamics import DynamicsHook
 
@@ -535,32 +547,30 @@ def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: Runni
         began = time.monotonic()
         victim: tuple[str, int, list[dict[str, Any]]] | None = None
         deadline = began + 300
-        loads_seen_at: float | None = None
         while victim is None and time.monotonic() < deadline:
             written = _lead_writes(running) - writes_before
-            if written < KILL_LEADS:
+            # Mid-load, as the emulator sees it: a person write is held open by the latency
+            # fault (sent by a load task, not yet applied), so it cannot land before the kill.
+            if _held_lead_calls(running) > 0:
                 # The worker running the most load tasks right now: its writes are in flight.
                 placed = _worker_runs(running.stack.home)
                 loading: dict[str, list[dict[str, Any]]] = {}
                 for ti in running.task_instances("sync_lead", run_id):
                     if ti["task_id"] == "load" and ti["state"] == "running" and ti["id"] in placed:
                         loading.setdefault(placed[ti["id"]][0], []).append(ti)
-                if loading and loads_seen_at is None:
-                    loads_seen_at = time.monotonic()
-                # Mid-load: a load task's write call is in flight (the emulator holds each for
-                # 4 s). Some writes may have landed already, or none yet on a fast machine.
-                if loading and (written > 0 or time.monotonic() - (loads_seen_at or 0.0) > 2.5):
+                if loading:
                     worker = max(loading, key=lambda w: len(loading[w]))
                     pid = int((run_dir / f"celery-{worker}.pid").read_text())
-                    written = _lead_writes(running) - writes_before
-                    if written < KILL_LEADS:
+                    if _held_lead_calls(running) > 0:
                         os.killpg(pid, signal.SIGKILL)
-                        victim = (worker, written, loading[worker])
+                        victim = (worker, _lead_writes(running) - writes_before, loading[worker])
                         continue
             if written >= KILL_LEADS or running.run_state("sync_lead", run_id) in ("success", "failed"):
                 pytest.fail(f"sync_lead wrote {written} of {KILL_LEADS} leads before a kill was possible")
-            time.sleep(0.5)
-        assert victim is not None, "no load task was seen running while writes were under way"
+            time.sleep(0.2)
+        assert victim is not None, (
+            "within 300 s, no load task was seen running while the emulator held a person write open"
+        )
         worker, written_at_kill, killed = victim
         figures["kill"] = {
             "worker": worker,
@@ -570,7 +580,7 @@ def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: Runni
                 f"load[{ti['map_index']}] try {ti['try_number']}" for ti in killed
             ),
         }
-        _poll(
+        wait_until(
             f"{worker}'s process group gone",
             30,
             lambda: not psutil.pid_exists(int((run_dir / f"celery-{worker}.pid").read_text())),

@@ -1,8 +1,9 @@
 """A ``sync_lead`` run SIGKILLed mid-load and run again ends like a run that was never killed.
 
 The first run is a real ``airflow dags test`` process; latency on Marketo's person write endpoint
-stretches its load over several calls, and the whole process group is killed as soon as the
-emulator has counted some person writes (and before it has counted all of them). The re-run
+stretches its load over several calls, and the whole process group is killed at a moment the
+emulator shows: some person writes have landed and another person call is held open by the
+latency fault (sent, not yet applied), so the kill always falls inside the load. The re-run
 must then bring both systems to the fault-free state: every lead exactly once in Marketo, one
 id-map row per lead, no duplicate persons, the watermark stored; and a further run writes nothing.
 """
@@ -51,14 +52,25 @@ def _lead_writes(env: SyncEnv) -> int:
     return int(records.get("lead.write", 0))
 
 
-def _kill_mid_load(env: SyncEnv, dag_id: str, total: int, deadline_s: float = 60.0) -> int:
-    """Run ``dag_id`` in an ``airflow dags test`` process and SIGKILL it once some writes landed.
+def _mid_load(env: SyncEnv) -> bool:
+    """Some person writes landed and a person call is held open by the latency fault now."""
+    stats = env.marketo.stats()
+    written = int(stats.get("records", {}).get("lead.write", 0))
+    return written > 0 and int(stats.get("held", {}).get(f"POST {LEADS_PATH}", 0)) > 0
+
+
+def _kill_mid_load(env: SyncEnv, dag_id: str, total: int, deadline_s: float = 180.0) -> int:
+    """Run ``dag_id`` in an ``airflow dags test`` process and SIGKILL it mid-load (:func:`_mid_load`).
 
     Returns:
         The person writes the emulator had counted when the process group was killed.
     """
     kill_dag_test_when(
-        dag_id, lambda: _lead_writes(env) > 0, env.staging.parent / f"{dag_id}-killed.log", deadline_s
+        dag_id,
+        lambda: _mid_load(env),
+        env.staging.parent / f"{dag_id}-killed.log",
+        deadline_s,
+        waiting_for="some person writes landed and another person call held open by the emulator",
     )
     written = _lead_writes(env)
     assert 0 < written < total, f"killed mid-load: {written} of {total} persons written"

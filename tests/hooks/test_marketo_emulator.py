@@ -206,11 +206,12 @@ def test_bulk_extract_queues_the_next_window_and_cancels_unread_jobs_when_stoppe
     pages.close()  # the caller stops while windows 2 and 3 are unread
     listed = hook.call_json("GET", "/bulk/v1/leads/export.json")["result"]
     jobs = [j for j in listed if j["exportId"] not in before]
-    # Both unread jobs were cancelled; one may have finished first (cancelling it is refused).
+    # The hook cancelled both unread jobs. Whether a job was still queued or processing when the
+    # cancel came is the emulator's pace against this machine's load (either may have finished
+    # first, and then cancelling it is refused): the emulator's own tests show a cancel stops
+    # a queued or processing job (tests/emulators/marketo/test_bulk.py).
     assert calls(emulator)["POST /bulk/v1/leads/export/{id}/cancel.json"] == 2
-    statuses = sorted(j["status"] for j in jobs)
-    assert statuses[0] == "Cancelled", jobs
-    assert set(statuses) <= {"Cancelled", "Completed"}, jobs
+    assert {j["status"] for j in jobs} <= {"Cancelled", "Completed"}, jobs
     with pytest.raises(ValueError, match="parallel_jobs"):
         next(hook.bulk_extract_leads(["id"], start, end, parallel_jobs=11))
 

@@ -15,10 +15,13 @@ import pytest
 AIRFLOW = Path(sys.executable).with_name("airflow")
 
 
-def kill_dag_test_when(dag_id: str, ready: Callable[[], bool], log_file: Path, deadline_s: float) -> None:
+def kill_dag_test_when(
+    dag_id: str, ready: Callable[[], bool], log_file: Path, deadline_s: float, waiting_for: str
+) -> None:
     """Start ``airflow dags test dag_id`` and SIGKILL the whole process group once ``ready()``.
 
-    Fails the test if the run ends first or ``ready()`` never holds within ``deadline_s``.
+    Fails the test, naming ``waiting_for`` (what ``ready()`` checks), if the run ends first or
+    ``ready()`` never holds within ``deadline_s``.
     """
     with log_file.open("wb") as out:
         proc = subprocess.Popen(
@@ -33,9 +36,10 @@ def kill_dag_test_when(dag_id: str, ready: Callable[[], bool], log_file: Path, d
         while not ready():
             if proc.poll() is not None:
                 tail = log_file.read_text()[-4000:]
-                pytest.fail(f"{dag_id} ended ({proc.returncode}) before it was killed:\n{tail}")
+                pytest.fail(f"{dag_id} ended ({proc.returncode}) before {waiting_for}:\n{tail}")
             if time.monotonic() > deadline:
-                pytest.fail(f"{dag_id}: the moment to kill did not come within {deadline_s} s")
+                tail = log_file.read_text()[-4000:]
+                pytest.fail(f"{dag_id}: not {waiting_for} within {deadline_s} s; its log ends:\n{tail}")
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
