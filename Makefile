@@ -119,10 +119,11 @@ typecheck: install
 parse: install
 	@for f in dags/*.py; do echo "parse $$f"; $(BIN)/python $$f || exit 1; done
 
-# The suite runs in pytest-xdist workers (tests/conftest.py deals the long tests out first). Most
-# end-to-end tests wait on emulators, Airflow and Celery more than they compute, so four workers
-# keep two cores busy. TEST_WORKERS=0 runs everything in this one process.
-TEST_WORKERS ?= 4
+# The suite runs in pytest-xdist workers (tests/conftest.py deals the long tests out first, and
+# at most two tests run an Airflow stack at once: tests/support/slots.py). Many end-to-end tests
+# wait on emulators and Airflow, so three workers keep two cores busy; four only made every
+# stack slower. TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 3
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 # The edit-test loop: unit tests, DAG integrity and the hook tests against mocked HTTP.
 FAST_TESTS := tests/unit tests/dags tests/hooks/test_marketo_unit.py tests/hooks/test_dynamics_unit.py tests/hooks/test_limiter.py

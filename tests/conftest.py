@@ -84,9 +84,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``--dist worksteal`` hands each worker one contiguous block of the collection and lets an idle
     worker take the tail of another's queue. Test modules are dealt out whole, the heaviest first
     (own Airflow stack, then slow, then e2e, then the rest; among equals the one with more tests),
-    each to the block with the fewest tests so far; stack modules only to as many blocks as there
-    are stack slots (``tests/support/slots.py``), so no worker starts by waiting for a slot. Every
-    block starts with its share of the long tests and the short ones fill in after them. The first
+    each to the block with the fewest tests so far: stack modules only to as many blocks as there
+    are stack slots (``tests/support/slots.py``), so no worker starts by waiting for a slot, the
+    other slow and e2e modules to the remaining blocks, and the short tests to any block, so the
+    blocks end up the same size (xdist cuts the collection into equal parts). Every block starts
+    with its share of the long tests and the short ones fill in after them. The first
     module lands at the head of the first block, where stealing never reaches (xdist leaves a
     worker its running test and the next): that is where a module whose tests share one expensive
     stack belongs (``test_prod_sync``). Without xdist the order is simply heaviest first. Every
@@ -98,8 +100,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ranked = sorted(modules.values(), key=lambda m: (max(map(_weight, m)), len(m)), reverse=True)
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     blocks: list[list[pytest.Item]] = [[] for _ in range(workers)]
-    stack_blocks = blocks[: max(1, int(os.environ.get(SLOTS_VAR, str(DEFAULT_SLOTS))))]
+    slots = min(workers, max(1, int(os.environ.get(SLOTS_VAR, str(DEFAULT_SLOTS)))))
+    stack_blocks, other_blocks = blocks[:slots], blocks[slots:] or blocks
     for module in ranked:
-        choices = stack_blocks if max(map(_weight, module)) == STACK_WEIGHT else blocks
+        weight = max(map(_weight, module))
+        choices = stack_blocks if weight == STACK_WEIGHT else other_blocks if weight else blocks
         min(choices, key=len).extend(module)
     items[:] = [item for block in blocks for item in block]
