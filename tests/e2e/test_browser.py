@@ -29,7 +29,8 @@ from crm_sync.settings_loader import parse_settings
 from emulators.common.credentials import default_credentials
 from tests.support.emulator_procs import free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack]
+# A stack test may first wait for a stack slot (tests/support/slots.py): that wait counts too.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(1500)]
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")

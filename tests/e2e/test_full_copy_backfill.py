@@ -31,7 +31,8 @@ from tests.e2e.conftest import SyncEnv
 from tests.e2e.full_copy_support import dynamics_rows, marketo_objects, run_full_copy
 from tests.support.emulator_procs import free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack]
+# A stack test may first wait for a stack slot (tests/support/slots.py): that wait counts too.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(1500)]
 
 AIRFLOW = Path(sys.executable).with_name("airflow")
 WINDOW = (datetime(2025, 4, 1, tzinfo=UTC), datetime(2025, 7, 1, tzinfo=UTC))

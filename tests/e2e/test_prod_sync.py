@@ -62,6 +62,7 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.slow,
     pytest.mark.stack,
+    pytest.mark.timeout(1500),  # a stack test may first wait for a stack slot: that wait counts too
     pytest.mark.skipif(
         not _reachable(PG_HOST, PG_PORT), reason=f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}"
     ),

@@ -40,7 +40,7 @@ def kill_dag_test_when(
             if time.monotonic() > deadline:
                 tail = log_file.read_text()[-4000:]
                 pytest.fail(f"{dag_id}: not {waiting_for} within {deadline_s} s; its log ends:\n{tail}")
-            time.sleep(0.05)
+            time.sleep(0.1)  # each look is an HTTPS call to an emulator: ten a second is plenty
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
