@@ -42,7 +42,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.support.slots import DEFAULT_SLOTS, SLOTS_VAR, stack_slot  # noqa: E402
+from tests.support.slots import slot_count, stack_slot  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +100,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ranked = sorted(modules.values(), key=lambda m: (max(map(_weight, m)), len(m)), reverse=True)
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     blocks: list[list[pytest.Item]] = [[] for _ in range(workers)]
-    slots = min(workers, max(1, int(os.environ.get(SLOTS_VAR, str(DEFAULT_SLOTS)))))
+    slots = min(workers, slot_count())
     stack_blocks, other_blocks = blocks[:slots], blocks[slots:] or blocks
     for module in ranked:
         weight = max(map(_weight, module))

@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from tests.e2e.conftest import SyncEnv
 from tests.e2e.full_copy_support import dynamics_rows, marketo_objects, run_full_copy
+from tests.support.emulator_procs import held_calls
 from tests.support.killed_run import kill_dag_test_when
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -60,7 +61,7 @@ def _kill_mid_load(env: SyncEnv, deadline_s: float = 240.0) -> tuple[int, int]:
     def mid_load() -> bool:
         # A unit's import call held open by the emulator's latency fault cannot finish before
         # the kill, so the kill surely falls between the first finished unit and the last.
-        held = int(env.marketo.stats().get("held", {}).get(f"POST {BULK_IMPORT_PATH}", 0))
+        held = held_calls(env.marketo.stats(), f"POST {BULK_IMPORT_PATH}")
         done, planned = _lead_units(env)
         return held > 0 and bool(planned) and 0 < done < planned
 

@@ -54,6 +54,7 @@ from tests.e2e.test_prod_local import (
     _worker_runs,
     isolated_stack,
 )
+from tests.support.emulator_procs import held_calls
 from tests.support.slots import stack_slot
 from tests.support.wait import wait_until
 
@@ -513,15 +514,10 @@ def test_full_copy_then_every_sync_dag_at_once_on_two_celery_workers_stays_withi
         assert 0 < fig["max_in_flight"] <= fig["concurrency_limit"], (side, fig)
 
 
-def _lead_writes(running: RunningStack) -> int:
-    records: dict[str, int] = running.admin("marketo", "GET", "stats").get("records", {})
-    return int(records.get("lead.write", 0))
-
-
-def _held_lead_calls(running: RunningStack) -> int:
-    """Person calls the Marketo emulator's latency fault holds open right now."""
-    held: dict[str, int] = running.admin("marketo", "GET", "stats").get("held", {})
-    return int(held.get(f"POST {LEADS_PATH}", 0))
+def _lead_writes_and_held(running: RunningStack) -> tuple[int, int]:
+    """Person records Marketo wrote, and person calls its latency fault holds open, right now."""
+    stats: dict[str, Any] = running.admin("marketo", "GET", "stats")
+    return int(stats.get("records", {}).get("lead.write", 0)), held_calls(stats, f"POST {LEADS_PATH}")
 
 
 def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: RunningStack) -> None:
@@ -540,7 +536,7 @@ def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: Runni
         assert all(r.ok for r in results)
     finally:
         dyn.close()
-    writes_before = _lead_writes(running)
+    writes_before, _ = _lead_writes_and_held(running)
     running.admin("marketo", "PUT", "faults", {"latency_ms": WRITE_LATENCY_MS, "endpoints": [LEADS_PATH]})
     run_dir = running.stack.home / ".run"
     try:
@@ -549,10 +545,11 @@ def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: Runni
         victim: tuple[str, int, list[dict[str, Any]]] | None = None
         deadline = began + 300
         while victim is None and time.monotonic() < deadline:
-            written = _lead_writes(running) - writes_before
+            written, held = _lead_writes_and_held(running)
+            written -= writes_before
             # Mid-load, as the emulator sees it: a person write is held open by the latency
             # fault (sent by a load task, not yet applied), so it cannot land before the kill.
-            if _held_lead_calls(running) > 0:
+            if held > 0:
                 # The worker running the most load tasks right now: its writes are in flight.
                 placed = _worker_runs(running.stack.home)
                 loading: dict[str, list[dict[str, Any]]] = {}
@@ -562,9 +559,11 @@ def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: Runni
                 if loading:
                     worker = max(loading, key=lambda w: len(loading[w]))
                     pid = int((run_dir / f"celery-{worker}.pid").read_text())
-                    if _held_lead_calls(running) > 0:
+                    # Looked up again: the task-instance calls above took time.
+                    written, held = _lead_writes_and_held(running)
+                    if held > 0:
                         os.killpg(pid, signal.SIGKILL)
-                        victim = (worker, _lead_writes(running) - writes_before, loading[worker])
+                        victim = (worker, written - writes_before, loading[worker])
                         continue
             if written >= KILL_LEADS or running.run_state("sync_lead", run_id) in ("success", "failed"):
                 pytest.fail(f"sync_lead wrote {written} of {KILL_LEADS} leads before a kill was possible")

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.e2e.conftest import SyncEnv, write_calls
+from tests.support.emulator_procs import held_calls
 from tests.support.killed_run import kill_dag_test_when
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +57,7 @@ def _mid_load(env: SyncEnv) -> bool:
     """Some person writes landed and a person call is held open by the latency fault now."""
     stats = env.marketo.stats()
     written = int(stats.get("records", {}).get("lead.write", 0))
-    return written > 0 and int(stats.get("held", {}).get(f"POST {LEADS_PATH}", 0)) > 0
+    return written > 0 and held_calls(stats, f"POST {LEADS_PATH}") > 0
 
 
 def _kill_mid_load(env: SyncEnv, dag_id: str, total: int, deadline_s: float = 180.0) -> int:

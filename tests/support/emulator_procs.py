@@ -27,6 +27,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def held_calls(stats: dict[str, Any], route: str) -> int:
+    """Calls to ``route`` (``"POST /rest/v1/leads.json"``) a latency fault holds open, from stats."""
+    return int(stats.get("held", {}).get(route, 0))
+
+
 @dataclass
 class RunningEmulator:
     """A started emulator process and how to reach it."""

@@ -26,6 +26,11 @@ SLOTS_VAR = "MDS_TEST_STACK_SLOTS"
 DEFAULT_SLOTS = 2
 
 
+def slot_count() -> int:
+    """How many stack slots the session has (``MDS_TEST_STACK_SLOTS``, at least one)."""
+    return max(1, int(os.environ.get(SLOTS_VAR, str(DEFAULT_SLOTS))))
+
+
 @contextlib.contextmanager
 def stack_slot(what: str, timeout_s: float = 900.0) -> Iterator[int]:
     """Hold one stack slot for the ``with`` block; yields its number.
@@ -34,7 +39,7 @@ def stack_slot(what: str, timeout_s: float = 900.0) -> Iterator[int]:
     """
     folder = Path(os.environ.get(SLOTS_DIR_VAR) or Path.home() / ".cache" / "mds-test-slots")
     folder.mkdir(parents=True, exist_ok=True)
-    count = max(1, int(os.environ.get(SLOTS_VAR, str(DEFAULT_SLOTS))))
+    count = slot_count()
     began = time.monotonic()
     while True:
         for number in range(count):
