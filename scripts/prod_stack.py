@@ -148,6 +148,7 @@ def airflow_environment(cfg: ProdConfig) -> dict[str, str]:
     env = dict(os.environ)
     env.update(airflow_env(AIRFLOW_HOME, parallelism=len(WORKERS) * cfg.worker_concurrency * 2))
     metadata_url = cfg.sqlalchemy_url(cfg.airflow_db)
+    env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", None)  # SQLite's; this stack is on PostgreSQL
     env.update(
         {
             "PATH": os.pathsep.join([str(stack.BIN_DIR), env.get("PATH", "")]),

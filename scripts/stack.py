@@ -39,6 +39,7 @@ from crm_sync.localenv import (
     MARKETO_EMULATOR_PORT,
     PROJECT_DIR,
     airflow_env,
+    prepare_sqlite_metadata_db,
 )
 from crm_sync.settings_loader import AirflowSettings, load_into_airflow, parse_settings
 
@@ -182,6 +183,7 @@ def start_emulators(env: dict[str, str]) -> None:
 def start_airflow(env: dict[str, str]) -> None:
     """Start ``airflow standalone`` and wait until its API answers."""
     AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+    prepare_sqlite_metadata_db(AIRFLOW_HOME / "airflow.db")
     _spawn("airflow", [str(BIN_DIR / "airflow"), "standalone"], env)
     if not _wait_http(f"http://127.0.0.1:{AIRFLOW_API_PORT}/api/v2/monitor/health", 180):
         raise SystemExit(f"Airflow did not become healthy within 180 s; see {LOG_DIR / 'airflow.log'}")

@@ -6,7 +6,9 @@ One place decides where Airflow keeps its home, which folders hold DAGs and plug
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -16,6 +18,13 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 AIRFLOW_API_PORT = int(os.environ.get("MDS_AIRFLOW_PORT", "8080"))
 MARKETO_EMULATOR_PORT = int(os.environ.get("MDS_MARKETO_PORT", "8081"))
 DYNAMICS_EMULATOR_PORT = int(os.environ.get("MDS_DYNAMICS_PORT", "8082"))
+
+# Connection arguments of Airflow's SQLite metadata DB (``[database] sql_alchemy_connect_args``
+# names this dict). Under ``airflow standalone`` the scheduler, DAG processor, API server and
+# triggerer all write to that one file; on a busy machine a writer can hold the lock longer than
+# pysqlite's default 5 s wait, and the scheduler then exits on "database is locked" (seen on a
+# 2-core machine running the demo beside other work). Each connection waits up to a minute.
+SQLITE_CONNECT_ARGS: dict[str, object] = {"timeout": 60.0}
 
 
 def python_path(project_dir: Path = PROJECT_DIR) -> str:
@@ -47,6 +56,22 @@ def airflow_env(airflow_home: Path, project_dir: Path = PROJECT_DIR, parallelism
         # New DAG files show up within 30 s instead of the default 5 minutes.
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__CATCHUP_BY_DEFAULT": "False",
+        # SQLite only: a stack on another database drops it (scripts/prod_stack.py).
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "crm_sync.localenv.SQLITE_CONNECT_ARGS",
         "PYTHONPATH": python_path(project_dir),
         "MDS_PROJECT_DIR": str(project_dir),
     }
+
+
+def prepare_sqlite_metadata_db(db_file: Path) -> None:
+    """Create Airflow's SQLite metadata DB file in write-ahead-log mode, if it does not exist yet.
+
+    In WAL mode readers (the API server answering the UI, the scheduler's queries) no longer wait
+    for a writer, nor a writer for them; the mode is stored in the file, so every component that
+    opens it later uses it, and ``airflow db migrate`` (run by ``airflow standalone``) fills it.
+    """
+    if db_file.exists():
+        return
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db_file)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
