@@ -1,20 +1,27 @@
 """Acceptance of the production shape: the sync on PostgreSQL + CeleryExecutor with two workers.
 
 One isolated ``scripts/prod_stack.py`` stack (own databases, Redis dbs, ports and folder) serves
-both tests of this module; its emulators are seeded small and keep their default limits (Marketo
-100 calls/20 s and 10 concurrent, Dataverse 6,000 requests/5 min and 52 concurrent):
+both tests of this module, because starting it is the expensive part; its emulators are seeded
+small and keep their default limits (Marketo 100 calls/20 s and 10 concurrent, Dataverse 6,000
+requests/5 min and 52 concurrent):
 
-1. ``full_copy`` is triggered through the REST API and succeeds; every ``sync_*`` DAG is then
-   triggered at once (a first cycle before any change: see the comment in the test); records are
-   created and changed on both sides through the emulators' APIs; every DAG is triggered at once
-   again, and once more (that cycle carries back what Dataverse filled in on the leads created
-   from Marketo). ``python -m crm_sync.reconcile check`` finds no difference, the changes
-   arrived, and the emulators' stats show no limit hit and peak concurrency within the limits.
+1. The stack as ``make prod-local`` starts it: the printed login, one PID file per component,
+   every listener on 127.0.0.1, ``health`` healthy with both workers answering, the Variables
+   pointing the tasks at PostgreSQL and shared staging, the state store migrated in its own
+   database. ``check_connections`` and ``full_copy`` are triggered through the REST API and
+   succeed, ``check_connections``' two tasks on Celery workers (each worker's log and the
+   result backend on PostgreSQL agree). Records are then created and changed on both sides
+   through the emulators' APIs; every ``sync_*`` DAG is triggered at once, and once more (that
+   cycle carries back what Dataverse filled in on the leads created from Marketo).
+   ``python -m crm_sync.reconcile check`` finds no difference, the changes arrived, the hooks
+   counted their calls in the shared Redis limiter, and the emulators' stats show no limit hit
+   and peak concurrency within the limits.
 2. While ``sync_lead`` loads new leads (Marketo's person endpoint slowed down), the Celery worker
    running a load task is SIGKILLed with its whole process group (a lost worker host). The
    scheduler notices the missing task heartbeat (lowered to 30 s here), Airflow retries the task
    on the other worker, and the run succeeds: every new lead exists exactly once in Marketo and
-   has exactly one id-map row.
+   has exactly one id-map row. ``health`` then names the dead worker, and ``stop`` stops every
+   process of the stack by PID.
 
 The scheduler's own cron runs are off (``[scheduler] use_job_schedule``): only the runs the tests
 trigger exist, so the figures belong to them.
@@ -42,34 +49,33 @@ import pytest
 import requests
 
 from emulators.common.credentials import default_credentials
-from tests.e2e.test_prod_local import (
+from tests.support.emulator_procs import held_calls
+from tests.support.prod_stack import (
+    NEEDS_SERVICES,
     PG_HOST,
     PG_PORT,
-    REDIS_HOST,
-    REDIS_PORT,
     REDIS_URL,
     WORKERS,
     ProdStack,
-    _reachable,
-    _worker_runs,
     isolated_stack,
+    listen_addresses,
+    process_tree,
+    worker_runs,
 )
-from tests.support.emulator_procs import held_calls
 from tests.support.slots import stack_slot
 from tests.support.wait import wait_until
 
+# Minutes this module takes under the full suite (the Celery stack's start, full_copy, two
+# cycles of seven DAGs, the kill);
+# tests/conftest.py balances the two lanes of stack tests with them.
+STACK_MINUTES = 8
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.postgres,
     pytest.mark.slow,
-    pytest.mark.stack,
+    pytest.mark.stack(minutes=STACK_MINUTES),
     pytest.mark.timeout(1500),  # a stack test may first wait for a stack slot: that wait counts too
-    pytest.mark.skipif(
-        not _reachable(PG_HOST, PG_PORT), reason=f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}"
-    ),
-    pytest.mark.skipif(
-        not _reachable(REDIS_HOST, REDIS_PORT), reason=f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT}"
-    ),
+    *NEEDS_SERVICES,
 ]
 
 SEED_LEADS = 300  # Dataverse seed (contacts, accounts, opportunities, projects in proportion)
@@ -99,6 +105,8 @@ class RunningStack:
     marketo_url: str
     dynamics_url: str
     ca_file: Path
+    started: str  # what ``prod_stack.py start`` printed
+    tree: set[int]  # the stack's processes right after the start
     figures: dict[str, Any] = field(default_factory=dict)
 
     def admin(self, side: str, method: str, path: str, body: Any = None) -> Any:
@@ -240,6 +248,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
             marketo_url=f"https://127.0.0.1:{stack.env['MDS_MARKETO_PORT']}",
             dynamics_url=f"https://127.0.0.1:{stack.env['MDS_DYNAMICS_PORT']}",
             ca_file=home / "var" / "emulators" / "ca" / "ca.pem",
+            started=started.stdout,
+            tree=process_tree(home / ".run"),
         )
         result.figures["start_s"] = round(time.monotonic() - began, 1)
         for name, value in _connections(result, f"{REDIS_URL}/{stack.limiter_db}").items():
@@ -251,7 +261,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
                 180,
                 lambda: all(
                     result.api.get(f"{base}/api/v2/dags/{d}", timeout=60).status_code == 200
-                    for d in ("full_copy", *SYNC_DAGS)
+                    for d in ("check_connections", "full_copy", *SYNC_DAGS)
                 ),
             )
             yield result
@@ -460,37 +470,125 @@ def _sync_round(running: RunningStack, name: str) -> dict[str, str]:
     return runs
 
 
+COMPONENTS = {
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-api-server",
+    "airflow-triggerer",
+    "celery-worker1",
+    "celery-worker2",
+    "emulator-marketo",
+    "emulator-dynamics",
+}
+
+
+def _check_started_stack(running: RunningStack) -> None:
+    """The stack as ``make prod-local`` leaves it: login printed, components up, 127.0.0.1 only."""
+    stack = running.stack
+    assert f"Airflow UI:  http://127.0.0.1:{stack.port}" in running.started
+    assert {p.stem for p in (stack.home / ".run").glob("*.pid")} == COMPONENTS
+    listeners = listen_addresses(running.tree)
+    assert ("127.0.0.1", stack.port) in listeners
+    assert {ip for ip, _ in listeners} == {"127.0.0.1"}, listeners
+
+    health = stack.run("health", timeout=60)
+    assert health.returncode == 0, health.stdout + health.stderr
+    for line in ("scheduler: healthy", "triggerer: healthy", "dag_processor: healthy"):
+        assert line in health.stdout
+    for worker in WORKERS:
+        assert f"celery {worker}: pong" in health.stdout
+    assert "state store: revision " in health.stdout
+
+    # The tasks find the state store on PostgreSQL and staging on the shared location.
+    variables = {
+        key: running.api.get(f"{running.base}/api/v2/variables/{key}", timeout=60).json()["value"]
+        for key in ("mds_state_db_url", "mds_staging_path")
+    }
+    assert variables == {
+        "mds_state_db_url": _state_url(stack),
+        "mds_staging_path": stack.env["MDS_PROD_STAGING_URL"],
+    }
+    # The state store's tables exist in its own PostgreSQL database, created by the migrations.
+    from crm_sync.state.models import Base
+
+    tables = {
+        str(name)
+        for (name,) in stack.query(
+            stack.state_db,
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+        )
+    }
+    assert set(Base.metadata.tables) | {"alembic_version"} <= tables, tables
+
+
+def _check_ran_on_celery_workers(running: RunningStack, dag_id: str, run_id: str) -> None:
+    """Each task instance of the run was executed by a Celery worker: its own log says so, and the
+    Celery result backend on PostgreSQL names the same worker for that Celery task."""
+    stack = running.stack
+    placed = worker_runs(stack.home)
+    for ti in running.task_instances(dag_id, run_id):
+        assert ti["id"] in placed, f"no Celery worker log mentions task instance {ti['id']}"
+        worker, celery_id = placed[ti["id"]]
+
+        def result_row(celery_id: str = celery_id) -> list[tuple[object, ...]]:
+            rows = stack.query(
+                stack.airflow_db,
+                "SELECT status, worker FROM celery_taskmeta WHERE task_id = %s",
+                (celery_id,),
+            )
+            return rows if rows and rows[0][0] == "SUCCESS" else []
+
+        rows = wait_until(f"Celery result of {celery_id}", 30, result_row)
+        assert isinstance(rows, list)
+        assert str(rows[0][1]).split("@", 1)[0] == worker
+
+
+def _limiter_scopes(stack: ProdStack) -> set[str]:
+    """The API budgets the hooks counted in the stack's shared Redis limiter."""
+    import redis
+
+    limiter = redis.Redis.from_url(f"{REDIS_URL}/{stack.limiter_db}")
+    try:
+        return {key.decode() for key in limiter.scan_iter("crm_sync:limiter:*")}
+    finally:
+        limiter.close()
+
+
 def test_full_copy_then_every_sync_dag_at_once_on_two_celery_workers_stays_within_the_api_limits(
     running: RunningStack,
 ) -> None:
     figures = running.figures
+    _check_started_stack(running)
     began = time.monotonic()
-    copy_run = running.trigger("full_copy")
-    running.wait_runs({"full_copy": copy_run})
+    first = {dag_id: running.trigger(dag_id) for dag_id in ("check_connections", "full_copy")}
+    finished = running.wait_runs(first)
+    figures["check_connections_s"] = round(finished["check_connections"], 1)
     figures["full_copy_s"] = round(time.monotonic() - began, 1)
+    tests = running.task_instances("check_connections", first["check_connections"])
+    assert sorted((ti["task_id"], ti["map_index"], ti["state"]) for ti in tests) == [
+        ("test_connection", 0, "success"),
+        ("test_connection", 1, "success"),
+    ]
+    _check_ran_on_celery_workers(running, "check_connections", first["check_connections"])
     copied = running.stack.query(
         running.stack.state_db, "SELECT entity, count(*) FROM id_map GROUP BY entity ORDER BY entity"
     )
     figures["id_map_after_full_copy"] = {str(e): int(str(n)) for e, n in copied}
     assert figures["id_map_after_full_copy"].get("lead", 0) > 0, copied
 
-    # The first cycle after the copy: every sync DAG at once, before any change. The person
-    # entities' first runs join the shared Marketo person feed at its head; the first of them to
-    # extract moves the head on, so the other joins after changes it never read (seen here:
-    # sync_contact read the persons changed since the copy, sync_lead none; the persons flagged
-    # for Dynamics never became leads). Until a person entity's first run starts where the copy
-    # started the feed, changes are made only once both have their own feed watermark.
-    _sync_round(running, "first_cycle")
-    # Changes on both sides, then the next cycle, again every DAG at once.
+    # Changes on both sides right after the copy, then every DAG at once. The copy gave each
+    # person entity its own watermark on the Marketo person feed where the copy started it
+    # (e54e2d4), so sync_lead and sync_contact both read every person change made since; before
+    # that, the first of them to extract moved the shared head past changes the other never read.
     expected = _make_changes(running, uuid.uuid4().hex[:6])
-    runs = _sync_round(running, "second_cycle")
-    # Leads the second cycle created in Dynamics from Marketo persons got Dynamics' own values
+    runs = _sync_round(running, "first_cycle")
+    # Leads the first cycle created in Dynamics from Marketo persons got Dynamics' own values
     # (owner, status, created on); one more cycle carries them back, as in `make demo-check`.
-    _sync_round(running, "third_cycle")
+    _sync_round(running, "second_cycle")
     figures["open_record_errors"] = [list(map(str, row)) for row in _open_errors(running.stack)]
 
     # Seven DAGs' task instances really shared the two workers.
-    placed = _worker_runs(running.stack.home)
+    placed = worker_runs(running.stack.home)
     used = {
         placed[ti["id"]][0]
         for dag_id, run_id in runs.items()
@@ -504,6 +602,11 @@ def test_full_copy_then_every_sync_dag_at_once_on_two_celery_workers_stays_withi
     figures["reconcile_s"] = round(seconds, 1)
     assert status == 0, output
     assert "no differences" in output.lower(), output
+
+    # The hooks counted their calls in the shared Redis limiter, not in a per-host SQLite file.
+    scopes = _limiter_scopes(running.stack)
+    assert any("marketo:" in key for key in scopes), scopes
+    assert any("dynamics:" in key for key in scopes), scopes
 
     limits = _limit_figures(running)
     figures["limits"] = limits
@@ -551,7 +654,7 @@ def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: Runni
             # fault (sent by a load task, not yet applied), so it cannot land before the kill.
             if held > 0:
                 # The worker running the most load tasks right now: its writes are in flight.
-                placed = _worker_runs(running.stack.home)
+                placed = worker_runs(running.stack.home)
                 loading: dict[str, list[dict[str, Any]]] = {}
                 for ti in running.task_instances("sync_lead", run_id):
                     if ti["task_id"] == "load" and ti["state"] == "running" and ti["id"] in placed:
@@ -601,7 +704,7 @@ def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: Runni
         final[ti["map_index"]] for ti in killed if final[ti["map_index"]]["try_number"] > ti["try_number"]
     ]
     assert retried, f"none of the killed load tasks was retried: {[final[t['map_index']] for t in killed]}"
-    placed = _worker_runs(running.stack.home)
+    placed = worker_runs(running.stack.home)
     survivor = next(w for w in WORKERS if w != worker)
     for ti in retried:
         assert ti["state"] == "success", ti
@@ -642,3 +745,21 @@ def test_worker_sigkilled_mid_load_loses_and_duplicates_no_record(running: Runni
     }
     assert mapped == ids
     print(f"kill figures: {json.dumps(figures['kill'], sort_keys=True)}")
+
+    # health notices the worker that died: its PID is dead and it no longer answers the ping.
+    victim_pid = int((run_dir / f"celery-{worker}.pid").read_text())
+    degraded = stack.run("health", timeout=60)
+    assert degraded.returncode != 0, degraded.stdout
+    assert f"celery-{worker}: dead (pid {victim_pid})" in degraded.stdout
+    assert f"celery {worker}: no answer" in degraded.stdout
+    assert f"celery {survivor}: pong" in degraded.stdout
+
+    # stop ends every process of the stack by PID, the ones started since the start included.
+    tree = running.tree | process_tree(run_dir)
+    began = time.monotonic()
+    stopped = stack.run("stop", timeout=120)
+    figures["stop_s"] = round(time.monotonic() - began, 1)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not list(run_dir.glob("*.pid"))
+    alive = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert alive == [], alive
