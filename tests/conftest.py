@@ -67,6 +67,7 @@ def airflow_db() -> str:
 
 
 STACK_WEIGHT = 3
+STACK_MINUTES = 5.0  # a stack module that does not say how long it takes
 
 
 def _weight(item: pytest.Item) -> int:
@@ -78,32 +79,46 @@ def _weight(item: pytest.Item) -> int:
     return 0
 
 
+def _stack_minutes(module: list[pytest.Item]) -> float:
+    """A stack module's expected minutes (``pytest.mark.stack(minutes=...)``), 0 for other modules."""
+    marks = [m for item in module if (m := item.get_closest_marker("stack"))]
+    return max((float(m.kwargs.get("minutes", STACK_MINUTES)) for m in marks), default=0.0)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order the tests so that pytest-xdist starts the long ones first, spread over the workers.
 
     ``--dist worksteal`` hands each worker one contiguous block of the collection and lets an idle
-    worker take the tail of another's queue. Test modules are dealt out whole, the heaviest first
-    (own Airflow stack, then slow, then e2e, then the rest; among equals the one with more tests),
-    each to the block with the fewest tests so far: stack modules only to as many blocks as there
-    are stack slots (``tests/support/slots.py``), so no worker starts by waiting for a slot, the
-    other slow and e2e modules to the remaining blocks, and the short tests to any block, so the
-    blocks end up the same size (xdist cuts the collection into equal parts). Every block starts
-    with its share of the long tests and the short ones fill in after them. The first
-    module lands at the head of the first block, where stealing never reaches (xdist leaves a
-    worker its running test and the next): that is where a module whose tests share one expensive
-    stack belongs (``test_prod_sync``). Without xdist the order is simply heaviest first. Every
-    worker computes the same order, as xdist requires.
+    worker take the tail of another's queue. Test modules are dealt out whole, the heaviest first:
+    modules that run their own Airflow stack go only to as many blocks as there are stack slots
+    (``tests/support/slots.py``), so no worker starts by waiting for a slot, each to the block
+    with the fewest stack minutes so far (the longest first, so the two lanes of stacks end close
+    together); then the slow and e2e modules to the remaining blocks, and the short tests to any
+    block, each to the block with the fewest tests so far, so the blocks end up the same size
+    (xdist cuts the collection into equal parts). Every block starts with its share of the long
+    tests and the short ones fill in after them. A block's first module sits where stealing
+    never reaches (xdist leaves a worker its running test and the next): that is where a module
+    whose two tests share one expensive stack belongs (``test_prod_sync``, the longest). Without
+    xdist the order is simply heaviest first. Every worker computes the same order, as xdist
+    requires.
     """
     modules: dict[str, list[pytest.Item]] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
-    ranked = sorted(modules.values(), key=lambda m: (max(map(_weight, m)), len(m)), reverse=True)
+    ranked = sorted(
+        modules.values(), key=lambda m: (max(map(_weight, m)), _stack_minutes(m), len(m)), reverse=True
+    )
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     blocks: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    minutes = [0.0] * workers
     slots = min(workers, slot_count())
-    stack_blocks, other_blocks = blocks[:slots], blocks[slots:] or blocks
+    other_blocks = list(range(slots, workers)) or list(range(workers))
     for module in ranked:
         weight = max(map(_weight, module))
-        choices = stack_blocks if weight == STACK_WEIGHT else other_blocks if weight else blocks
-        min(choices, key=len).extend(module)
+        if weight == STACK_WEIGHT:
+            chosen = min(range(slots), key=lambda b: minutes[b])
+            minutes[chosen] += _stack_minutes(module)
+        else:
+            chosen = min(other_blocks if weight else range(workers), key=lambda b: len(blocks[b]))
+        blocks[chosen].extend(module)
     items[:] = [item for block in blocks for item in block]
