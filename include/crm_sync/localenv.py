@@ -28,8 +28,18 @@ SQLITE_CONNECT_ARGS: dict[str, object] = {"timeout": 60.0}
 
 
 def python_path(project_dir: Path = PROJECT_DIR) -> str:
-    """Return the PYTHONPATH that makes `crm_sync`, `crm_sync_hooks` and `emulators` importable."""
-    parts = [str(project_dir / "include"), str(project_dir / "plugins"), str(project_dir)]
+    """Return the PYTHONPATH that makes `crm_sync`, `crm_sync_hooks` and `emulators` importable.
+
+    It also holds ``include/airflow_config``, where Airflow finds this project's
+    ``airflow_local_settings.py`` (task modules imported before tasks are forked,
+    :mod:`crm_sync.preload`).
+    """
+    parts = [
+        str(project_dir / "include"),
+        str(project_dir / "plugins"),
+        str(project_dir),
+        str(project_dir / "include" / "airflow_config"),
+    ]
     existing = os.environ.get("PYTHONPATH")
     if existing:
         parts.append(existing)
