@@ -23,8 +23,11 @@ DYNAMICS_EMULATOR_PORT = int(os.environ.get("MDS_DYNAMICS_PORT", "8082"))
 # names this dict). Under ``airflow standalone`` the scheduler, DAG processor, API server and
 # triggerer all write to that one file; on a busy machine a writer can hold the lock longer than
 # pysqlite's default 5 s wait, and the scheduler then exits on "database is locked" (seen on a
-# 2-core machine running the demo beside other work). Each connection waits up to a minute.
-SQLITE_CONNECT_ARGS: dict[str, object] = {"timeout": 60.0}
+# 2-core machine running the demo beside other work). Each connection waits up to 15 s: with a
+# minute, an API server on the same loaded machine once stopped answering for over 30 s (its
+# request threads and pooled connections all waiting), so the wait stays under SQLAlchemy's 30 s
+# pool timeout and a client's 30 s read timeout.
+SQLITE_CONNECT_ARGS: dict[str, object] = {"timeout": 15.0}
 
 
 def python_path(project_dir: Path = PROJECT_DIR) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -58,15 +59,25 @@ class AirflowApi:
             raise AirflowApiError(f"POST /auth/token: HTTP {resp.status_code}")
         self.session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, attempts: int = 5) -> Any:
-        """One API call; a 5xx or a dropped connection is retried (SQLite's "database is locked"
-        reaches the client as a 500 while the scheduler writes)."""
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        attempts: int = 5,
+        done_if_conflict: bool = False,
+    ) -> Any:
+        """One API call; a 5xx, a dropped connection or an answer that does not come in time is
+        retried (SQLite's "database is locked" reaches the client as a 500 while the scheduler
+        writes, and an API server on a busy machine can take longer than ``timeout``). Every call
+        this class makes may be repeated: reads, pause switches, and triggers that name their run
+        (``done_if_conflict``: a 409 on a repeat means the first attempt created it)."""
         for attempt in range(1, attempts + 1):
             try:
                 resp = self.session.request(
                     method, f"{self.base_url}/api/v2/{path}", json=body, timeout=self.timeout
                 )
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 if attempt == attempts:
                     raise
                 time.sleep(2 * attempt)
@@ -74,6 +85,8 @@ class AirflowApi:
             if resp.status_code >= 500 and attempt < attempts:
                 time.sleep(2 * attempt)
                 continue
+            if resp.status_code == 409 and done_if_conflict and attempt > 1:
+                return body
             if resp.status_code >= 400:
                 raise AirflowApiError(f"{method} /api/v2/{path}: HTTP {resp.status_code} {resp.text[:300]}")
             return resp.json() if resp.content else None
@@ -114,8 +127,13 @@ class AirflowApi:
         return {str(r["dag_run_id"]): str(r["state"]) for r in page["dag_runs"]}
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        """Trigger a manual run now; return its run id."""
-        run = self._call("POST", f"dags/{quote(dag_id)}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        """Trigger a manual run now; return its run id (named here, so a repeated POST is harmless)."""
+        body = {
+            "dag_run_id": f"manual__{datetime.now(UTC).isoformat()}",
+            "logical_date": None,
+            "conf": conf or {},
+        }
+        run = self._call("POST", f"dags/{quote(dag_id)}/dagRuns", body, done_if_conflict=True)
         return str(run["dag_run_id"])
 
     def run_state(self, dag_id: str, run_id: str) -> str:
