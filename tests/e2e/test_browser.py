@@ -28,16 +28,12 @@ from sqlalchemy import text
 from crm_sync.settings_loader import parse_settings
 from emulators.common.credentials import default_credentials
 from tests.support.emulator_procs import free_port
+from tests.support.slots import stack_marks
 
-# A stack test may first wait for a stack slot (tests/support/slots.py): that wait counts too.
-# Minutes this module takes under the full suite (the stack start, then one sync_lead run driven from the UI);
-# tests/conftest.py balances the two lanes of stack tests with them.
-STACK_MINUTES = 2.5
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.stack(minutes=STACK_MINUTES),
-    pytest.mark.timeout(1500),
+    *stack_marks(minutes=2.5),  # the stack's start, then one sync_lead run driven from the UI
 ]
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]

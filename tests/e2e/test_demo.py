@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests.support.emulator_procs import free_port
+from tests.support.slots import stack_marks
 from tests.support.wait import wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -29,11 +30,12 @@ ACTIVITY_CHANGES = 6  # new Marketo persons, and Dataverse contacts updated, ove
 ROUND_LINE = r"round \d+: (\d+) new Marketo persons .*?, (\d+) Dataverse contacts updated"
 SUMMARY_LINE = r"^\w+: \d+ Dynamics / \d+ Marketo records; "
 
-# Minutes this module takes under the full suite (make demo's start and full copy, then
-# demo-check's six waves of sync runs);
-# tests/conftest.py balances the two lanes of stack tests with them.
-STACK_MINUTES = 6.5
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack(minutes=STACK_MINUTES)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    # make demo's start and full copy, then demo-check's six waves of sync runs
+    *stack_marks(minutes=6.5),
+]
 
 
 @pytest.fixture
@@ -92,7 +94,6 @@ class Disagreement(AssertionError):
     """``make demo-check`` found differences between the two systems."""
 
 
-@pytest.mark.timeout(1500)
 def test_demo_serves_ui_syncs_live_activity_and_the_check_finds_no_differences(
     stack_env: dict[str, str], tmp_path: Path, stack_slot_held: int
 ) -> None:

@@ -30,16 +30,12 @@ from crm_sync.localenv import airflow_env, prepare_sqlite_metadata_db
 from tests.e2e.conftest import SyncEnv
 from tests.e2e.full_copy_support import dynamics_rows, marketo_objects, run_full_copy
 from tests.support.emulator_procs import free_port
+from tests.support.slots import stack_marks
 
-# A stack test may first wait for a stack slot (tests/support/slots.py): that wait counts too.
-# Minutes this module takes under the full suite (standalone start, then three monthly full_copy runs);
-# tests/conftest.py balances the two lanes of stack tests with them.
-STACK_MINUTES = 3
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.stack(minutes=STACK_MINUTES),
-    pytest.mark.timeout(1500),
+    *stack_marks(minutes=3),  # standalone's start, then three monthly full_copy runs
 ]
 
 AIRFLOW = Path(sys.executable).with_name("airflow")

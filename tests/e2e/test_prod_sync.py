@@ -62,19 +62,14 @@ from tests.support.prod_stack import (
     process_tree,
     worker_runs,
 )
-from tests.support.slots import stack_slot
+from tests.support.slots import stack_marks, stack_slot
 from tests.support.wait import wait_until
 
-# Minutes this module takes under the full suite (the Celery stack's start, full_copy, two
-# cycles of seven DAGs, the kill);
-# tests/conftest.py balances the two lanes of stack tests with them.
-STACK_MINUTES = 8
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.postgres,
     pytest.mark.slow,
-    pytest.mark.stack(minutes=STACK_MINUTES),
-    pytest.mark.timeout(1500),  # a stack test may first wait for a stack slot: that wait counts too
+    *stack_marks(minutes=8),  # the Celery stack's start, full_copy, two cycles of seven DAGs, the kill
     *NEEDS_SERVICES,
 ]
 

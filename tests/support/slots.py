@@ -24,6 +24,18 @@ import pytest
 SLOTS_DIR_VAR = "MDS_TEST_SLOTS_DIR"
 SLOTS_VAR = "MDS_TEST_STACK_SLOTS"
 DEFAULT_SLOTS = 2
+# pytest-timeout of a stack test: its run, plus the wait for a slot (up to stack_slot's 900 s).
+STACK_TIMEOUT_S = 1500
+
+
+def stack_marks(minutes: float) -> list[pytest.MarkDecorator]:
+    """The marks of a module whose tests run their own Airflow stack.
+
+    ``stack(minutes=...)``: how long the module takes under the full suite, with which
+    ``tests/conftest.py`` balances the two lanes of stack tests; and a timeout that also covers
+    the wait for a slot.
+    """
+    return [pytest.mark.stack(minutes=minutes), pytest.mark.timeout(STACK_TIMEOUT_S)]
 
 
 def slot_count() -> int:
