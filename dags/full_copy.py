@@ -6,6 +6,8 @@ custom entities): ``extract`` (Dataverse pages of 5,000, mapped columns only, re
 ``plan`` (mapping, sync filter, id-map matching, load units) → ``load`` (mapped, one task per
 unit: bulk import for persons above the threshold, sync calls otherwise) → ``commit``.
 
+* **Never scheduled**: the timetable has monthly data intervals for backfills only; the DAG runs
+  when triggered or backfilled, never because it was unpaused or a month ended.
 * **Backfill**: the monthly timetable has real data intervals, so
   ``airflow backfill create --dag-id full_copy --from-date 2025-01-01 --to-date 2025-03-01`` copies
   the records created in January, February and March (one run per month, each run's
@@ -26,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
-from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from crm_sync.config import load_entities
 from crm_sync.dag_defaults import default_args
 from crm_sync.engine.full_copy import copy_order
 from crm_sync.engine.runner import entities_dir
+from crm_sync_timetables.backfill_only import BackfillOnlyCronTimetable
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ ENTITIES = load_entities(Path(entities_dir()))
 
 with DAG(
     dag_id="full_copy",
-    schedule=CronDataIntervalTimetable("0 0 1 * *", timezone="UTC"),
+    # Monthly data intervals for backfills; never a scheduled run (see BackfillOnlyCronTimetable).
+    schedule=BackfillOnlyCronTimetable("0 0 1 * *", timezone="UTC"),
     start_date=HISTORY_START,
     catchup=False,
     max_active_runs=3,

@@ -90,3 +90,26 @@ def test_dag_file_makes_no_network_or_db_calls_at_import(dag_file: Path) -> None
         [sys.executable, "-c", _NO_IO_AT_IMPORT, str(dag_file)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_full_copy_backfills_monthly_but_is_never_scheduled(dagbag: DagBag) -> None:
+    """The scheduler and API server rebuild full_copy's timetable from the serialized DAG (through
+    the plugin registry): it walks monthly intervals for a backfill and never starts a run itself."""
+    from datetime import UTC, datetime
+
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from crm_sync_timetables.backfill_only import BackfillOnlyCronTimetable
+
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags["full_copy"]))
+    timetable = serialized.timetable
+    assert isinstance(timetable, BackfillOnlyCronTimetable)
+    assert timetable.can_be_scheduled is False
+    assert timetable.periodic is True
+    infos = serialized.iter_dagrun_infos_between(
+        datetime(2025, 4, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC)
+    )
+    starts = [info.data_interval.start.date().isoformat() for info in infos if info.data_interval]
+    assert starts == ["2025-04-01", "2025-05-01", "2025-06-01"]
+    # What the scheduler and DAG processor ask: the DAG's own, unbounded restriction.
+    assert serialized.next_dagrun_info(last_automated_run_info=None) is None

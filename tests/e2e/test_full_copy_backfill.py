@@ -79,6 +79,11 @@ def _backfill_runs(db: Path) -> list[tuple[str, str, str, str]]:
         ).fetchall()
 
 
+def _run_types(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [t for (t,) in conn.execute("SELECT run_type FROM dag_run WHERE dag_id = 'full_copy'")]
+
+
 def _created(row: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(str(row["createdon"]).replace("Z", "+00:00"))
 
@@ -150,6 +155,8 @@ def test_backfill_of_three_months_copies_exactly_the_records_created_in_them(
             os.killpg(proc.pid, 9)
             proc.wait(timeout=30)
     assert [state for _, state, _, _ in runs] == ["success"] * 3, runs
+    # Unpaused for the backfill, yet never scheduled a copy of its own (BackfillOnlyCronTimetable).
+    assert _run_types(home / "airflow.db") == ["backfill"] * 3
     starts = [datetime.fromisoformat(str(s)).replace(tzinfo=UTC) for _, _, s, _ in runs]
     assert [d.date().isoformat() for d in starts] == ["2025-04-01", "2025-05-01", "2025-06-01"]
 
