@@ -80,7 +80,10 @@ def test_transform_rate_and_reports_written(results: tuple[dict, str, Path]) -> 
     data, markdown, out = results
     (transform,) = data["transform"]
     assert transform["rows"] == 3000
-    assert transform["records_per_s_per_core"] == pytest.approx(3000 / transform["best_seconds"], rel=0.01)
+    # best_seconds is printed to the millisecond, the rate from the unrounded time: the rate must lie
+    # within what that rounding allows (at 40 ms, about 1.2 % either way; the rate itself to the unit).
+    best = transform["best_seconds"]
+    assert 3000 / (best + 0.0005) - 1 <= transform["records_per_s_per_core"] <= 3000 / (best - 0.0005) + 1
     assert f"| full copy {LEADS:,} leads | limits-off |" in markdown
     assert "## Targets (issue 9)" in markdown
     assert {t["target"].split(" ")[0] for t in data["targets"]} >= {"calls", "transform", "peak"}
