@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -289,6 +290,12 @@ def _staged_chunk(staging: StagingArea, token: str) -> dict[str, Any] | None:
     # A chunk that ended where it started saw no activity; reusing it would never move on.
     if staged is None or staged.get("start") != token or staged.get("token") == token:
         return None
+    missing = [ref["path"] for ref in staged.get("batches", []) if not staging.exists(ref)]
+    if missing:
+        # Staging cleaned up, or lost: read this part of the feed again rather than fail every run.
+        log.warning("person feed chunk at %s lists %d missing files (%s); reading it again",
+                    token_key(token), len(missing), missing[0])  # fmt: skip
+        return None
     return staged
 
 
@@ -307,8 +314,10 @@ def _read_chunk(
     # The snapshot is no older than this moment (taken before the current values are fetched).
     chunk["read_at"] = utcnow().isoformat()
     folder = staging.feed_dir(PERSON_FEED, start_token)
-    # File names carry the end token, so two readers of the same tail never mix their files.
-    prefix = f"persons-{token_key(token)[:12]}"
+    # File names carry the end token and this reader's own mark: two readers of the same tail
+    # (lead and contact runs at once) each stage whole files of their own, and the manifest
+    # renamed last names only its writer's files.
+    prefix = f"persons-{token_key(token)[:12]}-{uuid.uuid4().hex[:8]}"
     batcher = _Batcher(staging, folder, prefix, MARKETO_READ_BATCH, ["id", *fields])
     for records in client.get_leads("id", list(ids), ["id", *fields], MARKETO_READ_BATCH) if ids else ():
         batcher.add(records)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -109,13 +110,17 @@ class StagingArea:
 
     # --- writes ------------------------------------------------------------------------------
     def _replace(self, target: ObjectStoragePath, data: bytes) -> None:
-        """Write ``data`` to ``target`` through a temporary file and a rename (idempotent)."""
+        """Write ``data`` to ``target`` through a temporary file and a rename (idempotent).
+
+        The temporary name is the writer's own, and the rename replaces the target in one step
+        (never unlink, then rename): two processes writing the same target at once (two entities
+        staging one feed chunk) each leave a whole file, the last rename winning, and neither can
+        remove the other's.
+        """
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp"
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         with tmp.open("wb") as fh:
             fh.write(data)
-        if target.exists():
-            target.unlink()
         tmp.rename(target)
 
     def write_frame(self, folder: ObjectStoragePath, name: str, frame: pd.DataFrame) -> BatchRef:
@@ -131,6 +136,11 @@ class StagingArea:
         self._replace(target, buffer.getvalue())
         log.debug("staged %d rows at %s", len(frame), target)
         return BatchRef(path=str(target), rows=len(frame))
+
+    def exists(self, ref: BatchRef | dict[str, Any]) -> bool:
+        """Whether a staged batch's file is still there."""
+        batch = ref if isinstance(ref, BatchRef) else BatchRef.from_dict(ref)
+        return bool(self.path(batch.path).exists())
 
     def read_frame(self, ref: BatchRef | dict[str, Any]) -> pd.DataFrame:
         """Read a staged batch.

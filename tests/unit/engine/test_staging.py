@@ -62,3 +62,30 @@ def test_manifests(staging: StagingArea) -> None:
     assert staging.read_json(folder, "extract") is None
     staging.write_json(folder, "extract", {"pending": {"d2m": "token"}})
     assert staging.read_json(folder, "extract") == {"pending": {"d2m": "token"}}
+
+
+def _write_many(root: str, writer: int, times: int) -> int:
+    """Stage the same batch name and manifest ``times`` times (one process of the race below)."""
+    area = StagingArea(ObjectStoragePath(root))
+    folder = area.feed_dir("person", "start-token")
+    for i in range(times):
+        area.write_frame(folder, "persons-00000", pd.DataFrame({"writer": [writer] * 50, "i": range(50)}))
+        area.write_json(folder, "manifest", {"writer": writer, "i": i})
+    return writer
+
+
+def test_writers_racing_on_one_file_never_remove_each_others(tmp_path: Path) -> None:
+    """Two entities staging one feed chunk at once: whoever renames last wins, and the file and
+    the manifest always exist whole (the old unlink-then-rename let one writer delete the other's
+    file for good, and a shared temporary name made the other's rename fail)."""
+    import multiprocessing
+
+    root = f"file://{tmp_path}"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        assert sorted(pool.starmap(_write_many, [(root, w, 150) for w in range(3)])) == [0, 1, 2]
+    area = StagingArea(ObjectStoragePath(root))
+    folder = area.feed_dir("person", "start-token")
+    frame = area.read_frame({"path": str(folder / "persons-00000.parquet"), "rows": 50})
+    assert frame["writer"].nunique() == 1
+    assert area.read_json(folder, "manifest") is not None
+    assert sorted(p.name for p in Path(folder.path).iterdir()) == ["manifest.json", "persons-00000.parquet"]
