@@ -107,6 +107,10 @@ class FieldMap(_Strict):
     required: bool = False
     max_length: int | None = Field(default=None, gt=0)
     enabled: bool = True  # false keeps a documented mapping in the file without syncing it
+    # A consent flag where true means "do not contact" (Marketo unsubscribed, Dataverse
+    # donotbulkemail): an opt-out on either side always wins, and the sync carries a re-subscribe
+    # across only from the entity's consent_owner side (transforms/conflicts.py).
+    opt_out: bool = False
 
     @property
     def name(self) -> str:
@@ -119,6 +123,8 @@ class FieldMap(_Strict):
             raise ValueError(f"cast {self.cast.value!r} needs an option_set")
         if self.option_set and len(set(self.option_set.values())) != len(self.option_set):
             raise ValueError("option_set labels must be unique (Marketo → Dynamics maps labels back)")
+        if self.opt_out and self.cast is not Cast.BOOLEAN:
+            raise ValueError("opt_out needs cast boolean (true = do not contact)")
         return self
 
 
@@ -212,6 +218,9 @@ class EntityConfig(_Strict):
     roles: RoleRule | None = None
     delete_policy: DeletePolicy = DeletePolicy.FLAG
     dedup_by_email: bool = False
+    # The side whose re-subscribe (an opt_out field going back to false) the sync carries to the
+    # other side; a re-subscribe on the other side is refused and the opt-out written back to it.
+    consent_owner: Side = Side.MARKETO
     batch_size: int = Field(default=300, gt=0, le=300)
     schedule: str = "*/5 * * * *"
     priority: int = Field(default=50, ge=0)

@@ -23,6 +23,7 @@ import pandas as pd
 from crm_sync.config import DeletePolicy, Direction, EntityConfig
 from crm_sync.transforms import (
     CONFLICT_COLUMNS,
+    CONSENT_COLUMNS,
     DYNAMICS_ID,
     MARKETO_ID,
     apply_sync_filter,
@@ -96,6 +97,11 @@ def empty_links() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in LINK_FRAME_COLUMNS})
 
 
+def empty_consents() -> pd.DataFrame:
+    """A consent frame with no rows."""
+    return pd.DataFrame({c: pd.Series(dtype="str") for c in CONSENT_COLUMNS})
+
+
 def empty_conflicts() -> pd.DataFrame:
     """A conflict frame with no rows."""
     return pd.DataFrame({c: pd.Series(dtype="str") for c in CONFLICT_COLUMNS})
@@ -110,6 +116,7 @@ class BatchPlan:
         links: Columns :data:`LINK_FRAME_COLUMNS` (``field_hashes`` as JSON text).
         errors: The transforms' errors frame (invalid records).
         conflicts: The conflict log rows.
+        consents: The consent log rows (opt-outs and re-subscribes seen on consent fields).
         stale_ids: Linked records whose sync filter switched to No (stop updating them).
         settled_m2d: Marketo ids of valid Marketo records that need no write into Dataverse
             (their values are there already, or Dataverse wins): an earlier M→D error of
@@ -121,6 +128,7 @@ class BatchPlan:
     links: pd.DataFrame = field(default_factory=empty_links)
     errors: pd.DataFrame = field(default_factory=empty_errors)
     conflicts: pd.DataFrame = field(default_factory=empty_conflicts)
+    consents: pd.DataFrame = field(default_factory=empty_consents)
     stale_ids: list[str] = field(default_factory=list)
     settled_m2d: list[str] = field(default_factory=list)
     filter_values: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -284,6 +292,7 @@ def plan_changes(
         links=_link_frame(entity, resolution, written, canonical, filter_values),
         errors=errors,
         conflicts=resolution.conflicts,
+        consents=resolution.consents,
         stale_ids=stale,
         settled_m2d=settled,
         counts=counts,

@@ -16,7 +16,14 @@ import pandas as pd
 
 from crm_sync.config import Direction
 from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes, plan_new_persons
-from crm_sync.state import log_conflicts, lookup_links, record_errors, resolve_errors, session_scope
+from crm_sync.state import (
+    log_conflicts,
+    log_consents,
+    lookup_links,
+    record_errors,
+    resolve_errors,
+    session_scope,
+)
 from crm_sync.state.idmap import upsert_links
 from crm_sync.transforms import ID_MAP_COLUMNS, flagged_unlinked, persons_for_entity
 from crm_sync.transforms.casts import as_string
@@ -175,11 +182,13 @@ def _new_person_plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str,
 
 
 def _record(session: Session, entity: EntityConfig, plan: BatchPlan, run_id: str) -> None:
-    """Store what the plan found out before any write: errors, conflicts, filter switches."""
+    """Store what the plan found out before any write: errors, conflicts, consents, filter switches."""
     if len(plan.errors):
         record_errors(session, plan.errors, run_id=run_id)
     if len(plan.conflicts):
         log_conflicts(session, plan.conflicts, run_id=run_id)
+    if len(plan.consents):
+        log_consents(session, plan.consents, run_id=run_id)
     if plan.settled_m2d:
         resolve_errors(session, entity.name, Direction.M2D.value, plan.settled_m2d)
     if plan.stale_ids:

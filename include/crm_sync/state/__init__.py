@@ -34,7 +34,14 @@ from crm_sync.state.errors import (
 )
 from crm_sync.state.identity import IdentityMismatchError, check_identity, rebaseline
 from crm_sync.state.idmap import LINK_COLUMNS, lookup_links, set_link_state, upsert_links
-from crm_sync.state.ledger import RunCounts, conflict_rows, ledger_rows, log_conflicts, write_ledger
+from crm_sync.state.ledger import (
+    RunCounts,
+    conflict_rows,
+    ledger_rows,
+    log_conflicts,
+    log_consents,
+    write_ledger,
+)
 from crm_sync.state.watermarks import get_watermark, set_watermark
 
 __all__ = [
@@ -50,6 +57,7 @@ __all__ = [
     "get_watermark",
     "ledger_rows",
     "log_conflicts",
+    "log_consents",
     "lookup_links",
     "make_engine",
     "open_errors",

@@ -1,7 +1,8 @@
-"""Run ledger (counts per run, entity and direction) and the conflict log."""
+"""Run ledger (counts per run, entity and direction), the conflict log and the consent log."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -9,14 +10,17 @@ import pandas as pd
 from sqlalchemy import select
 
 from crm_sync.state.db import as_utc, upsert, utcnow
-from crm_sync.state.models import ConflictLog, RunLedger
+from crm_sync.state.models import ConflictLog, ConsentLog, RunLedger
 
 if TYPE_CHECKING:
     from datetime import datetime
 
     from sqlalchemy.orm import Session
 
+log = logging.getLogger(__name__)
+
 CONFLICT_KEY = ("run_id", "entity", "record_key", "field")
+CONSENT_KEY = CONFLICT_KEY
 
 
 @dataclass
@@ -77,6 +81,31 @@ def log_conflicts(
         for v in ("marketo_value", "dynamics_value"):
             r[v] = None if r[v] is None else str(r[v])
     return upsert(session, ConflictLog, rows, keys=CONFLICT_KEY)
+
+
+def log_consents(session: Session, consents: pd.DataFrame, *, run_id: str, at: datetime | None = None) -> int:
+    """Store consent rows (the merge's consent frame); a repeat in the same run is ignored.
+
+    Returns:
+        Number of rows sent.
+    """
+    if consents.empty:
+        return 0
+    cols = ["entity", "record_key", "field", "marketo_value", "dynamics_value", "changed_in", "outcome"]
+    plain = consents[cols].astype(object).where(consents[cols].notna(), None)
+    when = at or utcnow()
+    rows = [
+        {**r, "record_key": str(r["record_key"]), "run_id": run_id, "at": when}
+        for r in plain.to_dict("records")
+    ]
+    for r in rows:
+        log.info(
+            "consent %s %s.%s: %s (changed in %s; Marketo %s, Dynamics %s)",
+            *(r[k] for k in ("entity", "record_key", "field", "outcome", "changed_in")),
+            r["marketo_value"],
+            r["dynamics_value"],
+        )
+    return upsert(session, ConsentLog, rows, keys=CONSENT_KEY)
 
 
 def conflict_rows(session: Session, *, entity: str | None = None, run_id: str | None = None) -> pd.DataFrame:

@@ -140,6 +140,29 @@ class ConflictLog(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ConsentLog(Base):
+    """An opt-out or re-subscribe the sync saw on a consent field, with both sides' values.
+
+    ``changed_in`` is the side (or ``both``) where it changed since the last sync; ``outcome``
+    is ``opt_out`` (carried to the other side), ``resubscribe`` (carried from the consent owner's
+    side) or ``resubscribe_refused`` (not carried; the opt-out written back).
+    """
+
+    __tablename__ = "consent_log"
+    __table_args__ = (UniqueConstraint("run_id", "entity", "record_key", "field"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(250))
+    entity: Mapped[str] = mapped_column(String(64))
+    record_key: Mapped[str] = mapped_column(String(64))
+    field: Mapped[str] = mapped_column(String(128))
+    marketo_value: Mapped[str | None] = mapped_column(Text)
+    dynamics_value: Mapped[str | None] = mapped_column(Text)
+    changed_in: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class SyncIdentity(Base):
     """The Dataverse organization id / Marketo munchkin id this state store belongs to."""
 

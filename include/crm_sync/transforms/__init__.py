@@ -14,7 +14,13 @@ Typical D→M use for one batch::
 from __future__ import annotations
 
 from crm_sync.transforms.casts import EMAIL_PATTERN, CastResult, to_canonical, to_dynamics_values
-from crm_sync.transforms.conflicts import CONFLICT_COLUMNS, Resolution, resolve_changes, tracked_columns
+from crm_sync.transforms.conflicts import (
+    CONFLICT_COLUMNS,
+    CONSENT_COLUMNS,
+    Resolution,
+    resolve_changes,
+    tracked_columns,
+)
 from crm_sync.transforms.dedup import classify_email_matches
 from crm_sync.transforms.errors import ERROR_COLUMNS, SchemaError, TransformResult
 from crm_sync.transforms.filters import apply_sync_filter, filter_transitions, filter_values, sync_filter_mask
@@ -34,6 +40,7 @@ from crm_sync.transforms.persons import flagged_unlinked, persons_for_entity
 
 __all__ = [
     "CONFLICT_COLUMNS",
+    "CONSENT_COLUMNS",
     "DYNAMICS_ID",
     "EMAIL_PATTERN",
     "ERROR_COLUMNS",

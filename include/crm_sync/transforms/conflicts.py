@@ -10,11 +10,18 @@ For each record (by Dataverse GUID) and mapped field:
 * changed on both sides to the same value, or not changed at all → nothing is written. This
   is also what suppresses echoes: a value the sync wrote is the last synced value, so reading
   it back is not a change.
+
+Consent fields (``opt_out: true`` in the YAML, true = do not contact) follow their own rule,
+whatever the conflict winner: an opt-out made on either side is always carried to the other; a
+re-subscribe (opted out at the last sync, not any more) is carried only from the entity's
+``consent_owner`` side. A re-subscribe on the other side is refused: nothing goes to the owner,
+and the opt-out is written back to the side that dropped it, so the two never disagree. Every
+opt-out and re-subscribe the merge sees is a row of the consent log, with both sides' values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -23,6 +30,13 @@ from crm_sync.transforms.hashing import changed, field_hashes
 from crm_sync.transforms.mapping import DYNAMICS_ID
 
 CONFLICT_COLUMNS = ["entity", "record_key", "field", "marketo_value", "dynamics_value", "winner"]
+CONSENT_COLUMNS = [
+    "entity", "record_key", "field", "marketo_value", "dynamics_value", "changed_in", "outcome"
+]  # fmt: skip
+# Consent log outcomes.
+OPT_OUT = "opt_out"  # an opt-out carried to the other side
+RESUBSCRIBE = "resubscribe"  # a re-subscribe on the consent owner's side, carried across
+RESUBSCRIBE_REFUSED = "resubscribe_refused"  # a re-subscribe elsewhere: opt-out written back
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,7 @@ class Resolution:
         agreed: Field hashes both sides will hold once the writes succeed (store them in the
             id map for each record whose writes succeeded).
         conflicts: Columns :data:`CONFLICT_COLUMNS`.
+        consents: Columns :data:`CONSENT_COLUMNS`: the opt-outs and re-subscribes seen.
     """
 
     to_marketo: pd.DataFrame
@@ -48,6 +63,7 @@ class Resolution:
     to_dynamics_mask: pd.DataFrame
     agreed: pd.DataFrame
     conflicts: pd.DataFrame
+    consents: pd.DataFrame = field(default_factory=lambda: _empty(CONSENT_COLUMNS))
 
     @property
     def marketo_ids(self) -> pd.Index:
@@ -64,6 +80,10 @@ class Resolution:
         """Records that need no write either way (echoes and no-op changes)."""
         idle = ~(self.to_marketo_mask.any(axis=1) | self.to_dynamics_mask.any(axis=1))
         return idle.index[idle.to_numpy()]
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="str") for c in columns})
 
 
 def _by_key(frame: pd.DataFrame | None, index: pd.Index | None = None) -> pd.DataFrame:
@@ -129,6 +149,10 @@ def resolve_changes(
     to_d = pd.DataFrame(False, index=keys, columns=names)
     agreed = last_h.copy()
     conflict_parts = []
+    opt_out = {f.name for f in entity.fields if f.opt_out}
+    consent_parts: list[pd.DataFrame] = []
+    write_back_m: dict[str, pd.Series] = {}
+    write_back_d: dict[str, pd.Series] = {}
     for n, flow, winner in tracked:
         dc = (d_changed[n] & in_d) if (n in d_changed and flow.includes(Direction.D2M)) else in_d & False
         mc = (m_changed[n] & in_m) if (n in m_changed and flow.includes(Direction.M2D)) else in_m & False
@@ -141,6 +165,15 @@ def resolve_changes(
             agreed[n] = agreed[n].mask(to_m[n] | same, hd[n])
         if n in hm:
             agreed[n] = agreed[n].mask(to_d[n], hm[n])
+        if n in opt_out:
+            consent = _opt_out_rule(entity, n, flow, dc, mc, d_vals, m_vals, last_h[n], keys)
+            to_m[n] = (to_m[n] | consent.send_m) & ~consent.keep_m
+            to_d[n] = (to_d[n] | consent.send_d) & ~consent.keep_d
+            agreed[n] = agreed[n].mask(consent.settled_out, consent.out_hash)
+            write_back_m |= {n: consent.back_m}
+            write_back_d |= {n: consent.back_d}
+            if len(consent.rows):
+                consent_parts.append(consent.rows)
         if conflict.any():
             ids = keys[conflict.to_numpy()]
             conflict_parts.append(
@@ -161,10 +194,132 @@ def resolve_changes(
         else pd.DataFrame({c: pd.Series(dtype="str") for c in CONFLICT_COLUMNS})
     )
     return Resolution(
-        to_marketo=d.reindex(index=keys),
+        to_marketo=_with_opt_outs(d.reindex(index=keys), write_back_m, entity, marketo_side=True),
         to_marketo_mask=to_m,
-        to_dynamics=m.reindex(index=keys),
+        to_dynamics=_with_opt_outs(m.reindex(index=keys), write_back_d, entity, marketo_side=False),
         to_dynamics_mask=to_d,
         agreed=agreed,
         conflicts=conflicts,
+        consents=pd.concat(consent_parts, ignore_index=True) if consent_parts else _empty(CONSENT_COLUMNS),
     )
+
+
+@dataclass(frozen=True)
+class _Consent:
+    """The opt-out rule's verdict on one consent field of one batch (all Series by record key).
+
+    ``send_m``/``send_d``: cells to write to Marketo/Dynamics whatever the conflict rule said;
+    ``keep_m``/``keep_d``: cells never to write there (a refused re-subscribe, or a value that
+    would undo an opt-out); ``back_m``/``back_d``: cells whose written value is the opt-out itself
+    (written back to the side that dropped it); ``settled_out``: records both sides hold opted out
+    once the writes succeed (``out_hash`` is the hash of that value).
+    """
+
+    send_m: pd.Series
+    send_d: pd.Series
+    keep_m: pd.Series
+    keep_d: pd.Series
+    back_m: pd.Series
+    back_d: pd.Series
+    settled_out: pd.Series
+    out_hash: int
+    rows: pd.DataFrame
+
+
+def _opted_out(values: pd.DataFrame, name: str, keys: pd.Index) -> pd.Series:
+    if name not in values:
+        return pd.Series(False, index=keys)
+    return values[name].astype("boolean").eq(True).fillna(False).astype(bool)
+
+
+def _opt_out_rule(
+    entity: EntityConfig,
+    name: str,
+    flow: Direction,
+    d_changed: pd.Series,
+    m_changed: pd.Series,
+    d_vals: pd.DataFrame,
+    m_vals: pd.DataFrame,
+    last: pd.Series,
+    keys: pd.Index,
+) -> _Consent:
+    """Apply the consent rule (module docstring) to the opt-out field ``name``."""
+    # Hashed as the canonical column is typed (the "boolean" cast), as the stored hashes were.
+    typed = d_vals[name] if name in d_vals else m_vals.get(name)
+    dtype = typed.dtype if typed is not None else "boolean"
+    out_hash = int(field_hashes(pd.DataFrame({name: pd.Series([True], dtype=dtype)}), [name])[name].iloc[0])
+    was_out = last.eq(out_hash).fillna(False).astype(bool)
+    d_out, m_out = _opted_out(d_vals, name, keys), _opted_out(m_vals, name, keys)
+    d_optout, m_optout = d_changed & d_out & ~was_out, m_changed & m_out & ~was_out
+    d_resub, m_resub = d_changed & ~d_out & was_out, m_changed & ~m_out & was_out
+    owner = entity.consent_owner
+    d_refused = d_resub & ~((owner is Side.DYNAMICS) & ~m_optout)
+    m_refused = m_resub & ~((owner is Side.MARKETO) & ~d_optout)
+    to_marketo_ok, to_dynamics_ok = flow.includes(Direction.D2M), flow.includes(Direction.M2D)
+    back_m = m_refused & ~d_optout & to_marketo_ok
+    back_d = d_refused & ~m_optout & to_dynamics_ok
+    # An opt-out reaches the other side even where that side's (different) change won a conflict.
+    send_m = (d_optout & ~(m_changed & m_out) & to_marketo_ok) | back_m
+    send_d = (m_optout & ~(d_changed & d_out) & to_dynamics_ok) | back_d
+    # Never carry a value that drops an opt-out: a refused re-subscribe, or any "not opted out"
+    # against an opt-out made on the other side in the same batch.
+    keep_m = (d_refused | (m_optout & d_changed & ~d_out)) & ~back_m
+    keep_d = (m_refused | (d_optout & m_changed & ~m_out)) & ~back_d
+    settled_out = d_optout | m_optout | d_refused | m_refused
+    seen = d_optout | m_optout | d_resub | m_resub
+    rows = pd.DataFrame(columns=CONSENT_COLUMNS)
+    if seen.any():
+        ids = keys[seen.to_numpy()]
+        changed_in = pd.Series("marketo", index=keys).mask(d_changed & ~m_changed, "dynamics")
+        changed_in = changed_in.mask(d_changed & m_changed, "both")
+        outcome = pd.Series(OPT_OUT, index=keys).mask(d_resub | m_resub, RESUBSCRIBE)
+        outcome = outcome.mask((d_refused | m_refused) & ~(d_optout | m_optout), RESUBSCRIBE_REFUSED)
+        rows = pd.DataFrame(
+            {
+                "entity": entity.name,
+                "record_key": ids,
+                "field": name,
+                "marketo_value": _side_value(m_vals, name, ids, was_out),
+                "dynamics_value": _side_value(d_vals, name, ids, was_out),
+                "changed_in": changed_in.loc[ids].to_numpy(),
+                "outcome": outcome.loc[ids].to_numpy(),
+            }
+        )
+    return _Consent(send_m, send_d, keep_m, keep_d, back_m, back_d, settled_out, out_hash, rows)
+
+
+def _side_value(values: pd.DataFrame, name: str, ids: pd.Index, was_out: pd.Series) -> list[str | None]:
+    """Each record's value on one side as text; a side not read in this batch still holds the
+    last synced value, which for a consent row is known only when it was the opt-out."""
+    read = values[name].loc[ids] if name in values else pd.Series(pd.NA, index=ids)
+    out: list[str | None] = []
+    for key, value in read.items():
+        if pd.isna(value):
+            out.append("True" if bool(was_out.loc[key]) else None)
+        else:
+            out.append(str(bool(value)))
+    return out
+
+
+def _with_opt_outs(
+    values: pd.DataFrame, back: dict[str, pd.Series], entity: EntityConfig, *, marketo_side: bool
+) -> pd.DataFrame:
+    """Put the opt-out value in the cells written back; a Marketo write-back of a record Dynamics
+    did not send in this batch also needs the person's key and type (sent with every write)."""
+    marked = {n: b for n, b in back.items() if b.any()}
+    if not marked:
+        return values
+    values = values.copy()
+    for name, cells in marked.items():
+        if name not in values:
+            values[name] = pd.array([pd.NA] * len(values), dtype="boolean")
+        values[name] = values[name].astype("boolean").mask(cells.to_numpy(), True)
+        if marketo_side:
+            rows = cells.to_numpy()
+            fill = {entity.marketo.key: pd.Series(values.index.astype(str), index=values.index)}
+            if entity.marketo.type_field and entity.marketo.person_type:
+                fill[entity.marketo.type_field] = pd.Series(entity.marketo.person_type, index=values.index)
+            for column, filler in fill.items():
+                current = values[column] if column in values else pd.Series(None, index=values.index)
+                values[column] = current.astype(object).mask(rows & current.isna().to_numpy(), filler)
+    return values

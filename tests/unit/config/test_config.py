@@ -113,6 +113,10 @@ def test_a_new_yaml_file_adds_an_entity(tmp_path):
             r"fields\[0\] \(widgetName\): direction m2d",
         ),
         (("api_name: widget_c, ", ""), r"marketo: Value error, object custom_object needs api_name"),
+        (
+            ("new_name, required: true", "new_name, opt_out: true"),
+            r"fields\[0\]: Value error, opt_out needs cast boolean",
+        ),
         (("name: widget", "name: gadget"), r"name: 'gadget' must equal the file name 'widget'"),
     ],
 )
@@ -148,3 +152,16 @@ def test_broken_yaml_is_reported(tmp_path):
 def test_empty_directory_is_reported(tmp_path):
     with pytest.raises(ConfigError, match="no entity"):
         load_entities(tmp_path)
+
+
+def test_persons_mark_their_do_not_contact_flags_and_marketo_owns_consent(entities):
+    for name in ("lead", "contact"):
+        entity = entities[name]
+        assert {f.marketo for f in entity.fields if f.opt_out} == {
+            "unsubscribed",
+            "msdDoNotEmail",
+            "doNotCall",
+            "msdDoNotFax",
+            "msdDoNotSendMarketingMaterial",
+        }
+        assert entity.consent_owner.value == "marketo"

@@ -109,3 +109,64 @@ def test_agreed_hashes_make_the_next_run_quiet(lead):
     stored = hashes_frame([{k: int(v) for k, v in first.agreed.loc["r1"].dropna().items()}], ["r1"])
     again = resolve_changes(lead, canon("r1", **final), canon("r1", **final), stored)
     assert again.unchanged_ids.tolist() == ["r1"]
+
+
+# --- consent fields (opt_out: true) -------------------------------------------------------------
+
+
+def flags(key, **values):
+    """A canonical row of consent flags (pandas "boolean", as the boolean cast gives them)."""
+    columns = {k: pd.array([v], dtype="boolean") for k, v in values.items()}
+    return pd.DataFrame({"dynamics_id": [key], **columns})
+
+
+def flags_synced(**values):
+    return field_hashes(flags("r1", **values).set_index("dynamics_id"), list(values))
+
+
+def test_an_opt_out_wins_even_where_the_other_side_wins_conflicts(lead):
+    # Marketo wins lead conflicts, but Dynamics opted out while Marketo cleared the flag.
+    res = resolve_changes(
+        lead, flags("r1", unsubscribed=True), flags("r1", unsubscribed=False), flags_synced(unsubscribed=None)
+    )
+    assert bool(res.to_marketo_mask.loc["r1", "unsubscribed"]) is True
+    assert bool(res.to_marketo.loc["r1", "unsubscribed"]) is True
+    assert not res.to_dynamics_mask.loc["r1", "unsubscribed"]
+    assert res.agreed.loc["r1", "unsubscribed"] == flags_synced(unsubscribed=True).loc["r1", "unsubscribed"]
+    logged = res.consents[["field", "changed_in", "outcome", "marketo_value", "dynamics_value"]]
+    assert logged.values.tolist() == [["unsubscribed", "both", "opt_out", "False", "True"]]
+
+
+def test_a_resubscribe_outside_the_owner_is_refused_and_the_opt_out_written_back(contact):
+    # Contacts: Dynamics wins conflicts, Marketo owns consent. Dynamics dropped the opt-out.
+    res = resolve_changes(contact, flags("r1", unsubscribed=False), None, flags_synced(unsubscribed=True))
+    assert not res.to_marketo_mask.loc["r1"].any(), "nothing goes to Marketo"
+    assert res.to_dynamics_mask.loc["r1"].loc[lambda s: s].index.tolist() == ["unsubscribed"]
+    assert bool(res.to_dynamics.loc["r1", "unsubscribed"]) is True
+    assert res.consents[["changed_in", "outcome", "marketo_value", "dynamics_value"]].values.tolist() == [
+        ["dynamics", "resubscribe_refused", "True", "False"]
+    ]
+
+
+def test_the_owner_side_resubscribes(contact):
+    res = resolve_changes(contact, None, flags("r1", unsubscribed=False), flags_synced(unsubscribed=True))
+    assert res.to_dynamics_mask.loc["r1", "unsubscribed"]
+    assert bool(res.to_dynamics.loc["r1", "unsubscribed"]) is False
+    assert res.consents["outcome"].tolist() == ["resubscribe"]
+
+
+def test_a_write_back_to_marketo_carries_the_person_key_and_type(contact):
+    # With Dynamics owning consent, a re-subscribe made in Marketo is written back to Marketo,
+    # though Dynamics sent nothing for the record in this batch.
+    owned = contact.model_copy(update={"consent_owner": "dynamics"})
+    res = resolve_changes(owned, None, flags("r1", unsubscribed=False), flags_synced(unsubscribed=True))
+    assert res.to_marketo_mask.loc["r1"].loc[lambda s: s].index.tolist() == ["unsubscribed"]
+    assert not res.to_dynamics_mask.loc["r1"].any()
+    row = res.to_marketo.loc["r1"]
+    assert (bool(row["unsubscribed"]), row["externalPersonId"], row["msdType"]) == (True, "r1", "Contact")
+
+
+def test_a_flag_unchanged_since_the_last_sync_is_no_consent_event(contact):
+    res = resolve_changes(contact, flags("r1", unsubscribed=True), None, flags_synced(unsubscribed=True))
+    assert res.consents.empty
+    assert res.unchanged_ids.tolist() == ["r1"]
