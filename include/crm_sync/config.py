@@ -221,6 +221,10 @@ class EntityConfig(_Strict):
     # The side whose re-subscribe (an opt_out field going back to false) the sync carries to the
     # other side; a re-subscribe on the other side is refused and the opt-out written back to it.
     consent_owner: Side = Side.MARKETO
+    # A linked Marketo person that is gone from Marketo (deleted or merged away there) when a
+    # Dynamics change reaches it: false reports it (a parked record error) and creates nothing;
+    # true re-creates it from the whole Dataverse record on the error's retry (§2.8).
+    recreate_deleted: bool = False
     batch_size: int = Field(default=300, gt=0, le=300)
     schedule: str = "*/5 * * * *"
     priority: int = Field(default=50, ge=0)

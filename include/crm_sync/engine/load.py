@@ -24,11 +24,21 @@ from crm_sync.engine.plan import (
     MARKETO_ROLE_UPSERT,
     MARKETO_UPSERT,
 )
-from crm_sync.state import record_errors, resolve_errors, session_scope, set_link_state, upsert_links
+from crm_sync.state import (
+    park_errors,
+    record_errors,
+    resolve_errors,
+    retry_now,
+    session_scope,
+    set_link_state,
+    upsert_links,
+)
 from crm_sync.transforms import DYNAMICS_ID, MARKETO_ID
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from sqlalchemy.orm import Session
 
     from crm_sync.engine.clients import DynamicsClient, MarketoClient
     from crm_sync.engine.extract import RunContext
@@ -96,6 +106,8 @@ def _write(
         if is_person:
             return marketo.sync_leads(payloads, action="createOrUpdate", lookup_field=key)
         return marketo.sync_objects(marketo_object_path(entity), payloads, required_fields=[key])
+    if op == MARKETO_UPDATE_LINKED:
+        return marketo.sync_leads(payloads, action="updateOnly", lookup_field=key)
     if op == MARKETO_FLAG_DELETED:
         return marketo.sync_leads(payloads, action="updateOnly", lookup_field=key)
     if op == MARKETO_LINK:
@@ -107,6 +119,68 @@ def _write(
             raise ValueError(f"{entity.name}: persons are never deleted, only flagged")
         return marketo.delete_objects(marketo_object_path(entity), payloads, delete_by="dedupeFields")
     raise ValueError(f"{entity.name}: unknown staged operation {op!r}")
+
+
+# Not a staged operation: how the load sends the MARKETO_UPSERT payloads of persons already linked
+# to a Marketo person. Their payloads hold the changed fields only, so they must never create a
+# person (Marketo would make a half-empty one if the linked person was deleted there): updateOnly,
+# and "Lead not found" means the person is gone from Marketo.
+MARKETO_UPDATE_LINKED = "marketo_update_linked"
+_PERSON_GONE = "1004"
+
+
+def _write_persons(
+    entity: EntityConfig,
+    payloads: list[dict[str, Any]],
+    ids: Sequence[str],
+    linked: dict[str, str],
+    marketo: MarketoClient | None,
+) -> tuple[list[WriteResult], set[str]]:
+    """Write person upserts: linked persons by ``updateOnly``, new ones by ``createOrUpdate``.
+
+    Returns:
+        The results in the order of ``payloads``, and the GUIDs whose linked person Marketo no
+        longer has.
+    """
+    update = [i for i, did in enumerate(ids) if did in linked]
+    create = [i for i, did in enumerate(ids) if did not in linked]
+    results: dict[int, WriteResult] = {}
+    for positions, op in ((update, MARKETO_UPDATE_LINKED), (create, MARKETO_UPSERT)):
+        if positions:
+            written = _write(entity, op, [payloads[i] for i in positions], marketo, None)
+            results.update(zip(positions, written, strict=True))
+    gone = {ids[i] for i in update if not results[i].ok and (results[i].code or "") == _PERSON_GONE}
+    return [results[i] for i in range(len(payloads))], gone
+
+
+DELETED_IN_MARKETO = "deleted_in_marketo"
+
+
+def _gone_reason(entity: EntityConfig, marketo_id: str | None) -> str:
+    person = f"Marketo person {marketo_id}" if marketo_id else "the linked Marketo person"
+    if entity.recreate_deleted:
+        return f"{person} is gone from Marketo; the next retry re-creates it from the whole record"
+    return (
+        f"{person} is gone from Marketo (deleted or merged away there); not re-created "
+        f"(recreate_deleted: true in {entity.name}.yaml re-creates such persons)"
+    )
+
+
+def _person_deleted_in_marketo(session: Session, entity: EntityConfig, guids: list[str]) -> None:
+    """Report linked persons that Marketo no longer has: parked, or forgotten to be re-created.
+
+    With ``recreate_deleted`` the link forgets the person and the values synced, and the error is
+    due at once, so the next run's retry re-reads the Dataverse record and sends it whole (a new
+    person, never a half-empty one); otherwise the error is parked at once: listed by the status
+    page and ``python -m crm_sync.state parked``, never retried, and nothing is created in Marketo.
+    """
+    log.warning("%s: %d linked persons are gone from Marketo: %s", entity.name, len(guids), guids[:10])
+    if entity.recreate_deleted:
+        forgotten = [{"dynamics_id": g, "marketo_id": None, "field_hashes": None} for g in guids]
+        upsert_links(session, entity.name, forgotten)
+        retry_now(session, entity.name, Direction.D2M.value, guids)
+    else:
+        park_errors(session, entity.name, Direction.D2M.value, guids)
 
 
 def _ok(op: str, result: WriteResult) -> bool:
@@ -179,6 +253,7 @@ def load_batch(
     sent: dict[str, int] = {}
     person_ids = _marketo_ids_of(links)
     m2d: set[str] = set()  # records with a write into Dataverse in this batch
+    deleted_in_marketo: set[str] = set()  # linked persons Marketo no longer has
     unknown = set(ops["op"]) - set(OP_ORDER)
     if unknown:
         raise ValueError(f"{entity.name}: unknown staged operations {sorted(unknown)}")
@@ -190,7 +265,11 @@ def load_batch(
             continue
         payloads = [json.loads(p) for p in group["payload"]]
         ids: Sequence[str] = group[DYNAMICS_ID].astype(str).tolist()
-        results = _write(entity, name, payloads, marketo, dynamics)
+        if name == MARKETO_UPSERT and entity.marketo.object is MarketoObject.LEAD:
+            results, gone_in_marketo = _write_persons(entity, payloads, ids, person_ids, marketo)
+            deleted_in_marketo |= gone_in_marketo
+        else:
+            results = _write(entity, name, payloads, marketo, dynamics)
         sent[name] = len(payloads)
         direction = Direction.M2D if name in _M2D_OPS else Direction.D2M
         if direction is Direction.M2D:
@@ -203,14 +282,17 @@ def load_batch(
                 elif name in (MARKETO_UPSERT, MARKETO_LINK) and res.id:
                     marketo_ids[did] = str(res.id)
             else:
+                gone_person = name == MARKETO_UPSERT and did in deleted_in_marketo
                 failed.setdefault(did, []).append(
                     {
                         "entity": entity.name,
                         "direction": direction.value,
                         "record_id": person_ids.get(did, did) if direction is Direction.M2D else did,
                         "field": "",
-                        "code": res.code or res.status.value,
-                        "reason": res.reason or res.status.value,
+                        "code": DELETED_IN_MARKETO if gone_person else res.code or res.status.value,
+                        "reason": _gone_reason(entity, person_ids.get(did))
+                        if gone_person
+                        else res.reason or res.status.value,
                     }
                 )
     ok_ids = done - set(failed)
@@ -232,6 +314,8 @@ def load_batch(
         if failed:
             errors = pd.DataFrame([e for rows in failed.values() for e in rows])
             record_errors(session, errors, run_id=ctx.run_id)
+        if deleted_in_marketo:
+            _person_deleted_in_marketo(session, entity, sorted(deleted_in_marketo))
     outcome = {"name": batch["name"], "loaded": len(ok_ids), "failed": len(failed), "calls": sent}
     folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "plans" / batch["name"]
     ctx.staging.write_json(folder, OUTCOME, outcome)

@@ -9,8 +9,9 @@ becomes a record error due now, the same way a failed record is retried, so the 
   field that flows one way only, its stored hash is dropped, so the source side's value is
   written again even when only the target side was changed.
 * ``missing_in_marketo``: the Dataverse record is re-queued; a link whose Marketo record is
-  gone loses its stored hashes, so every field is written (the upsert by key creates it); a
-  person the sync had flagged deleted for it gets the flag cleared.
+  gone loses its stored hashes (and a person link its Marketo id), so every field is written
+  (the upsert by key creates it); a person the sync had flagged deleted for it gets the flag
+  cleared.
 * ``orphan``: the Dataverse GUID is re-queued; the extract finds it gone and stages it as a
   delete, so the entity's delete policy applies (persons flagged deleted, never deleted).
 * ``missing_in_dynamics``: the flagged Marketo person is re-queued (created or linked by email).
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
-from crm_sync.config import Direction, EntityConfig
+from crm_sync.config import Direction, EntityConfig, MarketoObject
 from crm_sync.reconcile.compare import (
     DIVERGENT,
     DUPLICATE_IN_DYNAMICS,
@@ -104,18 +105,27 @@ def _one_way_fields(entity: EntityConfig) -> set[str]:
 
 
 def _forget_hashes(session: Session, entity: EntityConfig, drop: Mapping[str, set[str] | None]) -> None:
-    """Drop stored field hashes (all of a record's with None) so the next merge writes them."""
+    """Drop stored field hashes (all of a record's with None) so the next merge writes them.
+
+    A person to be written in full also loses its Marketo id: a linked person's changes are sent
+    by ``updateOnly`` (never creating one), so only an unlinked record is created by its key.
+    """
     links = lookup_links(session, entity.name, dynamics_ids=list(drop))
-    rows = []
+    whole: list[dict[str, Any]] = []
+    some: list[dict[str, Any]] = []
+    person = entity.marketo.object is MarketoObject.LEAD
     for did, stored in zip(links["dynamics_id"], links["field_hashes"], strict=True):
         fields = drop[str(did)]
-        if fields is None or not isinstance(stored, dict):
-            rows.append({"dynamics_id": did, "field_hashes": None})
+        if fields is None:
+            forget: dict[str, Any] = {"marketo_id": None} if person else {}
+            whole.append({"dynamics_id": did, "field_hashes": None, **forget})
+        elif not isinstance(stored, dict):
+            some.append({"dynamics_id": did, "field_hashes": None})
         else:
-            rows.append(
-                {"dynamics_id": did, "field_hashes": {k: v for k, v in stored.items() if k not in fields}}
-            )
-    upsert_links(session, entity.name, rows)
+            kept = {k: v for k, v in stored.items() if k not in fields}
+            some.append({"dynamics_id": did, "field_hashes": kept})
+    for rows in (whole, some):  # separate writes: a row without marketo_id must not clear it
+        upsert_links(session, entity.name, rows)
 
 
 def repair(

@@ -31,6 +31,7 @@ from crm_sync.state.errors import (
     record_errors,
     requeue_errors,
     resolve_errors,
+    retry_now,
 )
 from crm_sync.state.identity import IdentityMismatchError, check_identity, rebaseline
 from crm_sync.state.idmap import LINK_COLUMNS, lookup_links, set_link_state, upsert_links
@@ -68,6 +69,7 @@ __all__ = [
     "record_errors",
     "requeue_errors",
     "resolve_errors",
+    "retry_now",
     "session_scope",
     "set_link_state",
     "set_watermark",

@@ -151,32 +151,41 @@ def _open(entity: str | None, direction: str | None) -> list[Any]:
     return conds
 
 
+def _update_open(
+    session: Session, entity: str, direction: str, source_ids: Iterable[str], *conds: Any, **values: Any
+) -> int:
+    """Set ``values`` on the open errors of these records (and ``conds``); returns rows changed."""
+    changed = 0
+    for part in chunks(sorted({str(s) for s in source_ids})):
+        result = session.execute(
+            update(RecordError)
+            .where(*_open(entity, direction), RecordError.source_id.in_(part), *conds)
+            .values(**values)
+        )
+        changed += int(getattr(result, "rowcount", 0) or 0)
+    return changed
+
+
 def resolve_errors(
     session: Session, entity: str, direction: str, source_ids: Iterable[str], now: datetime | None = None
 ) -> int:
     """Mark every open error of these records resolved (they synced); returns rows changed."""
-    changed = 0
-    for part in chunks(sorted({str(s) for s in source_ids})):
-        result = session.execute(
-            update(RecordError)
-            .where(*_open(entity, direction), RecordError.source_id.in_(part))
-            .values(resolved_at=now or utcnow(), parked=False, next_attempt_at=None)
-        )
-        changed += int(getattr(result, "rowcount", 0) or 0)
-    return changed
+    done = {"resolved_at": now or utcnow(), "parked": False, "next_attempt_at": None}
+    return _update_open(session, entity, direction, source_ids, **done)
 
 
 def park_errors(session: Session, entity: str, direction: str, source_ids: Iterable[str]) -> int:
     """Park the open errors of these records now (e.g. a fatal, non-retriable API error)."""
-    changed = 0
-    for part in chunks(sorted({str(s) for s in source_ids})):
-        result = session.execute(
-            update(RecordError)
-            .where(*_open(entity, direction), RecordError.source_id.in_(part))
-            .values(parked=True, next_attempt_at=None)
-        )
-        changed += int(getattr(result, "rowcount", 0) or 0)
-    return changed
+    return _update_open(session, entity, direction, source_ids, parked=True, next_attempt_at=None)
+
+
+def retry_now(
+    session: Session, entity: str, direction: str, source_ids: Iterable[str], now: datetime | None = None
+) -> int:
+    """Make the open, unparked errors of these records due at once (the next run retries them)."""
+    return _update_open(
+        session, entity, direction, source_ids, RecordError.parked.is_(False), next_attempt_at=now or utcnow()
+    )
 
 
 def requeue_errors(

@@ -1,0 +1,114 @@
+"""A person deleted in Marketo is not re-created half-empty by the next Dynamics edit (§2.8).
+
+The defect this guards against: after ``POST /rest/v1/leads/delete.json`` of a synced lead's
+person and an edit of the lead in Dataverse, the next ``sync_lead`` sent the changed field only
+with ``createOrUpdate`` and Marketo made a new person holding the lead's key and that field (no
+email, no name). Now a linked person's changes go by ``updateOnly``: a person gone from Marketo
+is reported (a parked record error naming it) and created only where the YAML says
+``recreate_deleted: true``, then from the whole Dataverse record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from tests.e2e.conftest import SyncEnv
+
+pytestmark = pytest.mark.e2e
+
+FIELDS = ["id", "externalPersonId", "email", "firstName", "lastName", "title"]
+
+
+def _persons(env: SyncEnv, guid: str) -> list[dict[str, Any]]:
+    hook = env.mkto()
+    try:
+        return [r for page in hook.get_leads("externalPersonId", [guid], FIELDS) for r in page]
+    finally:
+        hook.close()
+
+
+def _delete_person(env: SyncEnv, lead_id: int) -> None:
+    hook = env.mkto()
+    try:
+        (result,) = hook.delete_leads([lead_id])
+        assert result.ok, result
+    finally:
+        hook.close()
+
+
+def _dyn_set(env: SyncEnv, guid: str, **values: Any) -> None:
+    hook = env.dyn()
+    try:
+        (result,) = hook.upsert_records("leads", [{"leadid": guid, **values}], ["leadid"], id_column="leadid")
+        assert result.ok, result
+    finally:
+        hook.close()
+
+
+def _errors(env: SyncEnv, guid: str) -> list[tuple[str, str, bool, Any]]:
+    with env.state().connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT code, message, parked, resolved_at FROM record_error "
+                "WHERE entity = 'lead' AND source_id = :guid ORDER BY id"
+            ),
+            {"guid": guid},
+        ).all()
+    return [(r[0], r[1], bool(r[2]), r[3]) for r in rows]
+
+
+def _synced_then_deleted_in_marketo(env: SyncEnv, guid: str) -> int:
+    _dyn_set(env, guid, firstname="Dana", lastname="Deleted", emailaddress1="dana@example.com")
+    env.run("sync_lead")
+    (person,) = _persons(env, guid)
+    _delete_person(env, int(person["id"]))
+    assert _persons(env, guid) == []
+    _dyn_set(env, guid, jobtitle="Buyer")  # the edit that used to re-create a half-person
+    return int(person["id"])
+
+
+def test_a_person_deleted_in_marketo_is_reported_not_recreated(
+    sync_env: SyncEnv, new_guid: Callable[[], str]
+) -> None:
+    dana = new_guid()
+    marketo_id = _synced_then_deleted_in_marketo(sync_env, dana)
+
+    sync_env.run("sync_lead")
+    assert _persons(sync_env, dana) == [], "nothing was created in Marketo"
+    ((code, reason, parked, resolved),) = _errors(sync_env, dana)
+    assert (code, parked, resolved) == ("deleted_in_marketo", True, None)
+    assert f"Marketo person {marketo_id}" in reason
+    assert "recreate_deleted" in reason
+
+    _dyn_set(sync_env, dana, jobtitle="Head buyer")
+    sync_env.run("sync_lead")
+    assert _persons(sync_env, dana) == [], "a later edit creates nothing either"
+    assert [e[0] for e in _errors(sync_env, dana)] == ["deleted_in_marketo"]
+
+
+def test_recreate_deleted_writes_the_whole_record(sync_env: SyncEnv, new_guid: Callable[[], str]) -> None:
+    lead_yaml = sync_env.entities_dir / "lead.yaml"
+    lead_yaml.write_text(
+        lead_yaml.read_text().replace("consent_owner:", "recreate_deleted: true\nconsent_owner:")
+    )
+    dana = new_guid()
+    old_id = _synced_then_deleted_in_marketo(sync_env, dana)
+
+    sync_env.run("sync_lead")  # finds the person gone: forgets the link, makes the retry due now
+    assert _persons(sync_env, dana) == []
+    sync_env.run("sync_lead")  # the retry re-reads the lead and sends it whole
+    (person,) = _persons(sync_env, dana)
+    assert int(person["id"]) != old_id
+    assert (person["email"], person["firstName"], person["lastName"], person["title"]) == (
+        "dana@example.com",
+        "Dana",
+        "Deleted",
+        "Buyer",
+    )
+    ((code, _, parked, resolved),) = _errors(sync_env, dana)
+    assert (code, parked) == ("deleted_in_marketo", False)
+    assert resolved is not None, "the re-creation settled the error"
