@@ -50,6 +50,22 @@ def token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:24]
 
 
+def replace_file(target: ObjectStoragePath, data: bytes) -> str:
+    """Write ``data`` to ``target`` through a temporary file and a rename (idempotent); its URL.
+
+    The temporary name is the writer's own, and the rename replaces the target in one step
+    (never unlink, then rename): two processes writing the same target at once (two entities
+    staging one feed chunk) each leave a whole file, the last rename winning, and neither can
+    remove the other's.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    with tmp.open("wb") as fh:
+        fh.write(data)
+    tmp.rename(target)
+    return str(target)
+
+
 @dataclass(frozen=True)
 class BatchRef:
     """A staged batch: where it is and how many rows it holds (what XCom carries).
@@ -110,18 +126,7 @@ class StagingArea:
 
     # --- writes ------------------------------------------------------------------------------
     def _replace(self, target: ObjectStoragePath, data: bytes) -> None:
-        """Write ``data`` to ``target`` through a temporary file and a rename (idempotent).
-
-        The temporary name is the writer's own, and the rename replaces the target in one step
-        (never unlink, then rename): two processes writing the same target at once (two entities
-        staging one feed chunk) each leave a whole file, the last rename winning, and neither can
-        remove the other's.
-        """
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        with tmp.open("wb") as fh:
-            fh.write(data)
-        tmp.rename(target)
+        replace_file(target, data)
 
     def write_frame(self, folder: ObjectStoragePath, name: str, frame: pd.DataFrame) -> BatchRef:
         """Stage ``frame`` as ``<folder>/<name>.parquet`` and return its reference.

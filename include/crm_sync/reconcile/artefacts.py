@@ -1,4 +1,8 @@
-"""The report as files next to the staged batches: a CSV of every finding and an HTML page."""
+"""The report as files next to the staged batches: a CSV of every finding and an HTML page.
+
+The CSV is meant to be opened in a spreadsheet: text cells a spreadsheet would run as a formula
+are written with a leading ``'`` (:func:`spreadsheet_safe`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import html
 import io
 from typing import TYPE_CHECKING
 
-from crm_sync.engine.staging import run_key
+from crm_sync.engine.staging import replace_file, run_key
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -19,15 +23,15 @@ def report_dir(root: ObjectStoragePath, run_id: str) -> ObjectStoragePath:
     return root / "reconcile" / run_key(run_id)
 
 
-def _write(target: ObjectStoragePath, data: bytes) -> str:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp"
-    with tmp.open("wb") as fh:
-        fh.write(data)
-    if target.exists():
-        target.unlink()
-    tmp.rename(target)
-    return str(target)
+# A spreadsheet runs a cell that starts with one of these (formula injection, CWE-1236).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula, prefixed with ``'`` so it stays text."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def report_html(report: Report, run_id: str) -> str:
@@ -56,7 +60,9 @@ def write_artefacts(root: ObjectStoragePath, report: Report, run_id: str) -> tup
     """Write ``differences.csv`` and ``report.html``; returns their URLs (a re-run replaces them)."""
     folder = report_dir(root, run_id)
     buffer = io.StringIO()
-    report.differences.to_csv(buffer, index=False)
-    csv_url = _write(folder / "differences.csv", buffer.getvalue().encode())
-    html_url = _write(folder / "report.html", report_html(report, run_id).encode())
+    # Values come from both CRMs, so anyone who can edit a record could plant a formula.
+    # RFC 4180 line ends: the csv writer then quotes any cell holding a CR or LF of its own.
+    report.differences.map(spreadsheet_safe).to_csv(buffer, index=False, lineterminator="\r\n")
+    csv_url = replace_file(folder / "differences.csv", buffer.getvalue().encode())
+    html_url = replace_file(folder / "report.html", report_html(report, run_id).encode())
     return csv_url, html_url
