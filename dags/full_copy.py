@@ -29,7 +29,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
 
-from crm_sync.config import load_entities
+from crm_sync.config import load_entities_each
 from crm_sync.dag_defaults import default_args
 from crm_sync.engine.full_copy import copy_order
 from crm_sync.engine.runner import entities_dir
@@ -49,7 +49,8 @@ def _settings() -> Any:
     return settings_from_airflow(str(get_current_context()["run_id"]))
 
 
-ENTITIES = load_entities(Path(entities_dir()))
+# A broken entity file is left out (dags/entity_files.py reports it as an import error).
+ENTITIES = load_entities_each(Path(entities_dir()))[0]
 
 with DAG(
     dag_id="full_copy",

@@ -9,7 +9,7 @@ raises :class:`ConfigError` naming the file and the key path (``fields[3].option
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -343,20 +343,55 @@ def load_entities(directory: Path = ENTITIES_DIR) -> dict[str, EntityConfig]:
         Entities by name, ordered by (priority, name): the dependency order of upserts.
 
     Raises:
-        ConfigError: A file is invalid, or a lookup/role/dependency names an unknown entity.
+        ConfigError: A file is invalid, or a lookup/role/dependency names an unknown entity
+            (every bad file named, one per line).
+    """
+    entities, errors = load_entities_each(directory)
+    if errors:
+        raise ConfigError("\n".join(errors.values()))
+    return entities
+
+
+def load_entities_each(directory: Path = ENTITIES_DIR) -> tuple[dict[str, EntityConfig], dict[str, str]]:
+    """Load each ``*.yaml`` in ``directory`` on its own: a bad file never hides the good ones.
+
+    A reference to an entity whose file exists but is invalid is not an error of the referring
+    entity (that file's own error says what is wrong); a reference to an entity with no file is.
+
+    Returns:
+        The valid entities by name, ordered by (priority, name), and the error of each invalid
+        file by its path (the message names the file and the key).
+
+    Raises:
+        ConfigError: The folder holds no entity file at all.
     """
     paths = sorted(directory.glob("*.yaml"))
     if not paths:
         raise ConfigError(f"{directory}: no entity *.yaml files found")
-    entities = {e.name: e for e in (load_entity(p) for p in paths)}
-    for e in entities.values():
-        _check_references(e, entities)
-    ordered = sorted(entities.values(), key=lambda e: (e.priority, e.name))
-    log.debug("loaded %d entities from %s", len(ordered), directory)
-    return {e.name: e for e in ordered}
+    loaded: dict[str, EntityConfig] = {}
+    errors: dict[str, str] = {}
+    for path in paths:
+        try:
+            entity = load_entity(path)
+        except ConfigError as exc:
+            errors[str(path)] = str(exc)
+        else:
+            loaded[entity.name] = entity
+    known = set(loaded) | {path.stem for path in paths}
+    for name, entity in list(loaded.items()):
+        try:
+            _check_references(entity, known)
+        except ConfigError as exc:
+            errors[str(entity.source_path)] = str(exc)
+            del loaded[name]
+    for message in errors.values():
+        log.error("entity file skipped: %s", message)
+    ordered = sorted(loaded.values(), key=lambda e: (e.priority, e.name))
+    log.debug("loaded %d entities from %s (%d invalid files)", len(ordered), directory, len(errors))
+    return {e.name: e for e in ordered}, errors
 
 
-def _check_references(entity: EntityConfig, known: Mapping[str, EntityConfig]) -> None:
+def _check_references(entity: EntityConfig, known: Collection[str]) -> None:
     """Fail when ``entity`` refers to an entity that has no YAML file."""
     refs: list[tuple[str, str]] = [(f"depends_on[{i}]", d) for i, d in enumerate(entity.depends_on)]
     for i, lk in enumerate(entity.lookups):

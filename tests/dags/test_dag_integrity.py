@@ -35,9 +35,38 @@ def test_no_import_errors(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
 
 
+# Defines no DAG while every entity file is valid; it exists to fail naming a broken one.
+CHECK_ONLY: frozenset[str] = frozenset({"entity_files.py"})
+
+
 def test_every_file_defines_a_dag(dagbag: DagBag) -> None:
     files_with_dags = {Path(dag.fileloc).name for dag in dagbag.dags.values()}
-    assert {p.name for p in DAG_FILES} <= files_with_dags
+    assert {p.name for p in DAG_FILES} - CHECK_ONLY <= files_with_dags
+
+
+def test_a_broken_entity_file_is_one_import_error_and_the_other_dags_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from crm_sync.config import ENTITIES_DIR
+
+    entities = tmp_path / "entities"
+    shutil.copytree(ENTITIES_DIR, entities, ignore=shutil.ignore_patterns("*.md"))
+    broken = entities / "opportunity.yaml"
+    broken.write_text(broken.read_text().replace("direction: d2m", "direction: sideways", 1))
+    monkeypatch.setenv("MDS_ENTITIES_DIR", str(entities))
+
+    bag = DagBag(dag_folder=str(DAGS_DIR))
+
+    assert [Path(f).name for f in bag.import_errors] == ["entity_files.py"]
+    (message,) = bag.import_errors.values()
+    assert f"{broken}: direction: Input should be" in message
+    healthy = {"sync_user", "sync_team", "sync_account", "sync_lead", "sync_contact"}
+    others = {"sync_custom_new_project", "full_copy", "reconcile", "rebaseline", "check_connections"}
+    assert healthy | others <= set(bag.dags)
+    assert "sync_opportunity" not in bag.dags
+    assert not any(t.task_id.startswith("opportunity.") for t in bag.dags["full_copy"].tasks)
 
 
 def _dag_ids() -> list[str]:

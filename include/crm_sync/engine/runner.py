@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crm_sync.config import ENTITIES_DIR, Direction, EntityConfig, load_entities
+from crm_sync.config import ENTITIES_DIR, Direction, EntityConfig, load_entities_each
 
 if TYPE_CHECKING:
     from crm_sync.engine.extract import RunContext
@@ -86,7 +86,8 @@ def settings_from_airflow(run_id: str, entities: str | None = None, **extra: Any
 
 @lru_cache(maxsize=8)
 def _entities(directory: str) -> dict[str, EntityConfig]:
-    return load_entities(Path(directory))
+    """The valid entities of ``directory``: a broken file stops only its own entity's runs."""
+    return load_entities_each(Path(directory))[0]
 
 
 def entity_config(settings: RunSettings, name: str) -> EntityConfig:
