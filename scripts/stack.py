@@ -235,6 +235,8 @@ def load_settings(env: dict[str, str]) -> None:
         "host": AIRFLOW_URL,
         "login": "admin",
         "password": read_password(AIRFLOW_HOME),
+        # Standalone's API server speaks plain http, on 127.0.0.1 only.
+        "extra": json.dumps({"allow_http": True}),
     }
     load_into_airflow(settings, env)
     print(f"airflow: loaded airflow_settings.yaml (alerts go to {ALERT_SINK_URL})")

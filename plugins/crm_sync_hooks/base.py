@@ -45,6 +45,26 @@ def register_secret(value: str | None) -> None:
     mask_secret(value)
 
 
+def require_https(conn_id: str, field: str, value: str, *, allow_http: bool = False) -> str:
+    """The URL in connection field ``field`` as https (see :meth:`ConnectionSettings.https_url`)."""
+    url = value.strip().rstrip("/")
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if not scheme:
+        return f"https://{url}"
+    if scheme == "https":
+        return url
+    if scheme == "http" and allow_http:
+        log.warning("connection %r: %s %s is plain http (allow_http is set); use it for local tests only",
+                    conn_id, field, url)  # fmt: skip
+        return url
+    if scheme == "http":
+        raise ConfigurationError(
+            f"connection {conn_id!r}: {field} {url!r} is plain http; https is required (credentials and "
+            "tokens would travel in clear). Only a local test server may set the extra allow_http: true."
+        )
+    raise ConfigurationError(f"connection {conn_id!r}: {field} {url!r} must be an https URL")
+
+
 class ConnectionSettings:
     """Typed access to a connection's fields and extras, with errors that name the connection and field."""
 
@@ -82,6 +102,25 @@ class ConnectionSettings:
         if number < minimum:
             raise ConfigurationError(f"connection {self.conn_id!r}: extra {key!r} must be >= {minimum}")
         return number
+
+    def flag(self, key: str) -> bool:
+        """Return extra ``key`` as a boolean (absent: False; ``true``/``1``/``yes`` count as True)."""
+        value = self.extra.get(key)
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in ("true", "1", "yes") if value is not None else False
+
+    def https_url(self, field: str, value: str) -> str:
+        """``value`` as an https URL (a bare host gets ``https://``), without a trailing slash.
+
+        Plain ``http://`` would carry the client secret and the tokens in clear, so it is refused
+        unless the connection's extra ``allow_http`` is true (the emulators' ``--no-tls`` mode, a
+        local test server); then it is used with a warning.
+
+        Raises:
+            ConfigurationError: ``http://`` without ``allow_http``, or another scheme.
+        """
+        return require_https(self.conn_id, field, value, allow_http=self.flag("allow_http"))
 
     def integer(self, key: str, default: int | None, *, minimum: int = 0) -> int | None:
         """Return extra ``key`` as an integer of at least ``minimum`` (None when absent and no default)."""

@@ -147,8 +147,7 @@ class DynamicsHook(DynamicsWritesMixin, CrmApiHook):
     @cached_property
     def org_url(self) -> str:
         """Organization (environment) URL without a trailing slash; also the token audience."""
-        url = self.settings.require("host", self.settings.host).rstrip("/")
-        return url if url.startswith(("https://", "http://")) else f"https://{url}"
+        return self.settings.https_url("host", self.settings.require("host", self.settings.host))
 
     @cached_property
     def api_url(self) -> str:
@@ -181,9 +180,8 @@ class DynamicsHook(DynamicsWritesMixin, CrmApiHook):
         tenant = s.text("tenant_id")
         if not tenant:
             raise ConfigurationError(f"connection {self.conn_id!r}: extra 'tenant_id' is empty")
-        authority_host = (s.text("authority_host", DEFAULT_AUTHORITY_HOST) or DEFAULT_AUTHORITY_HOST).rstrip(
-            "/"
-        )
+        # The client secret goes to the token endpoint: https as for the organization URL.
+        authority_host = s.https_url("authority_host", s.text("authority_host") or DEFAULT_AUTHORITY_HOST)
         authority = f"{authority_host}/{tenant}"
         fingerprint = hashlib.sha256(secret.encode()).hexdigest()
         key = (authority, client_id, fingerprint, str(self.verify), str(self.timeout))
@@ -285,11 +283,13 @@ class DynamicsHook(DynamicsWritesMixin, CrmApiHook):
     def call(self, method: str, url_or_path: str, **kwargs: Any) -> requests.Response:
         """Send one authenticated Web API call; ``url_or_path`` is relative to the API root or absolute."""
         url = url_or_path if "://" in url_or_path else self.api_url + url_or_path.lstrip("/")
-        if urlsplit(url).netloc != urlsplit(self.org_url).netloc:
-            # Never send the bearer token to a host other than the organization's.
+        target, org = urlsplit(url), urlsplit(self.org_url)
+        if (target.scheme, target.netloc) != (org.scheme, org.netloc):
+            # Never send the bearer token to another host, nor to the same one over another
+            # scheme (an http:// next link would carry it in clear).
+            where = target.netloc if target.netloc != org.netloc else f"{target.scheme}://{target.netloc}"
             raise FatalApiError(
-                f"refusing to follow a link to another host: {urlsplit(url).netloc}",
-                endpoint=f"{method} {urlsplit(url).path}",
+                f"refusing to follow a link to another host: {where}", endpoint=f"{method} {target.path}"
             )
         headers = {
             "Accept": "application/json",

@@ -159,12 +159,8 @@ class MarketoHook(MarketoWritesMixin, MarketoBulkMixin, CrmApiHook):
     @cached_property
     def base_url(self) -> str:
         """REST base URL without a trailing slash or ``/rest`` (which Admin > Web Services shows)."""
-        host = self.settings.require("host", self.settings.host).rstrip("/")
-        if host.endswith("/rest"):
-            host = host[: -len("/rest")]
-        if not host.startswith(("https://", "http://")):
-            host = f"https://{host}"
-        return host
+        host = self.settings.https_url("host", self.settings.require("host", self.settings.host))
+        return host[: -len("/rest")] if host.endswith("/rest") else host
 
     @cached_property
     def limits(self) -> Limits:

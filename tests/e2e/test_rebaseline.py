@@ -71,7 +71,13 @@ def airflow_api(sync_env: SyncEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert time.monotonic() < deadline, "API server did not start"
         time.sleep(0.1)
     base = f"http://127.0.0.1:{port}"
-    conn = {"conn_type": "http", "host": base, "login": "admin", "password": password}
+    conn = {
+        "conn_type": "http",
+        "host": base,
+        "login": "admin",
+        "password": password,
+        "extra": {"allow_http": True},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_API", json.dumps(conn))
     try:
         yield AirflowApi(base, "admin", password)
