@@ -306,15 +306,22 @@ class DynamicsHook(DynamicsWritesMixin, CrmApiHook):
             **kwargs,
         )
 
+    def _check_json(self, resp: requests.Response, label: str) -> None:
+        """:meth:`_check`, then a JSON body: a gateway's HTML page or a body cut short is retried
+        inside the transport's loop like a 5xx, instead of failing the call at once."""
+        self._check(resp, label)
+        try:
+            resp.json()
+        except ValueError:
+            kind = resp.headers.get("Content-Type", "no content type")
+            raise RetriableApiError(
+                f"response is not JSON ({kind})", endpoint=label, code="invalid-json"
+            ) from None
+
     def call_json(self, method: str, url_or_path: str, **kwargs: Any) -> dict[str, Any]:
         """Send one authenticated call and return its JSON object body."""
-        resp = self.call(method, url_or_path, **kwargs)
-        try:
-            body = resp.json()
-        except ValueError:
-            raise RetriableApiError(
-                "response is not JSON", endpoint=f"{method} {urlsplit(resp.url).path}", code="invalid-json"
-            ) from None
+        resp = self.call(method, url_or_path, check=self._check_json, **kwargs)
+        body = resp.json()
         if not isinstance(body, dict):
             raise FatalApiError(
                 "response is not a JSON object", endpoint=f"{method} {urlsplit(resp.url).path}"

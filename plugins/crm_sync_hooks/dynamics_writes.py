@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
+from crm_sync_hooks.errors import FatalApiError, RetriableApiError
 from crm_sync_hooks.odata_batch import BatchOperation, BatchResponse, build_batch, parse_batch
 from crm_sync_hooks.records import chunked, missing_fields, validate_records
 from crm_sync_hooks.results import WriteResult, WriteStatus
@@ -53,6 +54,20 @@ class DynamicsWritesMixin:
         def api_url(self) -> str: ...
 
         def call(self, method: str, url_or_path: str, **kwargs: Any) -> requests.Response: ...
+
+        def _check(self, resp: requests.Response, label: str) -> None: ...
+
+    def _check_batch(self, resp: requests.Response, label: str) -> None:
+        """The host's response check, then a multipart answer: anything else (a proxy's HTML page)
+        is retried inside the transport's loop, and named by endpoint when retries run out."""
+        self._check(resp, label)
+        kind = resp.headers.get("Content-Type", "")
+        if not kind.lower().startswith("multipart/mixed") or "boundary=" not in kind.lower():
+            raise RetriableApiError(
+                f"$batch answer is not multipart ({kind or 'no content type'})",
+                endpoint=label,
+                code="not-multipart",
+            )
 
     def upsert_records(
         self,
@@ -176,8 +191,16 @@ class DynamicsWritesMixin:
                 "$batch",
                 data=body.encode(),
                 headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
+                check=self._check_batch,
             )
-            answers = parse_batch(resp.headers.get("Content-Type", ""), resp.text)
+            try:
+                answers = parse_batch(resp.headers.get("Content-Type", ""), resp.text)
+            except ValueError as exc:
+                raise FatalApiError(
+                    f"malformed $batch answer: {exc}",
+                    endpoint=f"POST {urlsplit(resp.url).path}",
+                    code="bad-batch",
+                ) from None
             results.update(
                 self._map_answers(groups, answers, change_set_size is not None, id_column, deleting)
             )

@@ -357,3 +357,40 @@ def test_missing_tenant_is_a_configuration_error(dynamics_conn):
     ok_, message = DynamicsHook(dynamics_conn(tenant_id="")).test_connection()
     assert not ok_
     assert message == "ConfigurationError: connection 'dyn_unit': extra 'tenant_id' is empty"
+
+
+# --- answers that are not what the protocol says (issue 17, point 9) ----------------------------
+
+PROXY_PAGE = {
+    "status_code": 200,
+    "text": "<html>gateway busy</html>",
+    "headers": {"Content-Type": "text/html"},
+}
+
+
+def test_a_200_answer_that_is_not_json_is_retried_inside_the_hook(hook, entra, requests_mock):
+    requests_mock.get(f"{API}WhoAmI", [PROXY_PAGE, {"json": {"OrganizationId": "o"}}])
+    assert hook.who_am_i()["OrganizationId"] == "o"
+    assert len([r for r in requests_mock.request_history if r.url.endswith("/WhoAmI")]) == 2
+
+
+def test_a_batch_answer_that_is_not_multipart_is_retried_then_named_by_endpoint(hook, entra, requests_mock):
+    requests_mock.post(f"{API}$batch", [PROXY_PAGE])
+    with pytest.raises(
+        RetriesExhausted, match=r"POST /api/data/v9\.2/\$batch code not-multipart: gave up after 5 attempts"
+    ):
+        hook.upsert_records(
+            "contacts", [{"contactid": GUID_A, "lastname": "A"}], ["contactid"], id_column="contactid"
+        )
+
+
+def test_a_malformed_batch_answer_is_an_api_error_naming_the_endpoint(hook, entra, requests_mock):
+    requests_mock.post(
+        f"{API}$batch",
+        text="--b\r\nContent-Type: application/http\r\n\r\nnot a status line\r\n--b--",
+        headers={"Content-Type": "multipart/mixed; boundary=b"},
+    )
+    with pytest.raises(FatalApiError, match=r"POST /api/data/v9\.2/\$batch.*malformed \$batch answer"):
+        hook.upsert_records(
+            "contacts", [{"contactid": GUID_A, "lastname": "A"}], ["contactid"], id_column="contactid"
+        )
