@@ -65,6 +65,26 @@ def require_https(conn_id: str, field: str, value: str, *, allow_http: bool = Fa
     raise ConfigurationError(f"connection {conn_id!r}: {field} {url!r} must be an https URL")
 
 
+def register_url_password(url: str | None) -> None:
+    """Mask the password inside a database or Redis URL (``scheme://user:password@host/...``).
+
+    The state store URL (Variable ``mds_state_db_url``) and the limiter URL (extra
+    ``limiter_url``) may carry one, and Airflow masks neither on its own: a Variable only when
+    its name looks secret, an extra only under a secret-looking key.
+    """
+    if not url or "://" not in url:
+        return
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # a malformed URL fails later, where it is used, with its own message
+        return
+    if password:
+        register_secret(password)
+        register_secret(unquote(password))
+
+
 class ConnectionSettings:
     """Typed access to a connection's fields and extras, with errors that name the connection and field."""
 
@@ -229,7 +249,9 @@ class CrmApiHook(BaseHook):
         """Return the limiter given to the constructor, else the shared one the extras name."""
         if self._limiter_override is not None:
             return self._limiter_override
-        return shared_limiter(self.settings.text("limiter_url"), scope, limits)
+        url = self.settings.text("limiter_url")
+        register_url_password(url)
+        return shared_limiter(url, scope, limits)
 
     @property
     def limiter_wait(self) -> float:

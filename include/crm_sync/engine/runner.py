@@ -73,10 +73,13 @@ def settings_from_airflow(run_id: str, entities: str | None = None, **extra: Any
 
     from crm_sync.localenv import PROJECT_DIR
     from crm_sync.state import default_url
+    from crm_sync_hooks.base import register_url_password
 
+    state_url = Variable.get("mds_state_db_url", default=None) or default_url()
+    register_url_password(state_url)  # a database password in the URL never reaches a log
     return RunSettings(
         run_id=run_id,
-        state_url=Variable.get("mds_state_db_url", default=None) or default_url(),
+        state_url=state_url,
         staging_url=Variable.get("mds_staging_path", default=None)
         or f"file://{PROJECT_DIR / 'var' / 'staging'}",
         entities_dir=entities or entities_dir(),
