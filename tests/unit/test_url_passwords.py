@@ -26,7 +26,7 @@ def test_the_limiter_url_password_is_masked(monkeypatch: pytest.MonkeyPatch, tmp
 
     limiter = "redis://:R3dis-Pw@127.0.0.1:6399/3"
     conn = {"conn_type": "marketo", "host": "https://mkto.unit.test", "login": "c", "password": "p"}
-    conn["extra"] = {"limiter_url": limiter}
+    conn["extra"] = json.dumps({"limiter_url": limiter})
     monkeypatch.setenv("AIRFLOW_CONN_MKTO_MASK", json.dumps(conn))
     hook = MarketoHook("mkto_mask")
     hook.limiter_for("marketo:mask", hook.limits)  # reads the extra (no connection is opened yet)
