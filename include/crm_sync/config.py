@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -111,6 +112,9 @@ class FieldMap(_Strict):
     # donotbulkemail): an opt-out on either side always wins, and the sync carries a re-subscribe
     # across only from the entity's consent_owner side (transforms/conflicts.py).
     opt_out: bool = False
+    # Datetime fields only: the IANA time zone to read a value without an offset in (a system
+    # that writes local times); without it such a value is a record error, never guessed as UTC.
+    timezone: str | None = None
 
     @property
     def name(self) -> str:
@@ -125,6 +129,13 @@ class FieldMap(_Strict):
             raise ValueError("option_set labels must be unique (Marketo → Dynamics maps labels back)")
         if self.opt_out and self.cast is not Cast.BOOLEAN:
             raise ValueError("opt_out needs cast boolean (true = do not contact)")
+        if self.timezone is not None:
+            if self.cast is not Cast.DATETIME:
+                raise ValueError("timezone applies to cast datetime only")
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone name") from None
         return self
 
 

@@ -14,6 +14,7 @@ the caller can report them by record and field instead of failing the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -114,6 +115,35 @@ def _datetime(raw: pd.Series, unit: Literal["s", "D"]) -> CastResult:
     return CastResult(values, present & parsed.isna())
 
 
+# An ISO-8601 date-time that names its offset: ends in Z or +hh:mm / -hhmm / +hh.
+_ZONED = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _zoned_datetime(raw: pd.Series, field: FieldMap) -> CastResult:
+    """A date-time cast that never guesses a time zone.
+
+    A value without an offset (``2026-12-06T10:00:00``) is an error ``NAIVE_DATETIME`` naming
+    the field, unless the field's YAML gives a ``timezone`` (IANA name) to read it in; values
+    with an offset (``Z``, ``+02:00``) are converted to UTC as before.
+    """
+    present = _present(raw)
+    text = raw.astype(object).where(present).map(lambda v: v if v is None or isinstance(v, str) else None)
+    as_text = text.notna()
+    naive = as_text & ~text.where(as_text, "").astype(str).str.strip().str.contains(_ZONED, regex=True)
+    stamps = raw.where(present & ~as_text)
+    naive |= stamps.map(lambda v: isinstance(v, pd.Timestamp | datetime) and v.tzinfo is None).astype(bool)
+    if not naive.any():
+        return _datetime(raw, "s")
+    if field.timezone is None:
+        result = _datetime(raw.mask(naive), "s")
+        return CastResult(result.values, result.bad | naive, "NAIVE_DATETIME")
+    local = pd.to_datetime(raw.where(naive), errors="coerce", format="ISO8601")
+    utc = local.dt.tz_localize(field.timezone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+    zoned = raw.astype(object).mask(naive, utc.map(lambda t: None if pd.isna(t) else t.isoformat()))
+    result = _datetime(zoned, "s")
+    return CastResult(result.values, result.bad | (naive & utc.isna()), result.code)
+
+
 def _choice_to_label(raw: pd.Series, field: FieldMap, formatted: pd.Series | None) -> CastResult:
     codes = _integer(raw)
     labels = codes.values.map(field.option_set or {}).astype("str")
@@ -196,6 +226,8 @@ def to_canonical(
         return _choice_to_label(raw, field, formatted) if source is Side.DYNAMICS else _label(raw, field)
     if field.cast is Cast.MULTICHOICE:
         return _multi_to_labels(raw, field) if source is Side.DYNAMICS else _multi_labels(raw, field)
+    if field.cast is Cast.DATETIME:
+        return _zoned_datetime(raw, field)
     return _SIMPLE[field.cast](raw)
 
 

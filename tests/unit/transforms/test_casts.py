@@ -61,10 +61,38 @@ def test_boolean_words_and_flags():
 
 def test_datetime_normalised_to_utc_z():
     result = cast(
-        ["2024-05-01T12:00:00Z", "2024-05-01T14:00:00+02:00", "2024-05-01 12:00:00", "soon"], Cast.DATETIME
+        ["2024-05-01T12:00:00Z", "2024-05-01T14:00:00+02:00", "2024-05-01T08:00:00-0400"], Cast.DATETIME
     )
-    assert result.values[:3].tolist() == ["2024-05-01T12:00:00Z"] * 3
-    assert result.bad.tolist() == [False, False, False, True]
+    assert result.values.tolist() == ["2024-05-01T12:00:00Z"] * 3
+    assert not result.bad.any()
+    assert cast(["soon"], Cast.DATETIME).bad.tolist() == [True]
+
+
+def test_a_datetime_without_an_offset_is_an_error_not_a_guess():
+    # Issue 17, point 10: it used to be taken as UTC silently.
+    result = cast(["2024-05-01 12:00:00", "2024-05-01T12:00:00Z", None], Cast.DATETIME)
+    assert result.bad.tolist() == [True, False, False]
+    assert result.code == "NAIVE_DATETIME"
+    assert pd.isna(result.values[0])
+
+
+def test_a_field_timezone_reads_naive_values_in_it():
+    result = cast(
+        ["2024-01-15T09:00:00", "2024-07-15T09:00:00", "2024-07-15T09:00:00Z"],
+        Cast.DATETIME,
+        timezone="Europe/Oslo",
+    )
+    assert result.values.tolist() == ["2024-01-15T08:00:00Z", "2024-07-15T07:00:00Z", "2024-07-15T09:00:00Z"]
+    assert not result.bad.any()
+    # A local time that does not exist (the spring-forward gap) is an error, not a guess.
+    assert cast(["2024-03-31T02:30:00"], Cast.DATETIME, timezone="Europe/Oslo").bad.tolist() == [True]
+
+
+def test_timezone_is_checked_in_the_yaml():
+    with pytest.raises(ValueError, match="not an IANA time zone name"):
+        FieldMap(marketo="m", dynamics="d", cast=Cast.DATETIME, timezone="Mars/Olympus")
+    with pytest.raises(ValueError, match="cast datetime only"):
+        FieldMap(marketo="m", dynamics="d", cast=Cast.STRING, timezone="UTC")
 
 
 def test_date_only():
