@@ -21,7 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 # Explicit constraint names keep migrations identical on SQLite and PostgreSQL.
 NAMING = {
@@ -123,11 +123,13 @@ class RecordError(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class ConflictLog(Base):
-    """A field changed on both sides between two syncs, with both values and the winner."""
+class _FieldEvent:
+    """Columns shared by the per-field logs: one row per run, record and field, both values."""
 
-    __tablename__ = "conflict_log"
-    __table_args__ = (UniqueConstraint("run_id", "entity", "record_key", "field"),)
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[UniqueConstraint]:
+        # A constraint object belongs to one table: each log gets its own.
+        return (UniqueConstraint("run_id", "entity", "record_key", "field"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(250))
@@ -136,11 +138,18 @@ class ConflictLog(Base):
     field: Mapped[str] = mapped_column(String(128))
     marketo_value: Mapped[str | None] = mapped_column(Text)
     dynamics_value: Mapped[str | None] = mapped_column(Text)
-    winner: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class ConsentLog(Base):
+class ConflictLog(_FieldEvent, Base):
+    """A field changed on both sides between two syncs, with both values and the winner."""
+
+    __tablename__ = "conflict_log"
+
+    winner: Mapped[str] = mapped_column(String(16))
+
+
+class ConsentLog(_FieldEvent, Base):
     """An opt-out or re-subscribe the sync saw on a consent field, with both sides' values.
 
     ``changed_in`` is the side (or ``both``) where it changed since the last sync; ``outcome``
@@ -149,18 +158,9 @@ class ConsentLog(Base):
     """
 
     __tablename__ = "consent_log"
-    __table_args__ = (UniqueConstraint("run_id", "entity", "record_key", "field"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(250))
-    entity: Mapped[str] = mapped_column(String(64))
-    record_key: Mapped[str] = mapped_column(String(64))
-    field: Mapped[str] = mapped_column(String(128))
-    marketo_value: Mapped[str | None] = mapped_column(Text)
-    dynamics_value: Mapped[str | None] = mapped_column(Text)
     changed_in: Mapped[str] = mapped_column(String(16))
     outcome: Mapped[str] = mapped_column(String(32))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class SyncIdentity(Base):
