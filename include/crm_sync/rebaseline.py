@@ -214,7 +214,7 @@ def _airflow_api(conn_id: str) -> Any:
         conn = BaseHook.get_connection(conn_id)
     except Exception as exc:  # the SDK raises its own not-found error type
         raise AirflowApiMissing(f"no Airflow connection {conn_id!r} for the REST API") from exc
-    from crm_sync_hooks.base import require_https
+    from crm_sync_hooks.base import ConnectionSettings
 
     host = str(conn.host or "")
     raw = (
@@ -224,9 +224,7 @@ def _airflow_api(conn_id: str) -> Any:
     )
     # The admin password goes with every call: https, unless the connection allows http (the
     # local demo's API server on 127.0.0.1 speaks plain http).
-    extra = conn.extra_dejson or {}
-    allow_http = str(extra.get("allow_http", "")).strip().lower() in ("true", "1", "yes")
-    base = require_https(conn_id, "host", raw, allow_http=allow_http)
+    base = ConnectionSettings(conn).https_url("host", raw)
     return AirflowApi(base, str(conn.login or ""), str(conn.password or ""))
 
 

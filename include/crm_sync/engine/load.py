@@ -77,6 +77,14 @@ def marketo_object_path(entity: EntityConfig) -> str:
     return _OBJECT_PATHS[entity.marketo.object]
 
 
+# Not a staged operation: how the load sends the MARKETO_UPSERT payloads of persons already linked
+# to a Marketo person. Their payloads hold the changed fields only, so they must never create a
+# person (Marketo would make a half-empty one if the linked person was deleted there): updateOnly,
+# and "Lead not found" means the person is gone from Marketo.
+MARKETO_UPDATE_LINKED = "marketo_update_linked"
+_PERSON_GONE = "1004"
+
+
 def _write(
     entity: EntityConfig,
     op: str,
@@ -106,9 +114,7 @@ def _write(
         if is_person:
             return marketo.sync_leads(payloads, action="createOrUpdate", lookup_field=key)
         return marketo.sync_objects(marketo_object_path(entity), payloads, required_fields=[key])
-    if op == MARKETO_UPDATE_LINKED:
-        return marketo.sync_leads(payloads, action="updateOnly", lookup_field=key)
-    if op == MARKETO_FLAG_DELETED:
+    if op in (MARKETO_UPDATE_LINKED, MARKETO_FLAG_DELETED):
         return marketo.sync_leads(payloads, action="updateOnly", lookup_field=key)
     if op == MARKETO_LINK:
         return marketo.sync_leads(payloads, action="updateOnly", lookup_field="id")
@@ -119,14 +125,6 @@ def _write(
             raise ValueError(f"{entity.name}: persons are never deleted, only flagged")
         return marketo.delete_objects(marketo_object_path(entity), payloads, delete_by="dedupeFields")
     raise ValueError(f"{entity.name}: unknown staged operation {op!r}")
-
-
-# Not a staged operation: how the load sends the MARKETO_UPSERT payloads of persons already linked
-# to a Marketo person. Their payloads hold the changed fields only, so they must never create a
-# person (Marketo would make a half-empty one if the linked person was deleted there): updateOnly,
-# and "Lead not found" means the person is gone from Marketo.
-MARKETO_UPDATE_LINKED = "marketo_update_linked"
-_PERSON_GONE = "1004"
 
 
 def _write_persons(

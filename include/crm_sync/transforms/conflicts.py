@@ -188,11 +188,7 @@ def resolve_changes(
                     }
                 )
             )
-    conflicts = (
-        pd.concat(conflict_parts, ignore_index=True)
-        if conflict_parts
-        else pd.DataFrame({c: pd.Series(dtype="str") for c in CONFLICT_COLUMNS})
-    )
+    conflicts = pd.concat(conflict_parts, ignore_index=True) if conflict_parts else _empty(CONFLICT_COLUMNS)
     return Resolution(
         to_marketo=_with_opt_outs(d.reindex(index=keys), write_back_m, entity, marketo_side=True),
         to_marketo_mask=to_m,
