@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.e2e.conftest import SyncEnv, write_calls
+from tests.e2e.persons_support import dyn_get, dyn_upsert, mkto_update, read_persons
 
 pytestmark = pytest.mark.e2e
 
@@ -22,45 +23,20 @@ FIELDS = ["id", "externalPersonId", "msdType", "email", "lastName", "unsubscribe
 
 
 def _person(env: SyncEnv, guid: str) -> dict[str, Any]:
-    hook = env.mkto()
-    try:
-        (person,) = [r for page in hook.get_leads("externalPersonId", [guid], FIELDS) for r in page]
-        return person
-    finally:
-        hook.close()
+    (person,) = read_persons(env, [guid], FIELDS)
+    return person
 
 
 def _mkto_set(env: SyncEnv, guid: str, **values: Any) -> None:
-    hook = env.mkto()
-    try:
-        results = hook.sync_leads(
-            [{"externalPersonId": guid, **values}], action="updateOnly", lookup_field="externalPersonId"
-        )
-        assert all(r.ok for r in results), results
-    finally:
-        hook.close()
+    mkto_update(env, [{"externalPersonId": guid, **values}])
 
 
 def _dyn_set(env: SyncEnv, entity_set: str, key: str, guid: str, **values: Any) -> None:
-    hook = env.dyn()
-    try:
-        results = hook.upsert_records(entity_set, [{key: guid, **values}], [key], id_column=key)
-        assert all(r.ok for r in results), results
-    finally:
-        hook.close()
+    dyn_upsert(env, entity_set, key, [{key: guid, **values}])
 
 
 def _dyn_value(env: SyncEnv, entity_set: str, key: str, guid: str, column: str) -> Any:
-    hook = env.dyn()
-    try:
-        (row,) = [
-            r
-            for page in hook.query(entity_set, select=[key, column], filter=f"{key} eq {guid}")
-            for r in page
-        ]
-        return row[column]
-    finally:
-        hook.close()
+    return dyn_get(env, entity_set, key, guid, [column])[column]
 
 
 def _consent_log(env: SyncEnv, guid: str) -> list[tuple[str, str, str | None, str | None, str]]:

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.e2e.conftest import SyncEnv
+from tests.e2e.persons_support import dyn_upsert, read_persons
 
 pytestmark = pytest.mark.e2e
 
@@ -24,11 +25,7 @@ FIELDS = ["id", "externalPersonId", "email", "firstName", "lastName", "title"]
 
 
 def _persons(env: SyncEnv, guid: str) -> list[dict[str, Any]]:
-    hook = env.mkto()
-    try:
-        return [r for page in hook.get_leads("externalPersonId", [guid], FIELDS) for r in page]
-    finally:
-        hook.close()
+    return read_persons(env, [guid], FIELDS)
 
 
 def _delete_person(env: SyncEnv, lead_id: int) -> None:
@@ -41,12 +38,7 @@ def _delete_person(env: SyncEnv, lead_id: int) -> None:
 
 
 def _dyn_set(env: SyncEnv, guid: str, **values: Any) -> None:
-    hook = env.dyn()
-    try:
-        (result,) = hook.upsert_records("leads", [{"leadid": guid, **values}], ["leadid"], id_column="leadid")
-        assert result.ok, result
-    finally:
-        hook.close()
+    dyn_upsert(env, "leads", "leadid", [{"leadid": guid, **values}])
 
 
 def _errors(env: SyncEnv, guid: str) -> list[tuple[str, str, bool, Any]]:

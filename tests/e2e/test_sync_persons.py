@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.e2e.conftest import SyncEnv, read_calls, write_calls
+from tests.e2e.persons_support import dyn_get, dyn_upsert, mkto_update, read_persons
 
 pytestmark = pytest.mark.e2e
 
@@ -25,40 +26,7 @@ PERSON_FIELDS = [
 
 
 def _persons(env: SyncEnv, guids: list[str]) -> dict[str, dict[str, Any]]:
-    hook = env.mkto()
-    try:
-        pages = hook.get_leads("externalPersonId", guids, PERSON_FIELDS)
-        return {r["externalPersonId"]: r for page in pages for r in page}
-    finally:
-        hook.close()
-
-
-def _mkto_update(env: SyncEnv, records: list[dict[str, Any]]) -> None:
-    hook = env.mkto()
-    try:
-        results = hook.sync_leads(records, action="updateOnly", lookup_field="externalPersonId")
-        assert all(r.ok for r in results), results
-    finally:
-        hook.close()
-
-
-def _dyn_upsert(env: SyncEnv, entity_set: str, key: str, rows: list[dict[str, Any]]) -> None:
-    hook = env.dyn()
-    try:
-        results = hook.upsert_records(entity_set, rows, [key], id_column=key)
-        assert all(r.ok for r in results), results
-    finally:
-        hook.close()
-
-
-def _dyn_get(env: SyncEnv, entity_set: str, key: str, guid: str, columns: list[str]) -> dict[str, Any]:
-    hook = env.dyn()
-    try:
-        pages = hook.query(entity_set, select=[key, *columns], filter=f"{key} eq {guid}")
-        (row,) = [r for page in pages for r in page]
-        return row
-    finally:
-        hook.close()
+    return {r["externalPersonId"]: r for r in read_persons(env, guids, PERSON_FIELDS)}
 
 
 def _quiet_run(env: SyncEnv, dag_id: str) -> None:
@@ -78,7 +46,7 @@ def test_lead_both_ways_without_echo_and_marketo_wins_conflicts(
     sync_env: SyncEnv, new_guid: Callable[[], str]
 ) -> None:
     ann, kim = new_guid(), new_guid()
-    _dyn_upsert(
+    dyn_upsert(
         sync_env,
         "leads",
         "leadid",
@@ -94,10 +62,10 @@ def test_lead_both_ways_without_echo_and_marketo_wins_conflicts(
     assert persons[kim]["title"] == "Buyer"
 
     # Marketo -> Dynamics: a marketer edits a linked person.
-    _mkto_update(sync_env, [{"externalPersonId": ann, "title": "CTO"}])
+    mkto_update(sync_env, [{"externalPersonId": ann, "title": "CTO"}])
     sync_env.reset_stats()
     sync_env.run("sync_lead")
-    assert _dyn_get(sync_env, "leads", "leadid", ann, ["jobtitle"])["jobtitle"] == "CTO"
+    assert dyn_get(sync_env, "leads", "leadid", ann, ["jobtitle"])["jobtitle"] == "CTO"
     assert sync_env.marketo.stats()["records"].get("lead.write", 0) == 0, "no echo back to Marketo"
 
     # The value the sync wrote into Dynamics comes back as a Dynamics change: not an echo write.
@@ -105,10 +73,10 @@ def test_lead_both_ways_without_echo_and_marketo_wins_conflicts(
     _quiet_run(sync_env, "sync_lead")
 
     # Conflict: both sides change Kim's last name; Marketo wins for leads, on both sides.
-    _dyn_upsert(sync_env, "leads", "leadid", [{"leadid": kim, "lastname": "Kim-Dynamics"}])
-    _mkto_update(sync_env, [{"externalPersonId": kim, "lastName": "Kim-Marketo"}])
+    dyn_upsert(sync_env, "leads", "leadid", [{"leadid": kim, "lastname": "Kim-Dynamics"}])
+    mkto_update(sync_env, [{"externalPersonId": kim, "lastName": "Kim-Marketo"}])
     sync_env.run("sync_lead")
-    assert _dyn_get(sync_env, "leads", "leadid", kim, ["lastname"])["lastname"] == "Kim-Marketo"
+    assert dyn_get(sync_env, "leads", "leadid", kim, ["lastname"])["lastname"] == "Kim-Marketo"
     assert _persons(sync_env, [kim])[kim]["lastName"] == "Kim-Marketo"
     with sync_env.state().connect() as conn:
         conflicts = conn.execute(
@@ -122,17 +90,17 @@ def test_contact_dynamics_wins_and_the_person_feed_is_read_once_per_cycle(
     sync_env: SyncEnv, new_guid: Callable[[], str]
 ) -> None:
     cara, lee = new_guid(), new_guid()
-    _dyn_upsert(sync_env, "contacts", "contactid", [{"contactid": cara, "lastname": "Cara"}])
-    _dyn_upsert(sync_env, "leads", "leadid", [{"leadid": lee, "lastname": "Lee"}])
+    dyn_upsert(sync_env, "contacts", "contactid", [{"contactid": cara, "lastname": "Cara"}])
+    dyn_upsert(sync_env, "leads", "leadid", [{"leadid": lee, "lastname": "Lee"}])
     sync_env.run("sync_contact")
     sync_env.run("sync_lead")
     persons = _persons(sync_env, [cara, lee])
     assert persons[cara]["msdType"] == "Contact"
     assert persons[lee]["msdType"] == "Lead"
 
-    _dyn_upsert(sync_env, "contacts", "contactid", [{"contactid": cara, "lastname": "Cara-Dynamics"}])
-    _mkto_update(sync_env, [{"externalPersonId": cara, "lastName": "Cara-Marketo", "title": "VP"}])
-    _mkto_update(sync_env, [{"externalPersonId": lee, "title": "Analyst"}])
+    dyn_upsert(sync_env, "contacts", "contactid", [{"contactid": cara, "lastname": "Cara-Dynamics"}])
+    mkto_update(sync_env, [{"externalPersonId": cara, "lastName": "Cara-Marketo", "title": "VP"}])
+    mkto_update(sync_env, [{"externalPersonId": lee, "title": "Analyst"}])
     sync_env.reset_stats()
     sync_env.run("sync_contact")  # reads the feed up to now and stages what it read
     after_contact: dict[str, int] = dict(sync_env.marketo.stats()["records"])
@@ -143,11 +111,11 @@ def test_contact_dynamics_wins_and_the_person_feed_is_read_once_per_cycle(
     # person the contact run itself wrote (Cara). Lee's edit, read before, is not fetched again.
     assert after_lead["lead.read"] - after_contact["lead.read"] == 1
 
-    contact = _dyn_get(sync_env, "contacts", "contactid", cara, ["lastname", "jobtitle"])
+    contact = dyn_get(sync_env, "contacts", "contactid", cara, ["lastname", "jobtitle"])
     assert contact["lastname"] == "Cara-Dynamics", "Dynamics wins for contacts"
     assert contact["jobtitle"] == "VP", "a field changed only in Marketo still flows back"
     assert _persons(sync_env, [cara])[cara]["lastName"] == "Cara-Dynamics"
-    assert _dyn_get(sync_env, "leads", "leadid", lee, ["jobtitle"])["jobtitle"] == "Analyst"
+    assert dyn_get(sync_env, "leads", "leadid", lee, ["jobtitle"])["jobtitle"] == "Analyst"
     with sync_env.state().connect() as conn:
         winners = conn.execute(text("SELECT entity, field, winner FROM conflict_log")).all()
     assert [tuple(w) for w in winners] == [("contact", "lastName", "dynamics")]
@@ -159,7 +127,7 @@ def test_invalid_records_land_in_record_error_while_the_batch_loads(
     sync_env: SyncEnv, new_guid: Callable[[], str]
 ) -> None:
     good, long_name, bad_email = new_guid(), new_guid(), new_guid()
-    _dyn_upsert(
+    dyn_upsert(
         sync_env,
         "leads",
         "leadid",
@@ -190,7 +158,7 @@ def test_lead_deleted_in_dynamics_is_flagged_in_marketo_and_filter_switches(
     sync_env: SyncEnv, new_guid: Callable[[], str]
 ) -> None:
     gone, paused = new_guid(), new_guid()
-    _dyn_upsert(
+    dyn_upsert(
         sync_env,
         "leads",
         "leadid",
@@ -203,7 +171,7 @@ def test_lead_deleted_in_dynamics_is_flagged_in_marketo_and_filter_switches(
     finally:
         hook.close()
     # Sync filter Yes -> No: later changes stop flowing, nothing is deleted.
-    _dyn_upsert(sync_env, "leads", "leadid", [{"leadid": paused, "new_synctomkto": False, "jobtitle": "B"}])
+    dyn_upsert(sync_env, "leads", "leadid", [{"leadid": paused, "new_synctomkto": False, "jobtitle": "B"}])
     sync_env.run("sync_lead")
 
     persons = _persons(sync_env, [gone, paused])
@@ -215,7 +183,7 @@ def test_lead_deleted_in_dynamics_is_flagged_in_marketo_and_filter_switches(
     assert states == {gone: "deleted", paused: "stale"}
 
     # No -> Yes: the record is sent in full again.
-    _dyn_upsert(sync_env, "leads", "leadid", [{"leadid": paused, "new_synctomkto": True}])
+    dyn_upsert(sync_env, "leads", "leadid", [{"leadid": paused, "new_synctomkto": True}])
     sync_env.run("sync_lead")
     assert _persons(sync_env, [paused])[paused]["title"] == "B"
 
@@ -227,11 +195,11 @@ def test_flagged_marketo_only_persons_create_link_or_report_duplicates(
 
     twin_a, twin_b, known = new_guid(), new_guid(), new_guid()
     twins = [{"leadid": g, "lastname": "Twin", "emailaddress1": "twin@example.com"} for g in (twin_a, twin_b)]
-    _dyn_upsert(sync_env, "leads", "leadid", twins)
+    dyn_upsert(sync_env, "leads", "leadid", twins)
     sync_env.run("sync_lead")
     sync_env.run("sync_contact")
     # Created since the contact DAG's last run: no Marketo person yet.
-    _dyn_upsert(
+    dyn_upsert(
         sync_env,
         "contacts",
         "contactid",
@@ -255,7 +223,7 @@ def test_flagged_marketo_only_persons_create_link_or_report_duplicates(
     sync_env.run("sync_contact")
 
     created = new_person_guid(str(new_id))
-    lead = _dyn_get(sync_env, "leads", "leadid", created, ["lastname", "emailaddress1"])
+    lead = dyn_get(sync_env, "leads", "leadid", created, ["lastname", "emailaddress1"])
     assert (lead["lastname"], lead["emailaddress1"]) == ("New", "new@example.com")
     mkto = sync_env.mkto()
     try:
