@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from crm_sync_hooks.errors import FatalApiError, RetriableApiError
 from crm_sync_hooks.odata_batch import BatchOperation, BatchResponse, build_batch, parse_batch
 from crm_sync_hooks.records import chunked, missing_fields, validate_records
-from crm_sync_hooks.results import WriteResult, WriteStatus
+from crm_sync_hooks.results import ROW_EXISTS, ROW_MISSING, WriteResult, WriteStatus
 
 if TYPE_CHECKING:
     import requests
 
 MAX_BATCH_OPERATIONS = 1000
+# What an upsert may do to a row: create or update it (None), only update an existing row
+# ("existing": If-Match: *, a missing row answers 404 and is not created), or only create a
+# new one ("new": If-None-Match: *, an existing row answers 412 and is not changed).
+Only = Literal["existing", "new"]
+_CONDITION = {"existing": {"If-Match": "*"}, "new": {"If-None-Match": "*"}}
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ENTITY_ID = re.compile(
@@ -43,6 +49,15 @@ def alternate_key_segment(key: Mapping[str, Any]) -> str:
     # rest (space, "/", "?", "#", "%", "&", non-ASCII) are percent-encoded.
     safe = "'@:!$()*,;=+-._~"
     return ",".join(f"{column}={quote(key_literal(value), safe=safe)}" for column, value in key.items())
+
+
+def _conditional(result: WriteResult, only: Only | None) -> WriteResult:
+    """Name the answers a conditional upsert gives for a row that is missing or already there."""
+    if only == "existing" and result.code == "404":
+        return replace(result, code=ROW_MISSING)
+    if only == "new" and result.code == "412":
+        return replace(result, status=WriteStatus.SKIPPED, code=ROW_EXISTS)
+    return result
 
 
 class DynamicsWritesMixin:
@@ -78,6 +93,7 @@ class DynamicsWritesMixin:
         id_column: str | None = None,
         batch_size: int = 100,
         change_set_size: int | None = None,
+        only: Only | None = None,
     ) -> list[WriteResult]:
         """Create or update rows through ``$batch`` with ``PATCH``; one result per record.
 
@@ -91,6 +107,9 @@ class DynamicsWritesMixin:
             batch_size: Operations per ``$batch`` (at most 1,000; Microsoft advises small batches).
             change_set_size: Group this many operations per change set (atomic: one failure rolls
                 back the group); None sends every operation on its own.
+            only: ``"existing"`` updates rows that exist and never creates one (a missing row
+                fails with code :data:`ROW_MISSING`); ``"new"`` creates rows and never changes
+                one that exists (it is skipped with code :data:`ROW_EXISTS`); None does either.
 
         Records lacking a key value fail without being sent, with the field named in the reason.
         """
@@ -126,16 +145,10 @@ class DynamicsWritesMixin:
             else:
                 address = f"{entity_set}({alternate_key_segment({c: record[c] for c in key_columns})})"
             body = {k: v for k, v in record.items() if k not in key_columns}
-            ops.append(
-                (
-                    index,
-                    BatchOperation(
-                        "PATCH", f"{prefix}{address}{query}", body, {"Prefer": "return=representation"}
-                    ),
-                )
-            )
+            headers = {"Prefer": "return=representation", **_CONDITION.get(only or "", {})}
+            ops.append((index, BatchOperation("PATCH", f"{prefix}{address}{query}", body, headers)))
         results.update(self._run_batches(ops, batch_size, change_set_size, id_column))
-        return [results[i] for i in range(len(records))]
+        return [_conditional(results[i], only) for i in range(len(records))]
 
     def delete_records(
         self,

@@ -5,6 +5,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+# Codes of conditional writes (Dataverse ``If-Match: *`` / ``If-None-Match: *``): an update of a
+# row that is gone, and a create of a row that is already there.
+ROW_MISSING = "row-missing"
+ROW_EXISTS = "row-exists"
+
 
 class WriteStatus(enum.StrEnum):
     """What happened to one input record."""

@@ -16,7 +16,7 @@ import pytest
 from crm_sync_hooks import dynamics
 from crm_sync_hooks.caches import clear_process_caches
 from crm_sync_hooks.dynamics import DeltaTokenExpired, DynamicsHook
-from crm_sync_hooks.results import WriteStatus
+from crm_sync_hooks.results import ROW_EXISTS, ROW_MISSING, WriteStatus
 from crm_sync_hooks.retry import RetryPolicy
 from emulators.common.credentials import default_credentials
 from tests.hooks.conftest import hammer_from_two_processes
@@ -155,6 +155,45 @@ def test_upserts_by_alternate_key_and_id_report_each_record(hook):
         for r in p
     ]
     assert [r["jobtitle"] for r in rows] == ["CTO"]
+
+
+def test_conditional_upserts_never_recreate_nor_overwrite(hook):
+    here, gone = str(uuid.uuid4()), str(uuid.uuid4())
+    hook.upsert_records("leads", [{"leadid": here, "lastname": "Here"}], ["leadid"], id_column="leadid")
+
+    updates = hook.upsert_records(
+        "leads",
+        [{"leadid": here, "jobtitle": "Buyer"}, {"leadid": gone, "jobtitle": "Ghost"}],
+        ["leadid"],
+        id_column="leadid",
+        only="existing",
+    )
+    assert [(r.status, r.code) for r in updates] == [
+        (WriteStatus.UPDATED, None),
+        (WriteStatus.FAILED, ROW_MISSING),
+    ]
+    assert "Does Not Exist" in (updates[1].reason or "")
+
+    creates = hook.upsert_records(
+        "leads",
+        [{"leadid": here, "lastname": "Overwritten"}, {"leadid": gone, "lastname": "New"}],
+        ["leadid"],
+        id_column="leadid",
+        only="new",
+    )
+    assert [(r.status, r.code) for r in creates] == [
+        (WriteStatus.SKIPPED, ROW_EXISTS),
+        (WriteStatus.CREATED, None),
+    ]
+    rows = {
+        r["leadid"]: r
+        for p in hook.query(
+            "leads", select=["leadid", "lastname", "jobtitle"], filter=f"leadid eq {here} or leadid eq {gone}"
+        )
+        for r in p
+    }
+    assert (rows[here]["lastname"], rows[here]["jobtitle"]) == ("Here", "Buyer")
+    assert (rows[gone]["lastname"], rows[gone]["jobtitle"]) == ("New", None), "the update made no row"
 
 
 def test_change_set_failure_rolls_back_its_records(hook):

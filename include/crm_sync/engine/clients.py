@@ -6,7 +6,7 @@ pass fakes. Keeping the engine on these protocols keeps it free of Airflow impor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -57,8 +57,9 @@ class DynamicsClient(Protocol):
         id_column: str | None = None,
         batch_size: int = ...,
         change_set_size: int | None = None,
+        only: Literal["existing", "new"] | None = None,
     ) -> list[WriteResult]:
-        """Create or update rows, one result per record."""
+        """Create or update rows (or only one of the two), one result per record."""
         ...
 
 

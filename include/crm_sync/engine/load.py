@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
-from crm_sync.config import Direction, EntityConfig, MarketoObject
+from crm_sync.config import DeletePolicy, Direction, EntityConfig, MarketoObject
 from crm_sync.engine.plan import (
+    DYNAMICS_CREATE,
     DYNAMICS_UPSERT,
     LINK_FRAME_COLUMNS,
     MARKETO_DELETE,
@@ -34,6 +36,8 @@ from crm_sync.state import (
     upsert_links,
 )
 from crm_sync.transforms import DYNAMICS_ID, MARKETO_ID
+from crm_sync.transforms.links import deletion_records
+from crm_sync_hooks.results import ROW_EXISTS, ROW_MISSING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,6 +56,7 @@ DYNAMICS_BATCH_OPERATIONS = 1000  # operations Dataverse accepts in one $batch r
 _GONE_CODES = {"1004", "1013", "610", "702"}
 # Dataverse first: a Marketo person is pointed at a created lead only once the lead exists.
 OP_ORDER = (
+    DYNAMICS_CREATE,
     DYNAMICS_UPSERT,
     MARKETO_LINK,
     MARKETO_UPSERT,
@@ -94,19 +99,12 @@ def _write(
 ) -> list[WriteResult]:
     """Dispatch one operation kind to the right hook writer."""
     key = entity.marketo.key
-    if op == DYNAMICS_UPSERT:
+    if op in (DYNAMICS_UPSERT, DYNAMICS_CREATE):
         if dynamics is None:
             raise ValueError(f"{entity.name}: a Dynamics client is needed to load {op}")
-        dkey = entity.dynamics.key
-        # One $batch per load batch (at most 300 records; Dataverse takes up to 1,000 operations):
-        # each operation still succeeds or fails on its own, and calls stay few.
-        return dynamics.upsert_records(
-            entity.dynamics.entity_set,
-            payloads,
-            [dkey],
-            id_column=dkey,
-            batch_size=max(1, min(len(payloads), DYNAMICS_BATCH_OPERATIONS)),
-        )
+        if op == DYNAMICS_CREATE:
+            return _create_rows(entity, payloads, dynamics)
+        return _dynamics_write(entity, payloads, dynamics, "existing")
     if marketo is None:
         raise ValueError(f"{entity.name}: a Marketo client is needed to load {op}")
     is_person = entity.marketo.object is MarketoObject.LEAD
@@ -125,6 +123,46 @@ def _write(
             raise ValueError(f"{entity.name}: persons are never deleted, only flagged")
         return marketo.delete_objects(marketo_object_path(entity), payloads, delete_by="dedupeFields")
     raise ValueError(f"{entity.name}: unknown staged operation {op!r}")
+
+
+def _dynamics_write(
+    entity: EntityConfig,
+    payloads: list[dict[str, Any]],
+    dynamics: DynamicsClient,
+    only: Literal["existing", "new"],
+) -> list[WriteResult]:
+    """Update linked rows (``If-Match: *``: a row deleted in Dynamics since the extract, or
+    while its change waited for a retry, is not re-created) or create new ones
+    (``If-None-Match: *``: an existing row is never overwritten by a create)."""
+    dkey = entity.dynamics.key
+    # One $batch per load batch (at most 300 records; Dataverse takes up to 1,000 operations):
+    # each operation still succeeds or fails on its own, and calls stay few.
+    return dynamics.upsert_records(
+        entity.dynamics.entity_set,
+        payloads,
+        [dkey],
+        id_column=dkey,
+        batch_size=max(1, min(len(payloads), DYNAMICS_BATCH_OPERATIONS)),
+        only=only,
+    )
+
+
+def _create_rows(
+    entity: EntityConfig, payloads: list[dict[str, Any]], dynamics: DynamicsClient
+) -> list[WriteResult]:
+    """Create the rows of Marketo-only persons; a row that exists already is updated instead.
+
+    Its GUID is derived from the Marketo id, so it can only be this same create, sent before
+    and its answer lost (a retried load): writing the payload again as an update keeps the
+    retry idempotent and both sides equal.
+    """
+    results = _dynamics_write(entity, payloads, dynamics, "new")
+    again = [i for i, r in enumerate(results) if r.code == ROW_EXISTS]
+    if again:
+        updated = _dynamics_write(entity, [payloads[i] for i in again], dynamics, "existing")
+        for i, result in zip(again, updated, strict=True):
+            results[i] = replace(result, index=i)
+    return results
 
 
 def _write_persons(
@@ -154,6 +192,16 @@ def _write_persons(
 DELETED_IN_MARKETO = "deleted_in_marketo"
 
 
+def _missing_reason(entity: EntityConfig, guid: str) -> str:
+    flag = entity.marketo.deleted_field
+    flagged = entity.delete_policy is DeletePolicy.FLAG and flag
+    marked = f"; the Marketo person is flagged {flag}" if flagged else ""
+    return (
+        f"{entity.dynamics.entity_set}({guid}) was deleted in Dynamics after this change was read; "
+        f"it is not re-created{marked}"
+    )
+
+
 def _gone_reason(entity: EntityConfig, marketo_id: str | None) -> str:
     person = f"Marketo person {marketo_id}" if marketo_id else "the linked Marketo person"
     if entity.recreate_deleted:
@@ -181,6 +229,26 @@ def _person_deleted_in_marketo(session: Session, entity: EntityConfig, guids: li
         park_errors(session, entity.name, Direction.D2M.value, guids)
 
 
+DELETED_IN_DYNAMICS = "deleted_in_dynamics"
+
+
+def _flag_deleted_in_dynamics(entity: EntityConfig, guids: list[str], marketo: MarketoClient | None) -> None:
+    """Flag the persons of linked rows that an update found gone from Dataverse.
+
+    The Dataverse delete feed would report such a row later, but its link is closed at once
+    (see :func:`load_batch`), so the entity's delete policy is applied here, once.
+    """
+    log.warning("%s: %d linked rows are gone from Dataverse: %s", entity.name, len(guids), guids[:10])
+    policy, records = deletion_records(entity, pd.Series(guids))
+    if policy is not DeletePolicy.FLAG or records.empty:
+        return
+    payloads = records.astype(object).to_dict("records")
+    flagged = _write(entity, MARKETO_FLAG_DELETED, payloads, marketo, None)
+    missed = [g for g, r in zip(guids, flagged, strict=True) if not _ok(MARKETO_FLAG_DELETED, r)]
+    if missed:
+        log.warning("%s: could not flag %s deleted in Marketo: %s", entity.name, missed, flagged)
+
+
 def _ok(op: str, result: WriteResult) -> bool:
     if result.ok:
         return True
@@ -206,7 +274,7 @@ def _links(
 
 # Operations that carry a Marketo person's change into Dataverse: their failures are M→D
 # errors, keyed by the Marketo id so a later run can re-read the person (extract retries).
-_M2D_OPS = (DYNAMICS_UPSERT, MARKETO_LINK)
+_M2D_OPS = (DYNAMICS_CREATE, DYNAMICS_UPSERT, MARKETO_LINK)
 
 
 def _marketo_ids_of(links: pd.DataFrame) -> dict[str, str]:
@@ -252,6 +320,7 @@ def load_batch(
     person_ids = _marketo_ids_of(links)
     m2d: set[str] = set()  # records with a write into Dataverse in this batch
     deleted_in_marketo: set[str] = set()  # linked persons Marketo no longer has
+    deleted_in_dynamics: set[str] = set()  # linked rows Dataverse no longer has
     unknown = set(ops["op"]) - set(OP_ORDER)
     if unknown:
         raise ValueError(f"{entity.name}: unknown staged operations {sorted(unknown)}")
@@ -280,20 +349,25 @@ def load_batch(
                 elif name in (MARKETO_UPSERT, MARKETO_LINK) and res.id:
                     marketo_ids[did] = str(res.id)
             else:
-                gone_person = name == MARKETO_UPSERT and did in deleted_in_marketo
+                code, reason = res.code or res.status.value, res.reason or res.status.value
+                if name == MARKETO_UPSERT and did in deleted_in_marketo:
+                    code, reason = DELETED_IN_MARKETO, _gone_reason(entity, person_ids.get(did))
+                elif name == DYNAMICS_UPSERT and res.code == ROW_MISSING:
+                    deleted_in_dynamics.add(did)
+                    code, reason = DELETED_IN_DYNAMICS, _missing_reason(entity, did)
                 failed.setdefault(did, []).append(
                     {
                         "entity": entity.name,
                         "direction": direction.value,
                         "record_id": person_ids.get(did, did) if direction is Direction.M2D else did,
                         "field": "",
-                        "code": DELETED_IN_MARKETO if gone_person else res.code or res.status.value,
-                        "reason": _gone_reason(entity, person_ids.get(did))
-                        if gone_person
-                        else res.reason or res.status.value,
+                        "code": code,
+                        "reason": reason,
                     }
                 )
     ok_ids = done - set(failed)
+    if deleted_in_dynamics:
+        _flag_deleted_in_dynamics(entity, sorted(deleted_in_dynamics), marketo)
     with session_scope(ctx.state) as session:
         for target, link_rows in _links(entity, links, ok_ids - gone, marketo_ids).items():
             upsert_links(session, target, link_rows)
@@ -314,6 +388,16 @@ def load_batch(
             record_errors(session, errors, run_id=ctx.run_id)
         if deleted_in_marketo:
             _person_deleted_in_marketo(session, entity, sorted(deleted_in_marketo))
+        if deleted_in_dynamics:
+            # Closed and parked: the change that met the missing row waits for an admin (the
+            # row may come back from the recycle bin) instead of being retried forever.
+            set_link_state(session, entity.name, deleted_in_dynamics, "deleted")
+            park_errors(
+                session,
+                entity.name,
+                Direction.M2D.value,
+                [person_ids.get(g, g) for g in sorted(deleted_in_dynamics)],
+            )
     outcome = {"name": batch["name"], "loaded": len(ok_ids), "failed": len(failed), "calls": sent}
     folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "plans" / batch["name"]
     ctx.staging.write_json(folder, OUTCOME, outcome)

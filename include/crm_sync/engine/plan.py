@@ -54,7 +54,8 @@ MARKETO_LINK = "marketo_link"  # set the Dataverse key and type on a Marketo-onl
 MARKETO_ROLE_UPSERT = "marketo_role_upsert"  # opportunity roles, after their opportunity
 MARKETO_DELETE = "marketo_delete"
 MARKETO_FLAG_DELETED = "marketo_flag_deleted"
-DYNAMICS_UPSERT = "dynamics_upsert"
+DYNAMICS_UPSERT = "dynamics_upsert"  # update a linked Dataverse row (never re-creates it)
+DYNAMICS_CREATE = "dynamics_create"  # create the lead of a Marketo-only person (never overwrites)
 OP_COLUMNS = ["op", DYNAMICS_ID, "payload"]
 READ_AT = "_read_at"  # when a Marketo snapshot row was read (staged person feed)
 LINK_FRAME_COLUMNS = [
@@ -417,7 +418,7 @@ def plan_new_persons(
         canon[DYNAMICS_ID] = canon[MARKETO_ID].map(new_person_guid)
         resolution = resolve_changes(entity, None, canon, None)
         written = resolution.dynamics_ids
-        ops.append(_ops(DYNAMICS_UPSERT, [str(i) for i in written], dynamics_payload(entity, resolution)))
+        ops.append(_ops(DYNAMICS_CREATE, [str(i) for i in written], dynamics_payload(entity, resolution)))
         by_guid = canon.set_index(DYNAMICS_ID)[MARKETO_ID]
         payloads = [
             {

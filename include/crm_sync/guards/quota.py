@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from crm_sync.config import QuotaPriority
 from crm_sync.engine.plan import (
+    DYNAMICS_CREATE,
     DYNAMICS_UPSERT,
     MARKETO_DELETE,
     MARKETO_FLAG_DELETED,
@@ -127,7 +128,7 @@ def estimate_load_calls(op_counts: Iterable[Mapping[str, int]]) -> dict[str, int
                 continue
             if op in MARKETO_OPS:
                 marketo += math.ceil(n / MARKETO_CALL_RECORDS)
-            elif op == DYNAMICS_UPSERT:
+            elif op in (DYNAMICS_UPSERT, DYNAMICS_CREATE):
                 dynamics += math.ceil(n / DYNAMICS_BATCH_RECORDS)
             else:
                 raise ValueError(f"unknown staged operation {op!r}")

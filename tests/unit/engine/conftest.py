@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -23,7 +23,7 @@ from crm_sync.engine.staging import StagingArea
 from crm_sync.state import make_engine, upgrade
 from crm_sync_hooks.dynamics import ChangePage, DeltaTokenExpired
 from crm_sync_hooks.marketo import FeedPage
-from crm_sync_hooks.results import WriteResult, WriteStatus
+from crm_sync_hooks.results import ROW_EXISTS, ROW_MISSING, WriteResult, WriteStatus
 
 
 @dataclass
@@ -101,6 +101,7 @@ class FakeDynamics:
         id_column: str | None = None,
         batch_size: int = 100,
         change_set_size: int | None = None,
+        only: Literal["existing", "new"] | None = None,
     ) -> list[WriteResult]:
         self._count("upsert_records")
         out = []
@@ -110,6 +111,12 @@ class FakeDynamics:
                 out.append(WriteResult(i, WriteStatus.FAILED, reason="refused", code=code))
                 continue
             existed = rec[key_columns[0]] in self.tables.get(entity_set, {})
+            if only == "existing" and not existed:  # If-Match: * on a missing row
+                out.append(WriteResult(i, WriteStatus.FAILED, reason="Does Not Exist", code=ROW_MISSING))
+                continue
+            if only == "new" and existed:  # If-None-Match: * on an existing row
+                out.append(WriteResult(i, WriteStatus.SKIPPED, reason="exists", code=ROW_EXISTS))
+                continue
             self.put(entity_set, dict(rec), key_columns[0])
             status = WriteStatus.UPDATED if existed else WriteStatus.CREATED
             out.append(WriteResult(i, status, str(rec[key_columns[0]])))

@@ -399,3 +399,39 @@ def test_failed_records_are_retried_after_their_backoff_without_a_new_change(
     assert counts["loaded"] == 1
     with session_scope(make_ctx("x").state) as session:
         assert session.execute(text("SELECT resolved_at IS NOT NULL FROM record_error")).scalar() == 1
+
+
+def test_a_create_whose_answer_was_lost_updates_the_row_it_made(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    """Creates carry If-None-Match: *; the derived GUID's row already there is this same create,
+    sent by an earlier attempt of the load whose answer was lost: it is updated, not refused."""
+    from crm_sync.engine.plan import new_person_guid
+
+    lead = entities["lead"]
+    fields = person_fields(entities.values())
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    cycle(lead, make_ctx("l0"), dyn, mkto, fields, [lead])
+    flag = lead.marketo.sync_flag_field
+    assert flag is not None
+    new_id = _seed_person(mkto, lastName="New", email="new@example.com", **{flag: True})
+    created = new_person_guid(str(new_id))
+
+    ctx = make_ctx("l1")
+    extracted = extract_changes(
+        lead, ctx, dynamics=dyn, marketo=mkto, feed_fields=fields, dedup_tables=[lead]
+    )
+    planned = transform_changes(lead, ctx, extracted)
+    dyn.put("leads", {"leadid": created, "lastname": "Sent before"}, "leadid")  # the lost attempt
+    for batch in planned["batches"]:
+        load_batch(lead, ctx, batch, marketo=mkto, dynamics=dyn)
+    commit(lead, ctx, extracted, planned)
+
+    assert dyn.tables["leads"][created]["lastname"] == "New", "the row now holds the person's values"
+    assert len(dyn.tables["leads"]) == 1
+    assert mkto.persons[new_id]["externalPersonId"] == created
+    with session_scope(make_ctx("check").state) as session:
+        links = session.execute(text("SELECT dynamics_id, marketo_id FROM id_map")).all()
+        errors = session.execute(text("SELECT count(*) FROM record_error")).scalar()
+    assert [tuple(r) for r in links] == [(created, str(new_id))]
+    assert errors == 0
