@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request  # noqa: TC002 (FastAPI reads the annotation at run time)
@@ -486,8 +486,16 @@ def build(emu: Emulator) -> FastAPI:
                           store_tables.export_jobs, store_tables.import_jobs):  # fmt: skip
                 conn.execute(table.delete())
         emu.limiter.reset()
+        emu.worker.report_fault = None
         stats.reset()
         return {"ok": True}
+
+    def set_report_fault(body: Any) -> dict[str, Any]:
+        mode = (body or {}).get("mode")
+        if mode not in (None, "drop-row", "blank-key"):
+            raise HTTPException(400, "mode must be drop-row, blank-key or null")
+        emu.worker.report_fault = mode
+        return {"mode": mode}
 
     app.include_router(
         admin_router(
@@ -497,6 +505,7 @@ def build(emu: Emulator) -> FastAPI:
                 "limits": lambda body: emu.set_limits(body or {}),
                 "reset-counters": reset_counters,
                 "reset": reset_data,
+                "import-report-fault": set_report_fault,
             },
         )
     )

@@ -285,6 +285,10 @@ class BulkWorker:
         self.config = config
         self.stats_add = stats_add
         self._started: dict[str, float] = {}
+        # Test switch (``POST /_emulator/import-report-fault``): the failure files of later
+        # imports leave out their last row ("drop-row", the status still counts it) or blank
+        # the lookup column of every row ("blank-key"), as a truncated or rewritten report would.
+        self.report_fault: str | None = None
         self._stop = threading.Event()
         self._reader = make_engine(store.db_path)  # own connection: WAL lets it read beside writers
         self._thread = threading.Thread(target=self._run, name="marketo-bulk", daemon=True)
@@ -501,7 +505,8 @@ class BulkWorker:
                     ),
                     {"p": processed, "f": len(failures), "b": batch_id},
                 )
-        self._write_report(batch_id, "failures", header, "Import Failure Reason", failures, delimiter)
+        reported = self._faulty_report(failures, header.index(lookup) if lookup in header else None)
+        self._write_report(batch_id, "failures", header, "Import Failure Reason", reported, delimiter)
         self._write_report(batch_id, "warnings", header, "Import Warning Reason", warnings, delimiter)
         if failures:
             message = (
@@ -511,6 +516,13 @@ class BulkWorker:
         else:
             message = f"Import succeeded, {processed} records imported ({processed} members)"
         return processed, len(failures), len(warnings), message
+
+    def _faulty_report(self, failures: list[list[str]], key_col: int | None) -> list[list[str]]:
+        if self.report_fault == "drop-row":
+            return failures[:-1]
+        if self.report_fault == "blank-key" and key_col is not None:
+            return [[*row[:key_col], "", *row[key_col + 1 :]] for row in failures]
+        return failures
 
     def _write_report(
         self, batch_id: int, kind: str, header: list[str], reason: str, rows: list[list[str]], delimiter: str

@@ -93,5 +93,9 @@ class BulkJobFailed(FatalApiError):
     """A bulk extract or import job ended in status Failed or Cancelled."""
 
 
+class BulkImportMismatch(BulkJobFailed):
+    """A bulk import's status and report files do not account for every row of its file."""
+
+
 class ConfigurationError(ValueError):
     """The Airflow connection lacks a field or holds a value the hook cannot use."""

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crm_sync_hooks.errors import BulkJobFailed, FatalApiError
+from crm_sync_hooks.errors import BulkImportMismatch, BulkJobFailed, FatalApiError
 from crm_sync_hooks.results import WriteResult, WriteStatus
 
 if TYPE_CHECKING:
@@ -369,10 +369,10 @@ class MarketoBulkMixin:
         lookup_field: str,
         max_file_bytes: int,
         skipped: list[WriteResult],
-    ) -> Iterator[tuple[bytes, dict[str, int], int]]:
+    ) -> Iterator[tuple[bytes, dict[str, list[int]], int]]:
         header = _csv_line(list(fields))
         buffer, size = [header], len(header)
-        index_by_key: dict[str, int] = {}
+        index_by_key: dict[str, list[int]] = {}
         for index, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise ValueError(f"bulk import row {index} is a {type(row).__name__}, not a mapping")
@@ -393,7 +393,7 @@ class MarketoBulkMixin:
                 buffer, size, index_by_key = [header], len(header), {}
             buffer.append(line)
             size += len(line)
-            index_by_key[str(key).lower()] = index
+            index_by_key.setdefault(_report_key(key), []).append(index)
         if len(buffer) > 1:
             yield b"".join(buffer), index_by_key, len(buffer) - 1
 
@@ -401,7 +401,7 @@ class MarketoBulkMixin:
         self,
         data: bytes,
         params: dict[str, Any],
-        index_by_key: dict[str, int],
+        index_by_key: dict[str, list[int]],
         count: int,
         lookup_field: str,
         poll_seconds: float,
@@ -455,14 +455,17 @@ class MarketoBulkMixin:
             raise BulkJobFailed(
                 f"import {batch_id} failed: {job.message}", endpoint="POST /bulk/v1/leads.json"
             )
+        lost_failures: list[str] = []
+        lost_warnings: list[str] = []
         if job.rows_failed:
-            job.failures = self._import_report(
+            job.failures, lost_failures = self._import_report(
                 batch_id, "failures", index_by_key, lookup_field, WriteStatus.FAILED
             )
         if job.rows_warning:
-            job.warnings = self._import_report(
+            job.warnings, lost_warnings = self._import_report(
                 batch_id, "warnings", index_by_key, lookup_field, WriteStatus.UPSERTED
             )
+        reconcile_import(job, lost_failures + lost_warnings, len(job.failures) + len(lost_failures))
         log.info(
             "import %s %s: %d rows, %d failed, %d with warnings",
             batch_id,
@@ -474,22 +477,39 @@ class MarketoBulkMixin:
         return job
 
     def _import_report(
-        self, batch_id: str, kind: str, index_by_key: dict[str, int], lookup_field: str, status: WriteStatus
-    ) -> list[WriteResult]:
-        """Read a failures/warnings file: the submitted row plus a last column with the reason."""
+        self,
+        batch_id: str,
+        kind: str,
+        index_by_key: dict[str, list[int]],
+        lookup_field: str,
+        status: WriteStatus,
+    ) -> tuple[list[WriteResult], list[str]]:
+        """Read a failures/warnings file: the submitted row plus a last column with the reason.
+
+        Returns:
+            One result per report row matched to a submitted row by its lookup value (rows
+            sharing a value in file order), and a description of each report row that matched
+            none.
+        """
         text = self.call("GET", f"/bulk/v1/leads/batch/{batch_id}/{kind}.json", check=self._check_file).text
         reader = csv.reader(io.StringIO(text.replace("\x00", "")))
         header = next(reader, None)
         if not header:
-            return []
+            return [], []
         key_col = header.index(lookup_field) if lookup_field in header else None
-        results = []
+        left = {key: list(indexes) for key, indexes in index_by_key.items()}
+        results: list[WriteResult] = []
+        unmatched: list[str] = []
         for row in reader:
             if not row:
                 continue
-            key = row[key_col].lower() if key_col is not None and key_col < len(row) else ""
-            results.append(WriteResult(index_by_key.get(key, -1), status, reason=row[-1], code=kind))
-        return results
+            key = _report_key(row[key_col]) if key_col is not None and key_col < len(row) else ""
+            indexes = left.get(key)
+            if not indexes:
+                unmatched.append(f"{kind} row {len(results) + len(unmatched) + 1} ({lookup_field} {key!r})")
+                continue
+            results.append(WriteResult(indexes.pop(0), status, reason=row[-1], code=kind))
+        return results, unmatched
 
     @staticmethod
     def _first_result(body: Mapping[str, Any], label: str) -> dict[str, Any]:
@@ -497,6 +517,50 @@ class MarketoBulkMixin:
         if not isinstance(result, list) or not result or not isinstance(result[0], Mapping):
             raise FatalApiError("answer has no result", endpoint=label)
         return dict(result[0])
+
+
+def _report_key(value: Any) -> str:
+    """How a lookup value is matched between the submitted file and a report file."""
+    return str(value).strip().lower()
+
+
+def reconcile_import(job: BulkImportJob, unmatched: Sequence[str], failures_listed: int) -> None:
+    """Fail the import unless its status and report files account for every submitted row.
+
+    Every row must come back as imported (counted in ``numOfLeadsProcessed``) or failed (counted
+    in ``numOfRowsFailed`` and listed, with its reason, in the failures file), and each report
+    row must match a submitted row. Otherwise a row could be counted as written while it was
+    not, so the caller's unit fails instead (a re-run imports the same keys again).
+
+    Args:
+        job: The finished import, its failures and warnings read.
+        unmatched: Report rows that matched no submitted row.
+        failures_listed: Rows in the failures file, matched or not.
+
+    Raises:
+        BulkImportMismatch: Naming the import and every figure that disagrees.
+    """
+    problems = []
+    if unmatched:
+        more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+        problems.append(
+            f"{len(unmatched)} report rows match no submitted row: {', '.join(unmatched[:5])}{more}"
+        )
+    if failures_listed != job.rows_failed:
+        problems.append(
+            f"Marketo counted {job.rows_failed} failed rows, its failures file lists {failures_listed}"
+        )
+    if job.rows_processed + job.rows_failed != job.rows_submitted:
+        problems.append(
+            f"{job.rows_submitted} rows were submitted, Marketo accounts for "
+            f"{job.rows_processed} imported and {job.rows_failed} failed"
+        )
+    if problems:
+        raise BulkImportMismatch(
+            f"import {job.batch_id} ({job.status}) does not account for every row: " + "; ".join(problems),
+            endpoint="GET /bulk/v1/leads/batch/{id}.json",
+            code="import-mismatch",
+        )
 
 
 def import_wait(rows: int, processed: int, elapsed: float, poll_seconds: float) -> float:

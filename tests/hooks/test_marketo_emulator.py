@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from crm_sync_hooks import marketo
-from crm_sync_hooks.errors import CallBudgetExhausted
+from crm_sync_hooks.errors import BulkImportMismatch, CallBudgetExhausted
 from crm_sync_hooks.marketo import MarketoHook
 from crm_sync_hooks.results import WriteStatus
 from crm_sync_hooks.retry import RetryPolicy
@@ -250,6 +250,43 @@ def test_bulk_import_reports_failed_rows(hook):
     assert sum(job.rows_processed for job in jobs) == 30
     found = list(hook.get_leads("email", ["import29@e2e.test"], fields=["firstName"]))
     assert found[0][0]["firstName"] == "I29"
+
+
+@pytest.mark.parametrize(
+    ("fault", "figure"),
+    [
+        ("drop-row", "Marketo counted 1 failed rows, its failures file lists 0"),
+        ("blank-key", "1 report rows match no submitted row: failures row 1 (email '')"),
+    ],
+)
+def test_bulk_import_whose_reports_miss_a_row_fails(hook, emulator, fault, figure):
+    rows = [{"email": f"recon{i}@e2e.test", "firstName": f"R{i}"} for i in range(4)]
+    rows.insert(2, {"email": "not-an-email", "firstName": "Bad"})
+    emulator.admin("POST", "import-report-fault", json={"mode": fault})
+    try:
+        with pytest.raises(BulkImportMismatch) as caught:
+            hook.bulk_import_leads(rows, ["email", "firstName"], poll_seconds=0.05)
+    finally:
+        emulator.admin("POST", "import-report-fault", json={"mode": None})
+    message = str(caught.value)
+    assert "does not account for every row" in message
+    assert figure in message
+    assert "/bulk/v1/leads/batch/{id}.json" in message
+    # Without the fault the same rows are accounted for: four imported, the bad one failed.
+    (job,) = hook.bulk_import_leads(rows, ["email", "firstName"], poll_seconds=0.05)
+    assert (job.rows_processed, [f.index for f in job.failures]) == (4, [2])
+
+
+def test_bulk_import_matches_failures_of_rows_sharing_a_key_in_order(hook):
+    rows = [
+        {"email": "fine@e2e.test", "firstName": "Fine"},
+        {"email": "not-an-email", "firstName": "Bad once"},
+        {"email": "also@e2e.test", "firstName": "Also"},
+        {"email": "not-an-email", "firstName": "Bad twice"},
+    ]
+    (job,) = hook.bulk_import_leads(rows, ["email", "firstName"], poll_seconds=0.05)
+    assert sorted(f.index for f in job.failures) == [1, 3], "each failure names its own row"
+    assert job.rows_processed == 2
 
 
 def test_token_is_renewed_after_forced_expiry(hook, emulator):
