@@ -3,7 +3,8 @@
 ``dag.test()`` runs every task in one process, so what that process holds after one task is
 still counted while the next runs. A worker runs each task in a process of its own: Airflow's
 LocalExecutor forks one per task instance and names it ``airflow worker -- <task instance id>``.
-This module starts the scheduler, DAG processor and API server of ``airflow standalone`` on the
+This module starts the scheduler, DAG processor and API server of ``airflow standalone`` (through
+``crm_sync.local_airflow``: the same components without log servers on every interface) on the
 benchmark's Airflow home (SQLite metadata DB, LocalExecutor, cron schedules off so only the
 triggered run exists), triggers one run, and reads each task process's peak resident memory
 (``VmHWM`` in ``/proc/<pid>/status``, the kernel's own high-water mark) while it lives.
@@ -127,7 +128,7 @@ class Standalone:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                [str(AIRFLOW), "standalone"],
+                [sys.executable, "-m", "crm_sync.local_airflow"],  # standalone, 127.0.0.1 only
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

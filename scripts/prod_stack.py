@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crm_sync.local_airflow import COMPONENTS, component_argv
 from crm_sync.localenv import (
     AIRFLOW_API_PORT,
     DYNAMICS_EMULATOR_PORT,
@@ -65,8 +66,6 @@ else:
 # Under var/ (ignored by git) and apart from the demo's .airflow/, so the two never share a config.
 AIRFLOW_HOME = stack.VAR_DIR / "airflow-prod"
 WORKERS = ("worker1", "worker2")
-# Process names (PID files) in start order; stop ends every *.pid under .run/ anyway.
-AIRFLOW_PROCESSES = ("scheduler", "dag-processor", "triggerer", "api-server")
 # Components the API's health endpoint reports (the metadata DB and the heartbeat-based jobs).
 HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 STARTUP_TIMEOUT_S = 180.0
@@ -274,23 +273,8 @@ def prepare_staging(cfg: ProdConfig) -> None:
 def start_airflow(cfg: ProdConfig, env: dict[str, str]) -> None:
     """Start the Airflow components and the two Celery workers, each in its own process group."""
     airflow = str(stack.BIN_DIR / "airflow")
-    argv = {
-        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
-        "dag-processor": [airflow, "dag-processor"],
-        "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
-        "api-server": [
-            airflow,
-            "api-server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(AIRFLOW_API_PORT),
-            "-w",
-            "1",
-        ],
-    }
-    for name in AIRFLOW_PROCESSES:
-        stack._spawn(f"airflow-{name}", argv[name], env)
+    for name in COMPONENTS:
+        stack._spawn(f"airflow-{name}", component_argv(name, AIRFLOW_API_PORT), env)
     for worker in WORKERS:
         stack._spawn(
             f"celery-{worker}",
@@ -359,7 +343,7 @@ def wait_ready(cfg: ProdConfig, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
 def start(cfg: ProdConfig) -> None:
     """Create and migrate the databases, load the settings and start every process."""
     if stack._running_pid("airflow"):
-        raise SystemExit("the demo stack (airflow standalone) is running; stop it first with: make stop")
+        raise SystemExit("the demo stack (make demo) is running; stop it first with: make stop")
     began = time.monotonic()
     env = airflow_environment(cfg)
     try:

@@ -1,8 +1,9 @@
 """Start, check and stop the local demo stack.
 
 ``make demo`` calls ``start``: the two API emulators (seeded on first start), the alert sink,
-Airflow standalone with ``airflow_settings.yaml`` loaded (pointed at this stack's ports and
-folders), every ``sync_*`` DAG unpaused, ``full_copy`` triggered once (when the DAG exists and has
+Airflow's components as ``airflow standalone`` runs them, without its all-interface log servers
+(:mod:`crm_sync.local_airflow`), with ``airflow_settings.yaml`` loaded (pointed at this stack's
+ports and folders), every ``sync_*`` DAG unpaused, ``full_copy`` triggered once (when the DAG exists and has
 never run), and the activity process that keeps changing both CRMs. ``make stop`` calls ``stop``.
 ``make demo-check`` calls ``check`` (compares both systems through ``crm_sync.reconcile``).
 
@@ -132,7 +133,7 @@ def _wait_http(url: str, timeout_s: float, cafile: Path | None = None) -> bool:
 def _base_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(airflow_env(AIRFLOW_HOME))
-    # airflow standalone starts its components as `airflow ...` found on PATH.
+    # Airflow starts helper processes as `airflow ...` found on PATH.
     env["PATH"] = os.pathsep.join([str(BIN_DIR), env.get("PATH", "")])
     return env
 
@@ -181,10 +182,14 @@ def start_emulators(env: dict[str, str]) -> None:
 
 
 def start_airflow(env: dict[str, str]) -> None:
-    """Start ``airflow standalone`` and wait until its API answers."""
+    """Start Airflow (``python -m crm_sync.local_airflow``) and wait until its API answers.
+
+    That is ``airflow standalone``'s set of components without its log servers, which would
+    listen on every interface: everything the demo opens stays on 127.0.0.1.
+    """
     AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
     prepare_sqlite_metadata_db(AIRFLOW_HOME / "airflow.db")
-    _spawn("airflow", [str(BIN_DIR / "airflow"), "standalone"], env)
+    _spawn("airflow", [str(BIN_DIR / "python"), "-m", "crm_sync.local_airflow"], env)
     if not _wait_http(f"http://127.0.0.1:{AIRFLOW_API_PORT}/api/v2/monitor/health", 180):
         raise SystemExit(f"Airflow did not become healthy within 180 s; see {LOG_DIR / 'airflow.log'}")
 

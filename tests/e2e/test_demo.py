@@ -1,7 +1,7 @@
 """``make demo`` end to end: a second, isolated demo stack (own folder and ports) on 127.0.0.1.
 
 One stack start serves the whole check, because starting Airflow is the expensive part:
-the UI answers with the printed login, everything listens on 127.0.0.1 only, ``full_copy`` ran
+the UI answers with the printed login, every socket the stack listens on is on 127.0.0.1, ``full_copy`` ran
 first and every sync DAG is unpaused, the activity process changes both CRMs at a fast rate,
 and ``stack.py check`` (``make demo-check``) then finds both systems in agreement. ``stop``
 leaves no process behind.
@@ -152,6 +152,9 @@ def test_demo_serves_ui_syncs_live_activity_and_the_check_finds_no_differences(
         listening = _listeners(tree)
         for our_port in ours:
             assert {ip for ip, p in listening if p == our_port} == {"127.0.0.1"}, (our_port, listening)
+        # Every socket any process of the demo listens on, not only ours: no log server on all
+        # interfaces (airflow standalone's scheduler and triggerer open one on [::]).
+        assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
 
         # The activity keeps changing both CRMs (a round every 5 s) while the sync DAGs run.
         log_file = tmp_path / "var" / "log" / "activity.log"

@@ -1,7 +1,8 @@
 """``airflow backfill create`` over three months copies exactly the records created in them.
 
-A real Airflow (``airflow standalone``: scheduler, DAG processor, API server, on its own SQLite
-metadata DB, bound to 127.0.0.1) runs the backfill that the CLI creates, one run per month with
+A real Airflow (``airflow standalone``'s components through ``crm_sync.local_airflow``: scheduler,
+DAG processor, API server, on its own SQLite metadata DB, every listener on 127.0.0.1) runs the
+backfill that the CLI creates, one run per month with
 its data interval, as a user would. Users and teams are copied first by a manual run (a backfill
 re-copies history after the first copy, so the people records point at exist). Afterwards, for
 every other entity, Marketo holds exactly the Dynamics records created in the window that pass
@@ -105,17 +106,14 @@ def test_backfill_of_three_months_copies_exactly_the_records_created_in_them(
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-        # The log servers of the scheduler and triggerer on ports of this test's own.
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        # standalone starts its parts as `airflow ...` from PATH.
+        # Airflow starts helper processes as `airflow ...` from PATH.
         "PATH": f"{AIRFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     prepare_sqlite_metadata_db(home / "airflow.db")
     log = tmp_path / "standalone.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(AIRFLOW), "standalone"],
+            [sys.executable, "-m", "crm_sync.local_airflow"],  # standalone, 127.0.0.1 only
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
