@@ -1,10 +1,11 @@
 """``rebaseline``: start over cleanly after a Dynamics sandbox refresh (manual, with Params).
 
 Thin wiring around :mod:`crm_sync.rebaseline`: ``detect`` reports the markers (organization id,
-linked ids that no longer resolve); with ``confirm`` set, ``pause_sync`` pauses every sync DAG,
-``relink`` re-points the Marketo records at the refreshed org's records (external id, then
-email; objects keyed by vanished ids are re-created by the sync) and resets the state store's
-identity and watermarks, and ``unpause_sync`` lets the sync DAGs run again.
+linked ids that no longer resolve); ``plan`` reads both systems, checks the visible row counts
+and writes the dry-run report; with ``confirm`` set, ``pause_sync`` pauses every sync DAG,
+``relink`` applies the plan (only for a refreshed org, through the mass-delete guard: external
+id, then email; objects keyed by vanished ids are re-created by the sync) and resets the state
+store's identity and watermarks, and ``unpause_sync`` lets the sync DAGs run again.
 """
 
 from __future__ import annotations
@@ -26,9 +27,19 @@ DOC = """### rebaseline
 Run after the Dynamics org behind `dynamics_default` was refreshed from another environment (the
 sync stops by itself with an alert when it sees a new organization id).
 
-* **confirm**: false = only report what `detect` finds; true = pause, re-link, reset, unpause.
-* **entities**: entities to re-link (empty = all).
-* **poll_seconds**: how often the Marketo bulk export's status is polled.
+* `detect` reports the markers (organization id, linked ids that no longer resolve).
+* `plan` always runs: it reads both systems, checks that the application user still sees about
+  as many rows as last time (a narrowed security role hides rows without an error), and writes a
+  dry-run report (`report.csv` under `mds_staging_path/rebaseline/<run>/`) listing every Marketo
+  record the re-link would delete, flag as deleted or re-point. It writes nothing else.
+* With **confirm**, `pause_sync` pauses every sync DAG, `relink` applies the plan and
+  `unpause_sync` lets the DAGs run again. `relink` refuses unless `detect` found a refresh, and
+  its deletes pass the sync DAGs' mass-delete guard (`mds_max_delete_share`,
+  `mds_mass_delete_min_records`) unless **confirm_deletes** is set.
+
+Params: **confirm** (false = report only), **confirm_deletes** (let a mass delete through, after
+reading the report), **accept_row_counts** (the visible row counts changed on purpose),
+**entities** (empty = all), **poll_seconds** (Marketo bulk export status poll).
 
 Pausing and unpausing go through Airflow's REST API with the `airflow_api` connection.
 """
@@ -44,6 +55,10 @@ def _params() -> dict[str, Any]:
     return dict(get_current_context()["params"])
 
 
+def _entities() -> list[str]:
+    return list(_params().get("entities") or [])
+
+
 with DAG(
     dag_id="rebaseline",
     schedule=None,
@@ -55,6 +70,8 @@ with DAG(
     doc_md=DOC,
     params={
         "confirm": Param(False, type="boolean", description="really re-link and reset"),
+        "confirm_deletes": Param(False, type="boolean", description="let a mass delete through"),
+        "accept_row_counts": Param(False, type="boolean", description="row counts changed on purpose"),
         "entities": Param([], type="array", items={"type": "string"}, description="entities (empty = all)"),
         "poll_seconds": Param(10.0, type="number", minimum=0.1, description="bulk export status poll"),
     },
@@ -64,7 +81,7 @@ with DAG(
     def detect() -> dict[str, Any]:
         from crm_sync.rebaseline import run_detect
 
-        return run_detect(_settings(), list(_params().get("entities") or []))
+        return run_detect(_settings(), _entities())
 
     @task(task_id="pause_sync")
     def pause_sync() -> list[str]:
@@ -76,13 +93,38 @@ with DAG(
             raise AirflowSkipException("confirm is false: report only")
         return run_pause(_settings(), True)
 
+    @task(task_id="plan", pool="marketo_api", trigger_rule="none_failed")
+    def plan() -> dict[str, Any]:
+        from crm_sync.guards.variables import guard_settings
+        from crm_sync.rebaseline import run_plan
+
+        params = _params()
+        return run_plan(
+            _settings(),
+            _entities(),
+            float(params.get("poll_seconds", 10.0)),
+            tolerance=guard_settings().visibility_tolerance,
+            accept_row_counts=bool(params.get("accept_row_counts")),
+        )
+
     @task(task_id="relink", pool="marketo_api")
-    def relink() -> dict[str, Any]:
+    def relink(detected: dict[str, Any]) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from crm_sync.guards.variables import guard_settings
         from crm_sync.rebaseline import run_relink
 
         params = _params()
+        if not params.get("confirm"):
+            raise AirflowSkipException("confirm is false: report only")
+        guards = guard_settings()
         return run_relink(
-            _settings(), list(params.get("entities") or []), float(params.get("poll_seconds", 10.0))
+            _settings(),
+            _entities(),
+            detected,
+            confirm_deletes=bool(params.get("confirm_deletes")),
+            max_share=guards.max_delete_share,
+            min_records=guards.mass_delete_min_records,
         )
 
     @task(task_id="unpause_sync")
@@ -91,4 +133,7 @@ with DAG(
 
         return run_pause(_settings(), False)
 
-    detect() >> pause_sync() >> relink() >> unpause_sync()
+    found = detect()
+    planned = plan()
+    done = relink(found)  # type: ignore[arg-type]  # an XComArg resolves to detect's dict
+    found >> pause_sync() >> planned >> done >> unpause_sync()

@@ -22,12 +22,10 @@ from airflow.sdk import DAG, Param, get_current_context, task
 from crm_sync.config import Direction, EntityConfig, load_entities_each
 from crm_sync.dag_defaults import START_DATE, TAG_VOCABULARY, default_args
 from crm_sync.engine.runner import entities_dir
+from crm_sync.guards.variables import dynamics_reserve, guard_settings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from crm_sync.engine.runner import RunSettings
-    from crm_sync.guards import GuardSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,47 +38,7 @@ def _settings(entities_dir: str) -> RunSettings:
     from crm_sync.engine.runner import settings_from_airflow
 
     run_id = str(get_current_context()["run_id"])
-    return settings_from_airflow(run_id, entities_dir, dynamics_window_reserve=_dynamics_reserve())
-
-
-def _variable(name: str, cast: Callable[[str], Any], default: Any) -> Any:
-    """An Airflow Variable read as a number; a bad value fails naming the Variable."""
-    from airflow.sdk import Variable
-
-    raw = Variable.get(name, default=None)
-    if raw is None or str(raw).strip() == "":
-        return default
-    try:
-        return cast(str(raw).strip())
-    except ValueError:
-        raise ValueError(f"Airflow Variable {name!r} must be a number, got {raw!r}") from None
-
-
-def _reserve_share() -> float:
-    """Share of the Marketo daily quota kept for other integrations (default 0.2)."""
-    # mds_marketo_quota_reserve: the name airflow_settings.yaml first shipped the share under.
-    reserve = _variable("mds_quota_reserve_share", float, None)
-    return float(reserve if reserve is not None else _variable("mds_marketo_quota_reserve", float, 0.2))
-
-
-def _dynamics_reserve() -> float:
-    """Share of the Dataverse request window kept for other integrations (default: the Marketo share)."""
-    reserve = _variable("mds_dynamics_window_reserve", float, None)
-    return float(reserve if reserve is not None else _reserve_share())
-
-
-def _guard_settings() -> GuardSettings:
-    """Budget and delete-guard settings from the project's Airflow Variables."""
-    from crm_sync.guards import GuardSettings
-
-    return GuardSettings(
-        daily_quota=_variable("mds_marketo_daily_quota", int, 50_000),
-        reserve_share=_reserve_share(),
-        dynamics_reserve_share=_dynamics_reserve(),
-        low_priority_headroom=_variable("mds_quota_low_priority_headroom", float, 0.25),
-        max_delete_share=_variable("mds_max_delete_share", float, None),
-        mass_delete_min_records=_variable("mds_mass_delete_min_records", int, 10),
-    )
+    return settings_from_airflow(run_id, entities_dir, dynamics_window_reserve=dynamics_reserve())
 
 
 def _stop(exc: Exception) -> Exception:
@@ -149,7 +107,7 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
             from crm_sync.guards import GuardError
 
             try:
-                report = run_preflight(_settings(entities_dir), name, _guard_settings())
+                report = run_preflight(_settings(entities_dir), name, guard_settings())
             except GuardError as exc:
                 raise _stop(exc) from exc
             log.info("preflight: %s", report)
@@ -158,8 +116,12 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
         @task(task_id="extract_changes", pool=extract_pool)
         def extract_changes() -> dict[str, Any]:
             from crm_sync.engine.runner import run_extract
+            from crm_sync.guards import GuardError
 
-            counts = run_extract(_settings(entities_dir), name)
+            try:  # the visibility guard of a full re-read (expired delta link)
+                counts = run_extract(_settings(entities_dir), name)
+            except GuardError as exc:
+                raise _stop(exc) from exc
             log.info("extracted: %s", counts)
             return counts
 
@@ -180,7 +142,7 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
             confirm = bool(context["params"].get("confirm_deletes", False))
             try:
                 report = run_guard(
-                    _settings(entities_dir), name, list(batches), _guard_settings(), confirm_deletes=confirm
+                    _settings(entities_dir), name, list(batches), guard_settings(), confirm_deletes=confirm
                 )
             except GuardError as exc:
                 raise _stop(exc) from exc

@@ -113,11 +113,23 @@ def build(settings: Settings) -> ASGIApp:
 
     def reset() -> dict[str, Any]:
         admin_write(lambda conn: reset_data(conn, store.tables))
+        api.visible_digits.clear()
         return {"ok": True, "organization_id": store.meta["organization_id"]}
 
     def sandbox_refresh() -> dict[str, Any]:
         result = admin_write(lambda conn: refresh_sandbox(conn, store.tables))
         return {**result, "organization_id": store.meta["organization_id"]}
+
+    def visibility(body: Any) -> dict[str, Any]:
+        body = dict(body or {})
+        table = str(body.get("table", ""))
+        if table not in store.tables:
+            raise HTTPException(400, f"unknown table {table!r}")
+        try:
+            share = api.set_visibility(table, float(body.get("visible_fraction", 1.0)))
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {"table": table, "visible_fraction": share}
 
     def expire_delta_tokens() -> dict[str, Any]:
         n = admin_write(lambda conn: conn.exec_driver_sql("UPDATE delta_tokens SET expired = 1").rowcount)
@@ -131,6 +143,7 @@ def build(settings: Settings) -> ASGIApp:
                 "expire-delta-tokens": expire_delta_tokens,
                 "limits": limits,
                 "sandbox-refresh": sandbox_refresh,
+                "visibility": visibility,
                 "reset": reset,
                 "schema": schema,
             },

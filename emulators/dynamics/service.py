@@ -115,6 +115,31 @@ class WebApi:
         self.store = store
         self.stats = stats
         self.delta_expiry_s = delta_expiry_s
+        # Test switch (``POST /_emulator/visibility``): rows the application user no longer sees,
+        # as after its security role was narrowed to a business unit. Per table, the number of
+        # leading hex digits (of 16) whose GUIDs stay visible; hidden rows are left out of
+        # queries, counts and change tracking and answer 404 by id, like rows of another unit.
+        self.visible_digits: dict[str, int] = {}
+
+    def set_visibility(self, table: str, fraction: float) -> float:
+        """Let the application user see about ``fraction`` of ``table``'s rows; returns the share."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"visible_fraction must be in [0, 1], got {fraction}")
+        digits = round(fraction * 16)
+        if digits >= 16:
+            self.visible_digits.pop(table, None)
+        else:
+            self.visible_digits[table] = digits
+        return digits / 16
+
+    def _visible(self, table: Table) -> str:
+        """SQL condition of the rows the application user sees ('' when it sees them all)."""
+        digits = self.visible_digits.get(table.logical_name)
+        if digits is None:
+            return ""
+        if digits == 0:
+            return "0 = 1"
+        return f"substr(lower({quote(table.primary_id)}), 1, 1) < '{'0123456789abcdef'[digits]}'"
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -206,10 +231,11 @@ class WebApi:
         )
 
     def _where(self, table: Table, filter_text: str | None) -> tuple[str, list[Any]]:
+        visible = self._visible(table)
         if not filter_text:
-            return "", []
+            return (f" WHERE {visible}" if visible else ""), []
         cond, params = compile_filter(table, filter_text)
-        return f" WHERE {cond}", params
+        return f" WHERE ({cond})" + (f" AND {visible}" if visible else ""), params
 
     def list_records(self, conn: Connection, req: ApiRequest, table: Table) -> ApiResponse:
         q = req.query
@@ -357,9 +383,11 @@ class WebApi:
         last = after
         if phase == "u":
             vcol = writer.columns.index("versionnumber")
+            visible = self._visible(table)
             rows = conn.exec_driver_sql(
                 f"SELECT {', '.join(map(quote, writer.columns))} FROM {quote(table.logical_name)}"
-                f" WHERE versionnumber > ? AND versionnumber <= ? ORDER BY versionnumber LIMIT {size + 1}",
+                f" WHERE versionnumber > ? AND versionnumber <= ?{' AND ' + visible if visible else ''}"
+                f" ORDER BY versionnumber LIMIT {size + 1}",
                 (after, upto),
             ).fetchall()
             if len(rows) > size:
@@ -447,8 +475,9 @@ class WebApi:
     def find_id(self, conn: Connection, table: Table, key: str | dict[str, str]) -> str | None:
         """Return the primary key a key segment designates, or None when no row matches."""
         t, pk = quote(table.logical_name), quote(table.primary_id)
+        visible = f" AND {self._visible(table)}" if self._visible(table) else ""
         if isinstance(key, str):
-            got = conn.exec_driver_sql(f"SELECT {pk} FROM {t} WHERE {pk} = ?", (key,)).scalar()
+            got = conn.exec_driver_sql(f"SELECT {pk} FROM {t} WHERE {pk} = ?{visible}", (key,)).scalar()
             return str(got) if got else None
         cols = tuple(sorted(k.lower() for k in key))
         if cols == (table.primary_id,):
@@ -464,7 +493,7 @@ class WebApi:
         values = {k.lower(): v for k, v in key.items()}
         where = " AND ".join(f"{quote(c)} = ?" for c in cols)
         got = conn.exec_driver_sql(
-            f"SELECT {pk} FROM {t} WHERE {where}", tuple(values[c] for c in cols)
+            f"SELECT {pk} FROM {t} WHERE {where}{visible}", tuple(values[c] for c in cols)
         ).scalar()
         return str(got) if got else None
 

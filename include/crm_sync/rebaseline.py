@@ -33,7 +33,7 @@ from crm_sync.config import Direction
 from crm_sync.state import lookup_links, session_scope
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
     from datetime import datetime
 
     from airflow.sdk import ObjectStoragePath
@@ -126,6 +126,12 @@ def rebaseline_expired(
         ref_path = ctx.staging.path(ref["path"])
         if ref_path.exists():
             ref_path.unlink()  # the full copy of the table is not needed any more
+    from crm_sync.guards.visibility import guard_full_read, tolerance_setting
+
+    with session_scope(ctx.state) as session:
+        # Records no longer seen are staged as deletes below: first make sure the application
+        # user still sees about as many rows as last time (raises VisibilityCollapsed).
+        guard_full_read(session, entity.name, read, tolerance=tolerance_setting())
     linked = links[~links["state"].fillna("active").isin(["deleted"])]
     gone = sorted(set(linked["dynamics_id"].astype(str)) - seen)
     deleted = list(full["deleted"])
@@ -299,14 +305,14 @@ def _norm(values: pd.Series) -> pd.Series:
 
 
 def _relink_persons(
-    entity: EntityConfig, rows: pd.DataFrame, persons: pd.DataFrame, marketo: Any, taken: set[str]
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Re-point this entity's Marketo persons at the refreshed org's records.
+    entity: EntityConfig, rows: pd.DataFrame, persons: pd.DataFrame, taken: set[str]
+) -> dict[str, Any]:
+    """Plan how this entity's Marketo persons are re-pointed at the refreshed org's records.
 
     A person whose key is a current GUID keeps it; otherwise the one Dataverse record with the
-    same email (unique on both sides, not yet claimed) takes it and the person's key is updated
-    in Marketo; a person left without a record is flagged deleted (the delete policy), never
-    deleted. Returns the id-map rows and counts.
+    same email (unique on both sides, not yet claimed) takes it and the person's key is to be
+    updated in Marketo; a person left without a record is to be flagged deleted (the delete
+    policy), never deleted. Nothing is written here.
     """
     from crm_sync.engine.extract import email_column
     from crm_sync.transforms import persons_for_entity
@@ -342,45 +348,53 @@ def _relink_persons(
             updates.append({"id": int(pid), m.key: guid})
             links.append({"dynamics_id": guid, "marketo_id": str(pid)})
     matched_ids = {str(u["id"]) for u in updates}
-    orphans = [str(i) for i in rest[m.id_field].astype(str) if str(i) not in matched_ids]
-    failed = 0
-    for part in _chunks(updates):
-        failed += sum(1 for r in marketo.sync_leads(list(part), "updateOnly", "id") if not r.ok)
-    if m.deleted_field and orphans:
-        flags = [{"id": int(i), m.deleted_field: True} for i in orphans]
-        for part in _chunks(flags):
-            failed += sum(1 for r in marketo.sync_leads(list(part), "updateOnly", "id") if not r.ok)
+    orphans = rest[~rest[m.id_field].astype(str).isin(matched_ids).to_numpy()]
+    flags = (
+        [
+            {"id": int(i), "old_key": None if pd.isna(k) else str(k)}
+            for i, k in zip(orphans[m.id_field], orphans[m.key], strict=True)
+        ]
+        if m.deleted_field
+        else []
+    )
     for link in links:
         link["person_type"] = m.person_type
-    counts = {"kept": len(kept), "by_email": len(updates), "flagged_deleted": len(orphans), "failed": failed}
-    return links, counts
+    counts = {"kept": len(kept), "by_email": len(updates), "flagged_deleted": len(flags)}
+    return {"links": links, "key_updates": updates, "flags": flags, "deletes": [], "counts": counts}
 
 
-def _relink_objects(
-    entity: EntityConfig, rows: pd.DataFrame, links: pd.DataFrame, marketo: Any
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Keep the Marketo objects whose key is still a current GUID; delete the ones keyed by
-    ids the refreshed org no longer has (the sync re-creates them from Dataverse under the new
-    ids, so none is left twice)."""
-    from crm_sync.engine.load import marketo_object_path
-
+def _relink_objects(entity: EntityConfig, rows: pd.DataFrame, links: pd.DataFrame) -> dict[str, Any]:
+    """Plan to keep the Marketo objects whose key is still a current GUID and to delete the ones
+    keyed by ids the refreshed org no longer has (the sync re-creates them from Dataverse under
+    the new ids, so none is left twice). Nothing is written here."""
     current = set(_norm(rows[entity.dynamics.key]).dropna()) if len(rows) else set()
     old = links[links["marketo_id"].notna()]
     keep = old[old["dynamics_id"].astype(str).isin(current)]
-    gone = sorted(set(old["dynamics_id"].astype(str)) - current)
-    failed = 0
-    if gone:
-        keys = [{entity.marketo.key: g} for g in gone]
-        results = marketo.delete_objects(marketo_object_path(entity), keys, "dedupeFields")
-        failed = sum(1 for r in results if not r.ok and "not found" not in str(r.reason or "").lower())
+    gone = old[~old["dynamics_id"].astype(str).isin(current)].sort_values("dynamics_id")
     out = [
         {"dynamics_id": str(d), "marketo_id": str(mid)}
         for d, mid in zip(keep["dynamics_id"], keep["marketo_id"], strict=True)
     ]
-    return out, {"kept": len(out), "deleted": len(gone), "failed": failed}
+    deletes = [
+        {"key": str(d), "marketo_id": str(mid)}
+        for d, mid in zip(gone["dynamics_id"], gone["marketo_id"], strict=True)
+    ]
+    counts = {"kept": len(out), "deleted": len(deletes)}
+    return {"links": out, "key_updates": [], "flags": [], "deletes": deletes, "counts": counts}
 
 
-def relink(
+class RefreshNotDetected(AirflowFailException):
+    """A re-link was asked for, but detection found no sandbox refresh (fails without retries)."""
+
+
+class RelinkGuardFailed(AirflowFailException):
+    """A guard stopped the re-link before any write (visibility or mass deletes)."""
+
+
+REPORT_COLUMNS = ["entity", "action", "marketo_id", "old_key", "new_key"]
+
+
+def plan_relink(
     entities: Sequence[EntityConfig],
     *,
     dynamics: Any,
@@ -388,27 +402,25 @@ def relink(
     state: Engine,
     since: datetime | None = None,
     poll_seconds: float = 10.0,
-) -> dict[str, dict[str, int]]:
-    """Re-link every Marketo record to the refreshed org, then reset the state store.
+    tolerance: float = 0.5,
+    accept_row_counts: bool = False,
+) -> dict[str, Any]:
+    """Read both systems and plan the re-link of every Marketo record; write nothing.
 
-    Persons are re-linked by key, then by email (their marketing history stays with them);
-    Lead Database objects keyed by ids that no longer exist are deleted and re-created by the
-    next sync runs. The state store is then re-baselined (id map, watermarks and identities
-    cleared) and the new links written without agreed hashes, so the next run of each sync
-    DAG reads its table from the start and writes every record once, as an update of the
-    re-linked Marketo record.
+    Each entity's Dataverse table is read in full; before anything else, the rows the
+    application user sees are compared with what it saw last time (the visibility guard), since
+    every linked record it does not see would be deleted or flagged.
 
     Returns:
-        Per entity, the counts of what happened.
+        Per entity (``entities``): ``links``, ``key_updates``, ``flags``, ``deletes``,
+        ``counts``, ``seen`` (rows read) and ``linked`` (records linked before).
 
     Raises:
-        RuntimeError: Some Marketo writes failed (the state store is left untouched).
+        RelinkGuardFailed: The visibility of an entity's table collapsed.
     """
-    from crm_sync.engine.extract import _GUID
+    from crm_sync.guards.visibility import VisibilityCollapsed, check_visibility, expected_rows
     from crm_sync.reconcile.core import default_since
     from crm_sync.reconcile.reads import is_person, marketo_fields, read_dynamics, read_persons
-    from crm_sync.state import open_errors, resolve_errors, upsert_links
-    from crm_sync.state import rebaseline as reset_state
 
     start = since or default_since(state)
     person_entities = [e for e in entities if is_person(e)]
@@ -425,32 +437,140 @@ def relink(
             start,
             poll_seconds=poll_seconds,
         )
-    new_links: dict[str, list[dict[str, Any]]] = {}
-    counts: dict[str, dict[str, int]] = {}
+    plan: dict[str, Any] = {}
     taken: set[str] = set()
     for entity in entities:
         rows = read_dynamics(entity, dynamics)
         with session_scope(state) as session:
             old = lookup_links(session, entity.name)
+            expected = expected_rows(session, entity.name)
+        try:
+            check_visibility(
+                entity.name, len(rows), expected, tolerance=tolerance, accepted=accept_row_counts
+            )
+        except VisibilityCollapsed as exc:
+            raise RelinkGuardFailed(str(exc)) from None
         if is_person(entity):
             assert persons is not None
-            links, counts[entity.name] = _relink_persons(entity, rows, persons, marketo, taken)
-            taken |= {link["dynamics_id"] for link in links}
+            part = _relink_persons(entity, rows, persons, taken)
+            taken |= {link["dynamics_id"] for link in part["links"]}
         else:
-            links, counts[entity.name] = _relink_objects(entity, rows, old, marketo)
-        new_links[entity.name] = links
-    failed = {n: c["failed"] for n, c in counts.items() if c.get("failed")}
-    if failed:
-        raise RuntimeError(f"re-link: Marketo writes failed for {failed}; the state store was not reset")
+            part = _relink_objects(entity, rows, old)
+        active = old[old["state"].fillna("active").eq("active")] if len(old) else old
+        plan[entity.name] = {**part, "seen": len(rows), "linked": len(active)}
+    return {"entities": plan}
+
+
+def relink_report(plan: Mapping[str, Any]) -> pd.DataFrame:
+    """Every write the plan would make in Marketo: deletes, deleted flags, keys re-pointed."""
+    rows: list[dict[str, Any]] = []
+    for name, part in plan["entities"].items():
+        rows += [
+            {"entity": name, "action": "delete", "marketo_id": d["marketo_id"], "old_key": d["key"]}
+            for d in part["deletes"]
+        ]
+        rows += [
+            {"entity": name, "action": "flag_deleted", "marketo_id": str(f["id"]), "old_key": f["old_key"]}
+            for f in part["flags"]
+        ]
+        key_updates = part["key_updates"]
+        rows += [
+            {"entity": name, "action": "relink_by_email", "marketo_id": str(u["id"]), "new_key": new}
+            for u in key_updates
+            for k, new in u.items()
+            if k != "id"
+        ]
+    return pd.DataFrame(rows, columns=REPORT_COLUMNS)
+
+
+def check_relink_deletes(
+    entities: Sequence[EntityConfig],
+    plan: Mapping[str, Any],
+    *,
+    max_share: float | None = None,
+    min_records: int = 10,
+    confirmed: bool = False,
+) -> dict[str, Any]:
+    """The sync DAGs' mass-delete guard over the plan's deletes and deleted flags, per entity.
+
+    Raises:
+        RelinkGuardFailed: An entity would lose more than its share; names each one.
+    """
+    from crm_sync.guards.deletes import MassDeleteBlocked, check_mass_delete
+
+    figures: dict[str, Any] = {}
+    blocked: list[str] = []
+    for entity in entities:
+        part = plan["entities"].get(entity.name)
+        if part is None:
+            continue
+        try:
+            figures[entity.name] = check_mass_delete(
+                entity,
+                deletes=len(part["deletes"]) + len(part["flags"]),
+                linked=int(part["linked"]),
+                max_share=max_share,
+                min_records=min_records,
+                confirmed=confirmed,
+            )
+        except MassDeleteBlocked as exc:
+            blocked.append(str(exc).replace(f"trigger {entity.dag_id}", "trigger rebaseline"))
+    if blocked:
+        raise RelinkGuardFailed(" | ".join(blocked) + " (the dry-run report lists every record)")
+    return figures
+
+
+def apply_relink(
+    entities: Sequence[EntityConfig], plan: Mapping[str, Any], *, marketo: Any, state: Engine
+) -> dict[str, dict[str, int]]:
+    """Make the plan's Marketo writes, then re-baseline the state store with the new links.
+
+    Persons are re-pointed by key or email (their marketing history stays with them) or flagged
+    deleted; Lead Database objects keyed by vanished ids are deleted and re-created by the next
+    sync runs. The state store is then re-baselined (id map, watermarks and identities cleared),
+    the new links written without agreed hashes and each table's visible rows recorded, so the
+    next run of each sync DAG reads its table from the start and writes every record once, as
+    an update of the re-linked Marketo record.
+
+    Raises:
+        RuntimeError: Some Marketo writes failed (the state store is left untouched).
+    """
+    from crm_sync.engine.extract import _GUID
+    from crm_sync.engine.load import marketo_object_path
+    from crm_sync.state import open_errors, resolve_errors, upsert_links
+    from crm_sync.state import rebaseline as reset_state
+    from crm_sync.state.guards import record_visible_rows
+
+    counts: dict[str, dict[str, int]] = {}
+    for entity in entities:
+        part = plan["entities"].get(entity.name)
+        if part is None:
+            continue
+        failed = 0
+        for chunk in _chunks(part["key_updates"]):
+            failed += sum(1 for r in marketo.sync_leads(list(chunk), "updateOnly", "id") if not r.ok)
+        flag = entity.marketo.deleted_field
+        flags = [{"id": int(f["id"]), flag: True} for f in part["flags"]] if flag else []
+        for chunk in _chunks(flags):
+            failed += sum(1 for r in marketo.sync_leads(list(chunk), "updateOnly", "id") if not r.ok)
+        if part["deletes"]:
+            keys = [{entity.marketo.key: d["key"]} for d in part["deletes"]]
+            results = marketo.delete_objects(marketo_object_path(entity), keys, "dedupeFields")
+            failed += sum(1 for r in results if not r.ok and "not found" not in str(r.reason or "").lower())
+        counts[entity.name] = {**part["counts"], "failed": failed}
+    failed_by = {n: c["failed"] for n, c in counts.items() if c["failed"]}
+    if failed_by:
+        raise RuntimeError(f"re-link: Marketo writes failed for {failed_by}; the state store was not reset")
     with session_scope(state) as session:
         reset_state(session)
-        for name, links in new_links.items():
-            upsert_links(session, name, links)
+        for name, part in plan["entities"].items():
+            upsert_links(session, name, part["links"])
+            record_visible_rows(session, name, int(part["seen"]))
         # Failures keyed by the old org's record ids can never be retried (Marketo-keyed stay).
         stale = open_errors(session)
         stale = stale[stale["source_id"].astype(str).str.lower().str.match(_GUID.pattern)]
-        for (name, direction), part in stale.groupby(["entity", "direction"]):
-            resolve_errors(session, str(name), str(direction), part["source_id"].astype(str))
+        for (name, direction), group in stale.groupby(["entity", "direction"]):
+            resolve_errors(session, str(name), str(direction), group["source_id"].astype(str))
     log.warning("re-baselined after a sandbox refresh: %s", counts)
     return counts
 
@@ -496,24 +616,112 @@ def run_pause(settings: RunSettings, paused: bool) -> list[str]:
         return []
 
 
-def run_relink(settings: RunSettings, names: Sequence[str], poll_seconds: float = 10.0) -> dict[str, Any]:
-    """Task ``relink``: re-link every record to the refreshed org and reset the state store."""
+PLAN = "relink-plan"
+
+
+def _plan_folder(ctx: RunContext, run_id: str) -> ObjectStoragePath:
+    from crm_sync.engine.staging import run_key
+
+    return ctx.staging.root / "rebaseline" / run_key(run_id)
+
+
+def run_plan(
+    settings: RunSettings,
+    names: Sequence[str],
+    poll_seconds: float = 10.0,
+    *,
+    tolerance: float = 0.5,
+    accept_row_counts: bool = False,
+) -> dict[str, Any]:
+    """Task ``plan``: read both systems, check visibility, stage the plan and the dry-run report.
+
+    The report (``report.csv`` next to the staged plan) lists every Marketo record the re-link
+    would delete, flag as deleted or re-point; nothing is written to either system.
+    """
+    import io
+
     from crm_sync.engine.runner import context
+    from crm_sync.engine.staging import replace_file
+    from crm_sync.reconcile.artefacts import spreadsheet_safe
     from crm_sync_hooks.dynamics import DynamicsHook
     from crm_sync_hooks.marketo import MarketoHook
 
     ctx = context(settings, migrate=True)
     dynamics, marketo = DynamicsHook(settings.dynamics_conn_id), MarketoHook(settings.marketo_conn_id)
     try:
-        counts = relink(
-            _selected(settings, names),
-            dynamics=dynamics,
-            marketo=marketo,
-            state=ctx.state,
-            poll_seconds=poll_seconds,
-        )
+        try:
+            plan = plan_relink(
+                _selected(settings, names),
+                dynamics=dynamics,
+                marketo=marketo,
+                state=ctx.state,
+                poll_seconds=poll_seconds,
+                tolerance=tolerance,
+                accept_row_counts=accept_row_counts,
+            )
+        except RelinkGuardFailed as exc:
+            send_alert("rebaseline", "plan", settings.run_id, f"Re-link stopped before any write: {exc}")
+            raise
+        folder = _plan_folder(ctx, settings.run_id)
+        ctx.staging.write_json(folder, PLAN, plan)
+        report = relink_report(plan)
+        buffer = io.StringIO()
+        report.map(spreadsheet_safe).to_csv(buffer, index=False, lineterminator="\r\n")
+        report_url = replace_file(folder / "report.csv", buffer.getvalue().encode())
     finally:
         dynamics.close()
+        marketo.close()
+        ctx.state.dispose()
+    actions = {str(k): int(v) for k, v in report["action"].value_counts().items()}
+    summary = {
+        name: {**part["counts"], "seen": part["seen"], "linked": part["linked"]}
+        for name, part in plan["entities"].items()
+    }
+    log.warning("re-link plan (dry run, nothing written): %s; report %s", actions, report_url)
+    return {"report": report_url, "actions": actions, "entities": summary}
+
+
+def run_relink(
+    settings: RunSettings,
+    names: Sequence[str],
+    detected: Mapping[str, Any],
+    *,
+    confirm_deletes: bool = False,
+    max_share: float | None = None,
+    min_records: int = 10,
+) -> dict[str, Any]:
+    """Task ``relink``: apply the staged plan, only for a refreshed org and through the guards.
+
+    Raises:
+        RefreshNotDetected: ``detect`` found no sandbox refresh: nothing is deleted.
+        RelinkGuardFailed: The plan deletes or flags more than the mass-delete guard allows and
+            ``confirm_deletes`` is not set.
+    """
+    from crm_sync.engine.runner import context
+    from crm_sync_hooks.marketo import MarketoHook
+
+    if not detected.get("refreshed"):
+        raise RefreshNotDetected(
+            "detection found no sandbox refresh (organization id "
+            f"{detected.get('current')} as recorded, {detected.get('unresolved')} of "
+            f"{detected.get('sampled')} sampled ids unresolved): nothing was re-linked or deleted"
+        )
+    entities = _selected(settings, names)
+    ctx = context(settings, migrate=True)
+    marketo = MarketoHook(settings.marketo_conn_id)
+    try:
+        plan = ctx.staging.read_json(_plan_folder(ctx, settings.run_id), PLAN)
+        if plan is None:
+            raise FileNotFoundError(f"no staged re-link plan for run {settings.run_id}")
+        try:
+            guard = check_relink_deletes(
+                entities, plan, max_share=max_share, min_records=min_records, confirmed=confirm_deletes
+            )
+        except RelinkGuardFailed as exc:
+            send_alert("rebaseline", "relink", settings.run_id, f"Re-link stopped before any write: {exc}")
+            raise
+        counts = apply_relink(entities, plan, marketo=marketo, state=ctx.state)
+    finally:
         marketo.close()
         ctx.state.dispose()
     send_alert(
@@ -524,4 +732,4 @@ def run_relink(settings: RunSettings, names: Sequence[str], poll_seconds: float 
         "watermarks were reset; the next run of each sync DAG re-reads its table and updates the "
         "re-linked Marketo records.",
     )
-    return counts
+    return {"counts": counts, "deletes": guard}

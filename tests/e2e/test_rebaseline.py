@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from crm_sync.demo.airflow_api import AirflowApi
@@ -91,6 +92,17 @@ def _paused(api: AirflowApi, dag_id: str) -> bool:
     return bool(api._call("GET", f"dags/{dag_id}")["is_paused"])
 
 
+def _states(run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def _report(env: SyncEnv, run_id: str) -> pd.DataFrame:
+    """The dry-run report of a rebaseline run (``report.csv`` in its staging folder)."""
+    from crm_sync.engine.staging import run_key
+
+    return pd.read_csv(env.staging / "rebaseline" / run_key(run_id) / "report.csv", dtype=str)
+
+
 def _rebaseline(env: SyncEnv, **conf: Any) -> Any:
     from airflow.dag_processing.dagbag import DagBag
 
@@ -105,6 +117,7 @@ def test_sandbox_refresh_stops_the_sync_then_rebaseline_relinks_without_duplicat
     airflow_api: AirflowApi,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for dag_id in ORDER:
         sync_env.run(dag_id)
@@ -127,12 +140,25 @@ def test_sandbox_refresh_stops_the_sync_then_rebaseline_relinks_without_duplicat
     assert "Paused: " in alerts[0]
     assert all(_paused(airflow_api, d) for d in ORDER), "every sync DAG paused"
 
-    # Report only: nothing changes without confirm.
+    # Report only: nothing changes without confirm; the report lists every record it would touch.
     dry = _rebaseline(sync_env, poll_seconds=0.5)
     assert dry.state == "success"
     assert _active_persons(sync_env) == before
+    report = _report(sync_env, dry.run_id)
+    deletes = report[report["action"].isin(["delete", "flag_deleted"])]
+    assert len(deletes) > 10, report["action"].value_counts()
+    assert set(report["entity"]) >= {"account", "lead"}
 
-    run = _rebaseline(sync_env, confirm=True, poll_seconds=0.5)
+    # Confirmed, but the mass-delete guard wants the deletes confirmed too: nothing is written.
+    # (Its floor lowered to one record: the seeded org has fewer than ten accounts.)
+    monkeypatch.setenv("AIRFLOW_VAR_MDS_MASS_DELETE_MIN_RECORDS", "1")
+    blocked = _rebaseline(sync_env, confirm=True, poll_seconds=0.5)
+    assert blocked.state == "failed"
+    assert _states(blocked)["relink"] == "failed"
+    assert _active_persons(sync_env) == before
+    assert all(_paused(airflow_api, d) for d in ORDER), "the sync DAGs stay paused"
+
+    run = _rebaseline(sync_env, confirm=True, confirm_deletes=True, poll_seconds=0.5)
     assert run.state == "success"
     assert not any(_paused(airflow_api, d) for d in ORDER), "the sync DAGs run again"
     for dag_id in ORDER:
@@ -147,3 +173,49 @@ def test_sandbox_refresh_stops_the_sync_then_rebaseline_relinks_without_duplicat
     out = capsys.readouterr().out
     assert status == 0, out
     assert "no differences" in out, out
+
+
+def _companies(env: SyncEnv, ids: list[str]) -> list[str]:
+    hook = env.mkto()
+    try:
+        pages = hook.query_objects("companies", "externalCompanyId", ids, ["externalCompanyId"])
+        return sorted(str(r["externalCompanyId"]) for page in pages for r in page)
+    finally:
+        hook.close()
+
+
+def test_rebaseline_deletes_nothing_when_rows_are_hidden_or_the_org_was_not_refreshed(
+    sync_env: SyncEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uuid
+
+    from tests.e2e.persons_support import dyn_upsert
+
+    ids = sorted(str(uuid.uuid4()) for _ in range(40))
+    dyn_upsert(
+        sync_env, "accounts", "accountid", [{"accountid": a, "name": f"Co {i}"} for i, a in enumerate(ids)]
+    )
+    sync_env.run("sync_account")
+    assert _companies(sync_env, ids) == ids
+
+    # A narrowed security role: the application user sees a quarter of the accounts, no error.
+    shown = sync_env.dynamics.admin("POST", "visibility", json={"table": "account", "visible_fraction": 0.25})
+    assert shown.json()["visible_fraction"] == 0.25
+    caplog.set_level(logging.ERROR, logger="crm_sync.rebaseline")
+    for conf in ({}, {"confirm": True, "confirm_deletes": True}):
+        run = _rebaseline(sync_env, entities=["account"], poll_seconds=0.5, **conf)
+        assert run.state == "failed", conf
+        assert _states(run)["plan"] == "failed"
+        assert _companies(sync_env, ids) == ids, "nothing deleted in Marketo"
+    alerts = [r.getMessage() for r in caplog.records if "sees" in r.getMessage()]
+    assert alerts, "the collapse is alerted"
+    assert "account: the Dynamics application user sees" in alerts[-1]
+    assert "the last full read saw 40" in alerts[-1]
+
+    # Every row visible again, every guard confirmed: still nothing, the org was not refreshed.
+    sync_env.dynamics.admin("POST", "visibility", json={"table": "account", "visible_fraction": 1})
+    run = _rebaseline(sync_env, entities=["account"], confirm=True, confirm_deletes=True, poll_seconds=0.5)
+    assert run.state == "failed"
+    states = _states(run)
+    assert (states["plan"], states["relink"]) == ("success", "failed")
+    assert _companies(sync_env, ids) == ids

@@ -33,6 +33,8 @@ class GuardSettings:
             ``max_delete_share`` (``mds_max_delete_share``, unset).
         mass_delete_min_records: Fewer deletes than this never trip the mass-delete guard
             (``mds_mass_delete_min_records``, 10).
+        visibility_tolerance: Share of a table's rows that may vanish from one full read to
+            the next before the visibility guard stops the run (``mds_visibility_tolerance``, 0.5).
     """
 
     daily_quota: int = 50_000
@@ -41,6 +43,7 @@ class GuardSettings:
     low_priority_headroom: float = 0.25
     max_delete_share: float | None = None
     mass_delete_min_records: int = 10
+    visibility_tolerance: float = 0.5
 
     def __post_init__(self) -> None:
         if self.daily_quota < 0:
@@ -51,6 +54,8 @@ class GuardSettings:
                 raise ValueError(f"{name} must be a share in [0, 1), got {value}")
         if self.max_delete_share is not None and not 0.0 < self.max_delete_share <= 1.0:
             raise ValueError(f"mds_max_delete_share must be in (0, 1], got {self.max_delete_share}")
+        if not 0.0 < self.visibility_tolerance < 1.0:
+            raise ValueError(f"mds_visibility_tolerance must be in (0, 1), got {self.visibility_tolerance}")
         if self.mass_delete_min_records < 0:
             raise ValueError(
                 f"mds_mass_delete_min_records must not be negative, got {self.mass_delete_min_records}"

@@ -10,7 +10,11 @@
   The drift check compares against it (a changed type, a renamed column) and reuses a Marketo
   describe read the same day instead of spending quota on it again.
 
-The models share :class:`crm_sync.state.models.Base`; migration ``v0003_run_guards`` creates them.
+* ``visible_rows``: per entity, how many Dataverse rows the application user saw in the last
+  full read of its table (the visibility check, :mod:`crm_sync.guards.visibility`).
+
+The models share :class:`crm_sync.state.models.Base`; migrations ``v0003_run_guards`` and
+``v0006_visible_rows`` create them.
 """
 
 from __future__ import annotations
@@ -125,3 +129,25 @@ def save_snapshot(
         "checked_at": utcnow(),
     }
     upsert(session, SchemaSnapshot, [row], keys=("system", "object"), update=list(row)[2:])
+
+
+class VisibleRows(Base):
+    """Rows of one entity's Dataverse table the application user saw in the last full read."""
+
+    __tablename__ = "visible_rows"
+
+    entity: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    counted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def last_visible_rows(session: Session, entity: str) -> int | None:
+    """Rows seen in the entity's last full read, or None before the first one."""
+    row = session.get(VisibleRows, entity)
+    return None if row is None else int(row.rows)
+
+
+def record_visible_rows(session: Session, entity: str, rows: int) -> None:
+    """Remember the rows a full read of the entity's table saw."""
+    values = {"entity": entity, "rows": int(rows), "counted_at": utcnow()}
+    upsert(session, VisibleRows, [values], keys=("entity",), update=["rows", "counted_at"])

@@ -64,7 +64,8 @@ class FakeDynamics:
             if name == entity_set and version > since:
                 latest[guid] = deleted
         table = self.tables.get(entity_set, {})
-        rows = [{c: table[g].get(c) for c in select} for g, gone in latest.items() if not gone]
+        # A row taken out of ``tables`` without a delete is hidden from the application user.
+        rows = [{c: table[g].get(c) for c in select} for g, gone in latest.items() if not gone and g in table]
         gone_ids = [g for g, gone in latest.items() if gone and since]
         yield ChangePage(rows, gone_ids, f"v{len(self.log)}")
 

@@ -164,6 +164,30 @@ def test_an_expired_delta_link_rebaselines_only_the_differences(
     assert deleted == [gone]
 
 
+def test_an_expired_delta_link_stops_when_most_rows_are_no_longer_visible(
+    entities: dict[str, EntityConfig], make_ctx: MakeCtx
+) -> None:
+    """A narrowed security role hides rows without an error: they must not be staged as deletes."""
+    from crm_sync.guards.visibility import VisibilityCollapsed
+
+    account = entities["account"]
+    dyn, mkto = FakeDynamics(), FakeMarketo()
+    keys = [guid() for _ in range(40)]
+    for i, key in enumerate(keys):
+        dyn.put("accounts", {"accountid": key, "name": f"Co {i}"}, "accountid")
+    cycle(account, make_ctx("run-1"), dyn, mkto)
+    with session_scope(make_ctx("x").state) as session:
+        dyn.expired.add(str(get_watermark(session, "account", "d2m")))
+    for key in keys[10:]:  # hidden from the application user: gone from reads, never "deleted"
+        dyn.tables["accounts"].pop(key)
+
+    with pytest.raises(VisibilityCollapsed, match="sees 10 rows, the last full read saw 40"):
+        extract_changes(account, make_ctx("run-2"), dynamics=dyn)
+    with session_scope(make_ctx("x").state) as session:
+        states = session.execute(text("SELECT DISTINCT state FROM id_map")).scalars().all()
+    assert states == ["active"], "no link was touched"
+
+
 def test_record_level_write_failures_are_recorded_and_do_not_block_the_watermark(
     entities: dict[str, EntityConfig], make_ctx: MakeCtx
 ) -> None:
