@@ -66,8 +66,10 @@ def _doc(entity: EntityConfig) -> str:
         f"* Dynamics `{entity.dynamics.table}` ↔ Marketo `{entity.marketo.object.value}`, "
         f"direction `{entity.direction.value}`, schedule `{entity.schedule}`\n"
         f"* Defined by `{source}`; batches of {entity.batch_size}.\n"
-        "* `preflight` checks the Marketo budget left today and the schema (a mapped field removed, "
-        "renamed or retyped on either side stops the run), `extract_changes` stages the changes since "
+        "* `preflight` checks the Marketo budget left today, the schema (a mapped field removed, "
+        "renamed or retyped on either side stops the run) and, hourly, that the Dynamics application "
+        "user still sees about as many rows as before (unless the Param `accept_row_counts` is set), "
+        "`extract_changes` stages the changes since "
         "the watermark as Parquet, `transform` plans the writes (invalid records go to the "
         "record-error table), `guard` stops a mass delete (unless the Param `confirm_deletes` is set) "
         "or a load that would eat into the quota reserve, `load` writes one staged batch per mapped "
@@ -97,7 +99,15 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
                     "Apply the deletes of a run the mass-delete guard stopped (more than the entity's "
                     "max_delete_share of its linked records deleted or flagged)."
                 ),
-            )
+            ),
+            "accept_row_counts": Param(
+                False,
+                type="boolean",
+                description=(
+                    "Go on although the Dynamics application user sees far fewer rows than last time "
+                    "(the visibility guard); only when the new count is right."
+                ),
+            ),
         },
     ) as dag:
 
@@ -106,8 +116,11 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
             from crm_sync.engine.runner import run_preflight
             from crm_sync.guards import GuardError
 
+            accept = bool(get_current_context()["params"].get("accept_row_counts", False))
             try:
-                report = run_preflight(_settings(entities_dir), name, guard_settings())
+                report = run_preflight(
+                    _settings(entities_dir), name, guard_settings(), accept_row_counts=accept
+                )
             except GuardError as exc:
                 raise _stop(exc) from exc
             log.info("preflight: %s", report)

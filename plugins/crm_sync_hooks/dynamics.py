@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 5000
+COUNT_CAP = 5000  # Dataverse's $count stops counting here
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 # msal skips instance discovery for these hosts by itself; for any other host (a sovereign cloud
 # proxy, the local emulator) it must be told not to ask login.microsoftonline.com about it.
@@ -343,6 +344,19 @@ class DynamicsHook(DynamicsWritesMixin, CrmApiHook):
     def organization_id(self) -> str:
         """Return the organization id (stable across sandbox copies only by name, so check it per run)."""
         return str(self.who_am_i()["OrganizationId"])
+
+    def count_rows(self, entity_set: str) -> int:
+        """Rows of a table this user can see, as ``GET {set}/$count`` counts them (up to COUNT_CAP).
+
+        Raises:
+            FatalApiError: The answer is not a number (named by endpoint).
+        """
+        label = f"GET {entity_set}/$count"
+        text = self.call("GET", f"{entity_set}/$count").text.strip().lstrip("\ufeff")
+        try:
+            return int(text)
+        except ValueError:
+            raise FatalApiError(f"$count answered {text[:40]!r}", endpoint=label, code="bad-count") from None
 
     def _pages(self, path: str, params: dict[str, str] | None, prefer: str) -> Iterator[dict[str, Any]]:
         url: str | None = path

@@ -4,6 +4,8 @@
   ``preflight``, before any read or write, each named in the error and in the failure alert;
 * a bulk delete of 30 % of the linked contacts is stopped by the mass-delete guard (nothing is
   flagged in Marketo) until a run triggered with ``confirm_deletes`` flags them;
+* a narrowed security role (the emulator hides 30 of 40 contacts) stops the run in ``preflight``
+  until the rows are visible again or a run is triggered with ``accept_row_counts``;
 * with the Marketo emulator's daily quota set low, a run whose load does not fit stops before
   writing and the reserve stays untouched (the emulator's own day counter proves it); the run
   ledger's ``api_calls`` equals the calls the emulators counted.
@@ -229,3 +231,50 @@ def test_low_priority_entity_is_deferred_when_budget_is_short_then_syncs_later(
     finally:
         hook.close()
     assert synced == set(ids), "the deferred changes were kept and synced by the next run"
+
+
+def _split_guids(visible: int, hidden: int) -> tuple[list[str], list[str]]:
+    """GUIDs the emulator's ``visible_fraction`` 0.25 shows (first hex digit 0-3) and hides."""
+    import uuid
+
+    def make(first: str) -> str:
+        return first + str(uuid.uuid4())[1:]
+
+    return [make("1") for _ in range(visible)], [make("b") for _ in range(hidden)]
+
+
+def test_a_narrowed_role_stops_the_sync_until_the_rows_return_or_the_count_is_accepted(
+    sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch, alerts: list[dict[str, Any]]
+) -> None:
+    shown, hidden = _split_guids(10, 30)
+    _contacts(sync_env, shown + hidden)
+    sync_env.run("sync_contact")  # the first read sees the whole table: 40 rows
+    monkeypatch.setenv("AIRFLOW_VAR_MDS_VISIBILITY_CHECK_MINUTES", "0")  # count on every run
+    sync_env.dynamics.admin("POST", "visibility", json={"table": "contact", "visible_fraction": 0.25})
+    _contacts(sync_env, shown[:1], jobtitle="Changed")
+    sync_env.reset_stats()
+
+    states = _failed_run(sync_env, "sync_contact")
+
+    assert states["preflight"] == "failed"
+    assert write_calls(sync_env.marketo.stats()) == {}
+    assert sync_env.dynamics.stats()["calls"].get("GET /api/data/v9.2/contacts/$count") == 1
+    (alert,) = alerts
+    assert alert["task_id"] == "preflight"
+    assert "contact: the Dynamics application user sees 10 rows, the last full read saw 40" in alert["error"]
+    with sync_env.state().connect() as conn:
+        status = conn.execute(
+            text("SELECT status FROM run_ledger WHERE entity='contact' ORDER BY started_at DESC")
+        ).scalar()
+    assert status == "visibility"
+
+    # The role is mended: the run goes on. Narrowed on purpose: accepted, and the new baseline.
+    sync_env.dynamics.admin("POST", "visibility", json={"table": "contact", "visible_fraction": 1})
+    sync_env.run("sync_contact")
+    sync_env.dynamics.admin("POST", "visibility", json={"table": "contact", "visible_fraction": 0.25})
+    run = sync_env.dag("sync_contact").test(run_conf={"accept_row_counts": True})
+    assert run.state == "success"
+    sync_env.run("sync_contact")  # 10 rows visible is the baseline now
+    with sync_env.state().connect() as conn:
+        rows = conn.execute(text("SELECT rows FROM visible_rows WHERE entity='contact'")).scalar()
+    assert rows == 10

@@ -191,7 +191,8 @@ def test_rebaseline_deletes_nothing_when_rows_are_hidden_or_the_org_was_not_refr
 
     from tests.e2e.persons_support import dyn_upsert
 
-    ids = sorted(str(uuid.uuid4()) for _ in range(40))
+    # Ten GUIDs the emulator's visible_fraction 0.25 shows (first hex digit 0-3), thirty it hides.
+    ids = sorted([("1" if i < 10 else "b") + str(uuid.uuid4())[1:] for i in range(40)])
     dyn_upsert(
         sync_env, "accounts", "accountid", [{"accountid": a, "name": f"Co {i}"} for i, a in enumerate(ids)]
     )
@@ -209,7 +210,7 @@ def test_rebaseline_deletes_nothing_when_rows_are_hidden_or_the_org_was_not_refr
         assert _companies(sync_env, ids) == ids, "nothing deleted in Marketo"
     alerts = [r.getMessage() for r in caplog.records if "sees" in r.getMessage()]
     assert alerts, "the collapse is alerted"
-    assert "account: the Dynamics application user sees" in alerts[-1]
+    assert "account: the Dynamics application user sees 10 rows" in alerts[-1]
     assert "the last full read saw 40" in alerts[-1]
 
     # Every row visible again, every guard confirmed: still nothing, the org was not refreshed.

@@ -244,7 +244,15 @@ def extract_dynamics(
 
     columns = dynamics_columns(entity)
     try:
-        return _read_changes(entity, client, staging, folder, columns, delta_link)
+        part = _read_changes(entity, client, staging, folder, columns, delta_link)
+        if delta_link is None and ctx is not None:
+            # A first read sees the whole table: the visible-row baseline of later checks.
+            from crm_sync.guards.visibility import guard_full_read, tolerance_setting
+            from crm_sync.state import session_scope
+
+            with session_scope(ctx.state) as session:
+                guard_full_read(session, entity.name, int(part["rows"]), tolerance=tolerance_setting())
+        return part
     except DeltaTokenExpired:
         if ctx is None:
             log.warning("%s: delta link expired, reading the whole table again", entity.name)

@@ -301,20 +301,26 @@ def _stop_ledger(ctx: RunContext, entity: EntityConfig, status: str, started: st
         )
 
 
-def run_preflight(settings: RunSettings, name: str, guards: GuardSettings) -> dict[str, Any]:
-    """Task ``preflight``: Marketo budget left today, then the schema drift check.
+def run_preflight(
+    settings: RunSettings, name: str, guards: GuardSettings, *, accept_row_counts: bool = False
+) -> dict[str, Any]:
+    """Task ``preflight``: Marketo budget left today, the schema drift check, then (at most every
+    ``visibility_check_minutes``) the rows the Dataverse application user sees.
 
     Returns:
-        ``quota`` (:func:`crm_sync.guards.quota.quota_status`) and ``schema`` (the drift
-        report: objects checked, ``new_fields``, ``changed_types``).
+        ``quota`` (:func:`crm_sync.guards.quota.quota_status`), ``schema`` (the drift
+        report: objects checked, ``new_fields``, ``changed_types``) and ``visibility`` (the
+        figures, or None when no count was due).
 
     Raises:
         QuotaExceededError: Nothing is left of today's Marketo budget.
         SchemaDriftError: A mapped field was removed, renamed or changed type; names each one.
+        VisibilityCollapsed: Far fewer rows are visible than last time (a narrowed role).
     """
     from crm_sync.guards import GuardError
     from crm_sync.guards.drift import SchemaDriftError, check_schema, raise_for_drift
     from crm_sync.guards.quota import check_preflight, quota_status
+    from crm_sync.guards.visibility import VisibilityCollapsed, probe_visibility
     from crm_sync.state import session_scope, utcnow
 
     entity = entity_config(settings, name)
@@ -333,10 +339,26 @@ def run_preflight(settings: RunSettings, name: str, guards: GuardSettings) -> di
             with session_scope(ctx.state) as session:
                 schema = check_schema(entity, session, marketo=marketo, dynamics=dynamics, today=quota["day"])
             raise_for_drift(entity, schema)
+            with session_scope(ctx.state) as session:
+                visibility = probe_visibility(
+                    session,
+                    entity.name,
+                    lambda: dynamics.count_rows(entity.dynamics.entity_set),
+                    tolerance=guards.visibility_tolerance,
+                    every_minutes=guards.visibility_check_minutes,
+                    accepted=accept_row_counts,
+                )
         except GuardError as exc:
             _record_calls(ctx, name, "preflight", counter)
             counter = None
-            _stop_ledger(ctx, entity, "schema_drift" if isinstance(exc, SchemaDriftError) else "over_quota")
+            status = (
+                "schema_drift"
+                if isinstance(exc, SchemaDriftError)
+                else "visibility"
+                if isinstance(exc, VisibilityCollapsed)
+                else "over_quota"
+            )
+            _stop_ledger(ctx, entity, status)
             raise
     finally:
         for hook in (dynamics, marketo):
@@ -346,7 +368,7 @@ def run_preflight(settings: RunSettings, name: str, guards: GuardSettings) -> di
                 _record_calls(ctx, name, "preflight", counter)
         finally:
             ctx.state.dispose()
-    return {"quota": quota, "schema": schema}
+    return {"quota": quota, "schema": schema, "visibility": visibility}
 
 
 def _op_counts(ctx: RunContext, batches: list[dict[str, Any]]) -> list[dict[str, int]]:

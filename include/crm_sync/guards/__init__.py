@@ -35,6 +35,8 @@ class GuardSettings:
             (``mds_mass_delete_min_records``, 10).
         visibility_tolerance: Share of a table's rows that may vanish from one full read to
             the next before the visibility guard stops the run (``mds_visibility_tolerance``, 0.5).
+        visibility_check_minutes: How often an incremental run counts its table's visible
+            rows (``mds_visibility_check_minutes``, 60).
     """
 
     daily_quota: int = 50_000
@@ -44,6 +46,7 @@ class GuardSettings:
     max_delete_share: float | None = None
     mass_delete_min_records: int = 10
     visibility_tolerance: float = 0.5
+    visibility_check_minutes: float = 60.0
 
     def __post_init__(self) -> None:
         if self.daily_quota < 0:

@@ -46,4 +46,5 @@ def guard_settings() -> GuardSettings:
         max_delete_share=number_variable("mds_max_delete_share", float, None),
         mass_delete_min_records=number_variable("mds_mass_delete_min_records", int, 10),
         visibility_tolerance=number_variable("mds_visibility_tolerance", float, 0.5),
+        visibility_check_minutes=number_variable("mds_visibility_check_minutes", float, 60.0),
     )

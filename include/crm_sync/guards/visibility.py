@@ -23,15 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 from crm_sync.guards import GuardError
 from crm_sync.guards.deletes import linked_records
-from crm_sync.state.guards import last_visible_rows, record_visible_rows
+from crm_sync.state.guards import VisibleRows, last_visible_rows, record_visible_rows
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 0.5
 DEFAULT_MIN_ROWS = 10
+DEFAULT_PROBE_MINUTES = 60
+COUNT_CAP = 5000  # Dataverse's $count stops counting here
 
 
 class VisibilityCollapsed(GuardError):
@@ -117,3 +121,46 @@ def guard_full_read(
     if record:
         record_visible_rows(session, entity, seen)
     return figures
+
+
+def probe_visibility(
+    session: Session,
+    entity: str,
+    count: Callable[[], int],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    every_minutes: float = DEFAULT_PROBE_MINUTES,
+    accepted: bool = False,
+) -> dict[str, Any] | None:
+    """The incremental runs' check: a ``$count`` of the table at most every ``every_minutes``.
+
+    Dataverse counts up to :data:`COUNT_CAP` rows, so both sides are compared up to it: a table
+    of 100,000 rows that collapses is seen once fewer than ``COUNT_CAP * (1 - tolerance)`` rows
+    stay visible; the exact comparison is the full reads' (:func:`guard_full_read`). An exact
+    count is stored; a capped one never replaces a larger stored count.
+
+    Returns:
+        The figures (:func:`check_visibility`), or None when no check was due or nothing is
+        known to compare with.
+    """
+    from datetime import timedelta
+
+    from crm_sync.state import utcnow
+    from crm_sync.state.db import as_utc
+
+    row = session.get(VisibleRows, entity)
+    if row is not None and (as_utc(row.counted_at) or utcnow()) > utcnow() - timedelta(minutes=every_minutes):
+        return None
+    expected = expected_rows(session, entity)
+    if expected is None:
+        return None
+    seen = int(count())
+    figures = check_visibility(
+        entity,
+        min(seen, COUNT_CAP),
+        min(expected, COUNT_CAP),
+        tolerance=tolerance,
+        accepted=accepted,
+    )
+    record_visible_rows(session, entity, max(seen, expected) if seen >= COUNT_CAP else seen)
+    return {**figures, "seen": seen, "expected": expected}
