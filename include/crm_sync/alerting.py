@@ -86,3 +86,21 @@ class SyncFailureNotifier(BaseNotifier):
         url = Variable.get(WEBHOOK_VARIABLE, default="")
         if url:
             post_webhook(url, alert)
+
+
+def send_alert(dag_id: str, task_id: str, run_id: str, message: str) -> None:
+    """Log ``message`` as an error line and POST it to the alert webhook when one is configured.
+
+    The same JSON shape as failure alerts (:class:`crm_sync.alerting.Alert`), so one receiver
+    handles both; the text passes through Airflow's secrets masker.
+    """
+    alert = Alert(
+        dag_id=dag_id, task_id=task_id, run_id=run_id, try_number=None, log_url=None, error=_redact(message)
+    )
+    log.error("Sync alert: dag=%s task=%s run=%s: %s", dag_id, task_id, run_id, alert.error)
+    try:
+        url = Variable.get(WEBHOOK_VARIABLE, default="")
+    except Exception:  # outside a task (CLI, unit test) there may be no Variable backend
+        url = ""
+    if url:
+        post_webhook(url, alert)

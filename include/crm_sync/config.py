@@ -412,3 +412,21 @@ def _check_references(entity: EntityConfig, known: Collection[str]) -> None:
     for key, name in refs:
         if name not in known:
             raise ConfigError(f"{entity.source_path}: {key}: unknown entity {name!r}")
+
+
+# The order entities are read in when a command names several (what points at what comes first).
+ENTITY_ORDER = ("user", "team", "account", "contact", "lead", "opportunity")
+
+
+def select_entities(all_entities: dict[str, EntityConfig], names: str) -> list[EntityConfig]:
+    """The entities named in a comma-separated list (all when empty), in dependency order.
+
+    Raises:
+        SystemExit: An unknown entity name (the message lists the known ones).
+    """
+    wanted = [n.strip() for n in names.split(",") if n.strip()] or list(all_entities)
+    unknown = [n for n in wanted if n not in all_entities]
+    if unknown:
+        raise SystemExit(f"unknown entities {unknown}; known: {sorted(all_entities)}")
+    rank = {n: i for i, n in enumerate(ENTITY_ORDER)}
+    return [all_entities[n] for n in sorted(wanted, key=lambda n: (rank.get(n, len(rank)), n))]

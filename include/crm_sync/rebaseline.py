@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from airflow.sdk.exceptions import AirflowFailException
 
+from crm_sync.alerting import send_alert
 from crm_sync.config import Direction
 from crm_sync.state import lookup_links, session_scope
 
@@ -44,28 +45,6 @@ if TYPE_CHECKING:
     from crm_sync.engine.runner import RunSettings
 
 log = logging.getLogger(__name__)
-
-
-def send_alert(dag_id: str, task_id: str, run_id: str, message: str) -> None:
-    """Log ``message`` as an error line and POST it to the alert webhook when one is configured.
-
-    The same JSON shape as failure alerts (:class:`crm_sync.alerting.Alert`), so one receiver
-    handles both; the text passes through Airflow's secrets masker.
-    """
-    from crm_sync.alerting import WEBHOOK_VARIABLE, Alert, _redact, post_webhook
-
-    alert = Alert(
-        dag_id=dag_id, task_id=task_id, run_id=run_id, try_number=None, log_url=None, error=_redact(message)
-    )
-    log.error("Sync alert: dag=%s task=%s run=%s: %s", dag_id, task_id, run_id, alert.error)
-    try:
-        from airflow.sdk import Variable
-
-        url = Variable.get(WEBHOOK_VARIABLE, default="")
-    except Exception:  # outside a task (CLI, unit test) there may be no Variable backend
-        url = ""
-    if url:
-        post_webhook(url, alert)
 
 
 def _d2m_names(entity: EntityConfig) -> list[str]:
@@ -579,8 +558,8 @@ def apply_relink(
 
 
 def _selected(settings: RunSettings, names: Sequence[str]) -> list[EntityConfig]:
+    from crm_sync.config import select_entities
     from crm_sync.engine.runner import _entities
-    from crm_sync.reconcile.__main__ import select_entities
 
     return select_entities(_entities(settings.entities_dir), ",".join(names))
 

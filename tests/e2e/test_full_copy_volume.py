@@ -28,8 +28,8 @@ from sqlalchemy import text
 from crm_sync.config import MarketoObject, load_entities
 from crm_sync.engine.full_copy import BULK_FILE_BYTES, LOOKUP_HINT, _csv_bytes
 from crm_sync.engine.load import marketo_object_path
-from crm_sync.engine.plan import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.engine.staging import BatchRef
+from crm_sync.ops import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from tests.e2e.conftest import SyncEnv, write_calls
 from tests.e2e.full_copy_support import dynamics_rows, ledger, marketo_objects, run_full_copy
 

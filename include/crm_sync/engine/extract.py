@@ -532,8 +532,8 @@ def _requeued_gone(
     Such a record is an orphan: its delete was never seen (a lost delta, an expired token), so
     the entity's delete policy is applied now, exactly as for a delete from change tracking.
     """
-    from crm_sync.reconcile.repair import REQUEUE_CODE
     from crm_sync.state import open_errors
+    from crm_sync.state.errors import REQUEUE_CODE
 
     with session_scope(ctx.state) as session:
         # Retried in this run: _retry_rows counted this run's attempt on them at ``now``.

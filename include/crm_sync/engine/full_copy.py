@@ -51,8 +51,8 @@ from crm_sync.engine.extract import (
     dynamics_columns,
 )
 from crm_sync.engine.load import OUTCOME, load_batch
-from crm_sync.engine.plan import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.engine.transform import TRANSFORM_MANIFEST, transform_changes
+from crm_sync.ops import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.state import get_watermark, read_scope, session_scope, set_watermark, utcnow
 from crm_sync.transforms import DYNAMICS_ID
 

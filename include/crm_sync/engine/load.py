@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from crm_sync.config import DeletePolicy, Direction, EntityConfig, MarketoObject
-from crm_sync.engine.plan import (
+from crm_sync.engine.plan import LINK_FRAME_COLUMNS
+from crm_sync.ops import (
     DYNAMICS_CREATE,
     DYNAMICS_UPSERT,
-    LINK_FRAME_COLUMNS,
     MARKETO_DELETE,
     MARKETO_FLAG_DELETED,
     MARKETO_LINK,

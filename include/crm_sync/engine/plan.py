@@ -21,6 +21,15 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from crm_sync.config import DeletePolicy, Direction, EntityConfig
+from crm_sync.ops import (
+    DYNAMICS_CREATE,
+    DYNAMICS_UPSERT,
+    MARKETO_DELETE,
+    MARKETO_FLAG_DELETED,
+    MARKETO_LINK,
+    MARKETO_ROLE_UPSERT,
+    MARKETO_UPSERT,
+)
 from crm_sync.transforms import (
     CONFLICT_COLUMNS,
     CONSENT_COLUMNS,
@@ -48,14 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Operation names staged in a plan and dispatched by the load.
-MARKETO_UPSERT = "marketo_upsert"
-MARKETO_LINK = "marketo_link"  # set the Dataverse key and type on a Marketo-only person
-MARKETO_ROLE_UPSERT = "marketo_role_upsert"  # opportunity roles, after their opportunity
-MARKETO_DELETE = "marketo_delete"
-MARKETO_FLAG_DELETED = "marketo_flag_deleted"
-DYNAMICS_UPSERT = "dynamics_upsert"  # update a linked Dataverse row (never re-creates it)
-DYNAMICS_CREATE = "dynamics_create"  # create the lead of a Marketo-only person (never overwrites)
 OP_COLUMNS = ["op", DYNAMICS_ID, "payload"]
 READ_AT = "_read_at"  # when a Marketo snapshot row was read (staged person feed)
 LINK_FRAME_COLUMNS = [

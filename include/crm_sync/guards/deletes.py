@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from crm_sync.engine.plan import MARKETO_DELETE, MARKETO_FLAG_DELETED
 from crm_sync.guards import GuardError
+from crm_sync.ops import DELETE_OPS
 from crm_sync.state.models import IdMap
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DELETE_OPS = (MARKETO_FLAG_DELETED, MARKETO_DELETE)
 DEFAULT_MIN_RECORDS = 10
 
 

@@ -34,16 +34,8 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from crm_sync.config import QuotaPriority
-from crm_sync.engine.plan import (
-    DYNAMICS_CREATE,
-    DYNAMICS_UPSERT,
-    MARKETO_DELETE,
-    MARKETO_FLAG_DELETED,
-    MARKETO_LINK,
-    MARKETO_ROLE_UPSERT,
-    MARKETO_UPSERT,
-)
 from crm_sync.guards import GuardError, GuardSettings
+from crm_sync.ops import DYNAMICS_OPS, MARKETO_OPS
 from crm_sync.state.guards import calls_since
 
 if TYPE_CHECKING:
@@ -58,7 +50,6 @@ log = logging.getLogger(__name__)
 QUOTA_TZ = ZoneInfo("America/Chicago")  # Marketo's daily quota resets at midnight US Central
 MARKETO_CALL_RECORDS = 300  # records per Marketo write call
 DYNAMICS_BATCH_RECORDS = 100  # operations per Dataverse $batch request (the hook's default)
-MARKETO_OPS = (MARKETO_UPSERT, MARKETO_LINK, MARKETO_ROLE_UPSERT, MARKETO_FLAG_DELETED, MARKETO_DELETE)
 DYNAMICS_WINDOW_CALLS = 6000  # Dataverse service protection: requests per user per 5 minutes
 
 
@@ -128,7 +119,7 @@ def estimate_load_calls(op_counts: Iterable[Mapping[str, int]]) -> dict[str, int
                 continue
             if op in MARKETO_OPS:
                 marketo += math.ceil(n / MARKETO_CALL_RECORDS)
-            elif op in (DYNAMICS_UPSERT, DYNAMICS_CREATE):
+            elif op in DYNAMICS_OPS:
                 dynamics += math.ceil(n / DYNAMICS_BATCH_RECORDS)
             else:
                 raise ValueError(f"unknown staged operation {op!r}")

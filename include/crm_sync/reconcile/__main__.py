@@ -17,14 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crm_sync.config import ENTITIES_DIR, load_entities
+from crm_sync.config import ENTITIES_DIR, load_entities, select_entities
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from crm_sync.config import EntityConfig
-
-ENTITY_ORDER = ("user", "team", "account", "contact", "lead", "opportunity")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,20 +47,6 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--limit", type=int, default=200, help="differences printed at most (0: all)")
     check.add_argument("--json", action="store_true", help="print the counts as JSON after the text")
     return parser
-
-
-def select_entities(all_entities: dict[str, EntityConfig], names: str) -> list[EntityConfig]:
-    """The entities named in a comma-separated list (all when empty), in dependency order.
-
-    Raises:
-        SystemExit: An unknown entity name (the message lists the known ones).
-    """
-    wanted = [n.strip() for n in names.split(",") if n.strip()] or list(all_entities)
-    unknown = [n for n in wanted if n not in all_entities]
-    if unknown:
-        raise SystemExit(f"unknown entities {unknown}; known: {sorted(all_entities)}")
-    rank = {n: i for i, n in enumerate(ENTITY_ORDER)}
-    return [all_entities[n] for n in sorted(wanted, key=lambda n: (rank.get(n, len(rank)), n))]
 
 
 def _point_connection(conn_id: str, url: str, env_name: str) -> str:

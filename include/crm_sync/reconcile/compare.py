@@ -25,21 +25,20 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from crm_sync.config import EntityConfig, Side
 from crm_sync.transforms import (
     flagged_unlinked,
     persons_for_entity,
-    resolve_lookups,
     sync_filter_mask,
-    to_canonical,
 )
+from crm_sync.transforms.canonical import dynamics_canonical, keys, marketo_canonical
 from crm_sync.transforms.casts import as_string
 from crm_sync.transforms.conflicts import tracked_columns
 from crm_sync.transforms.hashing import field_hashes, record_hash, value_hash
-from crm_sync.transforms.mapping import FORMATTED_SUFFIX
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from crm_sync.config import EntityConfig
 
 DIFF_COLUMNS = ["entity", "kind", "dynamics_id", "marketo_id", "field", "dynamics_value", "marketo_value"]
 MISSING_IN_MARKETO = "missing_in_marketo"
@@ -64,63 +63,9 @@ def empty_differences() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in DIFF_COLUMNS})
 
 
-def _keys(values: pd.Series) -> pd.Series:
-    return as_string(values).str.strip().str.lower()
-
-
 def _text(values: pd.Series) -> list[str | None]:
     plain = values.astype(object).where(values.notna(), None)
     return [None if v is None else str(v) for v in plain]
-
-
-def dynamics_canonical(rows: pd.DataFrame, entity: EntityConfig, id_map: pd.DataFrame) -> pd.DataFrame:
-    """Canonical values (Marketo names) of Dataverse rows for every tracked column, indexed by GUID.
-
-    Values that cannot be cast stay missing here (the sync would report them as record errors).
-    """
-    ids = _keys(rows[entity.dynamics.key]) if len(rows) else pd.Series(dtype="str")
-    out: dict[str, pd.Series] = {}
-    for field in entity.fields:
-        formatted = rows.get(field.dynamics + FORMATTED_SUFFIX)
-        raw = (
-            rows[field.dynamics]
-            if field.dynamics in rows
-            else pd.Series(None, index=rows.index, dtype=object)
-        )
-        out[field.marketo] = to_canonical(raw, field, Side.DYNAMICS, formatted).values
-    lookups, _ = resolve_lookups(rows, entity, id_map, ids)
-    for name, values in lookups.items():
-        out.setdefault(name, values)
-    frame = pd.DataFrame(out, index=rows.index)
-    frame.index = pd.Index(ids.to_numpy(), dtype="str")
-    return frame[~frame.index.isna()]
-
-
-def marketo_canonical(records: pd.DataFrame, entity: EntityConfig) -> pd.DataFrame:
-    """Canonical values of Marketo records for every tracked column, indexed by Dataverse key."""
-    out: dict[str, pd.Series] = {}
-    for field in entity.fields:
-        raw = (
-            records[field.marketo]
-            if field.marketo in records
-            else pd.Series(None, index=records.index, dtype=object)
-        )
-        out[field.marketo] = to_canonical(raw, field, Side.MARKETO).values
-    for lk in entity.lookups:
-        if lk.marketo in out:
-            continue
-        raw = (
-            records[lk.marketo]
-            if lk.marketo in records
-            else pd.Series(None, index=records.index, dtype=object)
-        )
-        if lk.as_integer:
-            out[lk.marketo] = pd.to_numeric(as_string(raw), errors="coerce").astype("Int64")
-        else:
-            out[lk.marketo] = _keys(raw)
-    frame = pd.DataFrame(out, index=records.index)
-    frame.index = pd.Index(_keys(records[entity.marketo.key]).to_numpy(), dtype="str")
-    return frame
 
 
 def _rows(
@@ -178,7 +123,7 @@ def compare_entity(
     name = entity.name
     parts: list[pd.DataFrame] = [empty_differences()]
     in_scope = sync_filter_mask(dynamics_rows, entity) if len(dynamics_rows) else pd.Series(dtype=bool)
-    d_keys_all = _keys(dynamics_rows[entity.dynamics.key]) if len(dynamics_rows) else pd.Series(dtype="str")
+    d_keys_all = keys(dynamics_rows[entity.dynamics.key]) if len(dynamics_rows) else pd.Series(dtype="str")
     out_of_scope = set(d_keys_all[~in_scope.to_numpy()].dropna())
     d_rows = dynamics_rows.loc[in_scope.to_numpy()] if len(dynamics_rows) else dynamics_rows
     d = (
@@ -196,7 +141,7 @@ def compare_entity(
             parts.append(_rows(name, MISSING_IN_DYNAMICS, [None] * len(waiting), mids.tolist()))
         m_all = persons_for_entity(m_all, entity)
     m_all = (
-        m_all.assign(_key=_keys(m_all[entity.marketo.key]))
+        m_all.assign(_key=keys(m_all[entity.marketo.key]))
         if len(m_all)
         else m_all.assign(_key=pd.Series(dtype="str"))
     )

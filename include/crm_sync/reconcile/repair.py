@@ -40,6 +40,7 @@ from crm_sync.reconcile.compare import (
     ORPHAN,
 )
 from crm_sync.state import RetryPolicy, lookup_links, record_errors, resolve_errors, upsert_links
+from crm_sync.state.errors import REQUEUE_CODE
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REQUEUE_CODE = "RECONCILE"
 # Due at once: the next incremental run retries it (later attempts back off as usual).
 IMMEDIATE = RetryPolicy(base=timedelta(0))
 

@@ -54,7 +54,7 @@ def run_reconcile(
             (after the report was stored and any repair was queued).
         KeyError: An unknown entity name.
     """
-    from crm_sync.reconcile.__main__ import select_entities
+    from crm_sync.config import select_entities
     from crm_sync.reconcile.artefacts import write_artefacts
     from crm_sync.reconcile.core import reconcile
     from crm_sync.reconcile.repair import repair as requeue

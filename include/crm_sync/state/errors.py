@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _KEY = ("entity", "direction", "source_id", "field", "code")
+# Code of the record errors a reconciliation's repair re-queues (the next run re-reads them).
+REQUEUE_CODE = "RECONCILE"
 ERROR_ROW_COLUMNS = (
     "id",
     "entity",
