@@ -18,7 +18,7 @@ from airflow.sdk import DAG, Param, get_current_context, task
 from crm_sync.dag_defaults import START_DATE, default_args
 
 if TYPE_CHECKING:
-    from crm_sync.engine.runner import RunSettings
+    from crm_sync.engine.context import RunSettings
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from crm_sync.engine.runner import entities_dir
 from crm_sync.guards.variables import dynamics_reserve, guard_settings
 
 if TYPE_CHECKING:
-    from crm_sync.engine.runner import RunSettings
+    from crm_sync.engine.context import RunSettings
 
 log = logging.getLogger(__name__)
 

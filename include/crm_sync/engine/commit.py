@@ -17,7 +17,7 @@ from crm_sync.state.guards import run_api_calls
 
 if TYPE_CHECKING:
     from crm_sync.config import EntityConfig
-    from crm_sync.engine.extract import RunContext
+    from crm_sync.engine.context import RunContext
 
 log = logging.getLogger(__name__)
 

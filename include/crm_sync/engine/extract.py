@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from crm_sync.config import Direction, EntityConfig, MarketoObject
-from crm_sync.engine.staging import token_key
+from crm_sync.engine.staging import Batcher, rows_frame, token_key
 from crm_sync.state import (
     IdentityMismatchError,
     check_identity,
@@ -42,11 +42,11 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from airflow.sdk import ObjectStoragePath
-    from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session
 
     from crm_sync.engine.clients import DynamicsClient, MarketoClient
-    from crm_sync.engine.staging import BatchRef, StagingArea
+    from crm_sync.engine.context import RunContext
+    from crm_sync.engine.staging import StagingArea
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,6 @@ MARKETO_READ_BATCH = 300
 EXTRACT_MANIFEST = "extract"
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 EMAIL_QUERY_CHUNK = 25  # emails per $filter, well under URL length limits
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Where one run stages its files and keeps its state.
-
-    Attributes:
-        run_id: The Airflow run id (names the staging folder and the ledger row).
-        staging: The staging area.
-        state: SQLAlchemy engine of the state store.
-    """
-
-    run_id: str
-    staging: StagingArea
-    state: Engine
 
 
 def dynamics_columns(entity: EntityConfig) -> list[str]:
@@ -172,49 +157,6 @@ def person_fields(entities: Iterable[EntityConfig]) -> list[str]:
     return list(dict.fromkeys(n for n in names if n != "id"))
 
 
-def _frame(records: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows as a frame with every expected column (absent ones empty), OData annotations dropped."""
-    frame = pd.DataFrame.from_records(list(records)) if records else pd.DataFrame()
-    frame = frame[[c for c in frame.columns if not str(c).startswith("@odata.")]]
-    for col in columns:
-        if col not in frame:
-            frame[col] = None
-    return frame
-
-
-@dataclass
-class _Batcher:
-    """Collects rows and stages a batch each time ``size`` rows are buffered."""
-
-    staging: StagingArea
-    folder: ObjectStoragePath
-    prefix: str
-    size: int
-    columns: Sequence[str]
-
-    def __post_init__(self) -> None:
-        self.buffer: list[Mapping[str, Any]] = []
-        self.refs: list[BatchRef] = []
-        self.total = 0
-
-    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        self.buffer.extend(rows)
-        while len(self.buffer) >= self.size:
-            self._flush(self.buffer[: self.size])
-            self.buffer = self.buffer[self.size :]
-
-    def close(self) -> list[BatchRef]:
-        if self.buffer:
-            self._flush(self.buffer)
-            self.buffer = []
-        return self.refs
-
-    def _flush(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        name = f"{self.prefix}-{len(self.refs):05d}"
-        self.refs.append(self.staging.write_frame(self.folder, name, _frame(rows, self.columns)))
-        self.total += len(rows)
-
-
 def extract_dynamics(
     entity: EntityConfig,
     client: DynamicsClient,
@@ -226,7 +168,7 @@ def extract_dynamics(
     """Stage the Dataverse changes of ``entity`` since ``delta_link``.
 
     An expired delta link (past Dataverse's retention) triggers a targeted re-baseline when
-    ``ctx`` is given (:func:`crm_sync.rebaseline.rebaseline_expired`): the table is read again
+    ``ctx`` is given (:func:`crm_sync.engine.reread.reread_expired`): the table is read again
     for a new delta link, but only the rows whose mapped values differ from what was last
     synced are staged, and linked records missing from the read are staged as deletes, so the
     gap loses no delete and re-sends nothing unchanged; an alert says what happened. Without
@@ -257,10 +199,10 @@ def extract_dynamics(
         if ctx is None:
             log.warning("%s: delta link expired, reading the whole table again", entity.name)
             return _read_changes(entity, client, staging, folder, columns, None)
-        from crm_sync.rebaseline import rebaseline_expired
+        from crm_sync.engine.reread import reread_expired
 
         full = _read_changes(entity, client, staging, folder, columns, None)
-        return rebaseline_expired(entity, ctx, full, folder)
+        return reread_expired(entity, ctx, full, folder)
 
 
 def _read_changes(
@@ -271,8 +213,8 @@ def _read_changes(
     columns: list[str],
     delta_link: str | None,
 ) -> dict[str, Any]:
-    rows = _Batcher(staging, folder, "dynamics", entity.batch_size, columns)
-    deleted = _Batcher(staging, folder, "deleted", entity.batch_size, ["id"])
+    rows = Batcher(staging, folder, "dynamics", entity.batch_size, columns)
+    deleted = Batcher(staging, folder, "deleted", entity.batch_size, ["id"])
     token: str | None = None
     select, derived = _split_derived(columns)
     for page in client.track_changes(entity.dynamics.entity_set, select, delta_link, DYNAMICS_PAGE_SIZE):
@@ -326,7 +268,7 @@ def _read_chunk(
     # (lead and contact runs at once) each stage whole files of their own, and the manifest
     # renamed last names only its writer's files.
     prefix = f"persons-{token_key(token)[:12]}-{uuid.uuid4().hex[:8]}"
-    batcher = _Batcher(staging, folder, prefix, MARKETO_READ_BATCH, ["id", *fields])
+    batcher = Batcher(staging, folder, prefix, MARKETO_READ_BATCH, ["id", *fields])
     for records in client.get_leads("id", list(ids), ["id", *fields], MARKETO_READ_BATCH) if ids else ():
         batcher.add(records)
     chunk.update(batches=[b.to_dict() for b in batcher.close()], rows=batcher.total)
@@ -500,7 +442,7 @@ def _stage_rows(
     if not rows:
         return None
     folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "extract"
-    return ctx.staging.write_frame(folder, name, _frame(rows, columns)).to_dict()
+    return ctx.staging.write_frame(folder, name, rows_frame(rows, columns)).to_dict()
 
 
 def _retry_rows(
@@ -614,7 +556,7 @@ def _retry_persons(
     log.info("%s: re-reading %d Marketo persons whose earlier failure is due", entity.name, len(wanted))
     read_at = utcnow().isoformat()
     folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "extract"
-    batcher = _Batcher(ctx.staging, folder, "retry-persons", MARKETO_READ_BATCH, ["id", *fields])
+    batcher = Batcher(ctx.staging, folder, "retry-persons", MARKETO_READ_BATCH, ["id", *fields])
     found: set[str] = set()
     for records in marketo.get_leads("id", wanted, ["id", *fields], MARKETO_READ_BATCH):
         found |= {str(r.get("id")) for r in records}

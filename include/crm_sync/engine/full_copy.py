@@ -45,12 +45,11 @@ from crm_sync.config import Direction, EntityConfig, MarketoObject
 from crm_sync.engine.extract import (
     DERIVED_COLUMNS,
     EXTRACT_MANIFEST,
-    RunContext,
-    _frame,
     _split_derived,
     dynamics_columns,
 )
 from crm_sync.engine.load import OUTCOME, load_batch
+from crm_sync.engine.staging import rows_frame
 from crm_sync.engine.transform import TRANSFORM_MANIFEST, transform_changes
 from crm_sync.ops import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.state import get_watermark, read_scope, session_scope, set_watermark, utcnow
@@ -63,6 +62,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Table
 
     from crm_sync.engine.clients import MarketoClient
+    from crm_sync.engine.context import RunContext
     from crm_sync.engine.staging import StagingArea
     from crm_sync_hooks.dynamics import QueryPage
     from crm_sync_hooks.results import WriteResult
@@ -495,7 +495,7 @@ def extract_partition(
                     row.pop(DERIVED_COLUMNS[c].expand.split("(")[0], None)
             if rows:
                 name = f"dynamics-{progress['pages']:05d}"
-                ref = ctx.staging.write_frame(folder / "extract", name, _frame(rows, columns))
+                ref = ctx.staging.write_frame(folder / "extract", name, rows_frame(rows, columns))
                 progress["batches"].append(ref.to_dict())
                 progress["rows"] += len(rows)
                 read_now += len(rows)

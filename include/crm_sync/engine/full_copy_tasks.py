@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from datetime import datetime
 
-    from crm_sync.engine.extract import RunContext
+    from crm_sync.engine.context import RunContext
     from crm_sync.engine.full_copy import Partition, UnitPolicy
     from crm_sync.engine.staging import StagingArea
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from crm_sync.engine.clients import DynamicsClient, MarketoClient
-    from crm_sync.engine.extract import RunContext
+    from crm_sync.engine.context import RunContext
     from crm_sync_hooks.results import WriteResult
 
 log = logging.getLogger(__name__)

@@ -8,49 +8,20 @@ DAG parse time). Each function returns a small JSON-ready dict for XCom (paths a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crm_sync.config import ENTITIES_DIR, Direction, EntityConfig, load_entities_each
+from crm_sync.engine.context import RunContext, RunSettings
 
 if TYPE_CHECKING:
-    from crm_sync.engine.extract import RunContext
     from crm_sync.guards import GuardSettings
     from crm_sync.guards.calls import CallCounter
     from crm_sync_hooks.dynamics import DynamicsHook
     from crm_sync_hooks.marketo import MarketoHook
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Everything a task needs besides the entity: where state and staging live, which connections.
-
-    Attributes:
-        run_id: The Airflow run id.
-        state_url: SQLAlchemy URL of the state store (Variable ``mds_state_db_url``).
-        staging_url: Staging root (Variable ``mds_staging_path``), e.g. ``file:///srv/staging``.
-        entities_dir: Folder of the entity YAML files.
-        marketo_conn_id: Airflow connection of Marketo.
-        dynamics_conn_id: Airflow connection of Dataverse.
-        dynamics_window_reserve: Share of the Dataverse request window (per user and 5 minutes)
-            the sync leaves to other integrations: its hooks' shared limiter allows only the rest.
-    """
-
-    run_id: str
-    state_url: str
-    staging_url: str
-    entities_dir: str = str(ENTITIES_DIR)
-    marketo_conn_id: str = "marketo_default"
-    dynamics_conn_id: str = "dynamics_default"
-    dynamics_window_reserve: float = 0.0
-
-    def __repr__(self) -> str:
-        # URLs may carry a password (PostgreSQL); never show them in logs.
-        return f"RunSettings(run_id={self.run_id!r}, entities_dir={self.entities_dir!r})"
 
 
 ENTITIES_ENV = "MDS_ENTITIES_DIR"
@@ -112,7 +83,6 @@ def context(settings: RunSettings, migrate: bool = False) -> RunContext:
     """
     from airflow.sdk import ObjectStoragePath
 
-    from crm_sync.engine.extract import RunContext
     from crm_sync.engine.staging import StagingArea
     from crm_sync.state import make_engine, upgrade
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
     from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
@@ -180,3 +182,46 @@ class StagingArea:
         if not isinstance(loaded, dict):
             raise ValueError(f"{source}: expected a JSON object")
         return loaded
+
+
+def rows_frame(records: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """Rows as a frame with every expected column (absent ones empty), OData annotations dropped."""
+    frame = pd.DataFrame.from_records(list(records)) if records else pd.DataFrame()
+    frame = frame[[c for c in frame.columns if not str(c).startswith("@odata.")]]
+    for col in columns:
+        if col not in frame:
+            frame[col] = None
+    return frame
+
+
+@dataclass
+class Batcher:
+    """Collects rows and stages a batch each time ``size`` rows are buffered."""
+
+    staging: StagingArea
+    folder: ObjectStoragePath
+    prefix: str
+    size: int
+    columns: Sequence[str]
+
+    def __post_init__(self) -> None:
+        self.buffer: list[Mapping[str, Any]] = []
+        self.refs: list[BatchRef] = []
+        self.total = 0
+
+    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.buffer.extend(rows)
+        while len(self.buffer) >= self.size:
+            self._flush(self.buffer[: self.size])
+            self.buffer = self.buffer[self.size :]
+
+    def close(self) -> list[BatchRef]:
+        if self.buffer:
+            self._flush(self.buffer)
+            self.buffer = []
+        return self.refs
+
+    def _flush(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        name = f"{self.prefix}-{len(self.refs):05d}"
+        self.refs.append(self.staging.write_frame(self.folder, name, rows_frame(rows, self.columns)))
+        self.total += len(rows)

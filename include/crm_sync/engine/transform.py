@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from crm_sync.config import EntityConfig
-    from crm_sync.engine.extract import RunContext
+    from crm_sync.engine.context import RunContext
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import pytest
 
 from crm_sync.config import EntityConfig, load_entities
-from crm_sync.engine.extract import RunContext
+from crm_sync.engine.context import RunContext
 from crm_sync.engine.staging import StagingArea
 from crm_sync.state import make_engine, upgrade
 from crm_sync_hooks.dynamics import ChangePage, DeltaTokenExpired

@@ -122,7 +122,8 @@ def test_first_poll_waits_longer_for_bigger_imports() -> None:
 def test_a_copy_of_everything_starts_the_person_feed_once(tmp_path: Path) -> None:
     from airflow.sdk import ObjectStoragePath
 
-    from crm_sync.engine.extract import FEED_HEAD_ENTITY, RunContext
+    from crm_sync.engine.context import RunContext
+    from crm_sync.engine.extract import FEED_HEAD_ENTITY
     from crm_sync.engine.full_copy import start_person_feed
     from crm_sync.state import get_watermark, make_engine, session_scope, set_watermark, upgrade
 

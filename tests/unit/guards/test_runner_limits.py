@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from crm_sync.engine.runner import RunSettings, _dynamics
+from crm_sync.engine.context import RunSettings
+from crm_sync.engine.runner import _dynamics
 
 
 @pytest.fixture
