@@ -79,12 +79,12 @@ bench: install bench-peers
 demo: install
 	$(BIN)/python scripts/stack.py start
 
-# Needs a running `make demo`. The fault stays on until the alert arrives (see crm_sync/demo/faults.py).
+# Needs a running `make demo`. The fault stays on until the alert arrives (see demo/faults.py).
 demo-fault: install
-	$(BIN)/python -m crm_sync.demo.faults on --stack-dir $${MDS_STACK_DIR:-$(CURDIR)}
+	$(BIN)/python -m demo.faults on --stack-dir $${MDS_STACK_DIR:-$(CURDIR)}
 
 demo-fault-off: install
-	$(BIN)/python -m crm_sync.demo.faults off --stack-dir $${MDS_STACK_DIR:-$(CURDIR)}
+	$(BIN)/python -m demo.faults off --stack-dir $${MDS_STACK_DIR:-$(CURDIR)}
 
 demo-check: install
 	$(BIN)/python scripts/stack.py check
@@ -112,9 +112,10 @@ load-settings: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install
-	$(BIN)/mypy include plugins dags emulators scripts tests
+	$(BIN)/mypy include plugins dags emulators demo scripts tests
 
 parse: install
 	@for f in dags/*.py; do echo "parse $$f"; $(BIN)/python $$f || exit 1; done

@@ -12,6 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from crm_sync.config import load_entities
-from crm_sync.engine.runner import entities_dir
+from crm_sync.tasks.common import entities_dir
 
 load_entities(Path(entities_dir()))

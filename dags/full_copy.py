@@ -32,7 +32,7 @@ from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
 from crm_sync.config import load_entities_each
 from crm_sync.dag_defaults import default_args
 from crm_sync.engine.full_copy import copy_order
-from crm_sync.engine.runner import entities_dir
+from crm_sync.tasks.common import entities_dir
 from crm_sync_timetables.backfill_only import BackfillOnlyCronTimetable
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ HISTORY_START = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def _settings() -> Any:
-    from crm_sync.engine.runner import settings_from_airflow
+    from crm_sync.tasks.common import settings_from_airflow
 
     return settings_from_airflow(str(get_current_context()["run_id"]))
 
@@ -78,7 +78,7 @@ with DAG(
 
     @task(task_id="prepare")
     def prepare() -> dict[str, Any]:
-        from crm_sync.engine import full_copy_tasks
+        from crm_sync.tasks import full_copy as full_copy_tasks
 
         context = get_current_context()
         dag_run = context["dag_run"]
@@ -92,7 +92,7 @@ with DAG(
 
     @task(task_id="summary", trigger_rule="none_failed")
     def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
-        from crm_sync.engine import full_copy_tasks
+        from crm_sync.tasks import full_copy as full_copy_tasks
 
         return full_copy_tasks.summarize(list(results))
 
@@ -104,13 +104,13 @@ with DAG(
 
                 @task(task_id="extract", pool=DYNAMICS_POOL)
                 def extract(scope_data: dict[str, Any], name: str = name) -> dict[str, Any]:
-                    from crm_sync.engine import full_copy_tasks
+                    from crm_sync.tasks import full_copy as full_copy_tasks
 
                     return full_copy_tasks.extract(_settings(), name, scope_data)
 
                 @task(task_id="plan")
                 def plan(scope_data: dict[str, Any], name: str = name) -> list[dict[str, Any]]:
-                    from crm_sync.engine import full_copy_tasks
+                    from crm_sync.tasks import full_copy as full_copy_tasks
 
                     return full_copy_tasks.plan(_settings(), name, scope_data)
 
@@ -118,13 +118,13 @@ with DAG(
                 def load(
                     unit: dict[str, Any], scope_data: dict[str, Any], name: str = name
                 ) -> dict[str, Any]:
-                    from crm_sync.engine import full_copy_tasks
+                    from crm_sync.tasks import full_copy as full_copy_tasks
 
                     return full_copy_tasks.load(_settings(), name, scope_data, unit)
 
                 @task(task_id="commit", trigger_rule="none_failed")
                 def commit(scope_data: dict[str, Any], name: str = name) -> dict[str, Any]:
-                    from crm_sync.engine import full_copy_tasks
+                    from crm_sync.tasks import full_copy as full_copy_tasks
 
                     return full_copy_tasks.commit(_settings(), name, scope_data)
 

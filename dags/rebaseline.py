@@ -46,7 +46,7 @@ Pausing and unpausing go through Airflow's REST API with the `airflow_api` conne
 
 
 def _settings() -> RunSettings:
-    from crm_sync.engine.runner import settings_from_airflow
+    from crm_sync.tasks.common import settings_from_airflow
 
     return settings_from_airflow(str(get_current_context()["run_id"]))
 
@@ -55,7 +55,7 @@ def _params() -> dict[str, Any]:
     return dict(get_current_context()["params"])
 
 
-def _entities() -> list[str]:
+def entities_in() -> list[str]:
     return list(_params().get("entities") or [])
 
 
@@ -79,15 +79,15 @@ with DAG(
 
     @task(task_id="detect")
     def detect() -> dict[str, Any]:
-        from crm_sync.rebaseline import run_detect
+        from crm_sync.tasks.rebaseline import run_detect
 
-        return run_detect(_settings(), _entities())
+        return run_detect(_settings(), entities_in())
 
     @task(task_id="pause_sync")
     def pause_sync() -> list[str]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from crm_sync.rebaseline import run_pause
+        from crm_sync.tasks.rebaseline import run_pause
 
         if not _params().get("confirm"):
             raise AirflowSkipException("confirm is false: report only")
@@ -96,12 +96,12 @@ with DAG(
     @task(task_id="plan", pool="marketo_api", trigger_rule="none_failed")
     def plan() -> dict[str, Any]:
         from crm_sync.guards.variables import guard_settings
-        from crm_sync.rebaseline import run_plan
+        from crm_sync.tasks.rebaseline import run_plan
 
         params = _params()
         return run_plan(
             _settings(),
-            _entities(),
+            entities_in(),
             float(params.get("poll_seconds", 10.0)),
             tolerance=guard_settings().visibility_tolerance,
             accept_row_counts=bool(params.get("accept_row_counts")),
@@ -112,7 +112,7 @@ with DAG(
         from airflow.sdk.exceptions import AirflowSkipException
 
         from crm_sync.guards.variables import guard_settings
-        from crm_sync.rebaseline import run_relink
+        from crm_sync.tasks.rebaseline import run_relink
 
         params = _params()
         if not params.get("confirm"):
@@ -120,7 +120,7 @@ with DAG(
         guards = guard_settings()
         return run_relink(
             _settings(),
-            _entities(),
+            entities_in(),
             detected,
             confirm_deletes=bool(params.get("confirm_deletes")),
             max_share=guards.max_delete_share,
@@ -129,7 +129,7 @@ with DAG(
 
     @task(task_id="unpause_sync")
     def unpause_sync() -> list[str]:
-        from crm_sync.rebaseline import run_pause
+        from crm_sync.tasks.rebaseline import run_pause
 
         return run_pause(_settings(), False)
 

@@ -1,6 +1,6 @@
 """``reconcile``: do Marketo and Dynamics really agree? Daily, and on demand with Params.
 
-Thin wiring: the task calls :func:`crm_sync.reconcile.tasks.run_reconcile`, which reads both
+Thin wiring: the task calls :func:`crm_sync.tasks.reconcile.run_reconcile`, which reads both
 systems (keys and mapped columns only), compares them per entity after mapping, stores the
 report in the state store, writes ``differences.csv`` and ``report.html`` under the staging
 path, re-queues the differing records into the next incremental runs when ``repair`` is set,
@@ -53,8 +53,8 @@ with DAG(
 
     @task(task_id="reconcile", pool="marketo_api")
     def reconcile_task() -> dict[str, Any]:
-        from crm_sync.engine.runner import settings_from_airflow
-        from crm_sync.reconcile.tasks import run_reconcile
+        from crm_sync.tasks.common import settings_from_airflow
+        from crm_sync.tasks.reconcile import run_reconcile
 
         ctx = get_current_context()
         params = ctx["params"]

@@ -1,6 +1,6 @@
 """One incremental ``sync_<entity>`` DAG per entity YAML file (``sync_custom_<name>`` for custom ones).
 
-Thin wiring only: every task calls :mod:`crm_sync.engine.runner`, imported inside the task so
+Thin wiring only: every task calls :mod:`crm_sync.tasks.sync`, imported inside the task so
 parsing this file stays cheap and touches no network or database. Adding an entity is adding a
 YAML file under ``include/crm_sync/entities/`` (or the folder named by ``$MDS_ENTITIES_DIR``).
 
@@ -21,8 +21,8 @@ from airflow.sdk import DAG, Param, get_current_context, task
 
 from crm_sync.config import Direction, EntityConfig, load_entities_each
 from crm_sync.dag_defaults import START_DATE, TAG_VOCABULARY, default_args
-from crm_sync.engine.runner import entities_dir
 from crm_sync.guards.variables import dynamics_reserve, guard_settings
+from crm_sync.tasks.common import entities_dir
 
 if TYPE_CHECKING:
     from crm_sync.engine.context import RunSettings
@@ -35,7 +35,7 @@ DYNAMICS_POOL = "dynamics_api"
 
 def _settings(entities_dir: str) -> RunSettings:
     """Run settings from the task context and the project's Airflow Variables."""
-    from crm_sync.engine.runner import settings_from_airflow
+    from crm_sync.tasks.common import settings_from_airflow
 
     run_id = str(get_current_context()["run_id"])
     return settings_from_airflow(run_id, entities_dir, dynamics_window_reserve=dynamics_reserve())
@@ -113,8 +113,8 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
 
         @task(task_id="preflight")
         def preflight() -> dict[str, Any]:
-            from crm_sync.engine.runner import run_preflight
             from crm_sync.guards import GuardError
+            from crm_sync.tasks.sync import run_preflight
 
             accept = bool(get_current_context()["params"].get("accept_row_counts", False))
             try:
@@ -128,8 +128,8 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
 
         @task(task_id="extract_changes", pool=extract_pool)
         def extract_changes() -> dict[str, Any]:
-            from crm_sync.engine.runner import run_extract
             from crm_sync.guards import GuardError
+            from crm_sync.tasks.sync import run_extract
 
             try:  # the visibility guard of a full re-read (expired delta link)
                 counts = run_extract(_settings(entities_dir), name)
@@ -140,7 +140,7 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
 
         @task(task_id="transform")
         def transform() -> list[dict[str, Any]]:
-            from crm_sync.engine.runner import run_transform
+            from crm_sync.tasks.sync import run_transform
 
             batches = run_transform(_settings(entities_dir), name)
             log.info("%d load batches staged: %s", len(batches), [b["name"] for b in batches])
@@ -148,8 +148,8 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
 
         @task(task_id="guard")
         def guard(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            from crm_sync.engine.runner import run_guard
             from crm_sync.guards import GuardError
+            from crm_sync.tasks.sync import run_guard
 
             context = get_current_context()
             confirm = bool(context["params"].get("confirm_deletes", False))
@@ -166,7 +166,7 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
 
         @task(task_id="load", pool=load_pool)
         def load(batch: dict[str, Any]) -> dict[str, Any]:
-            from crm_sync.engine.runner import run_load
+            from crm_sync.tasks.sync import run_load
 
             outcome = run_load(_settings(entities_dir), name, batch)
             log.info("loaded: %s", outcome)
@@ -176,7 +176,7 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
         # skipped); skipped with the guard when a low-priority run is deferred.
         @task(task_id="commit", trigger_rule="none_failed_min_one_success")
         def commit() -> dict[str, Any]:
-            from crm_sync.engine.runner import run_commit
+            from crm_sync.tasks.sync import run_commit
 
             counts = run_commit(_settings(entities_dir), name)
             log.info("run counts: %s", counts)

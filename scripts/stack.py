@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from crm_sync.config import ENTITIES_DIR, Direction, EntityConfig, load_entities
-from crm_sync.demo import ALERT_SINK_PORT
 from crm_sync.localenv import (
     AIRFLOW_API_PORT,
     DYNAMICS_EMULATOR_PORT,
@@ -43,6 +42,7 @@ from crm_sync.localenv import (
     prepare_sqlite_metadata_db,
 )
 from crm_sync.settings_loader import AirflowSettings, load_into_airflow, parse_settings
+from demo import ALERT_SINK_PORT
 
 # MDS_STACK_DIR moves all run-time state (PIDs, logs, databases, Airflow home) elsewhere.
 STACK_DIR = Path(os.environ.get("MDS_STACK_DIR", PROJECT_DIR))
@@ -231,7 +231,7 @@ def load_settings(env: dict[str, str]) -> None:
     Also the ``airflow_api`` connection (this stack's API server, its generated admin login),
     which a task uses to pause the sync DAGs when it finds a refreshed sandbox.
     """
-    from crm_sync.demo.airflow_api import admin_password as read_password
+    from crm_sync.airflow_api import admin_password as read_password
 
     settings = demo_settings()
     settings.connections["airflow_api"] = {
@@ -254,7 +254,7 @@ def start_alert_sink(env: dict[str, str]) -> None:
         [
             str(BIN_DIR / "python"),
             "-m",
-            "crm_sync.demo.alert_sink",
+            "demo.alert_sink",
             "--port",
             str(ALERT_SINK_PORT),
             "--file",
@@ -267,9 +267,9 @@ def start_alert_sink(env: dict[str, str]) -> None:
 
 
 def airflow_api() -> Any:
-    """A logged-in :class:`crm_sync.demo.airflow_api.AirflowApi` for this stack."""
-    from crm_sync.demo.airflow_api import AirflowApi
-    from crm_sync.demo.airflow_api import admin_password as read_password
+    """A logged-in :class:`crm_sync.airflow_api.AirflowApi` for this stack."""
+    from crm_sync.airflow_api import AirflowApi
+    from crm_sync.airflow_api import admin_password as read_password
 
     return AirflowApi(AIRFLOW_URL, "admin", read_password(AIRFLOW_HOME))
 
@@ -332,7 +332,7 @@ def _run_full_copy(api: Any, timeout_s: float, run_id: str | None = None) -> boo
 
 def start_activity(env: dict[str, str]) -> None:
     """Start the process that keeps changing both CRMs (off with ``MDS_ACTIVITY_INTERVAL=0``)."""
-    from crm_sync.demo.activity import ActivityConfig
+    from demo.activity import ActivityConfig
 
     config = ActivityConfig.from_env(env)
     if config.interval_s <= 0:
@@ -343,7 +343,7 @@ def start_activity(env: dict[str, str]) -> None:
         [
             str(BIN_DIR / "python"),
             "-m",
-            "crm_sync.demo.activity",
+            "demo.activity",
             "--marketo-url",
             f"https://127.0.0.1:{MARKETO_EMULATOR_PORT}",
             "--dynamics-url",

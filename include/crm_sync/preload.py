@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-# Packages whose every module a task may import (the engine, state store, guards, transforms,
-# reconcile and the hooks), and single modules besides.
+# Packages whose every module a task may import (the task entry points, the engine, state store,
+# guards, transforms, reconcile and the hooks), and single modules besides.
 TASK_PACKAGES = (
+    "crm_sync.tasks",
     "crm_sync.engine",
     "crm_sync.state",
     "crm_sync.guards",

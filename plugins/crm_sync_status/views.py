@@ -160,7 +160,7 @@ def quota_settings() -> tuple[int, float]:
 def configured_entities() -> dict[str, str]:
     """Entity name → configured direction, from the same entity folder the DAG factory reads."""
     from crm_sync.config import load_entities
-    from crm_sync.engine.runner import entities_dir
+    from crm_sync.tasks.common import entities_dir
 
     folder = Path(entities_dir())
     return {name: e.direction.value for name, e in load_entities(folder).items()}

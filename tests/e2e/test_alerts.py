@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import pytest
 
-from crm_sync.demo.alert_sink import AlertSink, read_alerts
-from crm_sync.demo.faults import LEADS_ENDPOINT, outage
+from demo.alert_sink import AlertSink, read_alerts
+from demo.faults import LEADS_ENDPOINT, outage
 from emulators.common.credentials import default_credentials
 from tests.e2e.conftest import SyncEnv
 

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from crm_sync.demo.airflow_api import AirflowApi
+from crm_sync.airflow_api import AirflowApi
 from crm_sync.reconcile.__main__ import main as reconcile_cli
 from tests.e2e.conftest import SyncEnv
 from tests.support.emulator_procs import free_port

@@ -36,7 +36,7 @@ def test_only_the_processes_that_fork_tasks_preload(argv: list[str], expected: b
 
 def test_module_list_walks_the_packages_and_leaves_entry_points_out() -> None:
     names = task_module_names()
-    assert {"crm_sync.engine.runner", "crm_sync.engine.full_copy", "crm_sync_hooks.marketo", "pandas"} <= set(
+    assert {"crm_sync.tasks.sync", "crm_sync.engine.full_copy", "crm_sync_hooks.marketo", "pandas"} <= set(
         names
     )
     assert not [name for name in names if name.endswith("__main__") or ".migrations" in name]
@@ -53,7 +53,7 @@ import json, sys
 sys.argv = {argv!r}
 import airflow.settings
 print(json.dumps({{
-    "engine": "crm_sync.engine.runner" in sys.modules,
+    "engine": "crm_sync.tasks.sync" in sys.modules,
     "pandas": "pandas" in sys.modules,
     "leaked": [n for n in ("warm", "forks_tasks") if hasattr(airflow.settings, n)],
 }}))

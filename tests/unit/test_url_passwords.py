@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from airflow.sdk._shared.secrets_masker.secrets_masker import redact
 
-from crm_sync.engine.runner import settings_from_airflow
+from crm_sync.tasks.common import settings_from_airflow
 
 
 def test_the_state_store_url_password_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,5 +2,5 @@
 
 Plain Python with no Airflow context: hooks (or fakes with the same methods, see
 :mod:`crm_sync.engine.clients`), the state store and the staging area are passed in.
-:mod:`crm_sync.engine.runner` wires them up for the DAG tasks in ``dags/sync_entities.py``.
+:mod:`crm_sync.tasks.sync` wires them up for the DAG tasks in ``dags/sync_entities.py``.
 """

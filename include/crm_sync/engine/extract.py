@@ -29,7 +29,6 @@ import pandas as pd
 from crm_sync.config import Direction, EntityConfig, MarketoObject
 from crm_sync.engine.staging import Batcher, rows_frame, token_key
 from crm_sync.state import (
-    IdentityMismatchError,
     check_identity,
     get_watermark,
     session_scope,
@@ -639,14 +638,10 @@ def extract_changes(
         d_token = get_watermark(session, entity.name, Direction.D2M.value)
         m_token = get_watermark(session, entity.name, Direction.M2D.value)
     if dynamics is not None:
-        try:
-            with session_scope(ctx.state) as session:
-                check_identity(session, "dynamics", dynamics.organization_id())
-        except IdentityMismatchError as err:
-            # A refreshed sandbox (or a re-pointed connection): alert, pause, stop for good.
-            from crm_sync.rebaseline import on_identity_mismatch
-
-            on_identity_mismatch(entity, ctx.run_id, err)
+        # Raises IdentityMismatchError for another org (a refreshed sandbox, a re-pointed
+        # connection); the task decides what follows (crm_sync.tasks.sync.run_extract).
+        with session_scope(ctx.state) as session:
+            check_identity(session, "dynamics", dynamics.organization_id())
     if entity.direction.includes(Direction.D2M):
         if dynamics is None:
             raise ValueError(f"{entity.name}: a Dynamics client is needed to extract D→M changes")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crm_sync.demo.activity import (
+from demo.activity import (
     ActivityConfig,
     ActivityGenerator,
     DataverseClient,
@@ -137,7 +137,7 @@ def test_the_process_runs_rounds_logs_them_and_never_logs_a_secret(
         [
             sys.executable,
             "-m",
-            "crm_sync.demo.activity",
+            "demo.activity",
             "--marketo-url",
             marketo.base_url,
             "--dynamics-url",

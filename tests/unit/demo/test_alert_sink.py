@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from crm_sync.demo.alert_sink import read_alerts
+from demo.alert_sink import read_alerts
 from tests.support.emulator_procs import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
@@ -28,7 +28,7 @@ def sink(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes], P
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PROJECT_DIR / "include"), str(PROJECT_DIR)]))
     with log_file.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "crm_sync.demo.alert_sink", "--port", str(port), "--file", str(alerts)],
+            [sys.executable, "-m", "demo.alert_sink", "--port", str(port), "--file", str(alerts)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

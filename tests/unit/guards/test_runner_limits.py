@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from crm_sync.engine.context import RunSettings
-from crm_sync.engine.runner import _dynamics
+from crm_sync.tasks.common import dynamics_hook
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_window_reserve_caps_the_shared_limiter(reserve: float, calls: int) -> N
     settings = RunSettings(
         run_id="r", state_url="sqlite://", staging_url="file:///tmp", dynamics_window_reserve=reserve
     )
-    hook = _dynamics(settings)
+    hook = dynamics_hook(settings)
     limiter = hook.transport.limiter
     assert limiter.limits.max_calls == calls
     assert limiter.scope == "dynamics:https://org.example.crm.dynamics.com:client-id", "the hook's own scope"

@@ -1,6 +1,6 @@
 """Entry point of the ``reconcile`` DAG's task: compare, store, write artefacts, repair, alert.
 
-Imported inside the task (never at DAG parse time), like :mod:`crm_sync.engine.runner`.
+Imported inside the task (never at DAG parse time), like :mod:`crm_sync.tasks.sync`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from crm_sync.engine.runner import RunSettings, _entities, context
+from crm_sync.tasks.common import context, entities_in
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from crm_sync.engine.context import RunSettings
     from crm_sync.reconcile.core import Report
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def run_reconcile(
     from crm_sync_hooks.dynamics import DynamicsHook
     from crm_sync_hooks.marketo import MarketoHook
 
-    everything = _entities(settings.entities_dir)
+    everything = entities_in(settings.entities_dir)
     unknown = [n for n in names if n not in everything]
     if unknown:
         raise KeyError(f"unknown entities {unknown}; known: {sorted(everything)}")

@@ -14,7 +14,7 @@ connections in ``airflow_settings.yaml`` (never from the command line, where ``p
 and nothing secret is logged. Only rows whose sync filter is not an explicit No are touched in
 Dataverse, so every change is one the sync should carry to Marketo.
 
-Usage: ``python -m crm_sync.demo.activity --marketo-url https://127.0.0.1:8081
+Usage: ``python -m demo.activity --marketo-url https://127.0.0.1:8081
 --dynamics-url https://127.0.0.1:8082 --ca-file var/emulators/ca/ca.pem [--interval 20]``
 """
 
@@ -40,7 +40,7 @@ from faker import Faker
 
 from crm_sync.settings_loader import parse_settings
 
-log = logging.getLogger("crm_sync.demo.activity")
+log = logging.getLogger("demo.activity")
 
 API_VERSION = "9.2"
 FILTER_COLUMN = "new_synctomkto"

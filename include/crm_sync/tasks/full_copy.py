@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from crm_sync.engine.context import RunSettings
 from crm_sync.engine.full_copy import CopyScope
-from crm_sync.engine.runner import RunSettings, _count_calls, _entities, _record_calls, context, entity_config
+from crm_sync.tasks.common import context, count_calls, entities_in, entity_config, record_calls
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -41,7 +42,7 @@ def prepare(
     """Task ``prepare``: the run's scope from its data interval or Params; the state store migrated."""
     from crm_sync.engine.full_copy import copy_order, scope_for_run
 
-    entities = _entities(settings.entities_dir)
+    entities = entities_in(settings.entities_dir)
     scope = scope_for_run(
         params,
         run_type=run_type,
@@ -88,13 +89,13 @@ def extract(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> 
     partition = open_partition(staging, entity, scope)
     ctx = _ctx(settings, partition.run_id)
     dynamics = DynamicsHook(settings.dynamics_conn_id)
-    counter = _count_calls({"dynamics": dynamics})
+    counter = count_calls({"dynamics": dynamics})
     try:
         with session_scope(ctx.state) as session:
             check_identity(session, "dynamics", dynamics.organization_id())
         manifest = extract_partition(entity, ctx, dynamics, scope)
     finally:
-        _record_calls(ctx, name, "extract", counter)
+        record_calls(ctx, name, "extract", counter)
         dynamics.close()
         ctx.state.dispose()
         base.state.dispose()
@@ -144,7 +145,7 @@ def plan(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> lis
     if not scope.includes(name):
         return []
     entity = entity_config(settings, name)
-    everything = _entities(settings.entities_dir).values()
+    everything = entities_in(settings.entities_dir).values()
     persons = [
         e.name for e in everything if e.marketo.object is entity.marketo.object and e.marketo.person_type
     ]
@@ -183,14 +184,14 @@ def load(
     entity = entity_config(settings, name)
     _, ctx = _partition(settings, name, scope)
     marketo = MarketoHook(settings.marketo_conn_id)
-    counter = _count_calls({"marketo": marketo})
+    counter = count_calls({"marketo": marketo})
     try:
         transform = ctx.staging.read_json(ctx.staging.run_dir(name, ctx.run_id), TRANSFORM_MANIFEST) or {}
         total = sum(int(u.get("records") or 0) for u in transform.get("batches", []))
         outcome = load_unit(entity, ctx, unit, marketo, total_records=total)
         log.info("progress: %s", unit_progress(entity, ctx, transform))
     finally:
-        _record_calls(ctx, name, "load", counter)
+        record_calls(ctx, name, "load", counter)
         marketo.close()
         ctx.state.dispose()
     return outcome
@@ -212,14 +213,14 @@ def commit(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> d
         from crm_sync_hooks.marketo import MarketoHook
 
         marketo = MarketoHook(settings.marketo_conn_id)
-        counter = _count_calls({"marketo": marketo})
+        counter = count_calls({"marketo": marketo})
         try:
-            persons = [e for e in _entities(settings.entities_dir).values() if e.marketo.person_type]
+            persons = [e for e in entities_in(settings.entities_dir).values() if e.marketo.person_type]
             counts = commit_partition(entity, ctx, ctx.staging, partition, marketo, persons)
             return {"entity": name, **counts}
         finally:
             # The id read-back's calls count for the day's quota (after the ledger row).
-            _record_calls(ctx, name, "commit", counter)
+            record_calls(ctx, name, "commit", counter)
             marketo.close()
     finally:
         ctx.state.dispose()

@@ -1,4 +1,5 @@
-"""One entry point per DAG task: build the hooks, state store and staging area, call the engine.
+"""One entry point per task of a ``sync_<entity>`` DAG: build the hooks, state store and staging
+area (:mod:`crm_sync.tasks.common`), call the engine, decide what its typed errors mean.
 
 The DAG file stays thin: it reads Airflow Variables and the run id into :class:`RunSettings`
 and calls these functions, which import the hooks and pandas only when a task runs (never at
@@ -8,173 +9,61 @@ DAG parse time). Each function returns a small JSON-ready dict for XCom (paths a
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crm_sync.config import ENTITIES_DIR, Direction, EntityConfig, load_entities_each
-from crm_sync.engine.context import RunContext, RunSettings
+from crm_sync.config import Direction, EntityConfig
+from crm_sync.tasks.common import (
+    context,
+    count_calls,
+    dynamics_hook,
+    entities_in,
+    entity_config,
+    marketo_hook,
+    record_calls,
+)
 
 if TYPE_CHECKING:
+    from crm_sync.engine.context import RunContext, RunSettings
     from crm_sync.guards import GuardSettings
-    from crm_sync.guards.calls import CallCounter
-    from crm_sync_hooks.dynamics import DynamicsHook
-    from crm_sync_hooks.marketo import MarketoHook
 
 log = logging.getLogger(__name__)
-
-
-ENTITIES_ENV = "MDS_ENTITIES_DIR"
-
-
-def entities_dir() -> str:
-    """The folder of the entity files: ``$MDS_ENTITIES_DIR`` or the project's own."""
-    import os
-
-    return os.environ.get(ENTITIES_ENV) or str(ENTITIES_DIR)
-
-
-def settings_from_airflow(run_id: str, entities: str | None = None, **extra: Any) -> RunSettings:
-    """Run settings from the Airflow Variables ``mds_state_db_url`` and ``mds_staging_path``.
-
-    Called inside a task (Variables are read then, never at DAG parse time); defaults are the
-    project's SQLite state store and ``var/staging``. ``extra`` sets further fields.
-    """
-    from airflow.sdk import Variable
-
-    from crm_sync.localenv import PROJECT_DIR
-    from crm_sync.state import default_url
-    from crm_sync_hooks.base import register_url_password
-
-    state_url = Variable.get("mds_state_db_url", default=None) or default_url()
-    register_url_password(state_url)  # a database password in the URL never reaches a log
-    return RunSettings(
-        run_id=run_id,
-        state_url=state_url,
-        staging_url=Variable.get("mds_staging_path", default=None)
-        or f"file://{PROJECT_DIR / 'var' / 'staging'}",
-        entities_dir=entities or entities_dir(),
-        **extra,
-    )
-
-
-@lru_cache(maxsize=8)
-def _entities(directory: str) -> dict[str, EntityConfig]:
-    """The valid entities of ``directory``: a broken file stops only its own entity's runs."""
-    return load_entities_each(Path(directory))[0]
-
-
-def entity_config(settings: RunSettings, name: str) -> EntityConfig:
-    """The validated entity ``name`` from the settings' entity folder.
-
-    Raises:
-        KeyError: No YAML file defines ``name``.
-    """
-    entities = _entities(settings.entities_dir)
-    if name not in entities:
-        raise KeyError(f"no entity {name!r} in {settings.entities_dir}")
-    return entities[name]
-
-
-def context(settings: RunSettings, migrate: bool = False) -> RunContext:
-    """Staging area and state store for this run; ``migrate`` brings the store to the head revision.
-
-    Only the first task of a run migrates; the later ones find the schema in place.
-    """
-    from airflow.sdk import ObjectStoragePath
-
-    from crm_sync.engine.staging import StagingArea
-    from crm_sync.state import make_engine, upgrade
-
-    engine = make_engine(settings.state_url)
-    if migrate:
-        upgrade(engine)
-    return RunContext(settings.run_id, StagingArea(ObjectStoragePath(settings.staging_url)), engine)
-
-
-def _marketo(settings: RunSettings) -> MarketoHook:
-    from crm_sync_hooks.marketo import MarketoHook
-
-    return MarketoHook(settings.marketo_conn_id)
-
-
-def _dynamics(settings: RunSettings) -> DynamicsHook:
-    """The Dataverse hook; with a window reserve, on a limiter that allows only the sync's share."""
-    from crm_sync_hooks.base import shared_limiter
-    from crm_sync_hooks.dynamics import DynamicsHook
-
-    hook = DynamicsHook(settings.dynamics_conn_id)
-    if settings.dynamics_window_reserve <= 0:
-        return hook
-    from dataclasses import replace
-
-    from crm_sync.guards.quota import dynamics_window_calls
-
-    limits = hook.limits
-    capped = replace(
-        limits, max_calls=dynamics_window_calls(limits.max_calls, settings.dynamics_window_reserve)
-    )
-    # The same scope as the hook's own limiter (limits are per application user), so every
-    # process of the sync shares one count and stops at the capped figure.
-    scope = f"dynamics:{hook.org_url}:{hook.settings.login}"
-    limiter = shared_limiter(hook.settings.text("limiter_url"), scope, capped)
-    return DynamicsHook(settings.dynamics_conn_id, limiter=limiter)
-
-
-def _count_calls(hooks: dict[str, Any]) -> CallCounter:
-    """A counter attached to each hook of ``{"marketo": hook, "dynamics": hook}`` (None skipped)."""
-    from crm_sync.guards.calls import CallCounter
-
-    counter = CallCounter()
-    for system, hook in hooks.items():
-        if hook is not None:
-            counter.attach(hook, system)
-    return counter
-
-
-def _record_calls(ctx: RunContext, name: str, stage: str, counter: CallCounter) -> None:
-    """Add the calls one task attempt sent to the run's call log (also after a failure)."""
-    from crm_sync.state import session_scope
-    from crm_sync.state.guards import add_api_calls
-
-    calls = counter.as_dict()
-    if not calls:
-        return
-    with session_scope(ctx.state) as session:
-        add_api_calls(session, run_id=ctx.run_id, entity=name, stage=stage, calls=calls)
-    log.info("%s %s: API calls %s", name, stage, calls)
 
 
 def run_extract(settings: RunSettings, name: str) -> dict[str, Any]:
     """Task ``extract_changes``: stage the changes; returns the manifest URL and counts."""
     from crm_sync.engine.extract import EXTRACT_MANIFEST, extract_changes, person_fields
+    from crm_sync.rebaseline import on_identity_mismatch
+    from crm_sync.state import IdentityMismatchError
 
     entity = entity_config(settings, name)
     ctx = context(settings, migrate=True)
-    dynamics = (
-        _dynamics(settings) if entity.direction.includes(Direction.D2M) or entity.writes_dynamics else None
-    )
-    marketo = _marketo(settings) if entity.direction.includes(Direction.M2D) else None
+    reads_dynamics = entity.direction.includes(Direction.D2M) or entity.writes_dynamics
+    dynamics = dynamics_hook(settings) if reads_dynamics else None
+    marketo = marketo_hook(settings) if entity.direction.includes(Direction.M2D) else None
     counter = None
     try:
-        counter = _count_calls({"marketo": marketo, "dynamics": dynamics})
-        everything = _entities(settings.entities_dir).values()
+        counter = count_calls({"marketo": marketo, "dynamics": dynamics})
+        everything = entities_in(settings.entities_dir).values()
         persons = [e for e in everything if e.marketo.person_type and e.writes_dynamics]
-        manifest = extract_changes(
-            entity,
-            ctx,
-            dynamics=dynamics,
-            marketo=marketo,
-            feed_fields=person_fields(everything),
-            dedup_tables=persons,
-        )
+        try:
+            manifest = extract_changes(
+                entity,
+                ctx,
+                dynamics=dynamics,
+                marketo=marketo,
+                feed_fields=person_fields(everything),
+                dedup_tables=persons,
+            )
+        except IdentityMismatchError as err:
+            # A refreshed sandbox (or a re-pointed connection): alert, pause, stop for good.
+            on_identity_mismatch(entity, ctx.run_id, err)
     finally:
         for hook in (dynamics, marketo):
             if hook is not None:
                 hook.close()
         try:
             if counter is not None:
-                _record_calls(ctx, name, "extract_changes", counter)
+                record_calls(ctx, name, "extract_changes", counter)
         finally:
             ctx.state.dispose()
     folder = ctx.staging.run_dir(name, settings.run_id)
@@ -213,11 +102,11 @@ def run_load(settings: RunSettings, name: str, batch: dict[str, Any]) -> dict[st
 
     entity = entity_config(settings, name)
     ctx = context(settings)
-    marketo = _marketo(settings)
-    dynamics = _dynamics(settings) if entity.writes_dynamics else None
+    marketo = marketo_hook(settings)
+    dynamics = dynamics_hook(settings) if entity.writes_dynamics else None
     counter = None
     try:
-        counter = _count_calls({"marketo": marketo, "dynamics": dynamics})
+        counter = count_calls({"marketo": marketo, "dynamics": dynamics})
         return load_batch(entity, ctx, batch, marketo=marketo, dynamics=dynamics)
     finally:
         for hook in (dynamics, marketo):
@@ -225,7 +114,7 @@ def run_load(settings: RunSettings, name: str, batch: dict[str, Any]) -> dict[st
                 hook.close()
         try:
             if counter is not None:
-                _record_calls(ctx, name, f"load:{batch.get('name', '?')}", counter)
+                record_calls(ctx, name, f"load:{batch.get('name', '?')}", counter)
         finally:
             ctx.state.dispose()
 
@@ -295,11 +184,11 @@ def run_preflight(
 
     entity = entity_config(settings, name)
     ctx = context(settings, migrate=True)
-    marketo = _marketo(settings)
-    dynamics = _dynamics(settings)
+    marketo = marketo_hook(settings)
+    dynamics = dynamics_hook(settings)
     counter = None
     try:
-        counter = _count_calls({"marketo": marketo, "dynamics": dynamics})
+        counter = count_calls({"marketo": marketo, "dynamics": dynamics})
         with session_scope(ctx.state) as session:
             quota = quota_status(
                 session, now=utcnow(), daily_quota=guards.daily_quota, reserve_share=guards.reserve_share
@@ -319,7 +208,7 @@ def run_preflight(
                     accepted=accept_row_counts,
                 )
         except GuardError as exc:
-            _record_calls(ctx, name, "preflight", counter)
+            record_calls(ctx, name, "preflight", counter)
             counter = None
             status = (
                 "schema_drift"
@@ -335,7 +224,7 @@ def run_preflight(
             hook.close()
         try:
             if counter is not None:
-                _record_calls(ctx, name, "preflight", counter)
+                record_calls(ctx, name, "preflight", counter)
         finally:
             ctx.state.dispose()
     return {"quota": quota, "schema": schema, "visibility": visibility}

@@ -8,7 +8,7 @@ by default) and at least ``--min-seconds``; then it is switched off and the comm
 ``sync_lead`` succeeds again, triggering a fresh run if the broken one ran out of retries.
 Ctrl-C switches the fault off too. ``off`` only switches faults off (both emulators).
 
-Usage: ``python -m crm_sync.demo.faults on|off [--min-seconds 120] [--max-seconds 900]``
+Usage: ``python -m demo.faults on|off [--min-seconds 120] [--max-seconds 900]``
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from crm_sync.demo.alert_sink import read_alerts
+from demo.alert_sink import read_alerts
 
 if TYPE_CHECKING:
-    from crm_sync.demo.airflow_api import AirflowApi
+    from crm_sync.airflow_api import AirflowApi
 
 DAG_ID = "sync_lead"
 #: Every Dataverse call on the leads entity set fails: change tracking, reads and writes.
@@ -127,7 +127,7 @@ def demo_fault(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (used by ``make demo-fault`` / ``make demo-fault-off``)."""
-    from crm_sync.demo.airflow_api import AirflowApi, admin_password
+    from crm_sync.airflow_api import AirflowApi, admin_password
     from crm_sync.localenv import AIRFLOW_API_PORT, DYNAMICS_EMULATOR_PORT, MARKETO_EMULATOR_PORT, PROJECT_DIR
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

@@ -4,7 +4,7 @@ Every DAG's :class:`crm_sync.alerting.SyncFailureNotifier` POSTs a JSON alert to
 ``mds_alert_webhook_url``; the demo points that at this sink on 127.0.0.1. Each alert is appended
 as one JSON line (with the time it arrived) to ``var/log/alerts.jsonl`` and logged as one line.
 
-Usage: ``python -m crm_sync.demo.alert_sink --port 8083 --file var/log/alerts.jsonl``
+Usage: ``python -m demo.alert_sink --port 8083 --file var/log/alerts.jsonl``
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from crm_sync.demo import ALERT_SINK_PORT
+from demo import ALERT_SINK_PORT
 
-log = logging.getLogger("crm_sync.demo.alert_sink")
+log = logging.getLogger("demo.alert_sink")
 
 HOST = "127.0.0.1"
 ALERT_PATH = "/alerts"

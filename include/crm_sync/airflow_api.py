@@ -1,7 +1,8 @@
-"""A small client of Airflow's REST API v2 for the demo commands (unpause, trigger, watch runs).
+"""A small client of Airflow's REST API v2: pause and unpause DAGs, trigger and watch runs.
 
-It logs in as the demo's admin (the password ``airflow standalone`` generated) and keeps the JWT
-in memory only.
+The rebaseline pauses the sync DAGs with it (task code cannot write Airflow's metadata DB in
+Airflow 3), with the ``airflow_api`` connection's login; the demo commands log in as the demo's
+admin (the password its simple auth manager generated). The JWT is kept in memory only.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def admin_password(airflow_home: Path, timeout_s: float = 30.0) -> str:
 
 
 class AirflowApi:
-    """REST API v2 calls the demo needs.
+    """The REST API v2 calls the rebaseline and the demo need.
 
     Args:
         base_url: ``http://127.0.0.1:<port>``.

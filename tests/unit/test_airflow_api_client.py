@@ -1,4 +1,4 @@
-"""The demo's REST client repeats calls an API server on a busy machine did not answer in time."""
+"""The Airflow REST client repeats calls an API server on a busy machine did not answer in time."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import requests
 import requests_mock
 
-from crm_sync.demo import airflow_api
-from crm_sync.demo.airflow_api import AirflowApi, AirflowApiError
+from crm_sync import airflow_api
+from crm_sync.airflow_api import AirflowApi, AirflowApiError
 
 BASE = "http://127.0.0.1:8080"
 

@@ -1,0 +1,144 @@
+"""What every task entry point shares: settings from Airflow, the entities, hooks, the context.
+
+Imported inside tasks (never at DAG parse time, except :func:`entities_dir`, which reads only
+an environment variable). The hooks are built here, with the connection's limits and the
+Dataverse window reserve, and their calls are counted into the state store's call log.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crm_sync.config import ENTITIES_DIR, EntityConfig, load_entities_each
+from crm_sync.engine.context import RunContext, RunSettings
+
+if TYPE_CHECKING:
+    from crm_sync.guards.calls import CallCounter
+    from crm_sync_hooks.dynamics import DynamicsHook
+    from crm_sync_hooks.marketo import MarketoHook
+
+log = logging.getLogger(__name__)
+
+
+ENTITIES_ENV = "MDS_ENTITIES_DIR"
+
+
+def entities_dir() -> str:
+    """The folder of the entity files: ``$MDS_ENTITIES_DIR`` or the project's own."""
+    import os
+
+    return os.environ.get(ENTITIES_ENV) or str(ENTITIES_DIR)
+
+
+def settings_from_airflow(run_id: str, entities: str | None = None, **extra: Any) -> RunSettings:
+    """Run settings from the Airflow Variables ``mds_state_db_url`` and ``mds_staging_path``.
+
+    Called inside a task (Variables are read then, never at DAG parse time); defaults are the
+    project's SQLite state store and ``var/staging``. ``extra`` sets further fields.
+    """
+    from airflow.sdk import Variable
+
+    from crm_sync.localenv import PROJECT_DIR
+    from crm_sync.state import default_url
+    from crm_sync_hooks.base import register_url_password
+
+    state_url = Variable.get("mds_state_db_url", default=None) or default_url()
+    register_url_password(state_url)  # a database password in the URL never reaches a log
+    return RunSettings(
+        run_id=run_id,
+        state_url=state_url,
+        staging_url=Variable.get("mds_staging_path", default=None)
+        or f"file://{PROJECT_DIR / 'var' / 'staging'}",
+        entities_dir=entities or entities_dir(),
+        **extra,
+    )
+
+
+@lru_cache(maxsize=8)
+def entities_in(directory: str) -> dict[str, EntityConfig]:
+    """The valid entities of ``directory``: a broken file stops only its own entity's runs."""
+    return load_entities_each(Path(directory))[0]
+
+
+def entity_config(settings: RunSettings, name: str) -> EntityConfig:
+    """The validated entity ``name`` from the settings' entity folder.
+
+    Raises:
+        KeyError: No YAML file defines ``name``.
+    """
+    entities = entities_in(settings.entities_dir)
+    if name not in entities:
+        raise KeyError(f"no entity {name!r} in {settings.entities_dir}")
+    return entities[name]
+
+
+def context(settings: RunSettings, migrate: bool = False) -> RunContext:
+    """Staging area and state store for this run; ``migrate`` brings the store to the head revision.
+
+    Only the first task of a run migrates; the later ones find the schema in place.
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    from crm_sync.engine.staging import StagingArea
+    from crm_sync.state import make_engine, upgrade
+
+    engine = make_engine(settings.state_url)
+    if migrate:
+        upgrade(engine)
+    return RunContext(settings.run_id, StagingArea(ObjectStoragePath(settings.staging_url)), engine)
+
+
+def marketo_hook(settings: RunSettings) -> MarketoHook:
+    from crm_sync_hooks.marketo import MarketoHook
+
+    return MarketoHook(settings.marketo_conn_id)
+
+
+def dynamics_hook(settings: RunSettings) -> DynamicsHook:
+    """The Dataverse hook; with a window reserve, on a limiter that allows only the sync's share."""
+    from crm_sync_hooks.base import shared_limiter
+    from crm_sync_hooks.dynamics import DynamicsHook
+
+    hook = DynamicsHook(settings.dynamics_conn_id)
+    if settings.dynamics_window_reserve <= 0:
+        return hook
+    from dataclasses import replace
+
+    from crm_sync.guards.quota import dynamics_window_calls
+
+    limits = hook.limits
+    capped = replace(
+        limits, max_calls=dynamics_window_calls(limits.max_calls, settings.dynamics_window_reserve)
+    )
+    # The same scope as the hook's own limiter (limits are per application user), so every
+    # process of the sync shares one count and stops at the capped figure.
+    scope = f"dynamics:{hook.org_url}:{hook.settings.login}"
+    limiter = shared_limiter(hook.settings.text("limiter_url"), scope, capped)
+    return DynamicsHook(settings.dynamics_conn_id, limiter=limiter)
+
+
+def count_calls(hooks: dict[str, Any]) -> CallCounter:
+    """A counter attached to each hook of ``{"marketo": hook, "dynamics": hook}`` (None skipped)."""
+    from crm_sync.guards.calls import CallCounter
+
+    counter = CallCounter()
+    for system, hook in hooks.items():
+        if hook is not None:
+            counter.attach(hook, system)
+    return counter
+
+
+def record_calls(ctx: RunContext, name: str, stage: str, counter: CallCounter) -> None:
+    """Add the calls one task attempt sent to the run's call log (also after a failure)."""
+    from crm_sync.state import session_scope
+    from crm_sync.state.guards import add_api_calls
+
+    calls = counter.as_dict()
+    if not calls:
+        return
+    with session_scope(ctx.state) as session:
+        add_api_calls(session, run_id=ctx.run_id, entity=name, stage=stage, calls=calls)
+    log.info("%s %s: API calls %s", name, stage, calls)
