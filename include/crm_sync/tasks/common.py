@@ -8,6 +8,8 @@ Dataverse window reserve, and their calls are counted into the state store's cal
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +18,8 @@ from crm_sync.config import ENTITIES_DIR, EntityConfig, load_entities_each
 from crm_sync.engine.context import RunContext, RunSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from crm_sync.guards.calls import CallCounter
     from crm_sync_hooks.dynamics import DynamicsHook
     from crm_sync_hooks.marketo import MarketoHook
@@ -37,7 +41,8 @@ def settings_from_airflow(run_id: str, entities: str | None = None, **extra: Any
     """Run settings from the Airflow Variables ``mds_state_db_url`` and ``mds_staging_path``.
 
     Called inside a task (Variables are read then, never at DAG parse time); defaults are the
-    project's SQLite state store and ``var/staging``. ``extra`` sets further fields.
+    project's SQLite state store and ``var/staging``, and the Dataverse window reserve of the
+    Variable ``mds_dynamics_window_reserve``. ``extra`` sets further fields.
     """
     from airflow.sdk import Variable
 
@@ -45,6 +50,10 @@ def settings_from_airflow(run_id: str, entities: str | None = None, **extra: Any
     from crm_sync.state import default_url
     from crm_sync_hooks.base import register_url_password
 
+    if "dynamics_window_reserve" not in extra:  # every DAG leaves other integrations their share
+        from crm_sync.guards.variables import dynamics_reserve
+
+        extra["dynamics_window_reserve"] = dynamics_reserve()
     state_url = Variable.get("mds_state_db_url", default=None) or default_url()
     register_url_password(state_url)  # a database password in the URL never reaches a log
     return RunSettings(
@@ -142,3 +151,87 @@ def record_calls(ctx: RunContext, name: str, stage: str, counter: CallCounter) -
     with session_scope(ctx.state) as session:
         add_api_calls(session, run_id=ctx.run_id, entity=name, stage=stage, calls=calls)
     log.info("%s %s: API calls %s", name, stage, calls)
+
+
+@dataclass
+class TaskSession:
+    """What one task attempt works with: the run context and the hooks it asked for.
+
+    Attributes:
+        ctx: Staging area and state store of the run.
+        marketo_or_none: The Marketo hook, or None when the task does not call Marketo.
+        dynamics_or_none: The Dataverse hook (with the sync's share of the request window), or None.
+        counter: Counts the hooks' calls; :meth:`flush_calls` records them early.
+    """
+
+    ctx: RunContext
+    marketo_or_none: MarketoHook | None
+    dynamics_or_none: DynamicsHook | None
+    counter: CallCounter
+    entity: str
+    stage: str
+
+    @property
+    def marketo(self) -> MarketoHook:
+        """The Marketo hook (the session was opened with ``marketo=True``)."""
+        if self.marketo_or_none is None:
+            raise RuntimeError("this task session was opened without a Marketo hook")
+        return self.marketo_or_none
+
+    @property
+    def dynamics(self) -> DynamicsHook:
+        """The Dataverse hook (the session was opened with ``dynamics=True``)."""
+        if self.dynamics_or_none is None:
+            raise RuntimeError("this task session was opened without a Dataverse hook")
+        return self.dynamics_or_none
+
+    def flush_calls(self) -> None:
+        """Record the calls sent so far now (a guard that stops the run writes its ledger next)."""
+        if self.stage:
+            record_calls(self.ctx, self.entity, self.stage, self.counter)
+        self.counter.counts.clear()
+
+
+@contextmanager
+def task_session(
+    settings: RunSettings,
+    *,
+    entity: str = "",
+    stage: str = "",
+    marketo: bool = False,
+    dynamics: bool = False,
+    migrate: bool = False,
+    ctx: RunContext | None = None,
+) -> Iterator[TaskSession]:
+    """Build the hooks and the run context of one task attempt, and always clean up after it.
+
+    Every DAG's tasks (sync, full copy, reconcile, rebaseline) get their hooks here, so each
+    one uses the connection's limits and the Dataverse window reserve; the calls they send are
+    added to the run's call log under ``stage`` (when given) even when the task fails; the hooks
+    are closed and the state store's connections disposed.
+
+    Args:
+        settings: The run's settings.
+        entity: The entity the calls are logged for.
+        stage: The stage name in the call log; empty logs nothing.
+        marketo: Build a Marketo hook.
+        dynamics: Build a Dataverse hook.
+        migrate: Bring the state store to the head revision first (the first task of a run).
+        ctx: A context of the caller's instead of one built from ``settings`` (disposed too).
+    """
+    run = ctx or context(settings, migrate)
+    m_hook = marketo_hook(settings) if marketo else None
+    d_hook = None
+    try:
+        d_hook = dynamics_hook(settings) if dynamics else None
+        counter = count_calls({"marketo": m_hook, "dynamics": d_hook})
+        session = TaskSession(run, m_hook, d_hook, counter, entity, stage)
+        try:
+            yield session
+        finally:
+            session.flush_calls()
+    finally:
+        for hook in (d_hook, m_hook):
+            if hook is not None:
+                hook.close()
+        run.state.dispose()

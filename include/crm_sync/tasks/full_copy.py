@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from crm_sync.engine.context import RunSettings
 from crm_sync.engine.full_copy import CopyScope
-from crm_sync.tasks.common import context, count_calls, entities_in, entity_config, record_calls
+from crm_sync.tasks.common import context, entities_in, entity_config, task_session
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -50,20 +50,13 @@ def prepare(
         interval_end=interval_end,
         known_entities=list(entities),
     )
-    ctx = context(settings, migrate=True)
-    try:
-        persons = [n for n, e in entities.items() if e.marketo.person_type and e.writes_dynamics]
-        if scope.everything and not scope.dry_run and any(scope.includes(n) for n in persons):
+    persons = [n for n, e in entities.items() if e.marketo.person_type and e.writes_dynamics]
+    starts_feed = scope.everything and not scope.dry_run and any(scope.includes(n) for n in persons)
+    with task_session(settings, marketo=starts_feed, migrate=True) as task:
+        if starts_feed:
             from crm_sync.engine.full_copy import start_person_feed
-            from crm_sync_hooks.marketo import MarketoHook
 
-            marketo = MarketoHook(settings.marketo_conn_id)
-            try:
-                start_person_feed(ctx, marketo, person_entities=persons)
-            finally:
-                marketo.close()
-    finally:
-        ctx.state.dispose()
+            start_person_feed(task.ctx, task.marketo, person_entities=persons)
     order = [[n for n in tier if scope.includes(n)] for tier in copy_order(entities)]
     log.info(
         "full copy scope: %s, entities in order %s%s",
@@ -78,7 +71,6 @@ def extract(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> 
     """Task ``<entity>.extract``: open (or continue) the partition's attempt and stage its rows."""
     from crm_sync.engine.full_copy import extract_partition, open_partition
     from crm_sync.state import check_identity, session_scope
-    from crm_sync_hooks.dynamics import DynamicsHook
 
     scope = CopyScope.from_dict(scope_data)
     if not scope.includes(name):
@@ -87,17 +79,13 @@ def extract(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> 
     base = context(settings)
     staging: StagingArea = base.staging
     partition = open_partition(staging, entity, scope)
-    ctx = _ctx(settings, partition.run_id)
-    dynamics = DynamicsHook(settings.dynamics_conn_id)
-    counter = count_calls({"dynamics": dynamics})
     try:
-        with session_scope(ctx.state) as session:
-            check_identity(session, "dynamics", dynamics.organization_id())
-        manifest = extract_partition(entity, ctx, dynamics, scope)
+        ctx = _ctx(settings, partition.run_id)
+        with task_session(settings, entity=name, stage="extract", dynamics=True, ctx=ctx) as task:
+            with session_scope(ctx.state) as session:
+                check_identity(session, "dynamics", task.dynamics.organization_id())
+            manifest = extract_partition(entity, ctx, task.dynamics, scope)
     finally:
-        record_calls(ctx, name, "extract", counter)
-        dynamics.close()
-        ctx.state.dispose()
         base.state.dispose()
     return {"partition": partition.to_dict(), "rows": manifest["dynamics"]["rows"]}
 
@@ -178,22 +166,15 @@ def load(
     """Task ``<entity>.load`` (mapped per unit): write one unit unless it was written before."""
     from crm_sync.engine.full_copy import load_unit, unit_progress
     from crm_sync.engine.transform import TRANSFORM_MANIFEST
-    from crm_sync_hooks.marketo import MarketoHook
 
     scope = CopyScope.from_dict(scope_data)
     entity = entity_config(settings, name)
     _, ctx = _partition(settings, name, scope)
-    marketo = MarketoHook(settings.marketo_conn_id)
-    counter = count_calls({"marketo": marketo})
-    try:
+    with task_session(settings, entity=name, stage="load", marketo=True, ctx=ctx) as task:
         transform = ctx.staging.read_json(ctx.staging.run_dir(name, ctx.run_id), TRANSFORM_MANIFEST) or {}
         total = sum(int(u.get("records") or 0) for u in transform.get("batches", []))
-        outcome = load_unit(entity, ctx, unit, marketo, total_records=total)
+        outcome = load_unit(entity, ctx, unit, task.marketo, total_records=total)
         log.info("progress: %s", unit_progress(entity, ctx, transform))
-    finally:
-        record_calls(ctx, name, "load", counter)
-        marketo.close()
-        ctx.state.dispose()
     return outcome
 
 
@@ -206,24 +187,17 @@ def commit(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> d
         return {"entity": name, "not_selected": True}
     entity = entity_config(settings, name)
     partition, ctx = _partition(settings, name, scope)
-    try:
-        if scope.dry_run:
-            close_partition(ctx.staging, partition)
-            return {"entity": name, "dry_run": True}
-        from crm_sync_hooks.marketo import MarketoHook
-
-        marketo = MarketoHook(settings.marketo_conn_id)
-        counter = count_calls({"marketo": marketo})
+    if scope.dry_run:
         try:
-            persons = [e for e in entities_in(settings.entities_dir).values() if e.marketo.person_type]
-            counts = commit_partition(entity, ctx, ctx.staging, partition, marketo, persons)
-            return {"entity": name, **counts}
+            close_partition(ctx.staging, partition)
         finally:
-            # The id read-back's calls count for the day's quota (after the ledger row).
-            record_calls(ctx, name, "commit", counter)
-            marketo.close()
-    finally:
-        ctx.state.dispose()
+            ctx.state.dispose()
+        return {"entity": name, "dry_run": True}
+    # The id read-back's calls count for the day's quota (logged after the ledger row).
+    with task_session(settings, entity=name, stage="commit", marketo=True, ctx=ctx) as task:
+        persons = [e for e in entities_in(settings.entities_dir).values() if e.marketo.person_type]
+        counts = commit_partition(entity, ctx, ctx.staging, partition, task.marketo, persons)
+    return {"entity": name, **counts}
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:

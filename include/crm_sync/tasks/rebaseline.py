@@ -23,7 +23,7 @@ from crm_sync.rebaseline import (
     relink_report,
     sync_dag_ids,
 )
-from crm_sync.tasks.common import context, entities_in
+from crm_sync.tasks.common import entities_in, task_session
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -43,15 +43,8 @@ def _selected(settings: RunSettings, names: Sequence[str]) -> list[EntityConfig]
 
 def run_detect(settings: RunSettings, names: Sequence[str]) -> dict[str, Any]:
     """Task ``detect``: report whether the org looks refreshed (organization id, unresolved ids)."""
-    from crm_sync_hooks.dynamics import DynamicsHook
-
-    ctx = context(settings, migrate=True)
-    dynamics = DynamicsHook(settings.dynamics_conn_id)
-    try:
-        found = detect_refresh(_selected(settings, names), dynamics, ctx.state)
-    finally:
-        dynamics.close()
-        ctx.state.dispose()
+    with task_session(settings, dynamics=True, migrate=True) as task:
+        found = detect_refresh(_selected(settings, names), task.dynamics, task.ctx.state)
     log.warning("sandbox refresh check: %s", found)
     return found
 
@@ -96,17 +89,14 @@ def run_plan(
 
     from crm_sync.engine.staging import replace_file
     from crm_sync.reconcile.artefacts import spreadsheet_safe
-    from crm_sync_hooks.dynamics import DynamicsHook
-    from crm_sync_hooks.marketo import MarketoHook
 
-    ctx = context(settings, migrate=True)
-    dynamics, marketo = DynamicsHook(settings.dynamics_conn_id), MarketoHook(settings.marketo_conn_id)
-    try:
+    with task_session(settings, marketo=True, dynamics=True, migrate=True) as task:
+        ctx = task.ctx
         try:
             plan = plan_relink(
                 _selected(settings, names),
-                dynamics=dynamics,
-                marketo=marketo,
+                dynamics=task.dynamics,
+                marketo=task.marketo,
                 state=ctx.state,
                 poll_seconds=poll_seconds,
                 tolerance=tolerance,
@@ -121,10 +111,6 @@ def run_plan(
         buffer = io.StringIO()
         report.map(spreadsheet_safe).to_csv(buffer, index=False, lineterminator="\r\n")
         report_url = replace_file(folder / "report.csv", buffer.getvalue().encode())
-    finally:
-        dynamics.close()
-        marketo.close()
-        ctx.state.dispose()
     actions = {str(k): int(v) for k, v in report["action"].value_counts().items()}
     summary = {
         name: {**part["counts"], "seen": part["seen"], "linked": part["linked"]}
@@ -150,7 +136,6 @@ def run_relink(
         RelinkGuardFailed: The plan deletes or flags more than the mass-delete guard allows and
             ``confirm_deletes`` is not set.
     """
-    from crm_sync_hooks.marketo import MarketoHook
 
     if not detected.get("refreshed"):
         raise RefreshNotDetected(
@@ -159,9 +144,8 @@ def run_relink(
             f"{detected.get('sampled')} sampled ids unresolved): nothing was re-linked or deleted"
         )
     entities = _selected(settings, names)
-    ctx = context(settings, migrate=True)
-    marketo = MarketoHook(settings.marketo_conn_id)
-    try:
+    with task_session(settings, marketo=True, migrate=True) as task:
+        ctx = task.ctx
         plan = ctx.staging.read_json(_plan_folder(ctx, settings.run_id), PLAN)
         if plan is None:
             raise FileNotFoundError(f"no staged re-link plan for run {settings.run_id}")
@@ -172,10 +156,7 @@ def run_relink(
         except RelinkGuardFailed as exc:
             send_alert("rebaseline", "relink", settings.run_id, f"Re-link stopped before any write: {exc}")
             raise
-        counts = apply_relink(entities, plan, marketo=marketo, state=ctx.state)
-    finally:
-        marketo.close()
-        ctx.state.dispose()
+        counts = apply_relink(entities, plan, marketo=task.marketo, state=ctx.state)
     send_alert(
         "rebaseline",
         "relink",

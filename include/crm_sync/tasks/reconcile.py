@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from crm_sync.tasks.common import context, entities_in
+from crm_sync.tasks.common import entities_in, task_session
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -62,17 +62,14 @@ def run_reconcile(
     from crm_sync.reconcile.repair import settle_requeued
     from crm_sync.reconcile.store import save_report
     from crm_sync.state import session_scope
-    from crm_sync_hooks.dynamics import DynamicsHook
-    from crm_sync_hooks.marketo import MarketoHook
 
     everything = entities_in(settings.entities_dir)
     unknown = [n for n in names if n not in everything]
     if unknown:
         raise KeyError(f"unknown entities {unknown}; known: {sorted(everything)}")
     entities = select_entities(everything, ",".join(names))
-    ctx = context(settings, migrate=True)
-    marketo, dynamics = MarketoHook(settings.marketo_conn_id), DynamicsHook(settings.dynamics_conn_id)
-    try:
+    with task_session(settings, marketo=True, dynamics=True, migrate=True) as task:
+        ctx, marketo, dynamics = task.ctx, task.marketo, task.dynamics
         report = reconcile(
             entities, dynamics=dynamics, marketo=marketo, state=ctx.state, poll_seconds=poll_seconds
         )
@@ -91,10 +88,6 @@ def run_reconcile(
             save_report(
                 session, report, run_id=settings.run_id, csv_path=csv_url, html_path=html_url, repaired=repair
             )
-    finally:
-        marketo.close()
-        dynamics.close()
-        ctx.state.dispose()
     result: dict[str, Any] = {
         "total": report.total,
         "counts": report.counts(),

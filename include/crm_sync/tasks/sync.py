@@ -12,15 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from crm_sync.config import Direction, EntityConfig
-from crm_sync.tasks.common import (
-    context,
-    count_calls,
-    dynamics_hook,
-    entities_in,
-    entity_config,
-    marketo_hook,
-    record_calls,
-)
+from crm_sync.tasks.common import context, entities_in, entity_config, task_session
 
 if TYPE_CHECKING:
     from crm_sync.engine.context import RunContext, RunSettings
@@ -36,36 +28,30 @@ def run_extract(settings: RunSettings, name: str) -> dict[str, Any]:
     from crm_sync.state import IdentityMismatchError
 
     entity = entity_config(settings, name)
-    ctx = context(settings, migrate=True)
     reads_dynamics = entity.direction.includes(Direction.D2M) or entity.writes_dynamics
-    dynamics = dynamics_hook(settings) if reads_dynamics else None
-    marketo = marketo_hook(settings) if entity.direction.includes(Direction.M2D) else None
-    counter = None
-    try:
-        counter = count_calls({"marketo": marketo, "dynamics": dynamics})
+    with task_session(
+        settings,
+        entity=name,
+        stage="extract_changes",
+        marketo=entity.direction.includes(Direction.M2D),
+        dynamics=reads_dynamics,
+        migrate=True,
+    ) as task:
+        ctx = task.ctx
         everything = entities_in(settings.entities_dir).values()
         persons = [e for e in everything if e.marketo.person_type and e.writes_dynamics]
         try:
             manifest = extract_changes(
                 entity,
                 ctx,
-                dynamics=dynamics,
-                marketo=marketo,
+                dynamics=task.dynamics_or_none,
+                marketo=task.marketo_or_none,
                 feed_fields=person_fields(everything),
                 dedup_tables=persons,
             )
         except IdentityMismatchError as err:
             # A refreshed sandbox (or a re-pointed connection): alert, pause, stop for good.
             on_identity_mismatch(entity, ctx.run_id, err)
-    finally:
-        for hook in (dynamics, marketo):
-            if hook is not None:
-                hook.close()
-        try:
-            if counter is not None:
-                record_calls(ctx, name, "extract_changes", counter)
-        finally:
-            ctx.state.dispose()
     folder = ctx.staging.run_dir(name, settings.run_id)
     return {
         "manifest": str(folder / f"{EXTRACT_MANIFEST}.json"),
@@ -101,22 +87,14 @@ def run_load(settings: RunSettings, name: str, batch: dict[str, Any]) -> dict[st
     from crm_sync.engine.load import load_batch
 
     entity = entity_config(settings, name)
-    ctx = context(settings)
-    marketo = marketo_hook(settings)
-    dynamics = dynamics_hook(settings) if entity.writes_dynamics else None
-    counter = None
-    try:
-        counter = count_calls({"marketo": marketo, "dynamics": dynamics})
-        return load_batch(entity, ctx, batch, marketo=marketo, dynamics=dynamics)
-    finally:
-        for hook in (dynamics, marketo):
-            if hook is not None:
-                hook.close()
-        try:
-            if counter is not None:
-                record_calls(ctx, name, f"load:{batch.get('name', '?')}", counter)
-        finally:
-            ctx.state.dispose()
+    with task_session(
+        settings,
+        entity=name,
+        stage=f"load:{batch.get('name', '?')}",
+        marketo=True,
+        dynamics=entity.writes_dynamics,
+    ) as task:
+        return load_batch(entity, task.ctx, batch, marketo=task.marketo, dynamics=task.dynamics_or_none)
 
 
 def run_commit(settings: RunSettings, name: str) -> dict[str, Any]:
@@ -183,12 +161,10 @@ def run_preflight(
     from crm_sync.state import session_scope, utcnow
 
     entity = entity_config(settings, name)
-    ctx = context(settings, migrate=True)
-    marketo = marketo_hook(settings)
-    dynamics = dynamics_hook(settings)
-    counter = None
-    try:
-        counter = count_calls({"marketo": marketo, "dynamics": dynamics})
+    with task_session(
+        settings, entity=name, stage="preflight", marketo=True, dynamics=True, migrate=True
+    ) as task:
+        ctx, marketo, dynamics = task.ctx, task.marketo, task.dynamics
         with session_scope(ctx.state) as session:
             quota = quota_status(
                 session, now=utcnow(), daily_quota=guards.daily_quota, reserve_share=guards.reserve_share
@@ -208,8 +184,7 @@ def run_preflight(
                     accepted=accept_row_counts,
                 )
         except GuardError as exc:
-            record_calls(ctx, name, "preflight", counter)
-            counter = None
+            task.flush_calls()  # the ledger row of the stopped run counts them
             status = (
                 "schema_drift"
                 if isinstance(exc, SchemaDriftError)
@@ -219,14 +194,6 @@ def run_preflight(
             )
             _stop_ledger(ctx, entity, status)
             raise
-    finally:
-        for hook in (dynamics, marketo):
-            hook.close()
-        try:
-            if counter is not None:
-                record_calls(ctx, name, "preflight", counter)
-        finally:
-            ctx.state.dispose()
     return {"quota": quota, "schema": schema, "visibility": visibility}
 
 
