@@ -11,6 +11,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from crm_sync.engine.contracts import CommitSummary, LoadOutcome
 from crm_sync.engine.load import OUTCOME
 from crm_sync.state import RunCounts, session_scope, set_watermark, utcnow, write_ledger
 from crm_sync.state.guards import run_api_calls
@@ -26,7 +27,7 @@ class LoadIncompleteError(RuntimeError):
     """A load batch of the run has no outcome: the watermark must not move."""
 
 
-def _outcomes(entity: EntityConfig, ctx: RunContext, transform: dict[str, Any]) -> list[dict[str, Any]]:
+def _outcomes(entity: EntityConfig, ctx: RunContext, transform: dict[str, Any]) -> list[LoadOutcome]:
     outcomes = []
     missing = []
     for batch in transform.get("batches", []):
@@ -35,7 +36,7 @@ def _outcomes(entity: EntityConfig, ctx: RunContext, transform: dict[str, Any]) 
         if outcome is None:
             missing.append(batch["name"])
         else:
-            outcomes.append(outcome)
+            outcomes.append(LoadOutcome.from_xcom(outcome))
     if missing:
         raise LoadIncompleteError(
             f"{entity.name}: run {ctx.run_id}: batches {missing} were not loaded; watermark not advanced"
@@ -50,7 +51,7 @@ def commit(
     transform: dict[str, Any],
     *,
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> CommitSummary:
     """Store the new watermarks and the ledger row of this run in one transaction.
 
     Args:
@@ -61,9 +62,8 @@ def commit(
         now: Current time (tests).
 
     Returns:
-        The run's counts: ``extracted``, ``transformed``, ``loaded``, ``skipped``, ``failed``,
-        ``conflicts``, ``seconds``, ``records_per_second`` and ``api_calls`` (calls the run
-        sent per system; their total is the ledger's ``api_calls``).
+        The run's counts (``api_calls``: the calls the run sent per system, whose total is the
+        ledger's ``api_calls``).
 
     Raises:
         LoadIncompleteError: A load batch has no staged outcome.
@@ -72,7 +72,7 @@ def commit(
     ended = now or utcnow()
     started = datetime.fromisoformat(extract["started_at"])
     t = transform.get("counts", {})
-    loaded = sum(int(o["loaded"]) for o in outcomes)
+    loaded = sum(o.loaded for o in outcomes)
     extracted = sum(
         int(part.get(k, 0))
         for part in (extract.get("dynamics") or {}, extract.get("marketo") or {})
@@ -87,7 +87,7 @@ def commit(
         transformed=int(t.get("valid", 0)),
         loaded=loaded,
         skipped=int(t.get("filtered", 0)) + int(t.get("unchanged", 0)),
-        failed=int(t.get("failed", 0)) + sum(int(o["failed"]) for o in outcomes),
+        failed=int(t.get("failed", 0)) + sum(o.failed for o in outcomes),
         conflicts=int(t.get("conflicts", 0)),
         started_at=started,
         ended_at=ended,
@@ -100,16 +100,21 @@ def commit(
             set_watermark(session, entity.name, direction, token, now=ended)
         write_ledger(session, counts)
     seconds = max((ended - started).total_seconds(), 1e-6)
-    result = {
-        "extracted": counts.extracted,
-        "transformed": counts.transformed,
-        "loaded": counts.loaded,
-        "skipped": counts.skipped,
-        "failed": counts.failed,
-        "conflicts": counts.conflicts,
-        "seconds": round(seconds, 3),
-        "records_per_second": round(counts.loaded / seconds, 1),
-        "api_calls": {"marketo": calls.get("marketo", 0), "dynamics": calls.get("dynamics", 0)},
-    }
-    log.info("%s commit: %s; watermarks %s advanced", entity.name, result, sorted(extract.get("pending", {})))
+    result = CommitSummary(
+        extracted=counts.extracted,
+        transformed=counts.transformed,
+        loaded=counts.loaded,
+        skipped=counts.skipped,
+        failed=counts.failed,
+        conflicts=counts.conflicts,
+        seconds=round(seconds, 3),
+        records_per_second=round(counts.loaded / seconds, 1),
+        api_calls={"marketo": calls.get("marketo", 0), "dynamics": calls.get("dynamics", 0)},
+    )
+    log.info(
+        "%s commit: %s; watermarks %s advanced",
+        entity.name,
+        result.to_xcom(),
+        sorted(extract.get("pending", {})),
+    )
     return result

@@ -997,10 +997,10 @@ def load_unit(
         lookup=unit.get("lookup"),
         first_poll_seconds=first_poll_estimate(int(unit.get("records") or 0), pace.get("seconds_per_row")),
     )
-    outcome = load_batch(entity, ctx, dict(unit), marketo=client)
+    loaded = load_batch(entity, ctx, dict(unit), marketo=client)
     seconds = max(time.monotonic() - started, 1e-6)
     outcome = {
-        **outcome,
+        **loaded.to_xcom(),
         "seconds": round(seconds, 3),
         "imports": len(client.imports),
         "mode": unit.get("mode"),
@@ -1018,9 +1018,9 @@ def load_unit(
         entity.name,
         unit["name"],
         unit.get("mode"),
-        outcome["loaded"],
-        outcome["failed"],
-        outcome["loaded"] / seconds,
+        loaded.loaded,
+        loaded.failed,
+        loaded.loaded / seconds,
         f"; {total_records:,} records in this copy" if total_records else "",
     )
     return outcome
@@ -1151,7 +1151,7 @@ def commit_partition(
                 del pending[direction]
     counts = commit(entity, ctx, {**extract, "pending": pending}, transform)
     close_partition(staging, partition)
-    summary = {**counts, "handover": bool(pending), "units": len(transform.get("batches", []))}
+    summary = {**counts.to_xcom(), "handover": bool(pending), "units": len(transform.get("batches", []))}
     log.info("%s full copy finished: %s", entity.name, summary)
     return summary
 

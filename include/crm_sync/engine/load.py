@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from crm_sync.config import DeletePolicy, Direction, EntityConfig, MarketoObject
+from crm_sync.engine.contracts import LoadBatch, LoadOutcome
 from crm_sync.engine.plan import LINK_FRAME_COLUMNS
 from crm_sync.ops import (
     DYNAMICS_CREATE,
@@ -40,7 +41,7 @@ from crm_sync.transforms.links import deletion_records
 from crm_sync_hooks.results import ROW_EXISTS, ROW_MISSING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from sqlalchemy.orm import Session
 
@@ -292,26 +293,26 @@ def _marketo_ids_of(links: pd.DataFrame) -> dict[str, str]:
 def load_batch(
     entity: EntityConfig,
     ctx: RunContext,
-    batch: dict[str, Any],
+    batch: LoadBatch | Mapping[str, Any],
     *,
     marketo: MarketoClient | None = None,
     dynamics: DynamicsClient | None = None,
-) -> dict[str, Any]:
+) -> LoadOutcome:
     """Write one staged plan and record the outcome of every record.
 
     Args:
         entity: The entity.
         ctx: Run id, staging area and state store.
-        batch: A load batch reference from the transform manifest (``name``, ``ops``, ``links``).
+        batch: A load batch of the transform manifest (or its XCom form).
         marketo: Marketo client.
         dynamics: Dataverse client.
 
     Returns:
-        The outcome: ``name``, ``loaded`` (records all of whose writes succeeded), ``failed``,
-        ``calls`` (operations sent per kind).
+        The outcome (also staged as the batch's ``outcome.json``).
     """
-    ops = ctx.staging.read_frame(batch["ops"])
-    links = ctx.staging.read_frame(batch["links"])
+    batch = LoadBatch.from_xcom(batch)
+    ops = ctx.staging.read_frame(batch.ops)
+    links = ctx.staging.read_frame(batch.links)
     failed: dict[str, list[dict[str, Any]]] = {}
     done: set[str] = set()
     gone: set[str] = set()
@@ -398,8 +399,8 @@ def load_batch(
                 Direction.M2D.value,
                 [person_ids.get(g, g) for g in sorted(deleted_in_dynamics)],
             )
-    outcome = {"name": batch["name"], "loaded": len(ok_ids), "failed": len(failed), "calls": sent}
-    folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "plans" / batch["name"]
-    ctx.staging.write_json(folder, OUTCOME, outcome)
-    log.info("%s load %s: %d loaded, %d failed", entity.name, batch["name"], len(ok_ids), len(failed))
+    outcome = LoadOutcome(batch.name, len(ok_ids), len(failed), sent)
+    folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "plans" / batch.name
+    ctx.staging.write_json(folder, OUTCOME, outcome.to_xcom())
+    log.info("%s load %s: %d loaded, %d failed", entity.name, batch.name, len(ok_ids), len(failed))
     return outcome

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from crm_sync.config import Direction
+from crm_sync.engine.contracts import LoadBatch
 from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes, plan_new_persons
 from crm_sync.state import (
     log_conflicts,
@@ -198,11 +199,11 @@ def _record(session: Session, entity: EntityConfig, plan: BatchPlan, run_id: str
         upsert_links(session, entity.name, stale)
 
 
-def _stage_plan(ctx: RunContext, entity: EntityConfig, plan: BatchPlan, name: str) -> dict[str, Any]:
+def _stage_plan(ctx: RunContext, entity: EntityConfig, plan: BatchPlan, name: str) -> LoadBatch:
     folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "plans" / name
     ops = ctx.staging.write_frame(folder, "ops", plan.ops)
     links = ctx.staging.write_frame(folder, "links", plan.links.astype(object))
-    return {"name": name, "ops": ops.to_dict(), "links": links.to_dict()}
+    return LoadBatch(name, ops, links)
 
 
 def transform_changes(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +226,7 @@ def transform_changes(entity: EntityConfig, ctx: RunContext, manifest: dict[str,
         counts["conflicts"] += len(plan.conflicts)
         counts["operations"] += len(plan.ops)
         if len(plan.ops):
-            batches.append(_stage_plan(ctx, entity, plan, f"batch-{index:05d}"))
+            batches.append(_stage_plan(ctx, entity, plan, f"batch-{index:05d}").to_xcom())
     result = {"entity": entity.name, "run_id": ctx.run_id, "batches": batches, "counts": counts}
     ctx.staging.write_json(ctx.staging.run_dir(entity.name, ctx.run_id), TRANSFORM_MANIFEST, result)
     log.info("%s transform: %s, %d load batches", entity.name, counts, len(batches))

@@ -94,7 +94,8 @@ def run_load(settings: RunSettings, name: str, batch: dict[str, Any]) -> dict[st
         marketo=True,
         dynamics=entity.writes_dynamics,
     ) as task:
-        return load_batch(entity, task.ctx, batch, marketo=task.marketo, dynamics=task.dynamics_or_none)
+        outcome = load_batch(entity, task.ctx, batch, marketo=task.marketo, dynamics=task.dynamics_or_none)
+    return outcome.to_xcom()
 
 
 def run_commit(settings: RunSettings, name: str) -> dict[str, Any]:
@@ -106,9 +107,10 @@ def run_commit(settings: RunSettings, name: str) -> dict[str, Any]:
     entity = entity_config(settings, name)
     ctx = context(settings)
     try:
-        return commit(
+        summary = commit(
             entity, ctx, _manifest(ctx, name, EXTRACT_MANIFEST), _manifest(ctx, name, TRANSFORM_MANIFEST)
         )
+        return summary.to_xcom()
     finally:
         ctx.state.dispose()
 

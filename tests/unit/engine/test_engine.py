@@ -14,6 +14,7 @@ from sqlalchemy import text
 from crm_sync.config import EntityConfig
 from crm_sync.engine.commit import LoadIncompleteError, commit
 from crm_sync.engine.context import RunContext
+from crm_sync.engine.contracts import CommitSummary
 from crm_sync.engine.extract import extract_changes, person_fields
 from crm_sync.engine.load import load_batch
 from crm_sync.engine.transform import transform_changes
@@ -31,7 +32,7 @@ def cycle(
     fields: list[str] | None = None,
     dedup: list[EntityConfig] | None = None,
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> CommitSummary:
     """One run: extract, transform, load every batch, commit."""
     extracted = extract_changes(
         entity, ctx, dynamics=dyn, marketo=mkto, feed_fields=fields or [], dedup_tables=dedup or [], now=now
@@ -57,9 +58,9 @@ def test_account_cycle_creates_updates_and_then_sends_nothing(
 
     counts = cycle(account, make_ctx("run-1"), dyn, mkto)
 
-    assert counts["extracted"] == 2
-    assert counts["loaded"] == 1
-    assert counts["skipped"] == 1
+    assert counts.extracted == 2
+    assert counts.loaded == 1
+    assert counts.skipped == 1
     assert mkto.objects["companies"][a]["company"] == "Acme"
     assert mkto.objects["companies"][a]["industry"] == "Consulting"
     assert b not in mkto.objects["companies"]
@@ -68,12 +69,12 @@ def test_account_cycle_creates_updates_and_then_sends_nothing(
     counts = cycle(account, make_ctx("run-2"), dyn, mkto)
     sent = mkto.objects["companies"][a]
     assert sent["billingCity"] == "Oslo"
-    assert counts["loaded"] == 1
+    assert counts.loaded == 1
 
     writes = mkto.calls.get("sync_objects", 0)
     counts = cycle(account, make_ctx("run-3"), dyn, mkto)
     assert mkto.calls.get("sync_objects", 0) == writes, "nothing changed, nothing sent"
-    assert counts == {**counts, "extracted": 0, "loaded": 0}
+    assert (counts.extracted, counts.loaded) == (0, 0)
 
 
 def test_unchanged_values_are_not_sent_again(entities: dict[str, EntityConfig], make_ctx: MakeCtx) -> None:
@@ -89,7 +90,7 @@ def test_unchanged_values_are_not_sent_again(entities: dict[str, EntityConfig], 
     counts = cycle(account, make_ctx("run-2"), dyn, mkto)
 
     assert mkto.calls["sync_objects"] == writes
-    assert counts["skipped"] == 1
+    assert counts.skipped == 1
 
 
 def test_a_retried_load_rewrites_the_same_staged_batch(
@@ -201,8 +202,8 @@ def test_record_level_write_failures_are_recorded_and_do_not_block_the_watermark
 
     counts = cycle(account, make_ctx("run-1"), dyn, mkto)
 
-    assert counts["loaded"] == 1
-    assert counts["failed"] == 1
+    assert counts.loaded == 1
+    assert counts.failed == 1
     ctx = make_ctx("check")
     with session_scope(ctx.state) as session:
         errors = session.execute(text("SELECT source_id, code, resolved_at FROM record_error")).all()
@@ -421,7 +422,7 @@ def test_failed_records_are_retried_after_their_backoff_without_a_new_change(
 
     counts = cycle(account, make_ctx("run-3"), dyn, mkto, now=start + timedelta(hours=1))
     assert mkto.objects["companies"][bad]["company"] == "Refused"
-    assert counts["loaded"] == 1
+    assert counts.loaded == 1
     with session_scope(make_ctx("x").state) as session:
         assert session.execute(text("SELECT resolved_at IS NOT NULL FROM record_error")).scalar() == 1
 

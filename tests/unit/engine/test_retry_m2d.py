@@ -18,6 +18,7 @@ from sqlalchemy import text
 from crm_sync.config import EntityConfig
 from crm_sync.engine.commit import commit
 from crm_sync.engine.context import RunContext
+from crm_sync.engine.contracts import CommitSummary
 from crm_sync.engine.extract import extract_changes, person_fields
 from crm_sync.engine.load import load_batch
 from crm_sync.engine.transform import transform_changes
@@ -34,7 +35,7 @@ def _cycle(
     mkto: FakeMarketo,
     fields: list[str],
     now: datetime,
-) -> dict[str, Any]:
+) -> CommitSummary:
     extracted = extract_changes(entity, ctx, dynamics=dyn, marketo=mkto, feed_fields=fields, now=now)
     planned = transform_changes(entity, ctx, extracted)
     for batch in planned["batches"]:
@@ -73,7 +74,7 @@ def test_a_failed_marketo_to_dynamics_write_is_retried_by_marketo_id_after_its_b
     mkto.activities.append(pid)
     dyn.fail[gid] = "0x80040237"
     counts = _cycle(lead, make_ctx("r2"), dyn, mkto, fields, start)
-    assert counts["failed"] == 1
+    assert counts.failed == 1
     assert [tuple(e) for e in _errors(make_ctx("x"))] == [(str(pid), "m2d", 1, False, False)]
     del dyn.fail[gid]  # the cause is fixed in Dataverse; the person does not change again
 
@@ -85,7 +86,7 @@ def test_a_failed_marketo_to_dynamics_write_is_retried_by_marketo_id_after_its_b
     counts = _cycle(lead, make_ctx("r4"), dyn, mkto, fields, start + timedelta(hours=1))
     assert mkto.calls["get_leads"] == reads + 1, "the person was re-read by id"
     assert dyn.tables["leads"][gid]["jobtitle"] == "CTO"
-    assert counts["loaded"] == 1
+    assert counts.loaded == 1
     ((_, _, _, parked, resolved),) = _errors(make_ctx("x"))
     assert (parked, resolved) == (False, True)
 
