@@ -187,6 +187,14 @@ def _system_columns(owned: bool, sync_filter: bool) -> list[Attribute]:
     return cols
 
 
+def _merged(logical: str) -> list[Attribute]:
+    """The columns the ``Merge`` action sets on the subordinate record (read-only otherwise)."""
+    return [
+        Attribute("merged", BOOLEAN, read_only=True),
+        Attribute("masterid", LOOKUP, targets=(logical,), read_only=True),
+    ]
+
+
 def _table(
     logical: str,
     entity_set: str,
@@ -291,6 +299,8 @@ def initial_tables() -> dict[str, Table]:
                 Attribute("statuscode", STATUS, options=LEAD_STATUS),
                 Attribute("parentaccountid", LOOKUP, targets=("account",)),
                 Attribute("parentcontactid", LOOKUP, targets=("contact",)),
+                Attribute("qualifyingopportunityid", LOOKUP, targets=("opportunity",)),
+                *_merged("lead"),
                 *_SALES_INSIGHT,
             ],
             otc=4,  # no alternate key on leads: duplicate lead emails are allowed, as in a default org
@@ -306,6 +316,8 @@ def initial_tables() -> dict[str, Table]:
                 Attribute("statecode", STATE, options=_opts("Active", "Inactive", start=0)),
                 Attribute("statuscode", STATUS, options=_opts("Active", "Inactive")),
                 Attribute("parentcustomerid", CUSTOMER, targets=("account", "contact")),
+                Attribute("originatingleadid", LOOKUP, targets=("lead",)),
+                *_merged("contact"),
                 *_SALES_INSIGHT,
             ],
             keys=(("emailaddress1",),),
@@ -332,6 +344,8 @@ def initial_tables() -> dict[str, Table]:
                 Attribute("statuscode", STATUS, options=_opts("Active", "Inactive")),
                 Attribute("primarycontactid", LOOKUP, targets=("contact",)),
                 Attribute("parentaccountid", LOOKUP, targets=("account",)),
+                Attribute("originatingleadid", LOOKUP, targets=("lead",)),
+                *_merged("account"),
             ],
             keys=(("accountnumber",),),
             otc=1,

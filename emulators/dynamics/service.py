@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from emulators.dynamics import metadata
+from emulators.dynamics import actions, metadata
 from emulators.dynamics.errors import DUPLICATE, EXPIRED_VERSION, ODataError, not_found
 from emulators.dynamics.odata import parse_key, split_top_level
 from emulators.dynamics.query import (
@@ -167,6 +167,9 @@ class WebApi:
             )
         if path in ("WhoAmI", "WhoAmI()"):
             return self.who_am_i(req)
+        if path == "Merge" and req.method == "POST":
+            actions.merge(self, conn, req)
+            return ApiResponse(204, {"OData-Version": "4.0"})
         match = _SEGMENT.match(path)
         if not match:
             raise ODataError(404, "0x8006088a", f"Resource not found for the segment '{path}'.")
@@ -443,6 +446,8 @@ class WebApi:
         rid = self.find_id(conn, table, parsed)
         if rid is None:
             raise not_found(table.logical_name, _key_text(parsed))
+        if rest == actions.QUALIFY_LEAD and table.logical_name == "lead" and req.method == "POST":
+            return ApiResponse.json(actions.qualify_lead(self, conn, req, table, rid))
         if rest.startswith(MEMBERSHIP) and table.logical_name in ("team", "systemuser"):
             return self.membership(conn, req, table, rid, rest)
         if (

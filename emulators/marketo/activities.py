@@ -1,4 +1,4 @@
-"""Activity log: New Lead (12), Change Data Value (13) and Delete Lead (37), and their feeds.
+"""Activity log: New Lead (12), Change Data Value (13), Merge Leads (32), Delete Lead (37), feeds.
 
 Every API write of a lead appends activities (reference §15.8). A paging token encodes the id
 of the last activity a client has seen, so "changes since a token" is exactly the activities
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 TOKEN_KIND = "act"
-NEW_LEAD, CHANGE_DATA_VALUE, DELETE_LEAD = 12, 13, 37
+NEW_LEAD, CHANGE_DATA_VALUE, MERGE_LEADS, DELETE_LEAD = 12, 13, 32, 37
 
 ACTIVITY_TYPES: list[dict[str, Any]] = [
     {
@@ -61,6 +61,18 @@ ACTIVITY_TYPES: list[dict[str, Any]] = [
             {"name": "Old Value", "dataType": "text"},
             {"name": "Reason", "dataType": "text"},
             {"name": "Source", "dataType": "string"},
+        ],
+    },
+    {
+        "id": MERGE_LEADS,
+        "name": "Merge Leads",
+        "description": "Merge leads",
+        "primaryAttribute": {"name": "Lead ID", "dataType": "integer"},
+        "attributes": [
+            {"name": "Merge IDs", "dataType": "text"},
+            {"name": "Merged in Sales", "dataType": "boolean"},
+            {"name": "Merge Source", "dataType": "string"},
+            {"name": "Master Updated", "dataType": "boolean"},
         ],
     },
     {
@@ -132,6 +144,29 @@ def change_rows(changes: Sequence[FieldChange], when: str, reason: str) -> list[
             }
         )
     return rows
+
+
+def merge_rows(
+    winner: int, name: str, losers: Sequence[int], when: str, updated: bool
+) -> list[dict[str, Any]]:
+    """The "Merge Leads" activity on the surviving lead, naming the merged ids."""
+    attrs = [
+        {"name": "Merge IDs", "value": ",".join(str(i) for i in losers)},
+        {"name": "Merged in Sales", "value": False},
+        {"name": "Merge Source", "value": "API"},
+        {"name": "Master Updated", "value": updated},
+    ]
+    return [
+        {
+            "leadId": winner,
+            "activityDate": when,
+            "activityTypeId": MERGE_LEADS,
+            "primaryAttributeValueId": winner,
+            "primaryAttributeValue": name,
+            "fieldName": None,
+            "payload": json.dumps({"attributes": attrs, "fields": []}),
+        }
+    ]
 
 
 def delete_rows(deleted: Sequence[tuple[int, str]], when: str) -> list[dict[str, Any]]:

@@ -217,6 +217,18 @@ def build(emu: Emulator) -> FastAPI:
     async def http_delete_leads(request: Request) -> JSONResponse:
         return await delete_leads(await read_params(request))
 
+    @app.post("/rest/v1/leads/{lead_id}/merge.json")
+    async def merge_leads(lead_id: str, request: Request) -> JSONResponse:
+        params = await read_params(request)
+        try:
+            winner = int(lead_id)
+            losers = [int(i) for i in params.get_list("leadIds") or params.get_list("leadId")]
+        except ValueError:
+            raise MarketoError("1003", "lead ids must be integers") from None
+        await emu.db(lambda conn: leads.merge(conn, emu.store, winner, losers))
+        stats.add_records("lead.merge", len(losers))
+        return ok()  # a merge answers no result
+
     @app.get("/rest/v1/lead/{lead_id}.json")
     async def get_lead(lead_id: str, request: Request) -> JSONResponse:
         params = await read_params(request)

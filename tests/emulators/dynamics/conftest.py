@@ -11,6 +11,8 @@ from typing import Any
 import msal
 import pytest
 import requests
+from azure.core.credentials import AccessToken
+from PowerPlatform.Dataverse.client import DataverseClient
 
 from emulators.common.credentials import default_credentials
 from tests.support.emulator_procs import RunningEmulator, start_emulator
@@ -121,3 +123,27 @@ def wait_until(check: Callable[[], bool], timeout: float = 15.0, interval: float
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+class MsalCredential:
+    """A TokenCredential backed by msal client credentials against the emulator."""
+
+    def __init__(self, emu):
+        self.app = msal_app(emu)
+
+    def get_token(self, *scopes, **_kw):
+        result = self.app.acquire_token_for_client(scopes=list(scopes))
+        assert "access_token" in result, result
+        return AccessToken(result["access_token"], int(time.time()) + int(result["expires_in"]))
+
+    def close(self):
+        close_msal(self.app)
+
+
+@pytest.fixture
+def sdk(dataverse, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(dataverse.emu.ca_file))
+    credential = MsalCredential(dataverse.emu)
+    with DataverseClient(dataverse.emu.base_url, credential) as client:
+        yield client
+    credential.close()

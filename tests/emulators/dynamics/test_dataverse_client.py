@@ -1,43 +1,14 @@
 """Microsoft's Dataverse SDK (powerplatform-dataverse-client) used unchanged against the emulator.
 
-The only glue is :class:`MsalCredential`: the SDK takes any azure-core ``TokenCredential`` (an
-object with ``get_token``), and the emulator's authority is reached through msal exactly as the
-sync does. The SDK honours ``REQUESTS_CA_BUNDLE`` for the emulator's CA (independent-clients.md §5).
+The only glue is ``MsalCredential`` (in this folder's conftest): the SDK takes any azure-core
+``TokenCredential`` (an object with ``get_token``), and the emulator's authority is reached
+through msal exactly as the sync does. The SDK honours ``REQUESTS_CA_BUNDLE`` for the emulator's
+CA (independent-clients.md §5).
 """
 
 from __future__ import annotations
 
-import time
-
-import pytest
-from azure.core.credentials import AccessToken
-from PowerPlatform.Dataverse.client import DataverseClient
-
-from tests.emulators.dynamics.conftest import SEED_LEADS, close_msal, msal_app
-
-
-class MsalCredential:
-    """A TokenCredential backed by msal client credentials against the emulator."""
-
-    def __init__(self, emu):
-        self.app = msal_app(emu)
-
-    def get_token(self, *scopes, **_kw):
-        result = self.app.acquire_token_for_client(scopes=list(scopes))
-        assert "access_token" in result, result
-        return AccessToken(result["access_token"], int(time.time()) + int(result["expires_in"]))
-
-    def close(self):
-        close_msal(self.app)
-
-
-@pytest.fixture
-def sdk(dataverse, monkeypatch):
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(dataverse.emu.ca_file))
-    credential = MsalCredential(dataverse.emu)
-    with DataverseClient(dataverse.emu.base_url, credential) as client:
-        yield client
-    credential.close()
+from tests.emulators.dynamics.conftest import SEED_LEADS
 
 
 def test_sdk_create_get_update_delete(sdk, dataverse):

@@ -78,6 +78,38 @@ def test_lead_changes_since_a_paging_token(mc: MarketoClient) -> None:
     assert mine == [(12, []), (13, ["B"])]
 
 
+def test_merge_keeps_the_winner_fills_its_gaps_and_logs_it(mc: MarketoClient) -> None:
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tag = uuid.uuid4().hex[:8]
+    made = mc.execute(
+        method="create_update_leads",
+        leads=[
+            {"email": f"win-{tag}@example.com", "firstName": "Winner", "title": None},
+            {"email": f"lose-{tag}@example.com", "firstName": "Loser", "title": "CFO", "unsubscribed": True},
+        ],
+        action="createOnly",
+        lookupField="email",
+    )
+    winner, loser = (r["id"] for r in made)
+
+    assert mc.execute(method="merge_lead", id=winner, leadIds=[loser]) is True
+
+    (kept,) = mc.execute(
+        method="get_lead_by_id", id=winner, fields=["email", "firstName", "title", "unsubscribed"]
+    )
+    assert (kept["email"], kept["firstName"], kept["title"]) == (f"win-{tag}@example.com", "Winner", "CFO")
+    assert kept["unsubscribed"] is True, "an unsubscribe survives the merge"
+    assert mc.execute(method="get_lead_by_id", id=loser, fields=["email"]) == []
+    merges = mc.execute(method="get_lead_activities", activityTypeIds=["32"], sinceDatetime=since)
+    (merge,) = [a for a in merges if a["leadId"] == winner]
+    attrs = {a["name"]: a["value"] for a in merge["attributes"]}
+    assert attrs["Merge IDs"] == str(loser)
+    deleted = mc.execute(method="get_deleted_leads", sinceDatetime=since)
+    assert loser in [d["leadId"] for d in deleted]
+    with pytest.raises(Exception, match="1004"):
+        mc.execute(method="merge_lead", id=winner, leadIds=[loser])
+
+
 def test_companies_opportunities_and_custom_objects(mc: MarketoClient) -> None:
     company = str(uuid.uuid4())
     res = mc.execute(
