@@ -72,6 +72,15 @@ class DeletePolicy(StrEnum):
     IGNORE = "ignore"
 
 
+class DuplicateEmail(StrEnum):
+    """What a Dataverse person does whose email another synced person already has (issue 22)."""
+
+    ALLOW = "allow"  # the native behaviour: each record becomes a Marketo person of its own
+    # One live Marketo person per email: the record already linked (else the oldest of the
+    # batch) holds it; the others are reported (record error DUPLICATE_EMAIL), never created.
+    OLDEST_HOLDS = "oldest_holds"
+
+
 class QuotaPriority(StrEnum):
     """How an entity's runs share a short API budget (``crm_sync.guards.quota``)."""
 
@@ -236,6 +245,7 @@ class EntityConfig(_Strict):
     # Dynamics change reaches it: false reports it (a parked record error) and creates nothing;
     # true re-creates it from the whole Dataverse record on the error's retry (§2.8).
     recreate_deleted: bool = False
+    duplicate_email: DuplicateEmail = DuplicateEmail.ALLOW
     batch_size: int = Field(default=300, gt=0, le=300)
     schedule: str = "*/5 * * * *"
     priority: int = Field(default=50, ge=0)

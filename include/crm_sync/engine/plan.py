@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from crm_sync.config import DeletePolicy, Direction, EntityConfig
+from crm_sync.config import DeletePolicy, Direction, DuplicateEmail, EntityConfig
 from crm_sync.ops import (
     DYNAMICS_CREATE,
     DYNAMICS_UPSERT,
@@ -49,7 +49,15 @@ from crm_sync.transforms import (
     resolve_changes,
 )
 from crm_sync.transforms.casts import as_string
-from crm_sync.transforms.dedup import CREATE, DUPLICATES, LINK, NO_EMAIL, classify_email_matches
+from crm_sync.transforms.dedup import (
+    CREATE,
+    DUPLICATE_EMAIL,
+    DUPLICATES,
+    LINK,
+    NO_EMAIL,
+    claim_emails,
+    classify_email_matches,
+)
 from crm_sync.transforms.errors import concat_errors, empty_errors, error_rows
 
 if TYPE_CHECKING:
@@ -150,6 +158,41 @@ def _active_links(links: pd.DataFrame) -> pd.DataFrame:
     return links[links["state"].fillna("active").eq("active")]
 
 
+def _hold_duplicate_emails(
+    entity: EntityConfig, canon: pd.DataFrame, links: pd.DataFrame, holders: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Leave out the unlinked records whose email another synced person holds (one per email).
+
+    Returns:
+        The rows that may be written, and a ``DUPLICATE_EMAIL`` error row for each one held back.
+    """
+    email = entity.marketo.email_field or ""
+    active = _active_links(links)
+    linked = (
+        set(active.loc[active[MARKETO_ID].notna(), DYNAMICS_ID].astype(str).str.lower())
+        if len(active)
+        else set()
+    )
+    created = next((f.marketo for f in entity.fields if f.dynamics == "createdon"), None)
+    keep, held = claim_emails(canon, entity.name, email, linked, holders, created)
+    if held.empty:
+        return canon, empty_errors()
+    holder = held.set_index("dynamics_id")["holder"]
+    ids = pd.Series(held["dynamics_id"].to_numpy())
+    errors = error_rows(
+        ids,
+        pd.Series(True, index=ids.index),
+        entity=entity.name,
+        direction=Direction.D2M.value,
+        field=next((f.dynamics for f in entity.fields if f.marketo == email), email),
+        code=DUPLICATE_EMAIL,
+        reason="another synced record has this email and holds its Marketo person: "
+        + ids.map(holder).astype(str)
+        + f" (duplicate_email: oldest_holds in {entity.name}.yaml)",
+    )
+    return canon[keep.to_numpy()], errors
+
+
 def _marketo_side(
     entity: EntityConfig, rows: pd.DataFrame | None, links: pd.DataFrame
 ) -> pd.DataFrame | None:
@@ -214,6 +257,7 @@ def plan_changes(
     marketo_rows: pd.DataFrame | None,
     links: pd.DataFrame,
     id_map: pd.DataFrame,
+    email_holders: pd.DataFrame | None = None,
 ) -> BatchPlan:
     """Plan the writes for one batch of changed records from either or both sides.
 
@@ -226,6 +270,8 @@ def plan_changes(
         links: Id-map rows (``lookup_links``) of the records in this batch.
         id_map: Id-map frame for lookups (``entity``, ``dynamics_id``, ``marketo_id``), this
             entity's links included.
+        email_holders: Active person links with the batch's emails (any person entity), for
+            the entity's ``duplicate_email`` rule; None leaves the rule out.
 
     Returns:
         The plan; records in error are left out of ``ops``.
@@ -254,6 +300,9 @@ def plan_changes(
         mapped = dynamics_to_canonical(kept, entity, id_map)
         error_parts.append(mapped.errors)
         d_canon = mapped.frame
+        if email_holders is not None and entity.duplicate_email is DuplicateEmail.OLDEST_HOLDS:
+            d_canon, held = _hold_duplicate_emails(entity, d_canon, links, email_holders)
+            error_parts.append(held)
         canonical.append(d_canon)
         valid_rows = kept.loc[mapped.frame.index]
     m_canon: pd.DataFrame | None = None

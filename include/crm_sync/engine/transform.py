@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from crm_sync.config import Direction
+from crm_sync.config import Direction, DuplicateEmail
 from crm_sync.engine.contracts import LoadBatch
 from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes, plan_new_persons
 from crm_sync.state import (
+    links_by_email,
     log_conflicts,
     log_consents,
     lookup_links,
@@ -199,6 +200,16 @@ def _record(session: Session, entity: EntityConfig, plan: BatchPlan, run_id: str
         upsert_links(session, entity.name, stale)
 
 
+def _email_holders(session: Session, entity: EntityConfig, rows: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Synced persons holding the emails of this batch (the entity's ``duplicate_email`` rule)."""
+    if rows is None or rows.empty or entity.duplicate_email is DuplicateEmail.ALLOW:
+        return None
+    column = next((f.dynamics for f in entity.fields if f.marketo == entity.marketo.email_field), None)
+    if column is None or column not in rows:
+        return None
+    return links_by_email(session, as_string(rows[column]).dropna())
+
+
 def _stage_plan(ctx: RunContext, entity: EntityConfig, plan: BatchPlan, name: str) -> LoadBatch:
     folder = ctx.staging.run_dir(entity.name, ctx.run_id) / "plans" / name
     ops = ctx.staging.write_frame(folder, "ops", plan.ops)
@@ -246,7 +257,8 @@ def _plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> I
             id_map = _lookup_id_map(session, entity, d_rows, links)
             if d_rows is not None:
                 d_rows = _infer_lookup_types(entity, d_rows, id_map)
-            plan = plan_changes(entity, d_rows, m_rows, links, id_map)
+            holders = _email_holders(session, entity, d_rows)
+            plan = plan_changes(entity, d_rows, m_rows, links, id_map, holders)
             _record(session, entity, plan, ctx.run_id)
         yield plan
     yield from _new_person_plans(entity, ctx, manifest)

@@ -104,6 +104,7 @@ def compare_entity(
     id_map: pd.DataFrame,
     links: pd.DataFrame,
     group_links: pd.DataFrame | None = None,
+    held_back: set[str] | frozenset[str] = frozenset(),
 ) -> pd.DataFrame:
     """Compare one entity across both systems.
 
@@ -116,6 +117,8 @@ def compare_entity(
         links: This entity's id-map rows (``lookup_links``).
         group_links: Id-map rows of every entity sharing the Marketo object (lead and contact),
             for Dataverse-side duplicates; defaults to ``links``.
+        held_back: Dataverse keys the sync reports instead of writing (a person whose email
+            another record holds): not missing in Marketo.
 
     Returns:
         The differences (:data:`DIFF_COLUMNS`), sorted by kind, key and field.
@@ -179,7 +182,7 @@ def compare_entity(
     )
 
     d_keys, m_keys = set(d.index), set(m_ids.index)
-    missing = sorted(d_keys - m_keys)
+    missing = sorted(d_keys - m_keys - set(held_back))
     parts.append(_rows(name, MISSING_IN_MARKETO, missing, [flagged_ids.get(k) for k in missing]))
     orphans = sorted(m_keys - d_keys)
     parts.append(_rows(name, ORPHAN, orphans, [m_ids[k] for k in orphans]))

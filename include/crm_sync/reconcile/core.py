@@ -103,6 +103,17 @@ def default_since(state: Engine) -> datetime:
     return (as_utc(first) or utcnow()) - timedelta(days=1)
 
 
+def _held_back(state: Engine, entity: EntityConfig) -> set[str]:
+    """Records the sync reports instead of writing (open DUPLICATE_EMAIL errors): not missing."""
+    from crm_sync.state import open_errors
+    from crm_sync.transforms.dedup import DUPLICATE_EMAIL
+
+    with session_scope(state) as session:
+        errors = open_errors(session, entity=entity.name)
+    mine = errors[errors["code"].eq(DUPLICATE_EMAIL)] if len(errors) else errors
+    return set(mine["source_id"].astype(str).str.lower()) if len(mine) else set()
+
+
 def _links(state: Engine, names: Sequence[str]) -> pd.DataFrame:
     with session_scope(state) as session:
         return lookup_links(session, list(names))
@@ -179,7 +190,7 @@ def reconcile(
             keys |= set(links["dynamics_id"].dropna().astype(str))
             m_rows = read_objects(entity, marketo, marketo_object_path(entity), keys)
             group_links = links
-        found = compare_entity(entity, rows, m_rows, id_map, links, group_links)
+        found = compare_entity(entity, rows, m_rows, id_map, links, group_links, _held_back(state, entity))
         parts.append(found)
         mine = m_rows
         if is_person(entity) and entity.marketo.type_field and entity.marketo.type_field in m_rows:

@@ -34,7 +34,7 @@ from crm_sync.state.errors import (
     retry_now,
 )
 from crm_sync.state.identity import IdentityMismatchError, check_identity, rebaseline
-from crm_sync.state.idmap import LINK_COLUMNS, lookup_links, set_link_state, upsert_links
+from crm_sync.state.idmap import LINK_COLUMNS, links_by_email, lookup_links, set_link_state, upsert_links
 from crm_sync.state.ledger import (
     RunCounts,
     conflict_rows,
@@ -57,6 +57,7 @@ __all__ = [
     "due_errors",
     "get_watermark",
     "ledger_rows",
+    "links_by_email",
     "log_conflicts",
     "log_consents",
     "lookup_links",

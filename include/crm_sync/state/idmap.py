@@ -153,6 +153,21 @@ def lookup_links(
     return frame.drop_duplicates(subset=["entity", "dynamics_id"]).reset_index(drop=True)
 
 
+def links_by_email(session: Session, emails: Iterable[str]) -> pd.DataFrame:
+    """Active links of any entity, with a Marketo person, holding one of ``emails``.
+
+    Returns:
+        A frame with :data:`LINK_COLUMNS` (emails compared lower case).
+    """
+    wanted = sorted({str(v).strip().lower() for v in emails if v is not None and str(v).strip()})
+    cols = [getattr(IdMap, c) for c in LINK_COLUMNS]
+    base = select(*cols).where(IdMap.state == "active", IdMap.marketo_id.is_not(None))
+    result: list[tuple[Any, ...]] = []
+    for part in chunks(wanted):
+        result += [tuple(r) for r in session.execute(base.where(IdMap.email.in_(part)))]
+    return pd.DataFrame(result, columns=list(LINK_COLUMNS))
+
+
 def set_link_state(
     session: Session, entity: str, dynamics_ids: Iterable[str], state: str, now: datetime | None = None
 ) -> int:

@@ -381,7 +381,13 @@ def test_flagged_marketo_persons_are_linked_created_or_reported_as_duplicates(
     assert ("contact", known, str(link_id)) in [tuple(r) for r in links]
     assert ("lead", created, str(new_id)) in [tuple(r) for r in links]
     by_code = {e.code: e for e in errors}
-    assert sorted(by_code) == ["ALREADY_LINKED", "DUPLICATE_CANDIDATES"]
+    # The twin contact shares the twin lead's email: it holds no person of its own (reported).
+    assert sorted(by_code) == ["ALREADY_LINKED", "DUPLICATE_CANDIDATES", "DUPLICATE_EMAIL"]
+    assert (by_code["DUPLICATE_EMAIL"].source_id, by_code["DUPLICATE_EMAIL"].field) == (
+        twin_b,
+        "emailaddress1",
+    )
+    assert f"lead:{twin_a}" in by_code["DUPLICATE_EMAIL"].message
     duplicate = by_code["DUPLICATE_CANDIDATES"]
     assert (duplicate.source_id, duplicate.field) == (str(dup_id), "email")
     assert twin_a in duplicate.message
