@@ -104,10 +104,45 @@ def test_an_opt_out_made_in_dynamics_wins_and_the_owner_can_resubscribe(
     sync_env.run("sync_lead")
     assert _person(sync_env, lee)["unsubscribed"] is True
     assert _dyn_value(sync_env, "leads", "leadid", lee, "donotbulkemail") is True
-    assert _consent_log(sync_env, lee)[0][:2] == ("both", "opt_out")
+    # Marketo's write of false over a value it had never set is no consent change (an unset flag
+    # is "not opted out"): the log names Dynamics as where the opt-out was made.
+    assert _consent_log(sync_env, lee)[0][:2] == ("dynamics", "opt_out")
 
     # A re-subscribe in Marketo (the consent owner) is carried to Dataverse.
     _mkto_set(sync_env, lee, unsubscribed=False)
     sync_env.run("sync_lead")
     assert _dyn_value(sync_env, "leads", "leadid", lee, "donotbulkemail") is False
     assert _consent_log(sync_env, lee)[-1] == ("marketo", "resubscribe", "False", "True", "unsubscribed")
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["sync-calls", "bulk-import"])
+def test_a_full_copy_never_clears_an_opt_out_of_a_marketo_person_it_matches(
+    sync_env: SyncEnv, new_guid: Callable[[], str], monkeypatch: pytest.MonkeyPatch, bulk: bool
+) -> None:
+    """The copy writes unlinked leads by email: a Marketo person who opted out stays opted out."""
+    from tests.e2e.full_copy_support import run_full_copy
+
+    if bulk:
+        monkeypatch.setenv("AIRFLOW_VAR_MDS_FULL_COPY_BULK_THRESHOLD", "1")
+    lead = new_guid()
+    hook = sync_env.mkto()
+    try:
+        made = hook.sync_leads(
+            [{"email": "opted@consent.test", "lastName": "Opted", "unsubscribed": True}], action="createOnly"
+        )
+        assert all(r.ok for r in made), made
+    finally:
+        hook.close()
+    row = {
+        "leadid": lead,
+        "lastname": "Opted",
+        "emailaddress1": "opted@consent.test",
+        "donotbulkemail": False,
+    }
+    _dyn_set(sync_env, "leads", "leadid", lead, **{k: v for k, v in row.items() if k != "leadid"})
+
+    run_full_copy(entities=["lead"])
+
+    person = _person(sync_env, lead)
+    assert person["email"] == "opted@consent.test", "the existing person was matched by email"
+    assert person["unsubscribed"] is True, "the copy did not re-subscribe a person who opted out"

@@ -228,7 +228,13 @@ def to_canonical(
         return _multi_to_labels(raw, field) if source is Side.DYNAMICS else _multi_labels(raw, field)
     if field.cast is Cast.DATETIME:
         return _zoned_datetime(raw, field)
-    return _SIMPLE[field.cast](raw)
+    result = _SIMPLE[field.cast](raw)
+    if field.opt_out:
+        # A "do not contact" flag that is not set is not set: Marketo leaves false values out
+        # of its answers, Dataverse has false, and both mean the person has not opted out.
+        values = result.values.where(result.values.notna() | result.bad, False)
+        return CastResult(values.astype(result.values.dtype), result.bad, result.code)
+    return result
 
 
 def to_dynamics_values(canonical: pd.Series, field: FieldMap) -> pd.Series:

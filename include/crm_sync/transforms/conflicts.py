@@ -228,6 +228,13 @@ def _opted_out(values: pd.DataFrame, name: str, keys: pd.Index) -> pd.Series:
     return values[name].astype("boolean").eq(True).fillna(False).astype(bool)
 
 
+def _known(values: pd.DataFrame, name: str, keys: pd.Index) -> pd.Series:
+    """Records whose value of ``name`` this batch read from that side (not missing)."""
+    if name not in values:
+        return pd.Series(False, index=keys)
+    return values[name].reindex(keys).notna().astype(bool)
+
+
 def _opt_out_rule(
     entity: EntityConfig,
     name: str,
@@ -261,6 +268,12 @@ def _opt_out_rule(
     # against an opt-out made on the other side in the same batch.
     keep_m = (d_refused | (m_optout & d_changed & ~d_out)) & ~back_m
     keep_d = (m_refused | (d_optout & m_changed & ~m_out)) & ~back_d
+    # With nothing agreed yet and the other side's value not known in this batch (a first write:
+    # a full copy matching an existing Marketo person by email, a lead linked to a Marketo-only
+    # person), "not opted out" is never written: it could clear an opt-out made there.
+    first = last.isna()
+    keep_m |= first & ~d_out & ~_known(m_vals, name, keys) & ~back_m
+    keep_d |= first & ~m_out & ~_known(d_vals, name, keys) & ~back_d
     settled_out = d_optout | m_optout | d_refused | m_refused
     seen = d_optout | m_optout | d_resub | m_resub
     rows = pd.DataFrame(columns=CONSENT_COLUMNS)
