@@ -129,7 +129,10 @@ def _zoned_datetime(raw: pd.Series, field: FieldMap) -> CastResult:
     present = _present(raw)
     text = raw.astype(object).where(present).map(lambda v: v if v is None or isinstance(v, str) else None)
     as_text = text.notna()
-    naive = as_text & ~text.where(as_text, "").astype(str).str.strip().str.contains(_ZONED, regex=True)
+    unzoned = as_text & ~text.where(as_text, "").astype(str).str.strip().str.contains(_ZONED, regex=True)
+    # Naive means "a date-time without an offset": text that is no date-time at all is invalid.
+    parsed = pd.to_datetime(text.where(unzoned), errors="coerce", format="ISO8601")
+    naive = unzoned & parsed.notna()
     stamps = raw.where(present & ~as_text)
     naive |= stamps.map(lambda v: isinstance(v, pd.Timestamp | datetime) and v.tzinfo is None).astype(bool)
     if not naive.any():

@@ -66,6 +66,8 @@ def test_datetime_normalised_to_utc_z():
     assert result.values.tolist() == ["2024-05-01T12:00:00Z"] * 3
     assert not result.bad.any()
     assert cast(["soon"], Cast.DATETIME).bad.tolist() == [True]
+    # Text that is no date at all is invalid, not "a date without a time zone".
+    assert cast(["soon"], Cast.DATETIME).code == "INVALID_VALUE"
 
 
 def test_a_datetime_without_an_offset_is_an_error_not_a_guess():
