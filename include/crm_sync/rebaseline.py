@@ -132,7 +132,14 @@ def sync_dag_ids(entities: Iterable[EntityConfig]) -> list[str]:
     return sorted({e.dag_id for e in entities} | {"full_copy", "reconcile"})
 
 
-def on_identity_mismatch(entity: EntityConfig, run_id: str, error: Exception) -> NoReturn:
+def on_identity_mismatch(
+    entity: EntityConfig,
+    run_id: str,
+    error: Exception,
+    *,
+    dag_id: str | None = None,
+    task_id: str = "extract_changes",
+) -> NoReturn:
     """A sync run met another Dataverse org: alert, pause the sync DAGs, stop without retries.
 
     Raises:
@@ -150,8 +157,8 @@ def on_identity_mismatch(entity: EntityConfig, run_id: str, error: Exception) ->
     except Exception as exc:  # pausing is best effort; the alert must go out regardless
         how = f"The sync DAGs could not be paused ({type(exc).__name__}: {exc}); pause them by hand."
     send_alert(
-        entity.dag_id,
-        "extract_changes",
+        dag_id or entity.dag_id,
+        task_id,
         run_id,
         f"Dynamics sandbox refresh suspected: {error} Every sync run would fail the same way, and "
         f"record ids may no longer resolve. {how} Trigger the 'rebaseline' DAG (Param confirm=true) "

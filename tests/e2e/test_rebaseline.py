@@ -7,6 +7,7 @@ import logging
 import secrets
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -187,7 +188,6 @@ def _companies(env: SyncEnv, ids: list[str]) -> list[str]:
 def test_rebaseline_deletes_nothing_when_rows_are_hidden_or_the_org_was_not_refreshed(
     sync_env: SyncEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import uuid
 
     from tests.e2e.persons_support import dyn_upsert
 
@@ -220,3 +220,29 @@ def test_rebaseline_deletes_nothing_when_rows_are_hidden_or_the_org_was_not_refr
     states = _states(run)
     assert (states["plan"], states["relink"]) == ("success", "failed")
     assert _companies(sync_env, ids) == ids
+
+
+def test_a_full_copy_on_a_refreshed_org_stops_with_the_same_alert(
+    sync_env: SyncEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.e2e.full_copy_support import full_copy_dag, run_full_copy
+    from tests.e2e.persons_support import dyn_upsert
+
+    dyn_upsert(
+        sync_env, "systemusers", "systemuserid", [{"systemuserid": str(uuid.uuid4()), "lastname": "U"}]
+    )
+    run_full_copy(entities=["user"])  # the state store now belongs to this org
+    refreshed = sync_env.dynamics.admin("POST", "sandbox-refresh").json()
+    caplog.set_level(logging.ERROR)
+
+    dag = full_copy_dag()
+    for task in dag.tasks:
+        task.retries = 0
+    run = dag.test(run_conf={"entities": ["user"]})
+
+    assert run.state == "failed"
+    assert _states(run)["user.extract"] == "failed"
+    alerts = [r.getMessage() for r in caplog.records if "sandbox refresh suspected" in r.getMessage()]
+    assert alerts, "the copy alerts like the sync DAGs"
+    assert "dag=full_copy task=user.extract" in alerts[0]
+    assert refreshed["organization_id"] in alerts[0]

@@ -70,7 +70,8 @@ def prepare(
 def extract(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> dict[str, Any]:
     """Task ``<entity>.extract``: open (or continue) the partition's attempt and stage its rows."""
     from crm_sync.engine.full_copy import extract_partition, open_partition
-    from crm_sync.state import check_identity, session_scope
+    from crm_sync.rebaseline import on_identity_mismatch
+    from crm_sync.state import IdentityMismatchError, check_identity, session_scope
 
     scope = CopyScope.from_dict(scope_data)
     if not scope.includes(name):
@@ -82,8 +83,14 @@ def extract(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> 
     try:
         ctx = _ctx(settings, partition.run_id)
         with task_session(settings, entity=name, stage="extract", dynamics=True, ctx=ctx) as task:
-            with session_scope(ctx.state) as session:
-                check_identity(session, "dynamics", task.dynamics.organization_id())
+            try:
+                with session_scope(ctx.state) as session:
+                    check_identity(session, "dynamics", task.dynamics.organization_id())
+            except IdentityMismatchError as err:
+                # A refreshed sandbox: alert, pause the DAGs, stop without retries (as the sync).
+                on_identity_mismatch(
+                    entity, settings.run_id, err, dag_id="full_copy", task_id=f"{name}.extract"
+                )
             manifest = extract_partition(entity, ctx, task.dynamics, scope)
     finally:
         base.state.dispose()
