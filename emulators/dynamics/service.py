@@ -480,7 +480,8 @@ class WebApi:
     def find_id(self, conn: Connection, table: Table, key: str | dict[str, str]) -> str | None:
         """Return the primary key a key segment designates, or None when no row matches."""
         t, pk = quote(table.logical_name), quote(table.primary_id)
-        visible = f" AND {self._visible(table)}" if self._visible(table) else ""
+        condition = self._visible(table)
+        visible = f" AND {condition}" if condition else ""
         if isinstance(key, str):
             got = conn.exec_driver_sql(f"SELECT {pk} FROM {t} WHERE {pk} = ?{visible}", (key,)).scalar()
             return str(got) if got else None

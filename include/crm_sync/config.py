@@ -287,6 +287,10 @@ class EntityConfig(_Strict):
         """Return the fields that flow ``direction`` (``Direction.D2M`` or ``Direction.M2D``)."""
         return tuple(f for f in self.fields if self.field_direction(f).includes(direction))
 
+    def email_column(self) -> str | None:
+        """The Dataverse column holding a person's email (mapped from ``marketo.email_field``)."""
+        return next((f.dynamics for f in self.fields if f.marketo == self.marketo.email_field), None)
+
     def winner(self, field: FieldMap) -> Side:
         """Return which side wins when ``field`` changed on both sides since the last sync."""
         if self.field_direction(field) is Direction.D2M:

@@ -193,7 +193,6 @@ def _relink_persons(
     updated in Marketo; a person left without a record is to be flagged deleted (the delete
     policy), never deleted. Nothing is written here.
     """
-    from crm_sync.engine.extract import email_column
     from crm_sync.transforms import persons_for_entity
 
     m = entity.marketo
@@ -212,7 +211,7 @@ def _relink_persons(
     claimed = set(_norm(kept[m.key])) | taken
     rest = mine[~person_keys.isin(current).to_numpy()]
     updates: list[dict[str, Any]] = []
-    column = email_column(entity)
+    column = entity.email_column()
     if column and m.email_field and len(rest):
         d_email = pd.DataFrame({"guid": guids.to_numpy(), "email": _norm(rows[column]).to_numpy()}).dropna()
         d_email = d_email[~d_email["guid"].isin(claimed)]
@@ -391,9 +390,10 @@ def check_relink_deletes(
                 max_share=max_share,
                 min_records=min_records,
                 confirmed=confirmed,
+                dag_id="rebaseline",
             )
         except MassDeleteBlocked as exc:
-            blocked.append(str(exc).replace(f"trigger {entity.dag_id}", "trigger rebaseline"))
+            blocked.append(str(exc))
     if blocked:
         raise RelinkGuardFailed(" | ".join(blocked) + " (the dry-run report lists every record)")
     return figures

@@ -315,14 +315,6 @@ def read_person_feed(
     }
 
 
-def email_column(entity: EntityConfig) -> str | None:
-    """The Dataverse column holding the email of a person entity (mapped from its email field)."""
-    for f in entity.fields:
-        if f.marketo == entity.marketo.email_field:
-            return f.dynamics
-    return None
-
-
 def _flagged_emails(
     entity: EntityConfig, staging: StagingArea, chunks: Sequence[dict[str, Any]]
 ) -> list[str]:
@@ -350,7 +342,7 @@ def find_email_matches(
     """
     found: list[dict[str, Any]] = []
     for table in tables:
-        column = email_column(table)
+        column = table.email_column()
         if not column:
             continue
         key = table.dynamics.key

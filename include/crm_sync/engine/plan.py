@@ -184,7 +184,7 @@ def _hold_duplicate_emails(
         pd.Series(True, index=ids.index),
         entity=entity.name,
         direction=Direction.D2M.value,
-        field=next((f.dynamics for f in entity.fields if f.marketo == email), email),
+        field=entity.email_column() or email,
         code=DUPLICATE_EMAIL,
         reason="another synced record has this email and holds its Marketo person: "
         + ids.map(holder).astype(str)

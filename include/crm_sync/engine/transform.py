@@ -204,7 +204,7 @@ def _email_holders(session: Session, entity: EntityConfig, rows: pd.DataFrame | 
     """Synced persons holding the emails of this batch (the entity's ``duplicate_email`` rule)."""
     if rows is None or rows.empty or entity.duplicate_email is DuplicateEmail.ALLOW:
         return None
-    column = next((f.dynamics for f in entity.fields if f.marketo == entity.marketo.email_field), None)
+    column = entity.email_column()
     if column is None or column not in rows:
         return None
     return links_by_email(session, as_string(rows[column]).dropna())

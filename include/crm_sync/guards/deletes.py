@@ -60,6 +60,7 @@ def check_mass_delete(
     max_share: float | None = None,
     min_records: int = DEFAULT_MIN_RECORDS,
     confirmed: bool = False,
+    dag_id: str | None = None,
 ) -> dict[str, Any]:
     """Stop a run whose deletes exceed the allowed share of linked records, unless confirmed.
 
@@ -70,6 +71,7 @@ def check_mass_delete(
         max_share: Override of the entity's share (Variable ``mds_max_delete_share``).
         min_records: Fewer deletes than this never block.
         confirmed: A user confirmed the deletes (Param ``confirm_deletes``).
+        dag_id: The DAG to trigger with ``confirm_deletes`` (the entity's sync DAG by default).
 
     Returns:
         ``deletes``, ``linked``, ``share``, ``max_share``, ``confirmed``, ``blocked`` (False).
@@ -85,7 +87,7 @@ def check_mass_delete(
         raise MassDeleteBlocked(
             f"{entity.name}: mass-delete guard: this run would {what} {deletes} of {linked} linked "
             f"records ({share:.0%}, more than the {limit:.0%} allowed); nothing was written. If the "
-            f"deletes are intended, trigger {entity.dag_id} with the Param confirm_deletes=true"
+            f"deletes are intended, trigger {dag_id or entity.dag_id} with the Param confirm_deletes=true"
         )
     if over:
         log.warning(

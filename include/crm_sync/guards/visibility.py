@@ -35,16 +35,17 @@ log = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = 0.5
 DEFAULT_MIN_ROWS = 10
 DEFAULT_PROBE_MINUTES = 60
-COUNT_CAP = 5000  # Dataverse's $count stops counting here
 
 
 class VisibilityCollapsed(GuardError):
     """The application user sees far fewer rows than the last full read did."""
 
 
-def expected_rows(session: Session, entity: str) -> int | None:
-    """What the last full read saw, else the records the sync links; None when neither is known."""
-    last = last_visible_rows(session, entity)
+def expected_rows(session: Session, entity: str, last: int | None = None) -> int | None:
+    """What the last full read saw (``last``, else the stored count), else the records the sync
+    links; None when neither is known."""
+    if last is None:
+        last = last_visible_rows(session, entity)
     if last is not None:
         return last
     linked = linked_records(session, entity)
@@ -112,14 +113,12 @@ def guard_full_read(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     accepted: bool = False,
-    record: bool = True,
 ) -> dict[str, Any]:
     """:func:`check_visibility` against the stored count, then store ``seen`` (when it passed)."""
     figures = check_visibility(
         entity, seen, expected_rows(session, entity), tolerance=tolerance, accepted=accepted
     )
-    if record:
-        record_visible_rows(session, entity, seen)
+    record_visible_rows(session, entity, seen)
     return figures
 
 
@@ -134,10 +133,11 @@ def probe_visibility(
 ) -> dict[str, Any] | None:
     """The incremental runs' check: a ``$count`` of the table at most every ``every_minutes``.
 
-    Dataverse counts up to :data:`COUNT_CAP` rows, so both sides are compared up to it: a table
-    of 100,000 rows that collapses is seen once fewer than ``COUNT_CAP * (1 - tolerance)`` rows
-    stay visible; the exact comparison is the full reads' (:func:`guard_full_read`). An exact
-    count is stored; a capped one never replaces a larger stored count.
+    Dataverse counts up to ``COUNT_CAP`` rows (:mod:`crm_sync_hooks.dynamics`), so both sides are
+    compared up to it: a table of 100,000 rows that collapses is seen once fewer than
+    ``COUNT_CAP * (1 - tolerance)`` rows stay visible; the exact comparison is the full reads'
+    (:func:`guard_full_read`). An exact count is stored; a capped one never replaces a larger
+    stored count.
 
     Returns:
         The figures (:func:`check_visibility`), or None when no check was due or nothing is
@@ -147,11 +147,12 @@ def probe_visibility(
 
     from crm_sync.state import utcnow
     from crm_sync.state.db import as_utc
+    from crm_sync_hooks.dynamics import COUNT_CAP
 
     row = session.get(VisibleRows, entity)
     if row is not None and (as_utc(row.counted_at) or utcnow()) > utcnow() - timedelta(minutes=every_minutes):
         return None
-    expected = expected_rows(session, entity)
+    expected = expected_rows(session, entity, None if row is None else int(row.rows))
     if expected is None:
         return None
     seen = int(count())

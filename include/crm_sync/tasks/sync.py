@@ -74,11 +74,8 @@ def run_transform(settings: RunSettings, name: str) -> list[dict[str, Any]]:
     from crm_sync.engine.transform import transform_changes
 
     entity = entity_config(settings, name)
-    ctx = context(settings)
-    try:
-        result = transform_changes(entity, ctx, _manifest(ctx, name, EXTRACT_MANIFEST))
-    finally:
-        ctx.state.dispose()
+    with task_session(settings) as task:
+        result = transform_changes(entity, task.ctx, _manifest(task.ctx, name, EXTRACT_MANIFEST))
     return list(result["batches"])
 
 
@@ -105,14 +102,12 @@ def run_commit(settings: RunSettings, name: str) -> dict[str, Any]:
     from crm_sync.engine.transform import TRANSFORM_MANIFEST
 
     entity = entity_config(settings, name)
-    ctx = context(settings)
-    try:
+    with task_session(settings) as task:
+        ctx = task.ctx
         summary = commit(
             entity, ctx, _manifest(ctx, name, EXTRACT_MANIFEST), _manifest(ctx, name, TRANSFORM_MANIFEST)
         )
-        return summary.to_xcom()
-    finally:
-        ctx.state.dispose()
+    return summary.to_xcom()
 
 
 def _stop_ledger(ctx: RunContext, entity: EntityConfig, status: str, started: str | None = None) -> None:

@@ -25,6 +25,16 @@ def _delta(dv: Any, entity_set: str, select: str) -> str:
     return str(last["@odata.deltaLink"])
 
 
+def _merge(dv: Any, table: str, key: str, target: str, subordinate: str, **extra: Any) -> Any:
+    """``POST Merge`` of two records of ``table`` (``extra``: UpdateContent...)."""
+    kind = f"Microsoft.Dynamics.CRM.{table}"
+    body = {
+        "Target": {"@odata.type": kind, key: target},
+        "Subordinate": {"@odata.type": kind, key: subordinate},
+    }
+    return dv.call("POST", "Merge", json={**body, **extra})
+
+
 def _changed(dv: Any, link: str, key: str) -> set[str]:
     rows, _ = dv.read_all(link, page=500)
     return {r[key] for r in rows if key in r}
@@ -114,15 +124,9 @@ def test_merge_deactivates_the_subordinate_and_updates_the_target(
     subordinate = _create(dataverse, entity_set, {"lastname": "Subordinate", "jobtitle": "CFO"})
     link = _delta(dataverse, entity_set, "lastname")
 
-    resp = dataverse.call(
-        "POST",
-        "Merge",
-        json={
-            "Target": {"@odata.type": f"Microsoft.Dynamics.CRM.{table}", key: target},
-            "Subordinate": {"@odata.type": f"Microsoft.Dynamics.CRM.{table}", key: subordinate},
-            "UpdateContent": {"@odata.type": f"Microsoft.Dynamics.CRM.{table}", "jobtitle": "CFO"},
-            "PerformParentingChecks": False,
-        },
+    update = {"@odata.type": f"Microsoft.Dynamics.CRM.{table}", "jobtitle": "CFO"}
+    resp = _merge(
+        dataverse, table, key, target, subordinate, UpdateContent=update, PerformParentingChecks=False
     )
 
     assert resp.status_code == 204, resp.text
@@ -132,13 +136,6 @@ def test_merge_deactivates_the_subordinate_and_updates_the_target(
     assert sdk.records.retrieve(table, target, select=["jobtitle"])["jobtitle"] == "CFO"
     assert {target, subordinate} <= _changed(dataverse, link, key)
 
-    twice = dataverse.call(
-        "POST",
-        "Merge",
-        json={
-            "Target": {"@odata.type": f"Microsoft.Dynamics.CRM.{table}", key: target},
-            "Subordinate": {"@odata.type": f"Microsoft.Dynamics.CRM.{table}", key: subordinate},
-        },
-    )
+    twice = _merge(dataverse, table, key, target, subordinate)
     assert twice.status_code == 400
     assert "already merged" in twice.json()["error"]["message"]
