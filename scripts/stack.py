@@ -32,6 +32,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from crm_sync.config import ENTITIES_DIR, Direction, EntityConfig, load_entities
 from crm_sync.localenv import (
     AIRFLOW_API_PORT,
@@ -490,8 +492,14 @@ def stop() -> None:
         print("nothing to stop")
         return
     groups: dict[str, int] = {}
+    # Every process of the stack as it stands now, for those that left their group (a task
+    # runner's own session): they are ended after the groups, so none outlives ``stop``.
+    tree: list[psutil.Process] = []
     for file in sorted(RUN_DIR.glob("*.pid")):
         pgid = int(file.read_text().strip())  # each process leads its own session and group
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pgid)
+            tree += [root, *root.children(recursive=True)]
         if _group_alive(pgid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGTERM)
@@ -507,6 +515,19 @@ def stop() -> None:
                 os.killpg(pgid, signal.SIGKILL)
         print(f"{name}: stopped (process group {pgid})")
         _pid_file(name).unlink()
+    _end(tree)
+
+
+def _end(procs: list[psutil.Process]) -> None:
+    """SIGTERM what is still running of ``procs``, SIGKILL it after 10 s, and wait for the end."""
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()  # psutil checks the start time: a reused pid is left alone
+    _gone, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=10)
 
 
 def status() -> int:

@@ -9,6 +9,7 @@ leaves no process behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -82,12 +83,19 @@ def _listeners(pids: set[int]) -> list[tuple[str, int]]:
     return found
 
 
-def _tree(run_dir: Path) -> set[int]:
-    roots = {int(p.read_text()) for p in run_dir.glob("*.pid")}
-    tree = set(roots)
-    for pid in roots:
-        tree |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
-    return tree
+def _tree(run_dir: Path) -> list[psutil.Process]:
+    roots = [psutil.Process(int(p.read_text())) for p in run_dir.glob("*.pid")]
+    return [proc for root in roots for proc in (root, *root.children(recursive=True))]
+
+
+def _still_running(procs: list[psutil.Process]) -> list[int]:
+    """The pids of ``procs`` that still run: the same process, not a new one given its pid."""
+    running = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc.pid)
+    return running
 
 
 class Disagreement(AssertionError):
@@ -98,7 +106,7 @@ def test_demo_serves_ui_syncs_live_activity_and_the_check_finds_no_differences(
     stack_env: dict[str, str], tmp_path: Path, stack_slot_held: int
 ) -> None:
     started = _stack("start", stack_env)
-    tree: set[int] = set()
+    tree: list[psutil.Process] = []
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         port = stack_env["MDS_AIRFLOW_PORT"]
@@ -149,7 +157,7 @@ def test_demo_serves_ui_syncs_live_activity_and_the_check_finds_no_differences(
         ours = [
             int(stack_env[f"MDS_{name}_PORT"]) for name in ("AIRFLOW", "MARKETO", "DYNAMICS", "ALERT_SINK")
         ]
-        listening = _listeners(tree)
+        listening = _listeners({proc.pid for proc in tree})
         for our_port in ours:
             assert {ip for ip, p in listening if p == our_port} == {"127.0.0.1"}, (our_port, listening)
         # Every socket any process of the demo listens on, not only ours: no log server on all
@@ -190,7 +198,6 @@ def test_demo_serves_ui_syncs_live_activity_and_the_check_finds_no_differences(
         stopped = _stack("stop", stack_env)
     assert stopped.returncode == 0, stopped.stderr
     assert not list((tmp_path / ".run").glob("*.pid"))
-    alive = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-    assert alive == []
+    assert _still_running(tree) == []
     if not agree:
         raise Disagreement(checked.stdout[-8000:])
