@@ -215,6 +215,9 @@ class DagRunMeasure:
         }
 
 
+PROFILE_ENV = "MDS_BENCH_PROFILE"  # a folder: run each dag.test() child under py-spy, stacks there
+
+
 class BenchEnv:
     """Both emulators, an Airflow home with a migrated metadata DB, a state store and staging.
 
@@ -346,6 +349,14 @@ class BenchEnv:
         out.parent.mkdir(parents=True, exist_ok=True)
         log_path = out.with_suffix(".log")
         argv = [sys.executable, "-m", "benchmarks.dag_child", str(DAG_FILES[dag_file]), dag_id, str(out)]
+        profile_dir = os.environ.get(PROFILE_ENV)
+        if profile_dir:
+            # py-spy samples the dag.test() child (100 Hz, native frames off); the sampler then
+            # watches py-spy, so a profiled run's memory figures are not comparable.
+            flame = Path(profile_dir) / f"{dag_id}-{time.time_ns()}.txt"
+            flame.parent.mkdir(parents=True, exist_ok=True)
+            spy = str(Path(sys.executable).with_name("py-spy"))
+            argv = [spy, "record", "--format", "raw", "--rate", "100", "--output", str(flame), "--", *argv]
         started = time.time()
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(

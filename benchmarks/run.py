@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks import peers, scenarios
-from benchmarks.harness import BenchEnv, LimitMode
+from benchmarks.harness import PROFILE_ENV, BenchEnv, LimitMode
 from benchmarks.report import write_results
 from tests.support.emulator_procs import PROJECT_DIR
 
@@ -59,7 +59,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
     defaults["copy_with"] = None
     # The full copy under airflow standalone (a process per task: per-task memory) costs about a
     # minute of start-up and task processes; the quick profile runs it in dag.test() instead.
-    defaults["copy_in_workers"] = not args.quick
+    defaults["copy_in_workers"] = not args.quick and args.profile is None
     defaults["copy_only_from"] = 1_000_000  # volumes from here: the full copy only
     for key in defaults:
         value = getattr(args, key, None)
@@ -199,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="results JSON of earlier runs to include (same revision)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy each run in one dag.test() process; collapsed stacks to this folder",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -227,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     for earlier in args.merge:
         merge(results, json.loads(earlier.read_text()))
     workroot = args.workdir or Path(tempfile.mkdtemp(prefix="mds-bench-"))
+    if args.profile is not None:
+        os.environ[PROFILE_ENV] = str(args.profile.resolve())
     stem = args.name or ("quick" if args.quick else "full")
 
     def checkpoint() -> list[Path]:

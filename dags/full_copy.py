@@ -31,7 +31,7 @@ from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
 
 from crm_sync.config import load_entities_each
 from crm_sync.dag_defaults import default_args
-from crm_sync.engine.full_copy import copy_order
+from crm_sync.engine.full_copy.scope import copy_order
 from crm_sync.tasks.common import entities_dir
 from crm_sync_timetables.backfill_only import BackfillOnlyCronTimetable
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from crm_sync.config import Direction, EntityConfig, MarketoObject, load_entities
-from crm_sync.engine.full_copy import copy_order
+from crm_sync.engine.full_copy.scope import copy_order
 from crm_sync.engine.load import marketo_object_path
 from tests.e2e.conftest import SyncEnv, _clear_hook_caches, write_calls
 from tests.e2e.full_copy_support import dynamics_rows, full_copy_dag, marketo_objects, run_full_copy

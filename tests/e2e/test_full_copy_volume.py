@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import text
 
 from crm_sync.config import MarketoObject, load_entities
-from crm_sync.engine.full_copy import BULK_FILE_BYTES, LOOKUP_HINT, _csv_bytes
+from crm_sync.engine.full_copy.units import BULK_FILE_BYTES, LOOKUP_HINT, _csv_bytes
 from crm_sync.engine.load import marketo_object_path
 from crm_sync.engine.staging import BatchRef
 from crm_sync.ops import MARKETO_ROLE_UPSERT, MARKETO_UPSERT

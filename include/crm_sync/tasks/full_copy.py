@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from crm_sync.engine.context import RunSettings
-from crm_sync.engine.full_copy import CopyScope
+from crm_sync.engine.full_copy.scope import CopyScope
 from crm_sync.tasks.common import context, entities_in, entity_config, task_session
 
 if TYPE_CHECKING:
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from crm_sync.engine.context import RunContext
-    from crm_sync.engine.full_copy import Partition, UnitPolicy
+    from crm_sync.engine.full_copy.scope import Partition
+    from crm_sync.engine.full_copy.units import UnitPolicy
     from crm_sync.engine.staging import StagingArea
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def prepare(
     interval_end: datetime | None,
 ) -> dict[str, Any]:
     """Task ``prepare``: the run's scope from its data interval or Params; the state store migrated."""
-    from crm_sync.engine.full_copy import copy_order, scope_for_run
+    from crm_sync.engine.full_copy.scope import copy_order, scope_for_run
 
     entities = entities_in(settings.entities_dir)
     scope = scope_for_run(
@@ -54,7 +55,7 @@ def prepare(
     starts_feed = scope.everything and not scope.dry_run and any(scope.includes(n) for n in persons)
     with task_session(settings, marketo=starts_feed, migrate=True) as task:
         if starts_feed:
-            from crm_sync.engine.full_copy import start_person_feed
+            from crm_sync.engine.full_copy.extract import start_person_feed
 
             start_person_feed(task.ctx, task.marketo, person_entities=persons)
     order = [[n for n in tier if scope.includes(n)] for tier in copy_order(entities)]
@@ -69,7 +70,8 @@ def prepare(
 
 def extract(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> dict[str, Any]:
     """Task ``<entity>.extract``: open (or continue) the partition's attempt and stage its rows."""
-    from crm_sync.engine.full_copy import extract_partition, open_partition
+    from crm_sync.engine.full_copy.extract import extract_partition
+    from crm_sync.engine.full_copy.scope import open_partition
     from crm_sync.rebaseline import on_identity_mismatch
     from crm_sync.state import IdentityMismatchError, check_identity, session_scope
 
@@ -98,7 +100,7 @@ def extract(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> 
 
 
 def _partition(settings: RunSettings, name: str, scope: CopyScope) -> tuple[Partition, RunContext]:
-    from crm_sync.engine.full_copy import current_partition
+    from crm_sync.engine.full_copy.scope import current_partition
 
     entity = entity_config(settings, name)
     base = context(settings)
@@ -112,7 +114,7 @@ def unit_policy() -> UnitPolicy:
     ``mds_full_copy_bulk_file_bytes`` and ``mds_full_copy_sync_unit_records`` (defaults otherwise)."""
     from airflow.sdk import Variable
 
-    from crm_sync.engine.full_copy import UnitPolicy
+    from crm_sync.engine.full_copy.units import UnitPolicy
 
     default = UnitPolicy()
 
@@ -134,7 +136,7 @@ def unit_policy() -> UnitPolicy:
 
 def plan(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Task ``<entity>.plan``: plan and stage the load units; returns them (none in a dry run)."""
-    from crm_sync.engine.full_copy import plan_partition
+    from crm_sync.engine.full_copy.units import plan_partition
 
     scope = CopyScope.from_dict(scope_data)
     if not scope.includes(name):
@@ -171,7 +173,7 @@ def load(
     settings: RunSettings, name: str, scope_data: Mapping[str, Any], unit: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Task ``<entity>.load`` (mapped per unit): write one unit unless it was written before."""
-    from crm_sync.engine.full_copy import load_unit, unit_progress
+    from crm_sync.engine.full_copy.load import load_unit, unit_progress
     from crm_sync.engine.transform import TRANSFORM_MANIFEST
 
     scope = CopyScope.from_dict(scope_data)
@@ -187,7 +189,8 @@ def load(
 
 def commit(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> dict[str, Any]:
     """Task ``<entity>.commit``: ledger, hand-over watermark, attempt finished."""
-    from crm_sync.engine.full_copy import close_partition, commit_partition
+    from crm_sync.engine.full_copy.commit import commit_partition
+    from crm_sync.engine.full_copy.scope import close_partition
 
     scope = CopyScope.from_dict(scope_data)
     if not scope.includes(name):

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from crm_sync.config import ENTITIES_DIR, load_entities
-from crm_sync.engine.full_copy import (
+from crm_sync.engine.full_copy.load import first_poll_estimate
+from crm_sync.engine.full_copy.scope import (
     CopyScope,
     close_partition,
     copy_order,
     current_partition,
-    first_poll_estimate,
     open_partition,
     scope_for_run,
 )
@@ -124,7 +124,7 @@ def test_a_copy_of_everything_starts_the_person_feed_once(tmp_path: Path) -> Non
 
     from crm_sync.engine.context import RunContext
     from crm_sync.engine.extract import FEED_HEAD_ENTITY
-    from crm_sync.engine.full_copy import start_person_feed
+    from crm_sync.engine.full_copy.extract import start_person_feed
     from crm_sync.state import get_watermark, make_engine, session_scope, set_watermark, upgrade
 
     class Marketo:
@@ -168,7 +168,7 @@ def test_the_run_type_enum_of_the_task_context_is_understood() -> None:
 
 
 def test_known_emails_are_found_the_same_in_chunks_and_in_one_pass(make_ctx) -> None:
-    from crm_sync.engine.full_copy import _known_emails
+    from crm_sync.engine.full_copy.units import _known_emails
     from crm_sync.state import session_scope, upsert_links
 
     ctx = make_ctx("copy")
