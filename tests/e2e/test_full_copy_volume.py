@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import text
 
 from crm_sync.config import MarketoObject, load_entities
-from crm_sync.engine.full_copy.units import BULK_FILE_BYTES, LOOKUP_HINT, _csv_bytes
+from crm_sync.engine.full_copy.units import BULK_FILE_BYTES, _csv_bytes
 from crm_sync.engine.load import marketo_object_path
 from crm_sync.engine.staging import BatchRef
 from crm_sync.ops import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
@@ -151,7 +151,6 @@ def test_full_copy_of_a_seeded_org_counts_fields_calls_and_a_quiet_second_run(
             ops = _read(unit["ops"])
             for op, payload in zip(ops["op"], ops["payload"], strict=True):
                 data = json.loads(payload)
-                data.pop(LOOKUP_HINT, None)
                 if op == MARKETO_UPSERT:
                     payloads[str(data[entity.marketo.key]).lower()] = data
                     if unit["mode"] == "bulk":

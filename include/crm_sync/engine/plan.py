@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
 
 from crm_sync.config import DeletePolicy, Direction, DuplicateEmail, EntityConfig
 from crm_sync.ops import (
@@ -78,6 +79,15 @@ LINK_FRAME_COLUMNS = [
     "email",
     "link_entity",  # the entity whose id map gets the row (a person may link to a contact)
 ]
+# Column types of staged ops and link frames, for files written a part at a time (the id map's
+# types: hashes are 64-bit integers, the filter value a nullable boolean).
+OPS_SCHEMA = pa.schema([(c, pa.string()) for c in OP_COLUMNS])
+LINKS_SCHEMA = pa.schema(
+    [
+        (c, pa.int64() if c.startswith("last_hash") else pa.bool_() if c == "filter_value" else pa.string())
+        for c in LINK_FRAME_COLUMNS
+    ]
+)
 DUPLICATE_CANDIDATES = "DUPLICATE_CANDIDATES"
 ALREADY_LINKED = "ALREADY_LINKED"
 # Namespace of the GUIDs given to leads created from Marketo persons: the same person always

@@ -30,6 +30,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
+    import pyarrow as pa
     from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,11 @@ class StagingArea:
         log.debug("staged %d rows at %s", len(frame), target)
         return BatchRef(path=str(target), rows=len(frame))
 
+    def frame_writer(self, folder: ObjectStoragePath, name: str, schema: pa.Schema) -> FrameWriter:
+        """A writer that stages ``<folder>/<name>.parquet`` a part at a time (one row group per
+        part), so a file larger than memory allows is never held whole; see :class:`FrameWriter`."""
+        return FrameWriter(folder / f"{name}.parquet", schema)
+
     def exists(self, ref: BatchRef | dict[str, Any]) -> bool:
         """Whether a staged batch's file is still there."""
         batch = ref if isinstance(ref, BatchRef) else BatchRef.from_dict(ref)
@@ -192,6 +198,67 @@ def rows_frame(records: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> 
         if col not in frame:
             frame[col] = None
     return frame
+
+
+class FrameWriter:
+    """Stages one Parquet file part by part, under a temporary name renamed by :meth:`close`.
+
+    Every part is converted to the writer's schema (a column missing from a part is written
+    empty), so parts whose columns pandas typed differently (all empty in one, text in the
+    next) still make one file. A writer that is never closed leaves only its temporary file.
+    """
+
+    def __init__(self, target: ObjectStoragePath, schema: pa.Schema) -> None:
+        import pyarrow.parquet as pq
+
+        self.target = target
+        self.schema = schema
+        self.rows = 0
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        self._fh = self._tmp.open("wb")
+        self._writer = pq.ParquetWriter(self._fh, schema)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Append ``frame`` (its index dropped) as one row group."""
+        self._writer.write_table(arrow_table(frame, self.schema))
+        self.rows += len(frame)
+
+    def close(self) -> BatchRef:
+        """Finish the file and put it in place; its reference."""
+        self._writer.close()
+        self._fh.close()
+        self._tmp.rename(self.target)
+        log.debug("staged %d rows at %s", self.rows, self.target)
+        return BatchRef(path=str(self.target), rows=self.rows)
+
+
+def arrow_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """``frame`` as an Arrow table of ``schema``: text columns as strings (missing values null),
+    other columns converted by Arrow; a column the frame lacks is all null.
+
+    Raises:
+        ValueError: A value cannot be converted (names the column).
+    """
+    import pyarrow as pa
+
+    columns = []
+    for fld in schema:
+        values = frame[fld.name] if fld.name in frame else pd.Series([None] * len(frame), dtype=object)
+        try:
+            try:
+                array = pa.array(values, type=fld.type, from_pandas=True)  # NaN, None, NA: null
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                if not pa.types.is_string(fld.type):
+                    raise
+                # Text columns holding other values too (a Marketo id as a number): as text.
+                text = values.astype(object)
+                text = text.where(text.isna(), text.map(str))
+                array = pa.array(text, type=fld.type, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(f"staged column {fld.name!r} does not fit {fld.type}: {exc}") from exc
+        columns.append(array)
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 @dataclass

@@ -83,6 +83,9 @@ def log_conflicts(
     return upsert(session, ConflictLog, rows, keys=CONFLICT_KEY)
 
 
+CONSENT_LINES = 50  # consent changes of one batch logged one line each
+
+
 def log_consents(session: Session, consents: pd.DataFrame, *, run_id: str, at: datetime | None = None) -> int:
     """Store consent rows (the merge's consent frame); a repeat in the same run is ignored.
 
@@ -98,12 +101,22 @@ def log_consents(session: Session, consents: pd.DataFrame, *, run_id: str, at: d
         {**r, "record_key": str(r["record_key"]), "run_id": run_id, "at": when}
         for r in plain.to_dict("records")
     ]
+    # A line per record for a run's handful of consent changes; a full copy logs its counts
+    # (a line per record of a million-person copy cost more than the rest of its plan).
+    each = log.info if len(rows) <= CONSENT_LINES else log.debug
     for r in rows:
-        log.info(
+        each(
             "consent %s %s.%s: %s (changed in %s; Marketo %s, Dynamics %s)",
             *(r[k] for k in ("entity", "record_key", "field", "outcome", "changed_in")),
             r["marketo_value"],
             r["dynamics_value"],
+        )
+    if len(rows) > CONSENT_LINES:
+        counts = plain.groupby(["entity", "field", "outcome"]).size()
+        log.info(
+            "consent: %d changes stored in the consent log (%s)",
+            len(rows),
+            ", ".join(f"{e}.{f} {o}: {n}" for (e, f, o), n in counts.items()),
         )
     return upsert(session, ConsentLog, rows, keys=CONSENT_KEY)
 

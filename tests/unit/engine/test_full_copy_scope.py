@@ -168,7 +168,7 @@ def test_the_run_type_enum_of_the_task_context_is_understood() -> None:
 
 
 def test_known_emails_are_found_the_same_in_chunks_and_in_one_pass(make_ctx) -> None:
-    from crm_sync.engine.full_copy.units import _known_emails
+    from crm_sync.engine.full_copy.matching import known_emails
     from crm_sync.state import session_scope, upsert_links
 
     ctx = make_ctx("copy")
@@ -187,5 +187,5 @@ def test_known_emails_are_found_the_same_in_chunks_and_in_one_pass(make_ctx) -> 
     expected = {"ann@example.com": {"l1", "c1"}, "bo@example.com": {"c2"}}
     few = ["ann@example.com", "bo@example.com", "cy@example.com"]
     many = few + [f"other{i}@example.com" for i in range(2500)]  # above the chunked limit
-    assert _known_emails(ctx, ["lead", "contact"], few) == expected
-    assert _known_emails(ctx, ["lead", "contact"], many) == expected
+    assert known_emails(ctx, ["lead", "contact"], few) == expected
+    assert known_emails(ctx, ["lead", "contact"], many) == expected

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from crm_sync.engine.full_copy.units import LOOKUP_HINT
 from crm_sync.engine.load import OUTCOME, load_batch
 from crm_sync.state import utcnow
 
@@ -31,9 +30,8 @@ IMPORT_PACE = "import-pace"
 class BulkAwareMarketo:
     """The Marketo client the load of one unit writes through.
 
-    Person upserts of a bulk unit go to one bulk import (lookup field from the unit); person
-    upserts carrying a lookup hint are sent with that lookup field; everything else is passed
-    to the hook unchanged.
+    New persons are written with the unit's lookup field, through one bulk import in a bulk
+    unit; everything else is passed to the hook unchanged.
     """
 
     def __init__(self, hook: Any, *, mode: str, lookup: str | None, first_poll_seconds: float = 0.0) -> None:
@@ -53,30 +51,21 @@ class BulkAwareMarketo:
         lookup_field: str = "email",
         partition_name: str | None = None,
     ) -> list[WriteResult]:
-        """Write persons: bulk import for a bulk unit, else sync calls grouped by lookup field."""
-        groups: dict[str, list[int]] = {}
-        cleaned: list[dict[str, Any]] = []
-        for index, record in enumerate(records):
-            # The load parsed these payloads for this call: a hint is taken out in place, since
-            # a copy of a bulk unit's tens of thousands of records costs a hundred MB or more.
-            data = record if isinstance(record, dict) else dict(record)
-            hint = data.pop(LOOKUP_HINT, None)
-            cleaned.append(data)
-            groups.setdefault(str(hint or lookup_field), []).append(index)
-        results: dict[int, WriteResult] = {}
-        for field_name, indexes in groups.items():
-            part = [cleaned[i] for i in indexes]
-            if self.mode == "bulk" and action == "createOrUpdate":
-                written = self._bulk(part, field_name)
-            else:
-                written = self._hook.sync_leads(
-                    part, action=action, lookup_field=field_name, partition_name=partition_name
-                )
-            for res in written:
-                results[indexes[res.index]] = _reindexed(res, indexes[res.index])
-        return [results[i] for i in range(len(records))]
+        """Write persons: new ones by the unit's lookup field (their key, or email for persons
+        no other record shares an email with), through one bulk import in a bulk unit, else
+        sync calls; linked persons (``updateOnly``) by their key."""
+        if action == "createOrUpdate" and self.lookup:
+            lookup_field = self.lookup
+        if self.mode == "bulk" and action == "createOrUpdate":
+            return self._bulk(records, lookup_field)
+        return cast(
+            "list[WriteResult]",
+            self._hook.sync_leads(
+                records, action=action, lookup_field=lookup_field, partition_name=partition_name
+            ),
+        )
 
-    def _bulk(self, records: list[dict[str, Any]], lookup_field: str) -> list[WriteResult]:
+    def _bulk(self, records: Sequence[Mapping[str, Any]], lookup_field: str) -> list[WriteResult]:
         from crm_sync_hooks.results import WriteResult, WriteStatus
 
         fields = list(dict.fromkeys(k for r in records for k in r))
@@ -97,12 +86,6 @@ class BulkAwareMarketo:
                     res.index, WriteStatus.FAILED, reason=res.reason, code=res.code or "bulk-import"
                 )
         return [failed.get(i, WriteResult(i, WriteStatus.UPSERTED)) for i in range(len(records))]
-
-
-def _reindexed(result: WriteResult, index: int) -> WriteResult:
-    from dataclasses import replace
-
-    return replace(result, index=index)
 
 
 # Seconds per imported row assumed before the first job of a load has been measured; later
