@@ -42,7 +42,7 @@ def _marketo(start_s: str, end_s: str) -> tuple[int, int]:
 
 def _dynamics() -> tuple[int, int]:
     from crm_sync.config import load_entities
-    from crm_sync.engine.extract import dynamics_columns
+    from crm_sync.engine.columns import dynamics_columns
     from crm_sync_hooks.dynamics import DynamicsHook
 
     columns = dynamics_columns(load_entities()["lead"])

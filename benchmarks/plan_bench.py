@@ -40,8 +40,9 @@ def stage_extract(rows: int, root: Path, run_id: str) -> tuple[Any, Any]:
     from airflow.sdk import ObjectStoragePath
 
     from crm_sync.config import load_entities
+    from crm_sync.engine.columns import dynamics_columns
     from crm_sync.engine.context import RunContext
-    from crm_sync.engine.extract import EXTRACT_MANIFEST, dynamics_columns
+    from crm_sync.engine.extract import EXTRACT_MANIFEST
     from crm_sync.engine.staging import StagingArea
     from crm_sync.state import make_engine, session_scope, upgrade, upsert_links
 

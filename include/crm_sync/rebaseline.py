@@ -52,7 +52,7 @@ def detect_refresh(
     """
     from sqlalchemy import select
 
-    from crm_sync.engine.extract import read_rows_by_id
+    from crm_sync.engine.columns import read_rows_by_id
     from crm_sync.state.models import SyncIdentity
 
     current = str(dynamics.organization_id())
@@ -414,8 +414,8 @@ def apply_relink(
     Raises:
         RuntimeError: Some Marketo writes failed (the state store is left untouched).
     """
-    from crm_sync.engine.extract import _GUID
     from crm_sync.engine.load import marketo_object_path
+    from crm_sync.engine.retries import GUID
     from crm_sync.state import open_errors, resolve_errors, upsert_links
     from crm_sync.state import rebaseline as reset_state
     from crm_sync.state.guards import record_visible_rows
@@ -447,7 +447,7 @@ def apply_relink(
             record_visible_rows(session, name, int(part["seen"]))
         # Failures keyed by the old org's record ids can never be retried (Marketo-keyed stay).
         stale = open_errors(session)
-        stale = stale[stale["source_id"].astype(str).str.lower().str.match(_GUID.pattern)]
+        stale = stale[stale["source_id"].astype(str).str.lower().str.match(GUID.pattern)]
         for (name, direction), group in stale.groupby(["entity", "direction"]):
             resolve_errors(session, str(name), str(direction), group["source_id"].astype(str))
     log.warning("re-baselined after a sandbox refresh: %s", counts)

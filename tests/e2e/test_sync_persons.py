@@ -191,7 +191,7 @@ def test_lead_deleted_in_dynamics_is_flagged_in_marketo_and_filter_switches(
 def test_flagged_marketo_only_persons_create_link_or_report_duplicates(
     sync_env: SyncEnv, new_guid: Callable[[], str]
 ) -> None:
-    from crm_sync.engine.plan import new_person_guid
+    from crm_sync.engine.new_persons import new_person_guid
 
     twin_a, twin_b, known = new_guid(), new_guid(), new_guid()
     twins = [{"leadid": g, "lastname": "Twin", "emailaddress1": "twin@example.com"} for g in (twin_a, twin_b)]

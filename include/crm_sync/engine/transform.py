@@ -16,7 +16,8 @@ import pandas as pd
 
 from crm_sync.config import Direction, DuplicateEmail
 from crm_sync.engine.contracts import LoadBatch
-from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes, plan_new_persons
+from crm_sync.engine.new_persons import plan_new_persons
+from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes
 from crm_sync.state import (
     links_by_email,
     log_conflicts,

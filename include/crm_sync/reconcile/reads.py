@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pandas as pd
 
 from crm_sync.config import EntityConfig, MarketoObject
-from crm_sync.engine.extract import DERIVED_COLUMNS
+from crm_sync.engine.columns import DERIVED_COLUMNS
 from crm_sync.state import utcnow
 
 if TYPE_CHECKING:

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 def run_extract(settings: RunSettings, name: str) -> dict[str, Any]:
     """Task ``extract_changes``: stage the changes; returns the manifest URL and counts."""
-    from crm_sync.engine.extract import EXTRACT_MANIFEST, extract_changes, person_fields
+    from crm_sync.engine.columns import person_fields
+    from crm_sync.engine.extract import EXTRACT_MANIFEST, extract_changes
     from crm_sync.rebaseline import on_identity_mismatch
     from crm_sync.state import IdentityMismatchError
 

@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import text
 
 from crm_sync.config import EntityConfig
+from crm_sync.engine.columns import person_fields
 from crm_sync.engine.commit import LoadIncompleteError, commit
 from crm_sync.engine.context import RunContext
 from crm_sync.engine.contracts import CommitSummary
-from crm_sync.engine.extract import extract_changes, person_fields
+from crm_sync.engine.extract import extract_changes
 from crm_sync.engine.load import load_batch
 from crm_sync.engine.transform import transform_changes
 from crm_sync.state import get_watermark, session_scope
@@ -332,7 +333,7 @@ def test_a_load_killed_after_writing_is_retried_without_duplicates(
 def test_flagged_marketo_persons_are_linked_created_or_reported_as_duplicates(
     entities: dict[str, EntityConfig], make_ctx: MakeCtx
 ) -> None:
-    from crm_sync.engine.plan import new_person_guid
+    from crm_sync.engine.new_persons import new_person_guid
 
     lead, contact = entities["lead"], entities["contact"]
     fields, dedup = person_fields(entities.values()), [lead, contact]
@@ -438,7 +439,7 @@ def test_a_create_whose_answer_was_lost_updates_the_row_it_made(
 ) -> None:
     """Creates carry If-None-Match: *; the derived GUID's row already there is this same create,
     sent by an earlier attempt of the load whose answer was lost: it is updated, not refused."""
-    from crm_sync.engine.plan import new_person_guid
+    from crm_sync.engine.new_persons import new_person_guid
 
     lead = entities["lead"]
     fields = person_fields(entities.values())

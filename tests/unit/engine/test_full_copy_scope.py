@@ -123,8 +123,8 @@ def test_a_copy_of_everything_starts_the_person_feed_once(tmp_path: Path) -> Non
     from airflow.sdk import ObjectStoragePath
 
     from crm_sync.engine.context import RunContext
-    from crm_sync.engine.extract import FEED_HEAD_ENTITY
     from crm_sync.engine.full_copy.extract import start_person_feed
+    from crm_sync.engine.person_feed import FEED_HEAD_ENTITY
     from crm_sync.state import get_watermark, make_engine, session_scope, set_watermark, upgrade
 
     class Marketo:

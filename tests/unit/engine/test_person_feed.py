@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from airflow.sdk import ObjectStoragePath
 
-from crm_sync.engine.extract import read_person_feed
+from crm_sync.engine.person_feed import read_person_feed
 from crm_sync.engine.staging import StagingArea
 from crm_sync_hooks.marketo import FeedPage
 

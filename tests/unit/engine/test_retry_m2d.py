@@ -16,10 +16,11 @@ from typing import Any
 from sqlalchemy import text
 
 from crm_sync.config import EntityConfig
+from crm_sync.engine.columns import person_fields
 from crm_sync.engine.commit import commit
 from crm_sync.engine.context import RunContext
 from crm_sync.engine.contracts import CommitSummary
-from crm_sync.engine.extract import extract_changes, person_fields
+from crm_sync.engine.extract import extract_changes
 from crm_sync.engine.load import load_batch
 from crm_sync.engine.transform import transform_changes
 from crm_sync.state import RetryPolicy, session_scope

@@ -8,9 +8,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from crm_sync.engine.extract import (
-    EXTRACT_MANIFEST,
-)
+from crm_sync.engine.extract import EXTRACT_MANIFEST
 from crm_sync.engine.full_copy.scope import (
     STATE,
     Partition,

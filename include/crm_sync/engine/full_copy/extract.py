@@ -11,12 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crm_sync.config import Direction, EntityConfig
-from crm_sync.engine.extract import (
-    DERIVED_COLUMNS,
-    EXTRACT_MANIFEST,
-    _split_derived,
-    dynamics_columns,
-)
+from crm_sync.engine.columns import DERIVED_COLUMNS, dynamics_columns, split_derived
+from crm_sync.engine.extract import EXTRACT_MANIFEST
 from crm_sync.engine.full_copy.scope import PAGE_SIZE, CopyScope, CopySource
 from crm_sync.engine.staging import rows_frame
 from crm_sync.state import get_watermark, session_scope, set_watermark, utcnow
@@ -73,7 +69,7 @@ def start_person_feed(
     Returns:
         Whether the feed was started now.
     """
-    from crm_sync.engine.extract import FEED_HEAD_ENTITY
+    from crm_sync.engine.person_feed import FEED_HEAD_ENTITY
 
     m2d = Direction.M2D.value
     with session_scope(ctx.state) as session:
@@ -104,7 +100,7 @@ def take_handover_token(entity: EntityConfig, source: CopySource) -> str:
     Raises:
         RuntimeError: The read ended without a delta link.
     """
-    select, _ = _split_derived(dynamics_columns(entity))
+    select, _ = split_derived(dynamics_columns(entity))
     token: str | None = None
     for page in source.track_changes(entity.dynamics.entity_set, select, None, PAGE_SIZE):
         token = page.delta_link or token
@@ -163,7 +159,7 @@ def extract_partition(
             progress["rows"],
         )
     columns = dynamics_columns(entity)
-    select, derived = _split_derived(columns)
+    select, derived = split_derived(columns)
     expand = ",".join(DERIVED_COLUMNS[c].expand for c in derived) or None
     rate = _Rate()
     read_now = 0

@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from crm_sync.config import EntityConfig, MarketoObject
-from crm_sync.engine.extract import (
-    EXTRACT_MANIFEST,
-)
+from crm_sync.engine.extract import EXTRACT_MANIFEST
 from crm_sync.engine.full_copy.matching import (
     Lookups,
     PlanLookups,
