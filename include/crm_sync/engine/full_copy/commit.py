@@ -17,7 +17,7 @@ from crm_sync.engine.full_copy.scope import (
     partition_dir,
 )
 from crm_sync.engine.transform import TRANSFORM_MANIFEST
-from crm_sync.state import get_watermark, session_scope, utcnow
+from crm_sync.state import get_watermark, read_scope, session_scope, utcnow
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -58,40 +58,44 @@ def link_marketo_ids(
         missing = session.execute(
             select(func.count()).where(IdMap.entity == entity.name, IdMap.marketo_id.is_(None))
         ).scalar_one()
+        missing_all = session.execute(
+            select(func.count()).where(IdMap.entity.in_(names), IdMap.marketo_id.is_(None))
+        ).scalar_one()
     if not missing:
         log.info("%s: every copied person already has its Marketo id", entity.name)
         return 0
     key = entity.marketo.key
-    found: dict[str, str] = {}
     until = utcnow() + timedelta(minutes=1)
     pages = marketo.bulk_extract_leads(
         ["id", key], since, until, date_filter="updatedAt", poll_seconds=2.0, first_poll_seconds=3.0
     )
-    for rows in pages:
-        for row in rows:
-            if row.get(key) and row.get("id"):
-                found[str(row[key]).strip().lower()] = str(row["id"])
     table = cast("Table", IdMap.__table__)
+    # Matched on the unique (entity, dynamics_id) index; persons the copy did not write (or
+    # that have their id already) match nothing. Page by page, in chunks: nothing of the
+    # export is held beyond one chunk of parameters.
     statement = (
         update(table)
         .where(table.c.entity == bindparam("e"), table.c.dynamics_id == bindparam("d"))
+        .where(table.c.marketo_id.is_(None))
         .values(marketo_id=bindparam("m"))
     )
-    stored = 0
-    with session_scope(ctx.state) as session:
-        rows = session.execute(
-            select(IdMap.entity, IdMap.dynamics_id).where(IdMap.entity.in_(names), IdMap.marketo_id.is_(None))
-        ).all()
-        # In chunks: a copy of a million persons would otherwise hold a million parameter dicts.
-        for start in range(0, len(rows), LINK_UPDATE_CHUNK):
-            updates = [
-                {"e": e, "d": d, "m": found[d.lower()]}
-                for e, d in rows[start : start + LINK_UPDATE_CHUNK]
-                if d.lower() in found
-            ]
-            if updates:
-                session.execute(statement, updates)
-                stored += len(updates)
+    # A short transaction per page: the export's own calls are counted in the state store
+    # between pages, and must not wait on a write this function holds open.
+    for rows in pages:
+        updates = [
+            {"e": name, "d": str(row[key]).strip().lower(), "m": str(row["id"])}
+            for row in rows
+            if row.get(key) and row.get("id")
+            for name in names  # a GUID is a lead's or a contact's: one of these matches
+        ]
+        for start in range(0, len(updates), LINK_UPDATE_CHUNK):
+            with session_scope(ctx.state) as session:
+                session.execute(statement, updates[start : start + LINK_UPDATE_CHUNK])
+    with read_scope(ctx.state) as session:
+        still = session.execute(
+            select(func.count()).where(IdMap.entity.in_(names), IdMap.marketo_id.is_(None))
+        ).scalar_one()
+    stored = missing_all - still
     log.info("Marketo ids of %d bulk-imported persons (%s) stored in the id map", stored, ", ".join(names))
     return stored
 
