@@ -11,12 +11,14 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from crm_sync.engine.contracts import CommitSummary, LoadOutcome
+from crm_sync.engine.contracts import CommitSummary, ExtractManifest, LoadOutcome
 from crm_sync.engine.load import OUTCOME
 from crm_sync.state import RunCounts, session_scope, set_watermark, utcnow, write_ledger
 from crm_sync.state.guards import run_api_calls
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from crm_sync.config import EntityConfig
     from crm_sync.engine.context import RunContext
 
@@ -47,7 +49,7 @@ def _outcomes(entity: EntityConfig, ctx: RunContext, transform: dict[str, Any]) 
 def commit(
     entity: EntityConfig,
     ctx: RunContext,
-    extract: dict[str, Any],
+    extract: ExtractManifest | Mapping[str, Any],
     transform: dict[str, Any],
     *,
     now: datetime | None = None,
@@ -69,15 +71,12 @@ def commit(
         LoadIncompleteError: A load batch has no staged outcome.
     """
     outcomes = _outcomes(entity, ctx, transform)
+    manifest = ExtractManifest.from_xcom(extract)
     ended = now or utcnow()
-    started = datetime.fromisoformat(extract["started_at"])
+    started = datetime.fromisoformat(manifest.started_at)
     t = transform.get("counts", {})
     loaded = sum(o.loaded for o in outcomes)
-    extracted = sum(
-        int(part.get(k, 0))
-        for part in (extract.get("dynamics") or {}, extract.get("marketo") or {})
-        for k in ("rows", "deleted_rows")
-    )
+    extracted = manifest.rows_read()
     counts = RunCounts(
         run_id=ctx.run_id,
         entity=entity.name,
@@ -96,7 +95,7 @@ def commit(
         # Every call the run's tasks sent so far (preflight, extract, each load attempt).
         calls = run_api_calls(session, ctx.run_id, entity.name)
         counts.api_calls = sum(calls.values())
-        for direction, token in sorted(extract.get("pending", {}).items()):
+        for direction, token in sorted(manifest.pending.items()):
             set_watermark(session, entity.name, direction, token, now=ended)
         write_ledger(session, counts)
     seconds = max((ended - started).total_seconds(), 1e-6)
@@ -115,6 +114,6 @@ def commit(
         "%s commit: %s; watermarks %s advanced",
         entity.name,
         result.to_xcom(),
-        sorted(extract.get("pending", {})),
+        sorted(manifest.pending),
     )
     return result

@@ -1,4 +1,5 @@
-"""What the stages hand each other, typed: a load batch, a load outcome, a run's commit summary.
+"""What the stages hand each other, typed: the extract manifest, a load batch, a load outcome, a
+run's commit summary.
 
 Each is a small frozen dataclass with one JSON form, used both for XCom (references and counts
 only, never the data) and for the files staged beside a run's batches; ``from_xcom`` reads that
@@ -149,3 +150,233 @@ class CommitSummary:
     def to_xcom(self) -> dict[str, Any]:
         """The JSON form."""
         return asdict(self)
+
+
+def _refs(data: Mapping[str, Any], key: str, what: str) -> tuple[BatchRef, ...]:
+    try:
+        return tuple(BatchRef.from_dict(dict(r)) for r in (data.get(key) or []))
+    except (TypeError, ValueError) as exc:
+        raise ContractError(f"{what} field {key!r}: {exc}") from None
+
+
+def _counts(data: Mapping[str, Any]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in dict(data).items()}
+
+
+@dataclass(frozen=True)
+class DynamicsPart:
+    """The Dataverse side of an extract.
+
+    Attributes:
+        batches: Staged rows (changes, or the full read of a first run or a copy; retried and
+            unmerged rows are batches too).
+        deleted: Staged ids of deleted rows (``id`` column).
+        rows: Rows in ``batches`` as read (before retries).
+        deleted_rows: Ids in ``deleted``.
+        token: The delta link to store once committed (None: a copy that takes none).
+        initial: The read was a full read (no watermark yet, or a copy).
+        retried: Rows re-read because their earlier failure was due.
+        rebaseline: After an expired delta link, the re-read's counts (``read``,
+            ``unchanged``, ``staged``, ``deleted``); None otherwise.
+    """
+
+    batches: tuple[BatchRef, ...] = ()
+    deleted: tuple[BatchRef, ...] = ()
+    rows: int = 0
+    deleted_rows: int = 0
+    token: str | None = None
+    initial: bool = False
+    retried: int = 0
+    rebaseline: Mapping[str, int] | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "batches": [b.to_dict() for b in self.batches],
+            "deleted": [b.to_dict() for b in self.deleted],
+            "rows": self.rows,
+            "deleted_rows": self.deleted_rows,
+            "token": self.token,
+            "initial": self.initial,
+            "retried": self.retried,
+            **({"rebaseline": dict(self.rebaseline)} if self.rebaseline is not None else {}),
+        }
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> DynamicsPart:
+        """Read :meth:`to_xcom`'s form."""
+        what = "extract manifest (dynamics)"
+        return cls(
+            batches=_refs(data, "batches", what),
+            deleted=_refs(data, "deleted", what),
+            rows=_int(data, "rows", what),
+            deleted_rows=int(data.get("deleted_rows") or 0),
+            token=None if data.get("token") is None else str(data["token"]),
+            initial=bool(data.get("initial")),
+            retried=int(data.get("retried") or 0),
+            rebaseline=_counts(data["rebaseline"]) if data.get("rebaseline") else None,
+        )
+
+
+@dataclass(frozen=True)
+class FeedChunk:
+    """A staged part of the Marketo person feed (or the re-read of persons with due errors).
+
+    Attributes:
+        batches: Staged person snapshots.
+        rows: Persons in ``batches``.
+        read_at: When the snapshots were taken (ISO); None when the chunk saw no change.
+        start: The paging token the chunk starts at (None for a retry chunk).
+        token: The paging token it ends at (None for a retry chunk).
+        retry: The chunk re-reads persons whose earlier failure is due.
+    """
+
+    batches: tuple[BatchRef, ...] = ()
+    rows: int = 0
+    read_at: str | None = None
+    start: str | None = None
+    token: str | None = None
+    retry: bool = False
+
+    def to_xcom(self) -> dict[str, Any]:
+        """The JSON form."""
+        out: dict[str, Any] = {"batches": [b.to_dict() for b in self.batches], "rows": self.rows}
+        for key in ("read_at", "start", "token"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.retry:
+            out["retry"] = True
+        return out
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> FeedChunk:
+        """Read :meth:`to_xcom`'s form."""
+        what = "extract manifest (feed chunk)"
+        return cls(
+            batches=_refs(data, "batches", what),
+            rows=_int(data, "rows", what),
+            read_at=None if data.get("read_at") is None else str(data["read_at"]),
+            start=None if data.get("start") is None else str(data["start"]),
+            token=None if data.get("token") is None else str(data["token"]),
+            retry=bool(data.get("retry")),
+        )
+
+
+@dataclass(frozen=True)
+class MarketoPart:
+    """The Marketo side of an extract: the person feed walked from ``start`` to ``token``.
+
+    Attributes:
+        start: The paging token the run started at.
+        token: The paging token to store once committed.
+        chunks: The staged chunks, oldest first (a retry chunk last).
+        rows: Persons over all chunks.
+        reused: Chunks another entity's run had staged already.
+        fresh: The run read a new tail of the feed (the shared feed head moves on).
+        retried: Persons re-read because their earlier failure was due.
+    """
+
+    start: str
+    token: str
+    chunks: tuple[FeedChunk, ...] = ()
+    rows: int = 0
+    reused: int = 0
+    fresh: bool = False
+    retried: int = 0
+
+    def to_xcom(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "start": self.start,
+            "token": self.token,
+            "chunks": [c.to_xcom() for c in self.chunks],
+            "rows": self.rows,
+            "reused": self.reused,
+            "fresh": self.fresh,
+            "retried": self.retried,
+        }
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> MarketoPart:
+        """Read :meth:`to_xcom`'s form."""
+        what = "extract manifest (marketo)"
+        return cls(
+            start=str(_field(data, "start", what)),
+            token=str(_field(data, "token", what)),
+            chunks=tuple(FeedChunk.from_xcom(c) for c in (data.get("chunks") or [])),
+            rows=_int(data, "rows", what),
+            reused=int(data.get("reused") or 0),
+            fresh=bool(data.get("fresh")),
+            retried=int(data.get("retried") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class ExtractManifest:
+    """What an extract staged for the rest of the run (the run folder's ``extract.json``).
+
+    Attributes:
+        entity: The entity.
+        run_id: The Airflow run id (the copy's attempt id for a full copy).
+        started_at: When the extract started (ISO): the run's changes are those before it.
+        pending: Direction (``d2m``/``m2d``) → token the commit stores as the watermark.
+        dynamics: The Dataverse side, when the entity reads Dataverse.
+        marketo: The person feed, when the entity reads Marketo.
+        email_matches: Staged Dataverse email matches of flagged Marketo-only persons.
+        scope: A full copy's scope (:class:`~crm_sync.engine.full_copy.scope.CopyScope` form).
+    """
+
+    entity: str
+    run_id: str
+    started_at: str
+    pending: Mapping[str, str] = field(default_factory=dict)
+    dynamics: DynamicsPart | None = None
+    marketo: MarketoPart | None = None
+    email_matches: BatchRef | None = None
+    scope: Mapping[str, Any] | None = None
+
+    def rows_read(self) -> int:
+        """Rows and deletes read from both systems (the ledger's ``extracted``)."""
+        d = self.dynamics.rows + self.dynamics.deleted_rows if self.dynamics else 0
+        return d + (self.marketo.rows if self.marketo else 0)
+
+    def to_xcom(self) -> dict[str, Any]:
+        """The JSON form."""
+        out: dict[str, Any] = {
+            "entity": self.entity,
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "pending": dict(self.pending),
+            "dynamics": self.dynamics.to_xcom() if self.dynamics else None,
+            "marketo": self.marketo.to_xcom() if self.marketo else None,
+            "email_matches": self.email_matches.to_dict() if self.email_matches else None,
+        }
+        if self.scope is not None:
+            out["scope"] = dict(self.scope)
+        return out
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any] | ExtractManifest) -> ExtractManifest:
+        """Read :meth:`to_xcom`'s form (an instance passes through)."""
+        if isinstance(data, ExtractManifest):
+            return data
+        what = "extract manifest"
+        matches = data.get("email_matches")
+        try:
+            email_matches = BatchRef.from_dict(dict(matches)) if matches else None
+        except ValueError as exc:
+            raise ContractError(f"{what} field 'email_matches': {exc}") from None
+        pending = dict(data.get("pending") or {})
+        empty = sorted(str(k) for k, v in pending.items() if v in (None, ""))
+        if empty:
+            raise ContractError(f"{what} has no token to store for {', '.join(empty)}")
+        return cls(
+            entity=str(_field(data, "entity", what)),
+            run_id=str(_field(data, "run_id", what)),
+            started_at=str(_field(data, "started_at", what)),
+            pending={str(k): str(v) for k, v in pending.items()},
+            dynamics=DynamicsPart.from_xcom(data["dynamics"]) if data.get("dynamics") else None,
+            marketo=MarketoPart.from_xcom(data["marketo"]) if data.get("marketo") else None,
+            email_matches=email_matches,
+            scope=dict(data["scope"]) if data.get("scope") else None,
+        )

@@ -29,6 +29,7 @@ from crm_sync.engine.columns import (
     split_derived,
     stage_rows,
 )
+from crm_sync.engine.contracts import ExtractManifest
 from crm_sync.engine.person_feed import (
     advance_feed_head,
     feed_start,
@@ -249,6 +250,8 @@ def extract_changes(
         if chunk["fresh"]:
             with session_scope(ctx.state) as session:
                 advance_feed_head(session, chunk["token"])
+    # Staged and returned in the contract's one form (a shape error surfaces here, not later).
+    manifest = ExtractManifest.from_xcom(manifest).to_xcom()
     ctx.staging.write_json(folder, EXTRACT_MANIFEST, manifest)
     log.info(
         "%s extract: %d Dynamics rows, %d deleted, %d Marketo persons",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from crm_sync.config import Direction, DuplicateEmail
-from crm_sync.engine.contracts import LoadBatch
+from crm_sync.engine.contracts import ExtractManifest, LoadBatch
 from crm_sync.engine.new_persons import plan_new_persons
 from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes
 from crm_sync.state import (
@@ -32,7 +32,7 @@ from crm_sync.transforms import ID_MAP_COLUMNS, flagged_unlinked, persons_for_en
 from crm_sync.transforms.casts import as_string
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     from sqlalchemy.orm import Session
 
@@ -100,17 +100,17 @@ def _infer_lookup_types(entity: EntityConfig, rows: pd.DataFrame, id_map: pd.Dat
     return rows
 
 
-def _marketo_rows(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> pd.DataFrame | None:
+def _marketo_rows(entity: EntityConfig, ctx: RunContext, manifest: ExtractManifest) -> pd.DataFrame | None:
     """This entity's share of the staged person feed: the newest snapshot of each person.
 
     Each row keeps when it was read (``_read_at``) so the plan can skip snapshots older than
     the sync's own last write; ``_key`` is the lower-case Dataverse GUID.
     """
     frames = []
-    for chunk in (manifest.get("marketo") or {}).get("chunks", []):
-        for ref in chunk["batches"]:
+    for chunk in manifest.marketo.chunks if manifest.marketo else ():
+        for ref in chunk.batches:
             frame = persons_for_entity(ctx.staging.read_frame(ref), entity)
-            frames.append(frame.assign(_read_at=chunk["read_at"]))
+            frames.append(frame.assign(_read_at=chunk.read_at))
     if not frames:
         return None
     rows = pd.concat(frames, ignore_index=True)
@@ -120,13 +120,13 @@ def _marketo_rows(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any
 
 
 def _work_units(
-    entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]
+    entity: EntityConfig, ctx: RunContext, manifest: ExtractManifest
 ) -> Iterator[tuple[pd.DataFrame | None, pd.DataFrame | None]]:
     """Yield (Dataverse rows, Marketo rows) pairs: each Dataverse batch with the same records'
     Marketo changes, then the remaining Marketo changes in batches of ``batch_size``."""
     marketo = _marketo_rows(entity, ctx, manifest)
     used: set[str] = set()
-    for ref in (manifest.get("dynamics") or {}).get("batches", []):
+    for ref in manifest.dynamics.batches if manifest.dynamics else ():
         rows = ctx.staging.read_frame(ref)
         ids = set(_lower_ids(rows[entity.dynamics.key]).dropna())
         part = None
@@ -140,19 +140,21 @@ def _work_units(
             yield None, rest.iloc[start : start + entity.batch_size]
 
 
-def _all_persons(ctx: RunContext, manifest: dict[str, Any]) -> pd.DataFrame | None:
+def _all_persons(ctx: RunContext, manifest: ExtractManifest) -> pd.DataFrame | None:
     """Every person of the staged feed (newest snapshot per Marketo id), linked or not."""
     frames = [
         ctx.staging.read_frame(ref)
-        for chunk in (manifest.get("marketo") or {}).get("chunks", [])
-        for ref in chunk["batches"]
+        for chunk in (manifest.marketo.chunks if manifest.marketo else ())
+        for ref in chunk.batches
     ]
     if not frames:
         return None
     return pd.concat(frames, ignore_index=True).drop_duplicates(subset="id", keep="last")
 
 
-def _new_person_plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> Iterator[BatchPlan]:
+def _new_person_plans(
+    entity: EntityConfig, ctx: RunContext, manifest: ExtractManifest
+) -> Iterator[BatchPlan]:
     """Plans for Marketo-only persons flagged for creation in Dataverse (entities with a flag field)."""
     if not entity.marketo.sync_flag_field or not entity.writes_dynamics:
         return
@@ -162,7 +164,7 @@ def _new_person_plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str,
     flagged = flagged_unlinked(persons, entity)
     if flagged.empty:
         return
-    ref = manifest.get("email_matches")
+    ref = manifest.email_matches
     matches = ctx.staging.read_frame(ref) if ref else None
     with session_scope(ctx.state) as session:
         # A person already linked (its key write-back still pending) is not created twice.
@@ -218,7 +220,9 @@ def _stage_plan(ctx: RunContext, entity: EntityConfig, plan: BatchPlan, name: st
     return LoadBatch(name, ops, links)
 
 
-def transform_changes(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> dict[str, Any]:
+def transform_changes(
+    entity: EntityConfig, ctx: RunContext, manifest: ExtractManifest | Mapping[str, Any]
+) -> dict[str, Any]:
     """Plan and stage the writes of one run.
 
     Args:
@@ -232,7 +236,8 @@ def transform_changes(entity: EntityConfig, ctx: RunContext, manifest: dict[str,
     """
     counts = dict.fromkeys(COUNT_KEYS, 0)
     batches: list[dict[str, Any]] = []
-    for index, plan in enumerate(_plans(entity, ctx, manifest)):
+    extract = ExtractManifest.from_xcom(manifest)
+    for index, plan in enumerate(_plans(entity, ctx, extract)):
         for key, value in plan.counts.items():
             counts[key] += value
         counts["conflicts"] += len(plan.conflicts)
@@ -245,7 +250,7 @@ def transform_changes(entity: EntityConfig, ctx: RunContext, manifest: dict[str,
     return result
 
 
-def _plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> Iterator[BatchPlan]:
+def _plans(entity: EntityConfig, ctx: RunContext, manifest: ExtractManifest) -> Iterator[BatchPlan]:
     """Plan every work unit, storing errors and conflicts as each is planned."""
     for d_rows, m_rows in _work_units(entity, ctx, manifest):
         ids: list[str] = []
@@ -265,7 +270,7 @@ def _plans(entity: EntityConfig, ctx: RunContext, manifest: dict[str, Any]) -> I
     yield from _new_person_plans(entity, ctx, manifest)
     if not entity.direction.includes(Direction.D2M):
         return
-    for ref in (manifest.get("dynamics") or {}).get("deleted", []):
+    for ref in manifest.dynamics.deleted if manifest.dynamics else ():
         deleted = ctx.staging.read_frame(ref)["id"]
         with session_scope(ctx.state) as session:
             links = lookup_links(session, entity.name, dynamics_ids=_lower_ids(deleted).dropna().tolist())

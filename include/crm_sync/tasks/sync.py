@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 def run_extract(settings: RunSettings, name: str) -> dict[str, Any]:
     """Task ``extract_changes``: stage the changes; returns the manifest URL and counts."""
     from crm_sync.engine.columns import person_fields
+    from crm_sync.engine.contracts import ExtractManifest
     from crm_sync.engine.extract import EXTRACT_MANIFEST, extract_changes
     from crm_sync.rebaseline import on_identity_mismatch
     from crm_sync.state import IdentityMismatchError
@@ -54,11 +55,12 @@ def run_extract(settings: RunSettings, name: str) -> dict[str, Any]:
             # A refreshed sandbox (or a re-pointed connection): alert, pause, stop for good.
             on_identity_mismatch(entity, ctx.run_id, err)
     folder = ctx.staging.run_dir(name, settings.run_id)
+    extracted = ExtractManifest.from_xcom(manifest)
     return {
         "manifest": str(folder / f"{EXTRACT_MANIFEST}.json"),
-        "dynamics_rows": (manifest["dynamics"] or {}).get("rows", 0),
-        "deleted_rows": (manifest["dynamics"] or {}).get("deleted_rows", 0),
-        "marketo_rows": (manifest["marketo"] or {}).get("rows", 0),
+        "dynamics_rows": extracted.dynamics.rows if extracted.dynamics else 0,
+        "deleted_rows": extracted.dynamics.deleted_rows if extracted.dynamics else 0,
+        "marketo_rows": extracted.marketo.rows if extracted.marketo else 0,
     }
 
 

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
-from crm_sync.engine.contracts import CommitSummary, ContractError, LoadBatch, LoadOutcome
+from crm_sync.engine.contracts import (
+    CommitSummary,
+    ContractError,
+    DynamicsPart,
+    ExtractManifest,
+    FeedChunk,
+    LoadBatch,
+    LoadOutcome,
+    MarketoPart,
+)
 from crm_sync.engine.staging import BatchRef
 
 
@@ -50,3 +62,63 @@ def test_a_commit_summary_is_plain_json() -> None:
     summary = CommitSummary(2, 2, 1, 1, 0, 0, 0.5, 2.0, {"marketo": 1, "dynamics": 3})
     assert summary.to_xcom()["api_calls"] == {"marketo": 1, "dynamics": 3}
     assert summary.to_xcom()["records_per_second"] == 2.0
+
+
+def _extract_manifest() -> ExtractManifest:
+    ref = BatchRef("file:///s/extract/dynamics-00000.parquet", 5000)
+    return ExtractManifest(
+        entity="lead",
+        run_id="scheduled__2026-12-06T10:00:00+00:00",
+        started_at="2026-12-06T10:00:01+00:00",
+        pending={"d2m": "https://org/api/data/v9.2/leads?$deltatoken=9", "m2d": "TOKEN2"},
+        dynamics=DynamicsPart(
+            batches=(ref,), rows=5000, token="https://org/api/data/v9.2/leads?$deltatoken=9"
+        ),
+        marketo=MarketoPart(
+            start="TOKEN1",
+            token="TOKEN2",
+            chunks=(
+                FeedChunk(
+                    (BatchRef("file:///f/p.parquet", 3),), 3, "2026-12-06T10:00:02+00:00", "TOKEN1", "TOKEN2"
+                ),
+                FeedChunk((BatchRef("file:///s/r.parquet", 1),), 1, "2026-12-06T10:00:03+00:00", retry=True),
+            ),
+            rows=4,
+            fresh=True,
+            retried=1,
+        ),
+        email_matches=BatchRef("file:///s/extract/email-matches.parquet", 0),
+    )
+
+
+def test_an_extract_manifest_round_trips_and_counts_what_was_read() -> None:
+    manifest = _extract_manifest()
+    data = manifest.to_xcom()
+    assert data["dynamics"]["batches"] == [{"path": "file:///s/extract/dynamics-00000.parquet", "rows": 5000}]
+    assert data["marketo"]["chunks"][1] == {
+        "batches": [{"path": "file:///s/r.parquet", "rows": 1}],
+        "rows": 1,
+        "read_at": "2026-12-06T10:00:03+00:00",
+        "retry": True,
+    }
+    assert ExtractManifest.from_xcom(data) == manifest
+    assert ExtractManifest.from_xcom(manifest) is manifest
+    assert manifest.rows_read() == 5004
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("started_at"), "extract manifest has no 'started_at'"),
+        (lambda d: d["dynamics"].pop("rows"), r"extract manifest \(dynamics\) has no 'rows'"),
+        (lambda d: d["marketo"]["chunks"][0].update(batches=[{"path": "p"}]), "feed chunk.*'batches'"),
+        (lambda d: d["pending"].update(d2m=None), "has no token to store for d2m"),
+    ],
+)
+def test_a_malformed_extract_manifest_is_named(
+    change: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    data = _extract_manifest().to_xcom()
+    change(data)
+    with pytest.raises(ContractError, match=message):
+        ExtractManifest.from_xcom(data)

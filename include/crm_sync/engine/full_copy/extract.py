@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from crm_sync.config import Direction, EntityConfig
 from crm_sync.engine.columns import DERIVED_COLUMNS, dynamics_columns, split_derived
+from crm_sync.engine.contracts import ExtractManifest
 from crm_sync.engine.extract import EXTRACT_MANIFEST
 from crm_sync.engine.full_copy.scope import PAGE_SIZE, CopyScope, CopySource
 from crm_sync.engine.staging import rows_frame
@@ -205,6 +206,7 @@ def extract_partition(
         },
         "marketo": None,
     }
+    manifest = ExtractManifest.from_xcom(manifest).to_xcom()  # the incremental extract's form
     ctx.staging.write_json(folder, EXTRACT_MANIFEST, manifest)
     log.info("%s extract done: %d rows in %d pages", entity.name, progress["rows"], progress["pages"])
     return manifest
