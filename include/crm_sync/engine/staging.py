@@ -205,7 +205,7 @@ class FrameWriter:
 
     Every part is converted to the writer's schema (a column missing from a part is written
     empty), so parts whose columns pandas typed differently (all empty in one, text in the
-    next) still make one file. A writer that is never closed leaves only its temporary file.
+    next) still make one file. An aborted writer leaves the target as it was.
     """
 
     def __init__(self, target: ObjectStoragePath, schema: pa.Schema) -> None:
@@ -223,6 +223,15 @@ class FrameWriter:
         """Append ``frame`` (its index dropped) as one row group."""
         self._writer.write_table(arrow_table(frame, self.schema))
         self.rows += len(frame)
+
+    def abort(self) -> None:
+        """Drop what was written (the target, if an earlier attempt staged it, stays as it was)."""
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._fh.close()
+        self._tmp.unlink(missing_ok=True)
 
     def close(self) -> BatchRef:
         """Finish the file and put it in place; its reference."""

@@ -89,3 +89,49 @@ def test_writers_racing_on_one_file_never_remove_each_others(tmp_path: Path) -> 
     assert frame["writer"].nunique() == 1
     assert area.read_json(folder, "manifest") is not None
     assert sorted(p.name for p in Path(folder.path).iterdir()) == ["manifest.json", "persons-00000.parquet"]
+
+
+def test_a_file_written_part_by_part_takes_every_part_in_one_schema(
+    staging: StagingArea, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([("id", pa.string()), ("marketo_id", pa.string()), ("n", pa.int64())])
+    folder = staging.run_dir("lead", "run-1") / "units" / "unit-00000"
+    writer = staging.frame_writer(folder, "links", schema)
+    writer.write(pd.DataFrame({"id": ["a", "b"], "marketo_id": [None, None], "n": [1, 2]}))  # all empty
+    writer.write(pd.DataFrame({"id": ["c"], "marketo_id": [77], "n": [3]}))  # a number in a text column
+    writer.write(pd.DataFrame({"id": ["d"], "n": [None]}))  # a column missing
+    ref = writer.close()
+
+    back = staging.read_frame(ref)
+    assert ref.rows == 4
+    assert back["id"].tolist() == ["a", "b", "c", "d"]
+    assert back["marketo_id"].tolist()[2] == "77"
+    assert back["marketo_id"].isna().tolist() == [True, True, False, True]
+    assert back["n"].isna().tolist() == [False, False, False, True]
+    files = sorted(p.name for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    assert files == ["links.parquet"], "the temporary file is renamed, not left"
+
+
+def test_an_aborted_writer_leaves_the_earlier_file_and_no_temporary(
+    staging: StagingArea, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([("id", pa.string())])
+    folder = staging.run_dir("lead", "run-1") / "units" / "unit-00000"
+    first = staging.frame_writer(folder, "ops", schema)
+    first.write(pd.DataFrame({"id": ["kept"]}))
+    ref = first.close()
+    again = staging.frame_writer(folder, "ops", schema)
+    again.write(pd.DataFrame({"id": ["half"]}))
+    again.abort()
+
+    assert staging.read_frame(ref)["id"].tolist() == ["kept"]
+    files = sorted(p.name for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    assert files == ["ops.parquet"]
+    with pytest.raises(ValueError, match="'id' does not fit"):
+        staging.frame_writer(folder, "ops", pa.schema([("id", pa.int64())])).write(
+            pd.DataFrame({"id": ["not a number"]})
+        )

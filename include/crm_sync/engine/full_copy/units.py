@@ -221,6 +221,7 @@ def _build_units(
     columns: dict[str, None] = {}  # the CSV columns of the bulk units, as far as seen
     summary = _Summary()
     count = 0
+    unstaged: dict[int, _Unit] = {}  # units whose files are still being written
 
     def new_unit(kind: str) -> _Unit:
         nonlocal count
@@ -232,48 +233,61 @@ def _build_units(
             ctx.staging.frame_writer(folder / name, "links", LINKS_SCHEMA),
         )
         count += 1
+        unstaged[unit.number] = unit
         return unit
 
-    for ref in refs:
-        links = ctx.staging.read_frame(ref["links"])
-        plan_ops = ctx.staging.read_frame(ref["ops"])
-        upserts = person_upserts(plan_ops, links)
-        found = plan_lookups(entity, ctx, upserts, lookups)
-        summary.add(plan_ops, upserts, found)
-        ops, kinds = _prepared_ops(entity, plan_ops, found.by_email if lookups else None, bulk, retry_roles)
-        first = (~ops[DYNAMICS_ID].duplicated()).to_numpy()
-        record_kinds = kinds[first].tolist()
-        sizes = [1] * len(record_kinds)
-        bulk_rows = [i for i, kind in enumerate(record_kinds) if kind.startswith("bulk:")]
-        if bulk_rows:
-            payloads = ops["payload"][first].tolist()
-            parsed = [json.loads(payloads[i]) for i in bulk_rows]
-            for data in parsed:
-                columns.update(dict.fromkeys(data))
-            header = list(columns)
-            for i, data in zip(bulk_rows, parsed, strict=True):
-                sizes[i] = _csv_bytes(data, header)
-        closed: list[_Unit] = []
-        record_unit: dict[str, int] = {}
-        touched: dict[int, _Unit] = {}
-        for did, kind, size in zip(ops[DYNAMICS_ID][first], record_kinds, sizes, strict=True):
-            limit = policy.bulk_file_bytes if kind.startswith("bulk:") else policy.sync_unit_records
-            unit = filling.get(kind)
-            if unit is None or unit.size + size > limit:
-                if unit is not None:
-                    closed.append(unit)
-                unit = filling[kind] = new_unit(kind)
-            unit.records += 1
-            unit.size += size
-            record_unit[did] = unit.number
-            touched[unit.number] = unit
-        numbers = ops[DYNAMICS_ID].map(record_unit).to_numpy()
-        link_numbers = links[DYNAMICS_ID].astype(str).map(record_unit).to_numpy()
-        for number, unit in touched.items():
-            unit.ops.write(ops[numbers == number])
-            unit.links.write(links[link_numbers == number])
-        staged += [_staged(unit) for unit in closed]
-    staged += [_staged(unit) for unit in filling.values()]
+    def stage(unit: _Unit) -> dict[str, Any]:
+        del unstaged[unit.number]
+        return _staged(unit)
+
+    try:
+        for ref in refs:
+            links = ctx.staging.read_frame(ref["links"])
+            plan_ops = ctx.staging.read_frame(ref["ops"])
+            upserts = person_upserts(plan_ops, links)
+            found = plan_lookups(entity, ctx, upserts, lookups)
+            summary.add(plan_ops, upserts, found)
+            ops, kinds = _prepared_ops(
+                entity, plan_ops, found.by_email if lookups else None, bulk, retry_roles
+            )
+            first = (~ops[DYNAMICS_ID].duplicated()).to_numpy()
+            record_kinds = kinds[first].tolist()
+            sizes = [1] * len(record_kinds)
+            bulk_rows = [i for i, kind in enumerate(record_kinds) if kind.startswith("bulk:")]
+            if bulk_rows:
+                payloads = ops["payload"][first].tolist()
+                parsed = [json.loads(payloads[i]) for i in bulk_rows]
+                for data in parsed:
+                    columns.update(dict.fromkeys(data))
+                header = list(columns)
+                for i, data in zip(bulk_rows, parsed, strict=True):
+                    sizes[i] = _csv_bytes(data, header)
+            closed: list[_Unit] = []
+            record_unit: dict[str, int] = {}
+            touched: dict[int, _Unit] = {}
+            for did, kind, size in zip(ops[DYNAMICS_ID][first], record_kinds, sizes, strict=True):
+                limit = policy.bulk_file_bytes if kind.startswith("bulk:") else policy.sync_unit_records
+                unit = filling.get(kind)
+                if unit is None or unit.size + size > limit:
+                    if unit is not None:
+                        closed.append(unit)
+                    unit = filling[kind] = new_unit(kind)
+                unit.records += 1
+                unit.size += size
+                record_unit[did] = unit.number
+                touched[unit.number] = unit
+            numbers = ops[DYNAMICS_ID].map(record_unit).to_numpy()
+            link_numbers = links[DYNAMICS_ID].astype(str).map(record_unit).to_numpy()
+            for number, unit in touched.items():
+                unit.ops.write(ops[numbers == number])
+                unit.links.write(links[link_numbers == number])
+            staged += [stage(unit) for unit in closed]
+    except BaseException:
+        for unit in unstaged.values():  # a failed plan leaves no half-written unit files
+            unit.ops.abort()
+            unit.links.abort()
+        raise
+    staged += [stage(unit) for unit in filling.values()]
     return sorted(staged, key=lambda u: u["name"]), summary.as_dict()
 
 
