@@ -227,10 +227,9 @@ def link_frame(
     )
     known = known.dropna(subset=[DYNAMICS_ID, MARKETO_ID]).drop_duplicates(DYNAMICS_ID, keep="last")
     mids = pd.Series(known[MARKETO_ID].to_numpy(), index=known[DYNAMICS_ID].to_numpy(), dtype="str")
-    rows = link_rows(entity, resolution, ids, mids)
+    rows = link_rows(entity, resolution, ids, mids, hashes_as_json=True)
     if MARKETO_ID not in rows:
         rows[MARKETO_ID] = pd.NA
-    rows["field_hashes"] = rows["field_hashes"].map(to_json)
     email_field = entity.marketo.email_field
     if email_field:
         sides = [f[email_field] for f in (resolution.to_marketo, resolution.to_dynamics) if email_field in f]

@@ -62,6 +62,21 @@ def hashes_to_dicts(hashes: pd.DataFrame) -> list[dict[str, int]]:
     return [{k: int(v) for k, v in zip(columns, row, strict=True) if v is not None} for row in values]
 
 
+def hashes_to_json(hashes: pd.DataFrame) -> list[str]:
+    """Per-record JSON text of the non-missing hashes, keys sorted: what ``json.dumps`` of
+    :func:`hashes_to_dicts`'s dicts (``sort_keys``, no spaces) gives, built column by column."""
+    import json
+
+    parts = []
+    for name in sorted(hashes.columns):
+        column = hashes[name].astype("Int64")
+        text = (json.dumps(str(name)) + ":") + column.astype(str)
+        parts.append(text.where(column.notna(), "").to_numpy(dtype=object))
+    if not parts:
+        return ["{}"] * len(hashes)
+    return ["{" + ",".join(p for p in row if p) + "}" for row in zip(*parts, strict=True)]
+
+
 def changed(current: pd.DataFrame, last: pd.DataFrame) -> pd.DataFrame:
     """True where a field's current hash differs from the last synced one (or none is known).
 

@@ -15,7 +15,7 @@ import pandas as pd
 from crm_sync.config import DeletePolicy, Direction, EntityConfig
 from crm_sync.transforms.casts import as_string
 from crm_sync.transforms.conflicts import tracked_columns
-from crm_sync.transforms.hashing import hashes_frame, hashes_to_dicts, record_hash
+from crm_sync.transforms.hashing import hashes_frame, hashes_to_dicts, hashes_to_json, record_hash
 
 if TYPE_CHECKING:
     from crm_sync.transforms.conflicts import Resolution
@@ -39,6 +39,8 @@ def link_rows(
     resolution: Resolution,
     dynamics_ids: pd.Index | list[str],
     marketo_ids: pd.Series | None = None,
+    *,
+    hashes_as_json: bool = False,
 ) -> pd.DataFrame:
     """Id-map rows for records whose writes succeeded: agreed hashes, record hashes, ids.
 
@@ -47,6 +49,7 @@ def link_rows(
         resolution: The merge result the writes came from.
         dynamics_ids: GUIDs of the records written successfully (both sides, where both wrote).
         marketo_ids: Optional Marketo ids by GUID learnt from the write responses.
+        hashes_as_json: ``field_hashes`` as JSON text (for staging), not dicts.
 
     Returns:
         A frame for ``crm_sync.state.upsert_links``.
@@ -55,7 +58,7 @@ def link_rows(
     rows = pd.DataFrame(
         {
             "dynamics_id": agreed.index.astype(str),
-            "field_hashes": hashes_to_dicts(agreed),
+            "field_hashes": hashes_to_json(agreed) if hashes_as_json else hashes_to_dicts(agreed),
             "last_hash_d2m": direction_hash(entity, agreed, Direction.D2M).to_numpy(),
             "last_hash_m2d": direction_hash(entity, agreed, Direction.M2D).to_numpy(),
         }

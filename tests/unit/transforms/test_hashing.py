@@ -101,3 +101,19 @@ def test_stored_dicts_round_trip_and_changed_mask():
         [False, True],
         [False, False],
     ]
+
+
+def test_hashes_as_json_text_are_the_dicts_json_would_write() -> None:
+    import json
+
+    from crm_sync.transforms.hashing import hashes_to_dicts, hashes_to_json
+
+    hashes = pd.DataFrame(
+        {"title": [5, None, -7], "email": [-(2**63), 3, None], "doNotCall": [0, None, None]},
+        index=["a", "b", "c"],
+    ).astype("Int64")
+    expected = [json.dumps(d, sort_keys=True, separators=(",", ":")) for d in hashes_to_dicts(hashes)]
+    assert hashes_to_json(hashes) == expected
+    assert expected[2] == '{"title":-7}'
+    assert expected[1] == '{"email":3}'
+    assert hashes_to_json(hashes.iloc[:, :0]) == ["{}", "{}", "{}"]
