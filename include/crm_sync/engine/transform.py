@@ -29,7 +29,7 @@ from crm_sync.state import (
 )
 from crm_sync.state.idmap import upsert_links
 from crm_sync.transforms import ID_MAP_COLUMNS, flagged_unlinked, persons_for_entity
-from crm_sync.transforms.casts import as_string
+from crm_sync.transforms.casts import as_string, lower_ids
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -45,24 +45,20 @@ TRANSFORM_MANIFEST = "transform"
 COUNT_KEYS = ("received", "valid", "filtered", "unchanged", "failed", "conflicts", "operations")
 
 
-def _lower_ids(values: pd.Series) -> pd.Series:
-    return as_string(values).str.strip().str.lower()
-
-
 def _lookup_id_map(
     session: Session, entity: EntityConfig, rows: pd.DataFrame | None, links: pd.DataFrame
 ) -> pd.DataFrame:
     """Id-map frame for one batch: the entity's own links plus the lookup targets it references."""
     parts = [links[ID_MAP_COLUMNS]] if len(links) else []
     if rows is not None and len(rows) and entity.roles is not None and entity.roles.lookup in rows:
-        ids = _lower_ids(rows[entity.roles.lookup]).dropna().unique().tolist()
+        ids = lower_ids(rows[entity.roles.lookup]).dropna().unique().tolist()
         if ids:
             parts.append(lookup_links(session, entity.roles.person_entity, dynamics_ids=ids)[ID_MAP_COLUMNS])
     if rows is not None and len(rows):
         for lk in entity.lookups:
             if lk.dynamics not in rows:
                 continue
-            ids = _lower_ids(rows[lk.dynamics]).dropna().unique().tolist()
+            ids = lower_ids(rows[lk.dynamics]).dropna().unique().tolist()
             if ids:
                 found = lookup_links(session, sorted(set(lk.targets.values())), dynamics_ids=ids)
                 parts.append(found[ID_MAP_COLUMNS])
@@ -88,12 +84,12 @@ def _infer_lookup_types(entity: EntityConfig, rows: pd.DataFrame, id_map: pd.Dat
             known["entity"].map(table_of).to_numpy(), index=known["dynamics_id"].str.lower().to_numpy()
         )
         tables = tables[~tables.index.duplicated()]
-        rows = rows.assign(**{lk.type_column: _lower_ids(rows[lk.dynamics]).map(tables).astype("str")})
+        rows = rows.assign(**{lk.type_column: lower_ids(rows[lk.dynamics]).map(tables).astype("str")})
     rule = entity.roles
     if rule is not None and rule.lookup in rows:
         # The role rule needs to know which customers are contacts: the person id map tells.
         people = id_map.loc[id_map["entity"].eq(rule.person_entity), "dynamics_id"].str.lower()
-        is_person = _lower_ids(rows[rule.lookup]).isin(set(people))
+        is_person = lower_ids(rows[rule.lookup]).isin(set(people))
         current = rows[rule.type_column] if rule.type_column in rows else pd.Series(pd.NA, index=rows.index)
         filled = as_string(current).mask(as_string(current).isna() & is_person, rule.when_type)
         rows = rows.assign(**{rule.type_column: filled})
@@ -115,7 +111,7 @@ def _marketo_rows(entity: EntityConfig, ctx: RunContext, manifest: ExtractManife
         return None
     rows = pd.concat(frames, ignore_index=True)
     rows = rows.drop_duplicates(subset=entity.marketo.id_field, keep="last")
-    rows["_key"] = _lower_ids(rows[entity.marketo.key])
+    rows["_key"] = lower_ids(rows[entity.marketo.key])
     return rows
 
 
@@ -128,7 +124,7 @@ def _work_units(
     used: set[str] = set()
     for ref in manifest.dynamics.batches if manifest.dynamics else ():
         rows = ctx.staging.read_frame(ref)
-        ids = set(_lower_ids(rows[entity.dynamics.key]).dropna())
+        ids = set(lower_ids(rows[entity.dynamics.key]).dropna())
         part = None
         if marketo is not None:
             part = marketo[marketo["_key"].isin(ids)].drop(columns="_key")
@@ -168,10 +164,10 @@ def _new_person_plans(
     matches = ctx.staging.read_frame(ref) if ref else None
     with session_scope(ctx.state) as session:
         # A person already linked (its key write-back still pending) is not created twice.
-        known = lookup_links(session, entity.name, marketo_ids=_lower_ids(flagged["id"]).dropna().tolist())
+        known = lookup_links(session, entity.name, marketo_ids=lower_ids(flagged["id"]).dropna().tolist())
         # Its earlier M→D error (a create or link that failed before) is over.
         resolve_errors(session, entity.name, Direction.M2D.value, known["marketo_id"].dropna().astype(str))
-    flagged = flagged[~_lower_ids(flagged["id"]).isin(set(known["marketo_id"].dropna()))]
+    flagged = flagged[~lower_ids(flagged["id"]).isin(set(known["marketo_id"].dropna()))]
     taken: set[str] = set()
     if matches is not None and len(matches):
         with session_scope(ctx.state) as session:
@@ -255,9 +251,9 @@ def _plans(entity: EntityConfig, ctx: RunContext, manifest: ExtractManifest) -> 
     for d_rows, m_rows in _work_units(entity, ctx, manifest):
         ids: list[str] = []
         if d_rows is not None:
-            ids += _lower_ids(d_rows[entity.dynamics.key]).dropna().tolist()
+            ids += lower_ids(d_rows[entity.dynamics.key]).dropna().tolist()
         if m_rows is not None and len(m_rows):
-            ids += _lower_ids(m_rows[entity.marketo.key]).dropna().tolist()
+            ids += lower_ids(m_rows[entity.marketo.key]).dropna().tolist()
         with session_scope(ctx.state) as session:
             links = lookup_links(session, entity.name, dynamics_ids=ids)
             id_map = _lookup_id_map(session, entity, d_rows, links)
@@ -273,5 +269,5 @@ def _plans(entity: EntityConfig, ctx: RunContext, manifest: ExtractManifest) -> 
     for ref in manifest.dynamics.deleted if manifest.dynamics else ():
         deleted = ctx.staging.read_frame(ref)["id"]
         with session_scope(ctx.state) as session:
-            links = lookup_links(session, entity.name, dynamics_ids=_lower_ids(deleted).dropna().tolist())
+            links = lookup_links(session, entity.name, dynamics_ids=lower_ids(deleted).dropna().tolist())
         yield plan_deletes(entity, deleted, links)

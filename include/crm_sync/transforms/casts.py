@@ -68,6 +68,11 @@ def as_string(raw: pd.Series) -> pd.Series:
     return out.mask(out == "")
 
 
+def lower_ids(values: pd.Series) -> pd.Series:
+    """Ids as the id map keeps them: text, trimmed, lower case (GUIDs come in either case)."""
+    return as_string(values).str.strip().str.lower()
+
+
 def _string(raw: pd.Series) -> CastResult:
     values = as_string(raw)
     return CastResult(values, pd.Series(False, index=raw.index))

@@ -17,16 +17,13 @@ import pandas as pd
 from crm_sync.ops import MARKETO_UPSERT
 from crm_sync.state import read_scope
 from crm_sync.transforms import DYNAMICS_ID
+from crm_sync.transforms.casts import lower_ids
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence, Set
 
     from crm_sync.config import EntityConfig
     from crm_sync.engine.context import RunContext
-
-
-def lower_ids(values: pd.Series) -> pd.Series:
-    return values.astype(str).str.lower()
 
 
 def member(values: pd.Series, members: Set[str]) -> np.ndarray:

@@ -90,10 +90,6 @@ class _Unit:
     size: int = 0
 
 
-def _plan_refs(transform: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return list(transform.get("plans") or transform.get("batches") or [])
-
-
 @dataclass(frozen=True)
 class UnitPolicy:
     """How operations are grouped for the load.
