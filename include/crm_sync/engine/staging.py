@@ -53,6 +53,13 @@ def token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:24]
 
 
+def temporary_path(target: ObjectStoragePath) -> ObjectStoragePath:
+    """The writer's own temporary name beside ``target`` (its folder made), renamed into place
+    once the file is whole."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+
+
 def replace_file(target: ObjectStoragePath, data: bytes) -> str:
     """Write ``data`` to ``target`` through a temporary file and a rename (idempotent); its URL.
 
@@ -61,8 +68,7 @@ def replace_file(target: ObjectStoragePath, data: bytes) -> str:
     staging one feed chunk) each leave a whole file, the last rename winning, and neither can
     remove the other's.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    tmp = temporary_path(target)
     with tmp.open("wb") as fh:
         fh.write(data)
     tmp.rename(target)
@@ -214,8 +220,7 @@ class FrameWriter:
         self.target = target
         self.schema = schema
         self.rows = 0
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        self._tmp = temporary_path(target)
         self._fh = self._tmp.open("wb")
         self._writer = pq.ParquetWriter(self._fh, schema)
 
