@@ -223,6 +223,25 @@ class RoleRule(_Strict):
     is_primary: bool = True
 
 
+class ConvertedFrom(_Strict):
+    """Where a person record can come from: a lead qualified into a contact (§6.2, issue 22).
+
+    A new record of this entity whose ``column`` names a record of ``entity`` linked to a
+    Marketo person continues that person (same Marketo id, re-keyed and re-typed) instead of
+    becoming a second one; the origin's link stops updating it.
+    """
+
+    entity: str
+    column: str  # the Dataverse lookup naming the origin (contact: _originatingleadid_value)
+
+
+class MergeColumns(_Strict):
+    """The Dataverse columns the ``Merge`` action sets on the subordinate record (§6.3)."""
+
+    flag: str = "merged"
+    master: str = "_masterid_value"
+
+
 class EntityConfig(_Strict):
     """Everything the engine and the DAG factory know about one entity."""
 
@@ -246,6 +265,9 @@ class EntityConfig(_Strict):
     # true re-creates it from the whole Dataverse record on the error's retry (§2.8).
     recreate_deleted: bool = False
     duplicate_email: DuplicateEmail = DuplicateEmail.ALLOW
+    converted_from: ConvertedFrom | None = None
+    # Set for persons: a record merged into another in Dynamics hands its Marketo person over.
+    merges: MergeColumns | None = None
     batch_size: int = Field(default=300, gt=0, le=300)
     schedule: str = "*/5 * * * *"
     priority: int = Field(default=50, ge=0)

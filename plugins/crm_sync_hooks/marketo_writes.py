@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from crm_sync_hooks.errors import FatalApiError
 from crm_sync_hooks.records import chunked, json_size, missing_fields, validate_records
 from crm_sync_hooks.results import WriteResult, WriteStatus
 
@@ -91,6 +92,20 @@ class MarketoWritesMixin:
         """Delete leads by id, one result per id."""
         records = [{"id": int(i)} for i in lead_ids]
         return self._write("/rest/v1/leads/delete.json", records, {}, ["id"], ("id",))
+
+    def merge_leads(self, winner_id: int, loser_ids: Sequence[int]) -> WriteResult:
+        """Merge ``loser_ids`` into ``winner_id`` (one call; Marketo answers no per-lead result).
+
+        ``mergeInCRM`` stays false: the merge this mirrors already happened in the CRM. A lead
+        Marketo does not have (1004) or any other refusal is a failed result naming the code,
+        not an exception, so one merge's failure leaves the rest of a batch going.
+        """
+        params = {"leadIds": ",".join(str(int(i)) for i in loser_ids), "mergeInCRM": "false"}
+        try:
+            self.call_json("POST", f"/rest/v1/leads/{int(winner_id)}/merge.json", params=params)
+        except FatalApiError as exc:
+            return WriteResult(0, WriteStatus.FAILED, str(winner_id), str(exc), exc.code)
+        return WriteResult(0, WriteStatus.UPDATED, str(winner_id))
 
     def sync_objects(
         self,

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import pytest
+
     from tests.e2e.conftest import SyncEnv
 
 
@@ -49,3 +51,24 @@ def dyn_get(env: SyncEnv, entity_set: str, key: str, guid: str, columns: list[st
         return row
     finally:
         hook.close()
+
+
+def persons_with_email(env: SyncEnv, email: str, fields: Sequence[str]) -> list[dict[str, Any]]:
+    """Every Marketo person with this email that the sync has not flagged deleted."""
+    hook = env.mkto()
+    try:
+        pages = hook.get_leads("email", [email], list(dict.fromkeys([*fields, "msdIsDeleted"])))
+        return [p for page in pages for p in page if not p.get("msdIsDeleted")]
+    finally:
+        hook.close()
+
+
+def assert_reconciled(capsys: pytest.CaptureFixture[str], entities: str = "contact,lead") -> None:
+    """``python -m crm_sync.reconcile check`` over ``entities`` exits 0 and finds no difference."""
+    from crm_sync.reconcile.__main__ import main as reconcile_cli
+
+    capsys.readouterr()
+    status = reconcile_cli(["check", "--entities", entities, "--poll-seconds", "0.5"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "no differences" in out, out

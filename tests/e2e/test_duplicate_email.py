@@ -14,20 +14,14 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from crm_sync.reconcile.__main__ import main as reconcile_cli
 from tests.e2e.conftest import SyncEnv
-from tests.e2e.persons_support import dyn_upsert
+from tests.e2e.persons_support import assert_reconciled, dyn_upsert, persons_with_email
 
 pytestmark = pytest.mark.e2e
 
 
 def _persons_with(env: SyncEnv, email: str) -> list[dict[str, Any]]:
-    hook = env.mkto()
-    try:
-        pages = hook.get_leads("email", [email], ["id", "email", "externalPersonId", "msdIsDeleted"])
-        return [p for page in pages for p in page if not p.get("msdIsDeleted")]
-    finally:
-        hook.close()
+    return persons_with_email(env, email, ["id", "email", "externalPersonId"])
 
 
 def _reports(env: SyncEnv) -> list[tuple[str, str, str]]:
@@ -39,14 +33,6 @@ def _reports(env: SyncEnv) -> list[tuple[str, str, str]]:
             )
         ).all()
     return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
-
-
-def _no_differences(capsys: pytest.CaptureFixture[str]) -> None:
-    capsys.readouterr()
-    status = reconcile_cli(["check", "--entities", "contact,lead", "--poll-seconds", "0.5"])
-    out = capsys.readouterr().out
-    assert status == 0, out
-    assert "no differences" in out, out
 
 
 def test_two_leads_with_one_email_give_one_person_and_one_report(
@@ -65,7 +51,7 @@ def test_two_leads_with_one_email_give_one_person_and_one_report(
     ((entity, source, reason),) = _reports(sync_env)
     assert (entity, source) == ("lead", second)
     assert f"lead:{first}" in reason
-    _no_differences(capsys)
+    assert_reconciled(capsys)
 
     # The report stays one row, and no second person appears, however often the lead changes.
     dyn_upsert(sync_env, "leads", "leadid", [{"leadid": second, "jobtitle": "Changed"}])
@@ -96,4 +82,4 @@ def test_a_lead_and_a_contact_with_one_email_give_one_person_and_one_report(
     assert f"lead:{lead}" in reason
     (kim,) = _persons_with(sync_env, "kim@dup.test")
     assert kim["externalPersonId"] == other, "a contact with an email of its own is synced as before"
-    _no_differences(capsys)
+    assert_reconciled(capsys)

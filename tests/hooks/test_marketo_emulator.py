@@ -143,6 +143,27 @@ def test_sync_leads_then_changes_and_deletions_since_a_token(hook, lead_ids):
     assert gone == [int(results[0].id)]
 
 
+def test_merge_leads_keeps_the_winner_and_reports_a_missing_lead(hook):
+    made = hook.sync_leads(
+        [
+            {"email": "winner.merge@example.test", "firstName": "Win"},
+            {"email": "loser.merge@example.test", "firstName": "Lose", "title": "Taken over"},
+        ]
+    )
+    winner, loser = (int(r.id) for r in made)
+    token = hook.get_paging_token(datetime.now(UTC) - timedelta(minutes=1))
+
+    result = hook.merge_leads(winner, [loser])
+
+    assert (result.status, result.id) == (WriteStatus.UPDATED, str(winner))
+    (page,) = list(hook.get_leads("id", [winner, loser], ["id", "firstName", "title"]))
+    assert page == [{"id": winner, "firstName": "Win", "title": "Taken over"}]
+    merges = [a for p in hook.get_activities(token, [32]) for a in p.records]
+    assert [a["leadId"] for a in merges] == [winner]
+    again = hook.merge_leads(winner, [loser])  # the loser is gone now
+    assert (again.ok, again.code) == (False, "1004")
+
+
 def test_companies_sales_persons_opportunities_roles_and_custom_objects(hook, lead_ids):
     assert (
         hook.sync_companies([{"externalCompanyId": "e2e-co", "company": "E2E Co"}])[0].status

@@ -100,6 +100,10 @@ class MarketoClient(Protocol):
         """Create or update leads, one result per record."""
         ...
 
+    def merge_leads(self, winner_id: int, loser_ids: Sequence[int]) -> WriteResult:
+        """Merge persons into ``winner_id``; one result for the whole merge."""
+        ...
+
     def sync_objects(
         self,
         object_name: str,

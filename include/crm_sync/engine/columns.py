@@ -23,12 +23,17 @@ ID_QUERY_CHUNK = 25  # keys per $filter, well under URL length limits
 
 
 def dynamics_columns(entity: EntityConfig) -> list[str]:
-    """The Dataverse columns an extract selects: key, mapped D→M columns, lookups, sync filter."""
+    """The Dataverse columns an extract selects: key, mapped D→M columns, lookups, sync filter,
+    and the person lifecycle's columns (origin of a qualified record, merge flag and master)."""
     cols = [entity.dynamics.key]
     cols += [f.dynamics for f in entity.fields_for(Direction.D2M)]
     cols += [lk.dynamics for lk in entity.lookups]
     if entity.dynamics.filter_column:
         cols.append(entity.dynamics.filter_column)
+    if entity.converted_from is not None:
+        cols.append(entity.converted_from.column)
+    if entity.merges is not None:
+        cols += [entity.merges.flag, entity.merges.master]
     return list(dict.fromkeys(cols))
 
 

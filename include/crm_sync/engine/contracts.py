@@ -178,6 +178,9 @@ class DynamicsPart:
         retried: Rows re-read because their earlier failure was due.
         rebaseline: After an expired delta link, the re-read's counts (``read``,
             ``unchanged``, ``staged``, ``deleted``); None otherwise.
+        merges: Records merged into another in Dynamics, staged with their survivors (read
+            again, together), so one plan sees both; the transform leaves them out of the
+            other batches.
     """
 
     batches: tuple[BatchRef, ...] = ()
@@ -188,6 +191,7 @@ class DynamicsPart:
     initial: bool = False
     retried: int = 0
     rebaseline: Mapping[str, int] | None = None
+    merges: BatchRef | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         """The JSON form."""
@@ -200,6 +204,7 @@ class DynamicsPart:
             "initial": self.initial,
             "retried": self.retried,
             **({"rebaseline": dict(self.rebaseline)} if self.rebaseline is not None else {}),
+            **({"merges": self.merges.to_dict()} if self.merges is not None else {}),
         }
 
     @classmethod
@@ -215,6 +220,7 @@ class DynamicsPart:
             initial=bool(data.get("initial")),
             retried=int(data.get("retried") or 0),
             rebaseline=_counts(data["rebaseline"]) if data.get("rebaseline") else None,
+            merges=_refs({"merges": [data["merges"]]}, "merges", what)[0] if data.get("merges") else None,
         )
 
 

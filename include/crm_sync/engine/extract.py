@@ -44,6 +44,8 @@ from crm_sync.state import (
     session_scope,
     utcnow,
 )
+from crm_sync.transforms.casts import lower_ids
+from crm_sync.transforms.lifecycle import merged_mask
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -169,6 +171,29 @@ def _unmerged_rows(
     return stage_rows(entity, ctx, dynamics, fresh, "unmerged")
 
 
+def _merge_rows(
+    entity: EntityConfig, ctx: RunContext, dynamics: DynamicsClient, part: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Stage the records merged into another in Dynamics together with their survivors (§6.3).
+
+    What becomes of a merged record's Marketo person depends on its survivor (linked or not,
+    synced or not), and a moved person takes the survivor's whole record: both are read again
+    by id into one batch.
+    """
+    rule = entity.merges
+    if rule is None:
+        return None
+    ids: set[str] = set()
+    for ref in part["batches"]:
+        frame = ctx.staging.read_frame(ref)
+        if rule.flag not in frame or rule.master not in frame:
+            continue
+        merged = frame[merged_mask(entity, frame).to_numpy()]
+        ids |= set(lower_ids(merged[entity.dynamics.key]).dropna())
+        ids |= set(lower_ids(merged[rule.master]).dropna())
+    return stage_rows(entity, ctx, dynamics, sorted(ids), "merges") if ids else None
+
+
 def extract_changes(
     entity: EntityConfig,
     ctx: RunContext,
@@ -224,6 +249,7 @@ def extract_changes(
         if retry is not None:
             part["batches"].append(retry)
             part["retried"] = retry["rows"]
+        part["merges"] = _merge_rows(entity, ctx, dynamics, part)
         gone = requeued_gone(entity, ctx, retry, extracted, started)
         if gone is not None:
             part["deleted"].append(gone)

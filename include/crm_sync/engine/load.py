@@ -24,6 +24,8 @@ from crm_sync.ops import (
     MARKETO_DELETE,
     MARKETO_FLAG_DELETED,
     MARKETO_LINK,
+    MARKETO_MERGE,
+    MARKETO_REPOINT,
     MARKETO_ROLE_UPSERT,
     MARKETO_UPSERT,
 )
@@ -37,6 +39,7 @@ from crm_sync.state import (
     upsert_links,
 )
 from crm_sync.transforms import DYNAMICS_ID, MARKETO_ID
+from crm_sync.transforms.lifecycle import MERGED
 from crm_sync.transforms.links import deletion_records
 from crm_sync_hooks.results import ROW_EXISTS, ROW_MISSING
 
@@ -60,6 +63,8 @@ OP_ORDER = (
     DYNAMICS_CREATE,
     DYNAMICS_UPSERT,
     MARKETO_LINK,
+    MARKETO_MERGE,  # a merged record's person into its survivor's
+    MARKETO_REPOINT,  # a taken-over person re-keyed before its new record's upsert finds it
     MARKETO_UPSERT,
     MARKETO_ROLE_UPSERT,  # after the opportunities they point at
     MARKETO_FLAG_DELETED,
@@ -115,8 +120,11 @@ def _write(
         return marketo.sync_objects(marketo_object_path(entity), payloads, required_fields=[key])
     if op in (MARKETO_UPDATE_LINKED, MARKETO_FLAG_DELETED):
         return marketo.sync_leads(payloads, action="updateOnly", lookup_field=key)
-    if op == MARKETO_LINK:
+    if op in (MARKETO_LINK, MARKETO_REPOINT):
         return marketo.sync_leads(payloads, action="updateOnly", lookup_field="id")
+    if op == MARKETO_MERGE:
+        results = [marketo.merge_leads(int(p["winner"]), [int(i) for i in p["losers"]]) for p in payloads]
+        return [replace(r, index=i) for i, r in enumerate(results)]
     if op == MARKETO_ROLE_UPSERT:
         return marketo.sync_objects("opportunities/roles", payloads, required_fields=list(ROLE_KEY))
     if op == MARKETO_DELETE:
@@ -322,6 +330,8 @@ def load_batch(
     m2d: set[str] = set()  # records with a write into Dataverse in this batch
     deleted_in_marketo: set[str] = set()  # linked persons Marketo no longer has
     deleted_in_dynamics: set[str] = set()  # linked rows Dataverse no longer has
+    merged_into: dict[str, str] = {}  # merged record -> the survivor's Marketo id
+    repoint_failed: set[str] = set()
     unknown = set(ops["op"]) - set(OP_ORDER)
     if unknown:
         raise ValueError(f"{entity.name}: unknown staged operations {sorted(unknown)}")
@@ -329,6 +339,9 @@ def load_batch(
         group = ops[ops["op"].eq(name)]
         if name == MARKETO_LINK:
             group = group[~group[DYNAMICS_ID].isin(failed)]  # never point a person at a missing row
+        elif name == MARKETO_UPSERT:
+            # A person not re-keyed would not be found by its new key: the record retries whole.
+            group = group[~group[DYNAMICS_ID].isin(repoint_failed)]
         if group.empty:
             continue
         payloads = [json.loads(p) for p in group["payload"]]
@@ -342,14 +355,18 @@ def load_batch(
         direction = Direction.M2D if name in _M2D_OPS else Direction.D2M
         if direction is Direction.M2D:
             m2d.update(ids)
-        for did, res in zip(ids, results, strict=True):
+        for did, res, payload in zip(ids, results, payloads, strict=True):
             if _ok(name, res):
                 done.add(did)
                 if name in (MARKETO_DELETE, MARKETO_FLAG_DELETED):
                     gone.add(did)
-                elif name in (MARKETO_UPSERT, MARKETO_LINK) and res.id:
+                elif name == MARKETO_MERGE:
+                    merged_into[did] = str(payload["winner"])
+                elif name in (MARKETO_UPSERT, MARKETO_LINK, MARKETO_REPOINT) and res.id:
                     marketo_ids[did] = str(res.id)
             else:
+                if name == MARKETO_REPOINT:
+                    repoint_failed.add(did)
                 code, reason = res.code or res.status.value, res.reason or res.status.value
                 if name == MARKETO_UPSERT and did in deleted_in_marketo:
                     code, reason = DELETED_IN_MARKETO, _gone_reason(entity, person_ids.get(did))
@@ -374,6 +391,10 @@ def load_batch(
             upsert_links(session, target, link_rows)
         if gone:
             set_link_state(session, entity.name, gone, "deleted")
+        if merged_into:
+            # Both Dynamics ids now resolve to the survivor's person; the merged one never writes.
+            survivors = [{"dynamics_id": d, "marketo_id": m, "state": MERGED} for d, m in merged_into.items()]
+            upsert_links(session, entity.name, survivors)
         resolve_errors(session, entity.name, Direction.D2M.value, ok_ids)
         # M→D errors are keyed by the Marketo id (older ones by the GUID); only a record whose
         # Dataverse write succeeded here settles them, not one that was only written to Marketo.

@@ -25,6 +25,8 @@ from crm_sync.ops import (
     DYNAMICS_UPSERT,
     MARKETO_DELETE,
     MARKETO_FLAG_DELETED,
+    MARKETO_MERGE,
+    MARKETO_REPOINT,
     MARKETO_ROLE_UPSERT,
     MARKETO_UPSERT,
 )
@@ -46,12 +48,25 @@ from crm_sync.transforms import (
     persons_for_entity,
     resolve_changes,
 )
-from crm_sync.transforms.casts import as_string
+from crm_sync.transforms.casts import as_string, lower_ids
 from crm_sync.transforms.dedup import (
     DUPLICATE_EMAIL,
     claim_emails,
 )
 from crm_sync.transforms.errors import concat_errors, empty_errors, error_rows
+from crm_sync.transforms.lifecycle import (
+    CONVERTED,
+    FLAG_DELETED,
+    HANDED_OVER,
+    MERGE_COLUMNS,
+    MERGE_PERSONS,
+    MERGED,
+    MOVE_LINK,
+    NOTHING,
+    conversions,
+    merged_mask,
+    merges,
+)
 
 if TYPE_CHECKING:
     from crm_sync.transforms import Resolution
@@ -59,6 +74,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OP_COLUMNS = ["op", DYNAMICS_ID, "payload"]
+HANDOVER_COLUMNS = ["entity", DYNAMICS_ID, "state"]
 READ_AT = "_read_at"  # when a Marketo snapshot row was read (staged person feed)
 LINK_FRAME_COLUMNS = [
     DYNAMICS_ID,
@@ -128,6 +144,8 @@ class BatchPlan:
         settled_m2d: Marketo ids of valid Marketo records that need no write into Dataverse
             (their values are there already, or Dataverse wins): an earlier M→D error of
             theirs is over.
+        handovers: Links to hand over before the writes (``entity``, ``dynamics_id``,
+            ``state``): a qualified lead's (``converted``), a merged record's (``merged``).
         counts: ``received``, ``valid``, ``filtered``, ``unchanged``, ``failed``.
     """
 
@@ -139,6 +157,9 @@ class BatchPlan:
     stale_ids: list[str] = field(default_factory=list)
     settled_m2d: list[str] = field(default_factory=list)
     filter_values: pd.DataFrame = field(default_factory=pd.DataFrame)
+    handovers: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=HANDOVER_COLUMNS, dtype="str")
+    )
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -156,9 +177,16 @@ def _active_links(links: pd.DataFrame) -> pd.DataFrame:
 
 
 def _hold_duplicate_emails(
-    entity: EntityConfig, canon: pd.DataFrame, links: pd.DataFrame, holders: pd.DataFrame
+    entity: EntityConfig,
+    canon: pd.DataFrame,
+    links: pd.DataFrame,
+    holders: pd.DataFrame,
+    handed: set[str],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Leave out the unlinked records whose email another synced person holds (one per email).
+
+    Records taking over a person (``handed``: a qualified contact, a merge's survivor) count as
+    linked: the person whose email they share is the one they continue.
 
     Returns:
         The rows that may be written, and a ``DUPLICATE_EMAIL`` error row for each one held back.
@@ -171,7 +199,7 @@ def _hold_duplicate_emails(
         else set()
     )
     created = next((f.marketo for f in entity.fields if f.dynamics == "createdon"), None)
-    keep, held = claim_emails(canon, entity.name, email, linked, holders, created)
+    keep, held = claim_emails(canon, entity.name, email, linked | handed, holders, created)
     if held.empty:
         return canon, empty_errors()
     holder = held.set_index("dynamics_id")["holder"]
@@ -247,6 +275,76 @@ def link_frame(
     return rows[LINK_FRAME_COLUMNS].reset_index(drop=True)
 
 
+def empty_handovers() -> pd.DataFrame:
+    """A hand-over frame with no rows."""
+    return pd.DataFrame({c: pd.Series(dtype="str") for c in HANDOVER_COLUMNS})
+
+
+def empty_merges() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="str") for c in MERGE_COLUMNS})
+
+
+def empty_links_of() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="str") for c in (DYNAMICS_ID, MARKETO_ID, "state")})
+
+
+def _handed_over(entity: EntityConfig, rows: pd.DataFrame, links: pd.DataFrame) -> pd.Series:
+    """True for rows whose link was handed over (a qualified lead, a merged record)."""
+    if links.empty:
+        return pd.Series(False, index=rows.index)
+    handed = links.loc[links["state"].isin(HANDED_OVER), DYNAMICS_ID]
+    return lower_ids(rows[entity.dynamics.key]).isin(set(lower_ids(handed)))
+
+
+def _takeovers(converted: pd.DataFrame, merge_plan: pd.DataFrame) -> pd.Series:
+    """Marketo id by GUID of the records that take over a person: qualified records, and the
+    survivors of merged records whose person moves to them."""
+    moved = merge_plan[merge_plan["action"].eq(MOVE_LINK)]
+    ids = pd.concat(
+        [
+            pd.Series(
+                converted["marketo_id"].to_numpy(), index=converted["dynamics_id"].to_numpy(), dtype="str"
+            ),
+            pd.Series(moved["marketo_id"].to_numpy(), index=moved["master_id"].to_numpy(), dtype="str"),
+        ]
+    )
+    return ids[~ids.index.duplicated()]
+
+
+def _repoint_ops(entity: EntityConfig, takeovers: pd.Series, written: pd.Index) -> pd.DataFrame:
+    """Re-key and re-type the persons taken over (before their records' upserts are sent)."""
+    take = takeovers[takeovers.index.isin({str(i) for i in written})]
+    if take.empty:
+        return empty_ops()
+    key, type_field = entity.marketo.key, entity.marketo.type_field
+    payloads = [
+        {"id": int(mid), key: did, **({type_field: entity.marketo.person_type} if type_field else {})}
+        for did, mid in take.items()
+    ]
+    return ops_frame(MARKETO_REPOINT, [str(i) for i in take.index], payloads)
+
+
+def _merge_ops(entity: EntityConfig, merge_plan: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The writes of Dynamics merges: Marketo merges, persons flagged deleted; and the merged
+    records' hand-overs (their links name the survivor's person once the writes succeed)."""
+    ops = [empty_ops()]
+    merging = merge_plan[merge_plan["action"].eq(MERGE_PERSONS)]
+    if len(merging):
+        payloads = [
+            {"winner": int(w), "losers": [int(m)]}
+            for w, m in zip(merging["master_marketo_id"], merging["marketo_id"], strict=True)
+        ]
+        ops.append(ops_frame(MARKETO_MERGE, merging["dynamics_id"].astype(str).tolist(), payloads))
+    flagging = merge_plan[merge_plan["action"].eq(FLAG_DELETED)]
+    policy, records = deletion_records(entity, flagging["dynamics_id"])
+    if policy is DeletePolicy.FLAG and len(records):
+        payloads = records.astype(object).to_dict("records")
+        ops.append(ops_frame(MARKETO_FLAG_DELETED, flagging["dynamics_id"].astype(str).tolist(), payloads))
+    handed = merge_plan.loc[merge_plan["action"].ne(NOTHING), "dynamics_id"]
+    handovers = pd.DataFrame({"entity": entity.name, DYNAMICS_ID: handed.astype(str), "state": MERGED})
+    return pd.concat(ops, ignore_index=True), handovers
+
+
 def plan_changes(
     entity: EntityConfig,
     dynamics_rows: pd.DataFrame | None,
@@ -254,6 +352,7 @@ def plan_changes(
     links: pd.DataFrame,
     id_map: pd.DataFrame,
     email_holders: pd.DataFrame | None = None,
+    origins: pd.DataFrame | None = None,
 ) -> BatchPlan:
     """Plan the writes for one batch of changed records from either or both sides.
 
@@ -268,6 +367,8 @@ def plan_changes(
             entity's links included.
         email_holders: Active person links with the batch's emails (any person entity), for
             the entity's ``duplicate_email`` rule; None leaves the rule out.
+        origins: Links of the records the batch's rows were converted from (the entity's
+            ``converted_from``: a contact's qualified lead), any state.
 
     Returns:
         The plan; records in error are left out of ``ops``.
@@ -280,8 +381,16 @@ def plan_changes(
     stale: list[str] = []
     filter_values: pd.Series | None = None
     last = last_hashes(_active_links(links))
+    merge_plan = empty_merges()
+    takeovers = pd.Series(dtype="str")
+    handovers: list[pd.DataFrame] = []
     if dynamics_rows is not None and not dynamics_rows.empty:
         counts["received"] += len(dynamics_rows)
+        merge_plan = merges(entity, dynamics_rows, links)
+        # Merged records and records whose person went on as another record write no more.
+        gone = merged_mask(entity, dynamics_rows) | _handed_over(entity, dynamics_rows, links)
+        counts["filtered"] += int(gone.sum())
+        dynamics_rows = dynamics_rows[~gone.to_numpy()]
         transitions = filter_transitions(dynamics_rows, entity, links)
         filter_values = pd.Series(
             transitions["filter_value"].to_numpy(), index=transitions[DYNAMICS_ID].to_numpy()
@@ -293,12 +402,31 @@ def plan_changes(
         last = last.drop(index=[i for i in refresh if i in last.index])
         kept, dropped = apply_sync_filter(dynamics_rows, entity)
         counts["filtered"] += len(dropped)
+        converted = conversions(entity, kept, links, origins if origins is not None else empty_links_of())
+        takeovers = _takeovers(converted, merge_plan)
         mapped = dynamics_to_canonical(kept, entity, id_map)
         error_parts.append(mapped.errors)
         d_canon = mapped.frame
+        if len(takeovers):
+            # The person a record takes over is its Marketo id from now on (link, payload route).
+            taken = d_canon[DYNAMICS_ID].map(takeovers)
+            d_canon = d_canon.assign(**{MARKETO_ID: taken.where(taken.notna(), d_canon[MARKETO_ID])})
         if email_holders is not None and entity.duplicate_email is DuplicateEmail.OLDEST_HOLDS:
-            d_canon, held = _hold_duplicate_emails(entity, d_canon, links, email_holders)
+            d_canon, held = _hold_duplicate_emails(
+                entity, d_canon, links, email_holders, set(takeovers.index)
+            )
             error_parts.append(held)
+        if entity.converted_from is not None and len(converted):
+            written = converted[converted["dynamics_id"].isin(set(d_canon[DYNAMICS_ID]))]
+            handovers.append(
+                pd.DataFrame(
+                    {
+                        "entity": entity.converted_from.entity,
+                        DYNAMICS_ID: written["origin_id"],
+                        "state": CONVERTED,
+                    }
+                )
+            )
         canonical.append(d_canon)
         valid_rows = kept.loc[mapped.frame.index]
     m_canon: pd.DataFrame | None = None
@@ -313,11 +441,14 @@ def plan_changes(
     counts["failed"] = int(errors["record_id"].nunique()) if len(errors) else 0
     if d_canon is None and m_canon is None:
         return BatchPlan(errors=errors, stale_ids=stale, counts=counts)
+    lifecycle_ops, merge_handovers = _merge_ops(entity, merge_plan)
+    handovers.append(merge_handovers)
     resolution = resolve_changes(entity, d_canon, m_canon, last)
     counts["valid"] = len(resolution.to_marketo.index)
     counts["unchanged"] = len(resolution.unchanged_ids)
     ops = [empty_ops()]
     if entity.direction.includes(Direction.D2M):
+        ops += [lifecycle_ops, _repoint_ops(entity, takeovers, resolution.marketo_ids)]
         to_m = marketo_payload(entity, resolution)
         ops.append(ops_frame(MARKETO_UPSERT, [str(i) for i in resolution.marketo_ids], to_m))
     if entity.direction.includes(Direction.M2D):
@@ -344,6 +475,7 @@ def plan_changes(
         consents=resolution.consents,
         stale_ids=stale,
         settled_m2d=settled,
+        handovers=pd.concat(handovers, ignore_index=True) if handovers else empty_handovers(),
         counts=counts,
     )
     log.debug("%s plan: %s, %d ops", entity.name, counts, len(plan.ops))

@@ -26,6 +26,7 @@ from crm_sync.state import (
     record_errors,
     resolve_errors,
     session_scope,
+    set_link_state,
 )
 from crm_sync.state.idmap import upsert_links
 from crm_sync.transforms import ID_MAP_COLUMNS, flagged_unlinked, persons_for_entity
@@ -119,12 +120,21 @@ def _work_units(
     entity: EntityConfig, ctx: RunContext, manifest: ExtractManifest
 ) -> Iterator[tuple[pd.DataFrame | None, pd.DataFrame | None]]:
     """Yield (Dataverse rows, Marketo rows) pairs: each Dataverse batch with the same records'
-    Marketo changes, then the remaining Marketo changes in batches of ``batch_size``."""
+    Marketo changes, then the merged records with their survivors (one unit, left out of the
+    other batches), then the remaining Marketo changes in batches of ``batch_size``."""
     marketo = _marketo_rows(entity, ctx, manifest)
     used: set[str] = set()
-    for ref in manifest.dynamics.batches if manifest.dynamics else ():
+    key = entity.dynamics.key
+    refs = list(manifest.dynamics.batches) if manifest.dynamics else []
+    merged: set[str] = set()
+    if manifest.dynamics is not None and manifest.dynamics.merges is not None:
+        merged = set(lower_ids(ctx.staging.read_frame(manifest.dynamics.merges)[key]).dropna())
+        refs.append(manifest.dynamics.merges)
+    for ref in refs:
         rows = ctx.staging.read_frame(ref)
-        ids = set(lower_ids(rows[entity.dynamics.key]).dropna())
+        if merged and manifest.dynamics is not None and ref != manifest.dynamics.merges:
+            rows = rows[~lower_ids(rows[key]).isin(merged).to_numpy()]
+        ids = set(lower_ids(rows[key]).dropna())
         part = None
         if marketo is not None:
             part = marketo[marketo["_key"].isin(ids)].drop(columns="_key")
@@ -192,6 +202,10 @@ def _record(session: Session, entity: EntityConfig, plan: BatchPlan, run_id: str
         log_consents(session, plan.consents, run_id=run_id)
     if plan.settled_m2d:
         resolve_errors(session, entity.name, Direction.M2D.value, plan.settled_m2d)
+    for (owner, state), ids in plan.handovers.groupby(["entity", "state"])["dynamics_id"]:
+        # Handed over before the writes: the old record stops writing to the person at once,
+        # and a failed write finds the hand-over again on its retry (transforms.lifecycle).
+        set_link_state(session, str(owner), ids.tolist(), str(state))
     if plan.stale_ids:
         # Filter switched to No: stop updating the link, delete nothing (sync-semantics §4.3).
         # (upsert_links would reset a row it writes to "active", so the state goes in the row.)
@@ -207,6 +221,15 @@ def _email_holders(session: Session, entity: EntityConfig, rows: pd.DataFrame | 
     if column is None or column not in rows:
         return None
     return links_by_email(session, as_string(rows[column]).dropna())
+
+
+def _origin_links(session: Session, entity: EntityConfig, rows: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Links of the records the batch's rows were converted from (a contact's qualified lead)."""
+    rule = entity.converted_from
+    if rule is None or rows is None or rows.empty or rule.column not in rows:
+        return None
+    ids = lower_ids(rows[rule.column]).dropna().unique().tolist()
+    return lookup_links(session, rule.entity, dynamics_ids=ids) if ids else None
 
 
 def _stage_plan(ctx: RunContext, entity: EntityConfig, plan: BatchPlan, name: str) -> LoadBatch:
@@ -260,7 +283,8 @@ def _plans(entity: EntityConfig, ctx: RunContext, manifest: ExtractManifest) -> 
             if d_rows is not None:
                 d_rows = _infer_lookup_types(entity, d_rows, id_map)
             holders = _email_holders(session, entity, d_rows)
-            plan = plan_changes(entity, d_rows, m_rows, links, id_map, holders)
+            origins = _origin_links(session, entity, d_rows)
+            plan = plan_changes(entity, d_rows, m_rows, links, id_map, holders, origins)
             _record(session, entity, plan, ctx.run_id)
         yield plan
     yield from _new_person_plans(entity, ctx, manifest)

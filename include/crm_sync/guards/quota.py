@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 
 from crm_sync.config import QuotaPriority
 from crm_sync.guards import GuardError, GuardSettings
-from crm_sync.ops import DYNAMICS_OPS, MARKETO_OPS
+from crm_sync.ops import DYNAMICS_OPS, MARKETO_OPS, SINGLE_RECORD_OPS
 from crm_sync.state.guards import calls_since
 
 if TYPE_CHECKING:
@@ -117,7 +117,9 @@ def estimate_load_calls(op_counts: Iterable[Mapping[str, int]]) -> dict[str, int
         for op, n in counts.items():
             if n <= 0:
                 continue
-            if op in MARKETO_OPS:
+            if op in SINGLE_RECORD_OPS:
+                marketo += n
+            elif op in MARKETO_OPS:
                 marketo += math.ceil(n / MARKETO_CALL_RECORDS)
             elif op in DYNAMICS_OPS:
                 dynamics += math.ceil(n / DYNAMICS_BATCH_RECORDS)

@@ -103,15 +103,27 @@ def default_since(state: Engine) -> datetime:
     return (as_utc(first) or utcnow()) - timedelta(days=1)
 
 
-def _held_back(state: Engine, entity: EntityConfig) -> set[str]:
-    """Records the sync reports instead of writing (open DUPLICATE_EMAIL errors): not missing."""
+def _held_back(state: Engine, entity: EntityConfig, rows: pd.DataFrame, links: pd.DataFrame) -> set[str]:
+    """Records with no Marketo person of their own, by a rule: not missing in Marketo.
+
+    Those the sync reports instead of writing (open DUPLICATE_EMAIL errors), those whose person
+    went on as another record (a qualified lead, a merged record: their links are handed over),
+    and records merged into another in Dynamics that never had a person.
+    """
     from crm_sync.state import open_errors
+    from crm_sync.transforms.casts import lower_ids
     from crm_sync.transforms.dedup import DUPLICATE_EMAIL
+    from crm_sync.transforms.lifecycle import HANDED_OVER, merged_mask
 
     with session_scope(state) as session:
         errors = open_errors(session, entity=entity.name)
     mine = errors[errors["code"].eq(DUPLICATE_EMAIL)] if len(errors) else errors
-    return set(mine["source_id"].astype(str).str.lower()) if len(mine) else set()
+    held = set(mine["source_id"].astype(str).str.lower()) if len(mine) else set()
+    if len(links):
+        held |= set(lower_ids(links.loc[links["state"].isin(HANDED_OVER), "dynamics_id"]))
+    if len(rows) and entity.dynamics.key in rows:
+        held |= set(lower_ids(rows.loc[merged_mask(entity, rows).to_numpy(), entity.dynamics.key]).dropna())
+    return held
 
 
 def _links(state: Engine, names: Sequence[str]) -> pd.DataFrame:
@@ -190,7 +202,8 @@ def reconcile(
             keys |= set(links["dynamics_id"].dropna().astype(str))
             m_rows = read_objects(entity, marketo, marketo_object_path(entity), keys)
             group_links = links
-        found = compare_entity(entity, rows, m_rows, id_map, links, group_links, _held_back(state, entity))
+        held = _held_back(state, entity, rows, links)
+        found = compare_entity(entity, rows, m_rows, id_map, links, group_links, held)
         parts.append(found)
         mine = m_rows
         if is_person(entity) and entity.marketo.type_field and entity.marketo.type_field in m_rows:

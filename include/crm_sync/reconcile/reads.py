@@ -74,7 +74,8 @@ class ReconcileMarketo(Protocol):
 
 
 def dynamics_select(entity: EntityConfig) -> list[str]:
-    """Dataverse columns a reconciliation reads: key, every mapped column, lookups, filter."""
+    """Dataverse columns a reconciliation reads: key, every mapped column, lookups, filter, and
+    the merge flag (a record merged into another has no person of its own)."""
     cols = [
         entity.dynamics.key,
         *(f.dynamics for f in entity.fields),
@@ -82,6 +83,8 @@ def dynamics_select(entity: EntityConfig) -> list[str]:
     ]
     if entity.dynamics.filter_column:
         cols.append(entity.dynamics.filter_column)
+    if entity.merges is not None:
+        cols.append(entity.merges.flag)
     return list(dict.fromkeys(cols))
 
 

@@ -76,14 +76,22 @@ def _rows(entity: str, links: pd.DataFrame | Sequence[Mapping[str, Any]]) -> lis
     return list({r["dynamics_id"]: r for r in rows}.values())
 
 
+ACTIVE = "active"
+_HANDED_OVER = ("converted", "merged")  # transforms.lifecycle's hand-over states
+
+
 def _release_marketo_ids(session: Session, entity: str, rows: list[dict[str, Any]]) -> None:
     """Detach Marketo ids now claimed by another GUID (re-created record, re-pointed person)."""
-    claims = {r["marketo_id"]: r["dynamics_id"] for r in rows if r.get("marketo_id")}
+    # A link handed over (a qualified lead, a merged record) keeps naming the person it handed
+    # on, as history: it claims nothing and is never released.
+    claims = {
+        r["marketo_id"]: r["dynamics_id"] for r in rows if r.get("marketo_id") and r["state"] == "active"
+    }
     stale: list[int] = []
     for part in chunks(list(claims)):
         found = session.execute(
             select(IdMap.id, IdMap.marketo_id, IdMap.dynamics_id).where(
-                IdMap.entity == entity, IdMap.marketo_id.in_(part)
+                IdMap.entity == entity, IdMap.marketo_id.in_(part), IdMap.state.not_in(_HANDED_OVER)
             )
         )
         stale += [pk for pk, mid, did in found if claims[mid] != did]
@@ -171,7 +179,8 @@ def links_by_email(session: Session, emails: Iterable[str]) -> pd.DataFrame:
 def set_link_state(
     session: Session, entity: str, dynamics_ids: Iterable[str], state: str, now: datetime | None = None
 ) -> int:
-    """Set ``state`` (active / stale / orphaned / deleted) on the given links; returns rows changed."""
+    """Set ``state`` (active / stale / orphaned / deleted / converted / merged) on the given links;
+    returns rows changed."""
     ids = sorted({str(v).strip().lower() for v in dynamics_ids})
     changed = 0
     for part in chunks(ids):

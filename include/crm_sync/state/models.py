@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
@@ -48,13 +49,25 @@ class Watermark(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+_HELD = "state NOT IN ('converted', 'merged')"
+
+
 class IdMap(Base):
     """A link between a Dataverse record and its Marketo record, with what was last synced."""
 
     __tablename__ = "id_map"
     __table_args__ = (
         UniqueConstraint("entity", "dynamics_id"),
-        UniqueConstraint("entity", "marketo_id"),
+        # One link per Marketo person, but for handed-over links (a merged record's names the
+        # survivor's person too): a partial unique index (migration 0007).
+        Index(
+            "uq_id_map_entity_marketo_id_held",
+            "entity",
+            "marketo_id",
+            unique=True,
+            sqlite_where=text(_HELD),
+            postgresql_where=text(_HELD),
+        ),
         Index("ix_id_map_entity_email", "entity", "email"),
     )
 
@@ -64,7 +77,9 @@ class IdMap(Base):
     marketo_id: Mapped[str | None] = mapped_column(String(64))
     email: Mapped[str | None] = mapped_column(String(320))  # lower case, for dedup lookups
     person_type: Mapped[str | None] = mapped_column(String(16))  # Lead / Contact
-    state: Mapped[str] = mapped_column(String(16), default="active")  # active / stale / orphaned / deleted
+    state: Mapped[str] = mapped_column(
+        String(16), default="active"
+    )  # active / stale / orphaned / deleted / converted / merged
     filter_value: Mapped[bool | None] = mapped_column(Boolean)  # last seen sync-filter value
     last_hash_d2m: Mapped[int | None] = mapped_column(BigInteger)
     last_hash_m2d: Mapped[int | None] = mapped_column(BigInteger)

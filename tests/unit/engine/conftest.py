@@ -190,6 +190,15 @@ class FakeMarketo:
             out.append(WriteResult(i, WriteStatus.UPDATED, str(found["id"])))
         return out
 
+    def merge_leads(self, winner_id: int, loser_ids: Sequence[int]) -> WriteResult:
+        self._count("merge_leads")
+        if any(i not in self.persons for i in [winner_id, *loser_ids]):
+            return WriteResult(0, WriteStatus.FAILED, reason="not found", code="1004")
+        for loser in loser_ids:
+            del self.persons[loser]
+        self.activities.append(winner_id)
+        return WriteResult(0, WriteStatus.UPDATED, str(winner_id))
+
     def sync_objects(
         self,
         object_name: str,
