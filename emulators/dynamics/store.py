@@ -339,12 +339,27 @@ def reset_data(conn: Connection, tables: dict[str, Table], make_uuid: Any = None
     initialize(conn, make_uuid)
 
 
+def _drop_key(
+    conn: Connection, tables: dict[str, Table], table: Table, key: tuple[str, ...]
+) -> dict[str, Any]:
+    if key not in table.alternate_keys:
+        raise ODataError(
+            400, "", f"schema change: entity {table.logical_name!r} has no alternate key {list(key)}"
+        )
+    name = "ak_" + table.logical_name + "_" + "_".join(key)
+    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {quote(name)}")
+    table.alternate_keys = tuple(k for k in table.alternate_keys if k != key)
+    write_meta(conn, "schema", schema_to_json(tables))
+    return {"entity": table.logical_name, "keys": [list(k) for k in table.alternate_keys]}
+
+
 def change_column(conn: Connection, tables: dict[str, Table], spec: dict[str, Any]) -> dict[str, Any]:
     """Drop, rename or add a column, for schema-drift tests.
 
     ``spec`` is ``{"entity": "lead", "drop": "jobtitle"}``, ``{"entity": "lead", "rename":
     {"from": "jobtitle", "to": "new_jobtitle"}}`` or ``{"entity": "lead", "add": {"name":
-    "new_score", "type": "Integer"}}``.
+    "new_score", "type": "Integer"}}``; ``{"entity": "contact", "drop_key": ["emailaddress1"]}``
+    removes an alternate key (a real org may not have the emulator's seeded keys).
 
     Raises:
         ODataError: 400 naming the entity or column that does not fit.
@@ -353,6 +368,8 @@ def change_column(conn: Connection, tables: dict[str, Table], spec: dict[str, An
     table = tables.get(name)
     if table is None:
         raise ODataError(400, "", f"schema change: no entity {name!r}")
+    if "drop_key" in spec:
+        return _drop_key(conn, tables, table, tuple(str(c).lower() for c in spec["drop_key"]))
     t = quote(table.logical_name)
     attrs = dict(table.attributes)
     if "drop" in spec or "rename" in spec:

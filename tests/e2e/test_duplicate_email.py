@@ -83,3 +83,25 @@ def test_a_lead_and_a_contact_with_one_email_give_one_person_and_one_report(
     (kim,) = _persons_with(sync_env, "kim@dup.test")
     assert kim["externalPersonId"] == other, "a contact with an email of its own is synced as before"
     assert_reconciled(capsys)
+
+
+def test_two_contacts_with_one_email_give_one_person_and_one_report(
+    sync_env: SyncEnv, new_guid: Callable[[], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The emulator seeds an alternate key on contact email; a real org need not have one.
+    sync_env.dynamics.admin("POST", "schema", json={"entity": "contact", "drop_key": ["emailaddress1"]})
+    first, second = sorted([new_guid(), new_guid()])
+    rows = [
+        {"contactid": g, "lastname": f"Twin {g[:4]}", "emailaddress1": "sam@dup.test"}
+        for g in (first, second)
+    ]
+    dyn_upsert(sync_env, "contacts", "contactid", rows)
+
+    sync_env.run("sync_contact")
+
+    (person,) = _persons_with(sync_env, "sam@dup.test")
+    assert person["externalPersonId"] == first
+    ((entity, source, reason),) = _reports(sync_env)
+    assert (entity, source) == ("contact", second)
+    assert f"contact:{first}" in reason
+    assert_reconciled(capsys)

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.e2e.conftest import SyncEnv
-from tests.e2e.persons_support import dyn_upsert, read_persons
+from tests.e2e.persons_support import assert_reconciled, dyn_get, dyn_upsert, read_persons
 
 pytestmark = pytest.mark.e2e
 
@@ -90,9 +90,9 @@ def test_recreate_deleted_writes_the_whole_record(sync_env: SyncEnv, new_guid: C
     dana = new_guid()
     old_id = _synced_then_deleted_in_marketo(sync_env, dana)
 
-    sync_env.run("sync_lead")  # finds the person gone: forgets the link, makes the retry due now
-    assert _persons(sync_env, dana) == []
-    sync_env.run("sync_lead")  # the retry re-reads the lead and sends it whole
+    # The run reads the deleted-leads feed first: the link forgets the person, so the lead's edit
+    # in the same run is planned as a new person, from the whole record.
+    sync_env.run("sync_lead")
     (person,) = _persons(sync_env, dana)
     assert int(person["id"]) != old_id
     assert (person["email"], person["firstName"], person["lastName"], person["title"]) == (
@@ -104,3 +104,67 @@ def test_recreate_deleted_writes_the_whole_record(sync_env: SyncEnv, new_guid: C
     ((code, _, parked, resolved),) = _errors(sync_env, dana)
     assert (code, parked) == ("deleted_in_marketo", False)
     assert resolved is not None, "the re-creation settled the error"
+
+
+def test_a_delete_in_marketo_is_reported_by_the_next_run_without_any_edit(
+    sync_env: SyncEnv, new_guid: Callable[[], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ed = new_guid()
+    _dyn_set(sync_env, ed, lastname="Quiet", emailaddress1="ed@example.com")
+    sync_env.run("sync_lead")
+    (person,) = _persons(sync_env, ed)
+    _delete_person(sync_env, int(person["id"]))
+
+    sync_env.run("sync_lead")
+
+    ((code, reason, parked, resolved),) = _errors(sync_env, ed)
+    assert (code, parked, resolved) == ("deleted_in_marketo", True, None)
+    assert f"Marketo person {person['id']}" in reason
+    assert dyn_get(sync_env, "leads", "leadid", ed, ["lastname"])["lastname"] == "Quiet", "kept in Dynamics"
+    assert _persons(sync_env, ed) == []
+    sync_env.run("sync_lead")  # read again: still the one report row
+    assert len(_errors(sync_env, ed)) == 1
+    assert_reconciled(capsys)
+
+
+def test_a_merge_in_marketo_keeps_the_survivors_link_and_reports_the_other_record(
+    sync_env: SyncEnv, new_guid: Callable[[], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    kept, merged = new_guid(), new_guid()
+    _dyn_set(sync_env, kept, lastname="Keeper", emailaddress1="keeper@example.com")
+    _dyn_set(sync_env, merged, lastname="Twin", emailaddress1="twin.keeper@example.com")
+    sync_env.run("sync_lead")
+    (survivor,) = _persons(sync_env, kept)
+    (loser,) = _persons(sync_env, merged)
+    hook = sync_env.mkto()
+    try:
+        assert hook.merge_leads(int(survivor["id"]), [int(loser["id"])]).ok
+    finally:
+        hook.close()
+
+    sync_env.run("sync_lead")
+
+    ((code, reason, parked, _),) = _errors(sync_env, merged)
+    assert (code, parked) == ("deleted_in_marketo", True)
+    assert f"merged into Marketo person {survivor['id']}" in reason
+    assert _errors(sync_env, kept) == []
+    with sync_env.state().connect() as conn:
+        links: dict[str, str] = dict(
+            conn.execute(
+                text("SELECT dynamics_id, state || ':' || marketo_id FROM id_map WHERE entity = 'lead'")
+            ).all()
+        )
+    assert links[kept] == f"active:{survivor['id']}", "the survivor keeps its link"
+    assert links[merged] == f"merged:{survivor['id']}"
+    assert dyn_get(sync_env, "leads", "leadid", merged, ["lastname"])["lastname"] == "Twin", (
+        "kept in Dynamics"
+    )
+
+    _dyn_set(sync_env, merged, jobtitle="Edited after the merge")
+    sync_env.run("sync_lead")
+    assert _persons(sync_env, merged) == [], "not re-created"
+    (person,) = _persons(sync_env, kept)
+    assert person.get("title") != "Edited after the merge", (
+        "the other record no longer writes to the survivor"
+    )
+    assert_reconciled(capsys)

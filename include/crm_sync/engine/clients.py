@@ -80,6 +80,16 @@ class MarketoClient(Protocol):
         """Pages of lead changes since a token."""
         ...
 
+    def get_deleted_leads(self, next_page_token: str, batch_size: int = ...) -> Iterator[FeedPage]:
+        """Pages of Delete Lead activities since a token."""
+        ...
+
+    def get_activities(
+        self, next_page_token: str, activity_type_ids: Sequence[int], batch_size: int = ...
+    ) -> Iterator[FeedPage]:
+        """Pages of activities of the given types since a token."""
+        ...
+
     def get_leads(
         self,
         filter_type: str,

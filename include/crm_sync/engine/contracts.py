@@ -280,6 +280,8 @@ class MarketoPart:
         reused: Chunks another entity's run had staged already.
         fresh: The run read a new tail of the feed (the shared feed head moves on).
         retried: Persons re-read because their earlier failure was due.
+        gone: Persons deleted or merged away in Marketo since ``start`` (``marketo_id``,
+            ``survivor_id`` for a merge), staged for the transform to report.
     """
 
     start: str
@@ -289,6 +291,7 @@ class MarketoPart:
     reused: int = 0
     fresh: bool = False
     retried: int = 0
+    gone: BatchRef | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         """The JSON form."""
@@ -300,6 +303,7 @@ class MarketoPart:
             "reused": self.reused,
             "fresh": self.fresh,
             "retried": self.retried,
+            **({"gone": self.gone.to_dict()} if self.gone is not None else {}),
         }
 
     @classmethod
@@ -314,6 +318,7 @@ class MarketoPart:
             reused=int(data.get("reused") or 0),
             fresh=bool(data.get("fresh")),
             retried=int(data.get("retried") or 0),
+            gone=_refs({"gone": [data["gone"]]}, "gone", what)[0] if data.get("gone") else None,
         )
 
 

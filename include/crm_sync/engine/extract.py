@@ -30,6 +30,7 @@ from crm_sync.engine.columns import (
     stage_rows,
 )
 from crm_sync.engine.contracts import ExtractManifest
+from crm_sync.engine.gone_persons import stage_gone_persons
 from crm_sync.engine.person_feed import (
     advance_feed_head,
     feed_start,
@@ -261,6 +262,7 @@ def extract_changes(
             m_token = feed_start(ctx, marketo, started)
         fields = feed_fields or person_fields([entity])
         chunk = read_person_feed(marketo, ctx.staging, m_token, fields)
+        chunk["gone"] = stage_gone_persons(entity, ctx, marketo, m_token)
         retried = retry_persons(entity, ctx, marketo, fields, started)
         if retried is not None:
             chunk["chunks"].append(retried)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from crm_sync.config import DeletePolicy, Direction, EntityConfig, MarketoObject
 from crm_sync.engine.contracts import LoadBatch, LoadOutcome
+from crm_sync.engine.gone_persons import DELETED_IN_MARKETO, gone_reason, settle_gone
 from crm_sync.engine.plan import LINK_FRAME_COLUMNS
 from crm_sync.ops import (
     DYNAMICS_CREATE,
@@ -33,7 +34,6 @@ from crm_sync.state import (
     park_errors,
     record_errors,
     resolve_errors,
-    retry_now,
     session_scope,
     set_link_state,
     upsert_links,
@@ -45,8 +45,6 @@ from crm_sync_hooks.results import ROW_EXISTS, ROW_MISSING
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-
-    from sqlalchemy.orm import Session
 
     from crm_sync.engine.clients import DynamicsClient, MarketoClient
     from crm_sync.engine.context import RunContext
@@ -198,9 +196,6 @@ def _write_persons(
     return [results[i] for i in range(len(payloads))], gone
 
 
-DELETED_IN_MARKETO = "deleted_in_marketo"
-
-
 def _missing_reason(entity: EntityConfig, guid: str) -> str:
     flag = entity.marketo.deleted_field
     flagged = entity.delete_policy is DeletePolicy.FLAG and flag
@@ -209,33 +204,6 @@ def _missing_reason(entity: EntityConfig, guid: str) -> str:
         f"{entity.dynamics.entity_set}({guid}) was deleted in Dynamics after this change was read; "
         f"it is not re-created{marked}"
     )
-
-
-def _gone_reason(entity: EntityConfig, marketo_id: str | None) -> str:
-    person = f"Marketo person {marketo_id}" if marketo_id else "the linked Marketo person"
-    if entity.recreate_deleted:
-        return f"{person} is gone from Marketo; the next retry re-creates it from the whole record"
-    return (
-        f"{person} is gone from Marketo (deleted or merged away there); not re-created "
-        f"(recreate_deleted: true in {entity.name}.yaml re-creates such persons)"
-    )
-
-
-def _person_deleted_in_marketo(session: Session, entity: EntityConfig, guids: list[str]) -> None:
-    """Report linked persons that Marketo no longer has: parked, or forgotten to be re-created.
-
-    With ``recreate_deleted`` the link forgets the person and the values synced, and the error is
-    due at once, so the next run's retry re-reads the Dataverse record and sends it whole (a new
-    person, never a half-empty one); otherwise the error is parked at once: listed by the status
-    page and ``python -m crm_sync.state parked``, never retried, and nothing is created in Marketo.
-    """
-    log.warning("%s: %d linked persons are gone from Marketo: %s", entity.name, len(guids), guids[:10])
-    if entity.recreate_deleted:
-        forgotten = [{"dynamics_id": g, "marketo_id": None, "field_hashes": None} for g in guids]
-        upsert_links(session, entity.name, forgotten)
-        retry_now(session, entity.name, Direction.D2M.value, guids)
-    else:
-        park_errors(session, entity.name, Direction.D2M.value, guids)
 
 
 DELETED_IN_DYNAMICS = "deleted_in_dynamics"
@@ -369,7 +337,7 @@ def load_batch(
                     repoint_failed.add(did)
                 code, reason = res.code or res.status.value, res.reason or res.status.value
                 if name == MARKETO_UPSERT and did in deleted_in_marketo:
-                    code, reason = DELETED_IN_MARKETO, _gone_reason(entity, person_ids.get(did))
+                    code, reason = DELETED_IN_MARKETO, gone_reason(entity, person_ids.get(did))
                 elif name == DYNAMICS_UPSERT and res.code == ROW_MISSING:
                     deleted_in_dynamics.add(did)
                     code, reason = DELETED_IN_DYNAMICS, _missing_reason(entity, did)
@@ -409,7 +377,7 @@ def load_batch(
             errors = pd.DataFrame([e for rows in failed.values() for e in rows])
             record_errors(session, errors, run_id=ctx.run_id)
         if deleted_in_marketo:
-            _person_deleted_in_marketo(session, entity, sorted(deleted_in_marketo))
+            settle_gone(session, entity, sorted(deleted_in_marketo))
         if deleted_in_dynamics:
             # Closed and parked: the change that met the missing row waits for an admin (the
             # row may come back from the recycle bin) instead of being retried forever.

@@ -16,6 +16,7 @@ import pandas as pd
 
 from crm_sync.config import Direction, DuplicateEmail
 from crm_sync.engine.contracts import ExtractManifest, LoadBatch
+from crm_sync.engine.gone_persons import report_gone_persons
 from crm_sync.engine.new_persons import plan_new_persons
 from crm_sync.engine.plan import BatchPlan, plan_changes, plan_deletes
 from crm_sync.state import (
@@ -271,6 +272,12 @@ def transform_changes(
 
 def _plans(entity: EntityConfig, ctx: RunContext, manifest: ExtractManifest) -> Iterator[BatchPlan]:
     """Plan every work unit, storing errors and conflicts as each is planned."""
+    if manifest.marketo is not None and manifest.marketo.gone is not None:
+        # Before the plans: a person merged away in Marketo hands its record's link over, and
+        # that record then writes no more (engine.gone_persons).
+        gone = ctx.staging.read_frame(manifest.marketo.gone)
+        with session_scope(ctx.state) as session:
+            report_gone_persons(session, entity, gone, ctx.run_id)
     for d_rows, m_rows in _work_units(entity, ctx, manifest):
         ids: list[str] = []
         if d_rows is not None:

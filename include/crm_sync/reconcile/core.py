@@ -106,10 +106,12 @@ def default_since(state: Engine) -> datetime:
 def _held_back(state: Engine, entity: EntityConfig, rows: pd.DataFrame, links: pd.DataFrame) -> set[str]:
     """Records with no Marketo person of their own, by a rule: not missing in Marketo.
 
-    Those the sync reports instead of writing (open DUPLICATE_EMAIL errors), those whose person
+    Those the sync reports instead of writing (open DUPLICATE_EMAIL errors; deleted_in_marketo:
+    a person deleted in Marketo, not re-created, waiting for an admin), those whose person
     went on as another record (a qualified lead, a merged record: their links are handed over),
     and records merged into another in Dynamics that never had a person.
     """
+    from crm_sync.engine.gone_persons import DELETED_IN_MARKETO
     from crm_sync.state import open_errors
     from crm_sync.transforms.casts import lower_ids
     from crm_sync.transforms.dedup import DUPLICATE_EMAIL
@@ -117,7 +119,10 @@ def _held_back(state: Engine, entity: EntityConfig, rows: pd.DataFrame, links: p
 
     with session_scope(state) as session:
         errors = open_errors(session, entity=entity.name)
-    mine = errors[errors["code"].eq(DUPLICATE_EMAIL)] if len(errors) else errors
+    reported = (
+        errors["code"].eq(DUPLICATE_EMAIL) | errors["code"].eq(DELETED_IN_MARKETO) if len(errors) else None
+    )
+    mine = errors[reported] if reported is not None else errors
     held = set(mine["source_id"].astype(str).str.lower()) if len(mine) else set()
     if len(links):
         held |= set(lower_ids(links.loc[links["state"].isin(HANDED_OVER), "dynamics_id"]))

@@ -139,6 +139,27 @@ def test_schema_drift_drop_and_rename_column(fresh_emulator):
     assert bad.status_code == 400
 
 
+def test_an_alternate_key_can_be_dropped(fresh_emulator):
+    dv = fresh_emulator("--limits", "off")
+    first = dv.call("POST", "contacts", json={"lastname": "One", "emailaddress1": "same@keys.test"})
+    assert first.status_code == 204, first.text
+    assert (
+        dv.call("POST", "contacts", json={"lastname": "Two", "emailaddress1": "same@keys.test"}).status_code
+        != 204
+    )
+
+    dv.emu.admin("POST", "schema", json={"entity": "contact", "drop_key": ["emailaddress1"]})
+
+    keys = dv.get("EntityDefinitions(LogicalName='contact')/Keys").json()["value"]
+    assert [k["KeyAttributes"] for k in keys] == []
+    again = dv.call("POST", "contacts", json={"lastname": "Two", "emailaddress1": "same@keys.test"})
+    assert again.status_code == 204, again.text
+    bad = dv.call(
+        "POST", f"{dv.emu.base_url}/_emulator/schema", json={"entity": "contact", "drop_key": ["x"]}
+    )
+    assert bad.status_code == 400
+
+
 def test_reset_empties_the_organization(fresh_emulator):
     dv = fresh_emulator("--limits", "off")
     dv.call("POST", "accounts", json={"name": "to be wiped"})

@@ -149,6 +149,16 @@ class FakeMarketo:
         records = [{"leadId": lead_id} for lead_id in self.activities[start:]]
         yield FeedPage(records, f"t{len(self.activities)}", False)
 
+    def get_deleted_leads(self, next_page_token: str, batch_size: int = 300) -> Iterator[FeedPage]:
+        self._count("get_deleted_leads")
+        yield FeedPage([], next_page_token, False)
+
+    def get_activities(
+        self, next_page_token: str, activity_type_ids: Sequence[int], batch_size: int = 300
+    ) -> Iterator[FeedPage]:
+        self._count("get_activities")
+        yield FeedPage([], next_page_token, False)
+
     def get_leads(
         self,
         filter_type: str,
