@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.e2e.conftest import SyncEnv, write_calls
-from tests.e2e.persons_support import dyn_get, dyn_upsert, mkto_update, read_persons
+from tests.e2e.persons_support import assert_reconciled, dyn_get, dyn_upsert, mkto_update, read_persons
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ def _consent_log(env: SyncEnv, guid: str) -> list[tuple[str, str, str | None, st
 
 
 def test_an_opt_out_made_in_marketo_is_never_undone_from_dynamics(
-    sync_env: SyncEnv, new_guid: Callable[[], str]
+    sync_env: SyncEnv, new_guid: Callable[[], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     cara = new_guid()
     _dyn_set(sync_env, "contacts", "contactid", cara, lastname="Cara", emailaddress1="cara@example.com")
@@ -88,10 +88,11 @@ def test_an_opt_out_made_in_marketo_is_never_undone_from_dynamics(
     assert write_calls(sync_env.marketo.stats()) == {}
     assert write_calls(sync_env.dynamics.stats()) == {}
     assert len(_consent_log(sync_env, cara)) == 2
+    assert_reconciled(capsys)
 
 
 def test_an_opt_out_made_in_dynamics_wins_and_the_owner_can_resubscribe(
-    sync_env: SyncEnv, new_guid: Callable[[], str]
+    sync_env: SyncEnv, new_guid: Callable[[], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     lee = new_guid()
     _dyn_set(sync_env, "leads", "leadid", lee, lastname="Lee", emailaddress1="lee@example.com")
@@ -113,6 +114,7 @@ def test_an_opt_out_made_in_dynamics_wins_and_the_owner_can_resubscribe(
     sync_env.run("sync_lead")
     assert _dyn_value(sync_env, "leads", "leadid", lee, "donotbulkemail") is False
     assert _consent_log(sync_env, lee)[-1] == ("marketo", "resubscribe", "False", "True", "unsubscribed")
+    assert_reconciled(capsys)
 
 
 @pytest.mark.parametrize("bulk", [False, True], ids=["sync-calls", "bulk-import"])
