@@ -37,6 +37,7 @@ from crm_sync.transforms.dedup import (
     classify_email_matches,
 )
 from crm_sync.transforms.errors import concat_errors, error_rows
+from crm_sync.transforms.frames import empty_frame
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def new_person_guid(marketo_id: str) -> str:
 def _match_frame(matches: pd.DataFrame | None) -> pd.DataFrame:
     cols = ["email", "dynamics_id", "table", "person_type"]
     if matches is None or matches.empty:
-        return pd.DataFrame({c: pd.Series(dtype="str") for c in cols})
+        return empty_frame(cols)
     return matches[cols]
 
 

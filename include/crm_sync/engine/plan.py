@@ -54,6 +54,7 @@ from crm_sync.transforms.dedup import (
     claim_emails,
 )
 from crm_sync.transforms.errors import concat_errors, empty_errors, error_rows
+from crm_sync.transforms.frames import empty_frame
 from crm_sync.transforms.lifecycle import (
     CONVERTED,
     FLAG_DELETED,
@@ -75,6 +76,7 @@ log = logging.getLogger(__name__)
 
 OP_COLUMNS = ["op", DYNAMICS_ID, "payload"]
 HANDOVER_COLUMNS = ["entity", DYNAMICS_ID, "state"]
+LINK_COLUMNS = [DYNAMICS_ID, MARKETO_ID, "state"]  # what the lifecycle rules read of a link
 READ_AT = "_read_at"  # when a Marketo snapshot row was read (staged person feed)
 LINK_FRAME_COLUMNS = [
     DYNAMICS_ID,
@@ -112,22 +114,12 @@ def to_json(data: Any) -> str:
 
 def empty_ops() -> pd.DataFrame:
     """An operations frame with no rows."""
-    return pd.DataFrame({c: pd.Series(dtype="str") for c in OP_COLUMNS})
+    return empty_frame(OP_COLUMNS)
 
 
 def empty_links() -> pd.DataFrame:
     """A link frame with no rows."""
-    return pd.DataFrame({c: pd.Series(dtype="object") for c in LINK_FRAME_COLUMNS})
-
-
-def empty_consents() -> pd.DataFrame:
-    """A consent frame with no rows."""
-    return pd.DataFrame({c: pd.Series(dtype="str") for c in CONSENT_COLUMNS})
-
-
-def empty_conflicts() -> pd.DataFrame:
-    """A conflict frame with no rows."""
-    return pd.DataFrame({c: pd.Series(dtype="str") for c in CONFLICT_COLUMNS})
+    return empty_frame(LINK_FRAME_COLUMNS, "object")
 
 
 @dataclass
@@ -152,14 +144,12 @@ class BatchPlan:
     ops: pd.DataFrame = field(default_factory=empty_ops)
     links: pd.DataFrame = field(default_factory=empty_links)
     errors: pd.DataFrame = field(default_factory=empty_errors)
-    conflicts: pd.DataFrame = field(default_factory=empty_conflicts)
-    consents: pd.DataFrame = field(default_factory=empty_consents)
+    conflicts: pd.DataFrame = field(default_factory=lambda: empty_frame(CONFLICT_COLUMNS))
+    consents: pd.DataFrame = field(default_factory=lambda: empty_frame(CONSENT_COLUMNS))
     stale_ids: list[str] = field(default_factory=list)
     settled_m2d: list[str] = field(default_factory=list)
     filter_values: pd.DataFrame = field(default_factory=pd.DataFrame)
-    handovers: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=HANDOVER_COLUMNS, dtype="str")
-    )
+    handovers: pd.DataFrame = field(default_factory=lambda: empty_frame(HANDOVER_COLUMNS))
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -277,15 +267,7 @@ def link_frame(
 
 def empty_handovers() -> pd.DataFrame:
     """A hand-over frame with no rows."""
-    return pd.DataFrame({c: pd.Series(dtype="str") for c in HANDOVER_COLUMNS})
-
-
-def empty_merges() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="str") for c in MERGE_COLUMNS})
-
-
-def empty_links_of() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="str") for c in (DYNAMICS_ID, MARKETO_ID, "state")})
+    return empty_frame(HANDOVER_COLUMNS)
 
 
 def _handed_over(entity: EntityConfig, rows: pd.DataFrame, links: pd.DataFrame) -> pd.Series:
@@ -381,7 +363,7 @@ def plan_changes(
     stale: list[str] = []
     filter_values: pd.Series | None = None
     last = last_hashes(_active_links(links))
-    merge_plan = empty_merges()
+    merge_plan = empty_frame(MERGE_COLUMNS)
     takeovers = pd.Series(dtype="str")
     handovers: list[pd.DataFrame] = []
     if dynamics_rows is not None and not dynamics_rows.empty:
@@ -402,7 +384,9 @@ def plan_changes(
         last = last.drop(index=[i for i in refresh if i in last.index])
         kept, dropped = apply_sync_filter(dynamics_rows, entity)
         counts["filtered"] += len(dropped)
-        converted = conversions(entity, kept, links, origins if origins is not None else empty_links_of())
+        converted = conversions(
+            entity, kept, links, origins if origins is not None else empty_frame(LINK_COLUMNS)
+        )
         takeovers = _takeovers(converted, merge_plan)
         mapped = dynamics_to_canonical(kept, entity, id_map)
         error_parts.append(mapped.errors)

@@ -32,6 +32,7 @@ from crm_sync.state import (
 from crm_sync.state.idmap import upsert_links
 from crm_sync.transforms import ID_MAP_COLUMNS, flagged_unlinked, persons_for_entity
 from crm_sync.transforms.casts import as_string, lower_ids
+from crm_sync.transforms.frames import empty_frame
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -65,7 +66,7 @@ def _lookup_id_map(
                 found = lookup_links(session, sorted(set(lk.targets.values())), dynamics_ids=ids)
                 parts.append(found[ID_MAP_COLUMNS])
     if not parts:
-        return pd.DataFrame({c: pd.Series(dtype="str") for c in ID_MAP_COLUMNS})
+        return empty_frame(ID_MAP_COLUMNS)
     return pd.concat(parts, ignore_index=True)
 
 

@@ -33,6 +33,7 @@ from crm_sync.transforms import (
 from crm_sync.transforms.canonical import dynamics_canonical, keys, marketo_canonical
 from crm_sync.transforms.casts import as_string
 from crm_sync.transforms.conflicts import tracked_columns
+from crm_sync.transforms.frames import empty_frame
 from crm_sync.transforms.hashing import field_hashes, record_hash, value_hash
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ _TRUE = {"true", "1", "yes"}
 
 def empty_differences() -> pd.DataFrame:
     """A differences frame with no rows."""
-    return pd.DataFrame({c: pd.Series(dtype="object") for c in DIFF_COLUMNS})
+    return empty_frame(DIFF_COLUMNS, "object")
 
 
 def _text(values: pd.Series) -> list[str | None]:

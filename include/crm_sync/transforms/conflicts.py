@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from crm_sync.config import Direction, EntityConfig, Side
+from crm_sync.transforms.frames import empty_frame
 from crm_sync.transforms.hashing import changed, field_hashes
 from crm_sync.transforms.mapping import DYNAMICS_ID
 
@@ -63,7 +64,7 @@ class Resolution:
     to_dynamics_mask: pd.DataFrame
     agreed: pd.DataFrame
     conflicts: pd.DataFrame
-    consents: pd.DataFrame = field(default_factory=lambda: _empty(CONSENT_COLUMNS))
+    consents: pd.DataFrame = field(default_factory=lambda: empty_frame(CONSENT_COLUMNS))
 
     @property
     def marketo_ids(self) -> pd.Index:
@@ -80,10 +81,6 @@ class Resolution:
         """Records that need no write either way (echoes and no-op changes)."""
         idle = ~(self.to_marketo_mask.any(axis=1) | self.to_dynamics_mask.any(axis=1))
         return idle.index[idle.to_numpy()]
-
-
-def _empty(columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="str") for c in columns})
 
 
 def _by_key(frame: pd.DataFrame | None, index: pd.Index | None = None) -> pd.DataFrame:
@@ -188,7 +185,9 @@ def resolve_changes(
                     }
                 )
             )
-    conflicts = pd.concat(conflict_parts, ignore_index=True) if conflict_parts else _empty(CONFLICT_COLUMNS)
+    conflicts = (
+        pd.concat(conflict_parts, ignore_index=True) if conflict_parts else empty_frame(CONFLICT_COLUMNS)
+    )
     return Resolution(
         to_marketo=_with_opt_outs(d.reindex(index=keys), write_back_m, entity, marketo_side=True),
         to_marketo_mask=to_m,
@@ -196,7 +195,9 @@ def resolve_changes(
         to_dynamics_mask=to_d,
         agreed=agreed,
         conflicts=conflicts,
-        consents=pd.concat(consent_parts, ignore_index=True) if consent_parts else _empty(CONSENT_COLUMNS),
+        consents=pd.concat(consent_parts, ignore_index=True)
+        if consent_parts
+        else empty_frame(CONSENT_COLUMNS),
     )
 
 

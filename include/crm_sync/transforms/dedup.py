@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from crm_sync.transforms.casts import as_string
+from crm_sync.transforms.frames import empty_frame
 
 LINK = "link"
 CREATE = "create"
@@ -83,7 +84,7 @@ def claim_emails(
         A boolean mask over ``canon`` (True: may be written) and, for each record held back,
         ``dynamics_id``, ``email`` and ``holder`` (``entity:guid`` of the record keeping it).
     """
-    empty = pd.DataFrame({c: pd.Series(dtype="str") for c in ("dynamics_id", "email", "holder")})
+    empty = empty_frame(("dynamics_id", "email", "holder"))
     keep = pd.Series(True, index=canon.index)
     if email_field not in canon or canon.empty:
         return keep, empty

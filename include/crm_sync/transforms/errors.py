@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from crm_sync.transforms.frames import empty_frame
+
 ERROR_COLUMNS = ["entity", "direction", "record_id", "field", "code", "reason"]
 
 REQUIRED = "REQUIRED"
@@ -45,7 +47,7 @@ class TransformResult:
 
 def empty_errors() -> pd.DataFrame:
     """Return an errors frame with no rows and the standard columns."""
-    return pd.DataFrame({c: pd.Series(dtype="str") for c in ERROR_COLUMNS})
+    return empty_frame(ERROR_COLUMNS)
 
 
 def error_rows(

@@ -24,6 +24,7 @@ import pandas as pd
 
 from crm_sync.transforms.casts import as_string, lower_ids
 from crm_sync.transforms.filters import sync_filter_mask
+from crm_sync.transforms.frames import empty_frame
 
 if TYPE_CHECKING:
     from crm_sync.config import EntityConfig
@@ -69,7 +70,7 @@ def conversions(
     """
     rule = entity.converted_from
     if rule is None or rows.empty or rule.column not in rows:
-        return pd.DataFrame(columns=CONVERSION_COLUMNS, dtype="str")
+        return empty_frame(CONVERSION_COLUMNS)
     ids = lower_ids(rows[entity.dynamics.key])
     origin = lower_ids(rows[rule.column])
     person = origin.map(_marketo_ids(origins, (ACTIVE, CONVERTED)))
@@ -104,7 +105,7 @@ def merges(entity: EntityConfig, rows: pd.DataFrame, links: pd.DataFrame) -> pd.
     rule = entity.merges
     merged = merged_mask(entity, rows)
     if rule is None or not merged.any():
-        return pd.DataFrame(columns=MERGE_COLUMNS, dtype="str")
+        return empty_frame(MERGE_COLUMNS)
     key = entity.dynamics.key
     losers = lower_ids(rows.loc[merged, key])
     masters = lower_ids(rows.loc[merged, rule.master])

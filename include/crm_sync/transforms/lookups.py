@@ -13,6 +13,7 @@ import pandas as pd
 
 from crm_sync.transforms.casts import as_string
 from crm_sync.transforms.errors import UNRESOLVED_LOOKUP, concat_errors, error_rows
+from crm_sync.transforms.frames import empty_frame
 
 if TYPE_CHECKING:
     from crm_sync.config import EntityConfig, Lookup, RoleRule
@@ -22,7 +23,7 @@ ID_MAP_COLUMNS = ["entity", "dynamics_id", "marketo_id"]
 
 def empty_id_map() -> pd.DataFrame:
     """Return an id-map frame with no rows."""
-    return pd.DataFrame({c: pd.Series(dtype="str") for c in ID_MAP_COLUMNS})
+    return empty_frame(ID_MAP_COLUMNS)
 
 
 def _index(id_map: pd.DataFrame, value: str) -> pd.Series:
