@@ -8,6 +8,8 @@ written per table/object), never typed in, with the API's own maxima:
   a ``$batch`` carries at most 1,000 operations, so ``ceil(rows / 1000)`` calls per table written.
 * Marketo: 300 records per REST call, so ``ceil(records / 300)`` per object written and per
   person read by id; the person change feed returns 300 activities per page, at least one page;
+  so does the deleted-leads feed, read by every person run that syncs Marketo → Dynamics (a
+  person deleted or merged away in Marketo is reported at once, issue 22);
   one paging-token call when the run had no stored token (the route then shows in the stats).
   A bulk import moves up to 10 MB per file with two calls (create, status) at the least; an
   export job that reads the imported persons' ids back costs four (create, enqueue, status, file).
@@ -30,6 +32,7 @@ DEFINITION = {
     "marketo": "per object written: ceil(records/300) sync calls (bulk import: 2 calls per file under 10 MB, "
     "4 for the export that reads the new ids back); "
     "person reads by id: ceil(persons/300); change feed: ceil(activities/300), at least 1 page; "
+    "deleted-leads feed, when read: ceil(deletions/300), at least 1 page; "
     "1 paging-token call when no token was stored; 1 token call",
 }
 
@@ -56,11 +59,16 @@ def marketo_minimum(side: dict[str, Any]) -> int:
     routes: dict[str, int] = dict(side.get("routes", {}))
     if any("pagingtoken" in r for r in routes):
         total += 1
-    for key, n in dict(side.get("records", {})).items():
+    records: dict[str, int] = dict(side.get("records", {}))
+    if routes.get("GET /rest/v1/activities/deletedleads.json"):
+        total += max(_ceil(int(records.get("deletedlead.read", 0)), MARKETO_FEED_PAGE), 1)
+    for key, n in records.items():
         obj, _, kind = key.rpartition(".")
         n = int(n)
         if obj == "leadchange" and kind == "read":
             total += max(_ceil(n, MARKETO_FEED_PAGE), 1)
+        elif obj == "deletedlead":
+            continue  # counted with its route above
         elif kind in ("write", "delete") or kind == "read":
             total += _ceil(n, MARKETO_BATCH)
         elif kind == "imported":

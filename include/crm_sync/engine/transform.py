@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRANSFORM_MANIFEST = "transform"
+# Records per work unit of Marketo changes not in a Dataverse batch: their writes go to Dataverse,
+# so a unit is one $batch at its 1,000-operation maximum (issue 18: 34 $batch calls for 10,000
+# Marketo changes at 300 per unit, 10 now); any Marketo writes of the unit go in calls of 300.
+# Dataverse batches keep the entity's batch_size (300: one Marketo call).
+DATAVERSE_UNIT = 1000
 COUNT_KEYS = ("received", "valid", "filtered", "unchanged", "failed", "conflicts", "operations")
 
 
@@ -123,7 +128,7 @@ def _work_units(
 ) -> Iterator[tuple[pd.DataFrame | None, pd.DataFrame | None]]:
     """Yield (Dataverse rows, Marketo rows) pairs: each Dataverse batch with the same records'
     Marketo changes, then the merged records with their survivors (one unit, left out of the
-    other batches), then the remaining Marketo changes in batches of ``batch_size``."""
+    other batches), then the remaining Marketo changes in units of :data:`DATAVERSE_UNIT`."""
     marketo = _marketo_rows(entity, ctx, manifest)
     used: set[str] = set()
     key = entity.dynamics.key
@@ -144,8 +149,8 @@ def _work_units(
         yield rows, part
     if marketo is not None:
         rest = marketo[~marketo["_key"].isin(used)].drop(columns="_key")
-        for start in range(0, len(rest), entity.batch_size):
-            yield None, rest.iloc[start : start + entity.batch_size]
+        for start in range(0, len(rest), DATAVERSE_UNIT):
+            yield None, rest.iloc[start : start + DATAVERSE_UNIT]
 
 
 def _all_persons(ctx: RunContext, manifest: ExtractManifest) -> pd.DataFrame | None:
@@ -187,8 +192,8 @@ def _new_person_plans(
                 session, sorted(set(matches["table"])), dynamics_ids=matches["dynamics_id"].tolist()
             )
         taken = set(linked.loc[linked["marketo_id"].notna(), "dynamics_id"].astype(str))
-    for start in range(0, len(flagged), entity.batch_size):
-        plan = plan_new_persons(entity, flagged.iloc[start : start + entity.batch_size], matches, taken)
+    for start in range(0, len(flagged), DATAVERSE_UNIT):
+        plan = plan_new_persons(entity, flagged.iloc[start : start + DATAVERSE_UNIT], matches, taken)
         with session_scope(ctx.state) as session:
             _record(session, entity, plan, ctx.run_id)
         yield plan

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 QUOTA_TZ = ZoneInfo("America/Chicago")  # Marketo's daily quota resets at midnight US Central
 MARKETO_CALL_RECORDS = 300  # records per Marketo write call
-DYNAMICS_BATCH_RECORDS = 100  # operations per Dataverse $batch request (the hook's default)
+DYNAMICS_BATCH_RECORDS = 1000  # operations per Dataverse $batch: the load sends one per batch, up to 1,000
 DYNAMICS_WINDOW_CALLS = 6000  # Dataverse service protection: requests per user per 5 minutes
 
 

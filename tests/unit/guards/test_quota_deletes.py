@@ -70,10 +70,10 @@ def test_status_counts_marketo_calls_of_the_quota_day_only(state: Engine) -> Non
 
 def test_estimate_counts_calls_per_batch_and_kind() -> None:
     batches = [
-        {"marketo_upsert": 300, "dynamics_upsert": 101},
-        {"marketo_flag_deleted": 1, "marketo_upsert": 301},
+        {"marketo_upsert": 300, "dynamics_upsert": 1001},  # a $batch carries up to 1,000 operations
+        {"marketo_flag_deleted": 1, "marketo_upsert": 301, "marketo_merge": 2},  # a merge is one call
     ]
-    assert estimate_load_calls(batches) == {"marketo": 4, "dynamics": 2}
+    assert estimate_load_calls(batches) == {"marketo": 6, "dynamics": 2}
     with pytest.raises(ValueError, match="unknown staged operation"):
         estimate_load_calls([{"drop_table": 1}])
 
