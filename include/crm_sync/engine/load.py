@@ -18,6 +18,7 @@ import pandas as pd
 from crm_sync.config import DeletePolicy, Direction, EntityConfig, MarketoObject
 from crm_sync.engine.contracts import LoadBatch, LoadOutcome
 from crm_sync.engine.gone_persons import DELETED_IN_MARKETO, gone_reason, settle_gone
+from crm_sync.engine.json_records import JsonRecords, take
 from crm_sync.engine.plan import LINK_FRAME_COLUMNS
 from crm_sync.ops import (
     DYNAMICS_CREATE,
@@ -97,7 +98,7 @@ _PERSON_GONE = "1004"
 def _write(
     entity: EntityConfig,
     op: str,
-    payloads: list[dict[str, Any]],
+    payloads: Sequence[dict[str, Any]],
     marketo: MarketoClient | None,
     dynamics: DynamicsClient | None,
 ) -> list[WriteResult]:
@@ -134,7 +135,7 @@ def _write(
 
 def _dynamics_write(
     entity: EntityConfig,
-    payloads: list[dict[str, Any]],
+    payloads: Sequence[dict[str, Any]],
     dynamics: DynamicsClient,
     only: Literal["existing", "new"],
 ) -> list[WriteResult]:
@@ -155,7 +156,7 @@ def _dynamics_write(
 
 
 def _create_rows(
-    entity: EntityConfig, payloads: list[dict[str, Any]], dynamics: DynamicsClient
+    entity: EntityConfig, payloads: Sequence[dict[str, Any]], dynamics: DynamicsClient
 ) -> list[WriteResult]:
     """Create the rows of Marketo-only persons; a row that exists already is updated instead.
 
@@ -166,7 +167,7 @@ def _create_rows(
     results = _dynamics_write(entity, payloads, dynamics, "new")
     again = [i for i, r in enumerate(results) if r.code == ROW_EXISTS]
     if again:
-        updated = _dynamics_write(entity, [payloads[i] for i in again], dynamics, "existing")
+        updated = _dynamics_write(entity, take(payloads, again), dynamics, "existing")
         for i, result in zip(again, updated, strict=True):
             results[i] = replace(result, index=i)
     return results
@@ -174,7 +175,7 @@ def _create_rows(
 
 def _write_persons(
     entity: EntityConfig,
-    payloads: list[dict[str, Any]],
+    payloads: Sequence[dict[str, Any]],
     ids: Sequence[str],
     linked: dict[str, str],
     marketo: MarketoClient | None,
@@ -190,7 +191,7 @@ def _write_persons(
     results: dict[int, WriteResult] = {}
     for positions, op in ((update, MARKETO_UPDATE_LINKED), (create, MARKETO_UPSERT)):
         if positions:
-            written = _write(entity, op, [payloads[i] for i in positions], marketo, None)
+            written = _write(entity, op, take(payloads, positions), marketo, None)
             results.update(zip(positions, written, strict=True))
     gone = {ids[i] for i in update if not results[i].ok and (results[i].code or "") == _PERSON_GONE}
     return [results[i] for i in range(len(payloads))], gone
@@ -312,7 +313,7 @@ def load_batch(
             group = group[~group[DYNAMICS_ID].isin(repoint_failed)]
         if group.empty:
             continue
-        payloads = [json.loads(p) for p in group["payload"]]
+        payloads = JsonRecords(group["payload"].tolist())
         ids: Sequence[str] = group[DYNAMICS_ID].astype(str).tolist()
         if name == MARKETO_UPSERT and entity.marketo.object is MarketoObject.LEAD:
             results, gone_in_marketo = _write_persons(entity, payloads, ids, person_ids, marketo)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
+
+# Arrow's default allocator in these wheels (mimalloc) kept more memory resident after each
+# staged read than the system allocator: reading one 28,000-lead unit's ops and links took a load
+# task from 147 to 313 MB, against 244 MB with the system pool (jemalloc: 271 MB). The sync's Arrow
+# work is reading and writing Parquet files, which does not need a faster allocator.
+pyarrow.set_memory_pool(pyarrow.system_memory_pool())
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -1,0 +1,50 @@
+"""Staged payloads handed to the hooks as records, parsed from their JSON text when read.
+
+A bulk unit holds tens of thousands of payloads; parsed all at once as dicts they were the
+largest part of a load task's memory (about 120 MB for 28,000 leads, measured on a 100,000-lead
+full copy). The hooks only iterate, index or slice their input, and the bulk import streams it
+into files, so each record is parsed when it is read and dropped after.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
+
+
+class JsonRecords(Sequence[dict[str, Any]]):
+    """A read-only sequence of records over their JSON texts (each parsed when read)."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self._texts = texts
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> JsonRecords: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | JsonRecords:
+        if isinstance(index, slice):
+            return JsonRecords(self._texts[index])
+        record: dict[str, Any] = json.loads(self._texts[index])
+        return record
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for text in self._texts:
+            yield json.loads(text)
+
+    def take(self, positions: Sequence[int]) -> JsonRecords:
+        """The records at ``positions``, in that order (still unparsed)."""
+        return JsonRecords([self._texts[i] for i in positions])
+
+
+def take(records: Sequence[dict[str, Any]], positions: Sequence[int]) -> Sequence[dict[str, Any]]:
+    """``records`` at ``positions``: lazily for :class:`JsonRecords`, else as a list."""
+    if isinstance(records, JsonRecords):
+        return records.take(positions)
+    return [records[i] for i in positions]
