@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from crm_sync.config import Direction, EntityConfig, Side
@@ -301,14 +302,13 @@ def _opt_out_rule(
 def _side_value(values: pd.DataFrame, name: str, ids: pd.Index, was_out: pd.Series) -> list[str | None]:
     """Each record's value on one side as text; a side not read in this batch still holds the
     last synced value, which for a consent row is known only when it was the opt-out."""
-    read = values[name].loc[ids] if name in values else pd.Series(pd.NA, index=ids)
-    out: list[str | None] = []
-    for key, value in read.items():
-        if pd.isna(value):
-            out.append("True" if bool(was_out.loc[key]) else None)
-        else:
-            out.append(str(bool(value)))
-    return out
+    read = values[name].reindex(ids).astype("boolean") if name in values else pd.Series(pd.NA, index=ids)
+    known = read.notna().to_numpy()
+    text = np.where(read.fillna(False).astype(bool).to_numpy(), "True", "False").astype(object)
+    last_out = was_out.reindex(ids).fillna(False).astype(bool).to_numpy()
+    text[~known & last_out] = "True"
+    text[~known & ~last_out] = None
+    return list(text)
 
 
 def _with_opt_outs(
