@@ -159,6 +159,11 @@ def _refs(data: Mapping[str, Any], key: str, what: str) -> tuple[BatchRef, ...]:
         raise ContractError(f"{what} field {key!r}: {exc}") from None
 
 
+def _ref(data: Mapping[str, Any], key: str, what: str) -> BatchRef | None:
+    """The optional single reference under ``key`` (None when absent)."""
+    return _refs({key: [data[key]]}, key, what)[0] if data.get(key) else None
+
+
 def _counts(data: Mapping[str, Any]) -> dict[str, int]:
     return {str(k): int(v) for k, v in dict(data).items()}
 
@@ -220,7 +225,7 @@ class DynamicsPart:
             initial=bool(data.get("initial")),
             retried=int(data.get("retried") or 0),
             rebaseline=_counts(data["rebaseline"]) if data.get("rebaseline") else None,
-            merges=_refs({"merges": [data["merges"]]}, "merges", what)[0] if data.get("merges") else None,
+            merges=_ref(data, "merges", what),
         )
 
 
@@ -318,7 +323,7 @@ class MarketoPart:
             reused=int(data.get("reused") or 0),
             fresh=bool(data.get("fresh")),
             retried=int(data.get("retried") or 0),
-            gone=_refs({"gone": [data["gone"]]}, "gone", what)[0] if data.get("gone") else None,
+            gone=_ref(data, "gone", what),
         )
 
 
@@ -372,11 +377,6 @@ class ExtractManifest:
         if isinstance(data, ExtractManifest):
             return data
         what = "extract manifest"
-        matches = data.get("email_matches")
-        try:
-            email_matches = BatchRef.from_dict(dict(matches)) if matches else None
-        except ValueError as exc:
-            raise ContractError(f"{what} field 'email_matches': {exc}") from None
         pending = dict(data.get("pending") or {})
         empty = sorted(str(k) for k, v in pending.items() if v in (None, ""))
         if empty:
@@ -388,6 +388,6 @@ class ExtractManifest:
             pending={str(k): str(v) for k, v in pending.items()},
             dynamics=DynamicsPart.from_xcom(data["dynamics"]) if data.get("dynamics") else None,
             marketo=MarketoPart.from_xcom(data["marketo"]) if data.get("marketo") else None,
-            email_matches=email_matches,
+            email_matches=_ref(data, "email_matches", what),
             scope=dict(data["scope"]) if data.get("scope") else None,
         )

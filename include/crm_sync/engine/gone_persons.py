@@ -28,7 +28,7 @@ import pandas as pd
 
 from crm_sync.config import Direction
 from crm_sync.state import lookup_links, park_errors, record_errors, retry_now, upsert_links
-from crm_sync.transforms.lifecycle import ACTIVE, MERGED
+from crm_sync.state.models import ACTIVE, MERGED
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

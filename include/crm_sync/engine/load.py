@@ -39,8 +39,8 @@ from crm_sync.state import (
     set_link_state,
     upsert_links,
 )
+from crm_sync.state.models import MERGED
 from crm_sync.transforms import DYNAMICS_ID, MARKETO_ID
-from crm_sync.transforms.lifecycle import MERGED
 from crm_sync.transforms.links import deletion_records
 from crm_sync_hooks.results import ROW_EXISTS, ROW_MISSING
 

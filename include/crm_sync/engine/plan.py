@@ -30,6 +30,7 @@ from crm_sync.ops import (
     MARKETO_ROLE_UPSERT,
     MARKETO_UPSERT,
 )
+from crm_sync.state.models import CONVERTED, HANDED_OVER, MERGED
 from crm_sync.transforms import (
     CONFLICT_COLUMNS,
     CONSENT_COLUMNS,
@@ -56,12 +57,9 @@ from crm_sync.transforms.dedup import (
 from crm_sync.transforms.errors import concat_errors, empty_errors, error_rows
 from crm_sync.transforms.frames import empty_frame
 from crm_sync.transforms.lifecycle import (
-    CONVERTED,
     FLAG_DELETED,
-    HANDED_OVER,
     MERGE_COLUMNS,
     MERGE_PERSONS,
-    MERGED,
     MOVE_LINK,
     NOTHING,
     conversions,
@@ -265,11 +263,6 @@ def link_frame(
     return rows[LINK_FRAME_COLUMNS].reset_index(drop=True)
 
 
-def empty_handovers() -> pd.DataFrame:
-    """A hand-over frame with no rows."""
-    return empty_frame(HANDOVER_COLUMNS)
-
-
 def _handed_over(entity: EntityConfig, rows: pd.DataFrame, links: pd.DataFrame) -> pd.Series:
     """True for rows whose link was handed over (a qualified lead, a merged record)."""
     if links.empty:
@@ -459,7 +452,7 @@ def plan_changes(
         consents=resolution.consents,
         stale_ids=stale,
         settled_m2d=settled,
-        handovers=pd.concat(handovers, ignore_index=True) if handovers else empty_handovers(),
+        handovers=pd.concat(handovers, ignore_index=True),
         counts=counts,
     )
     log.debug("%s plan: %s, %d ops", entity.name, counts, len(plan.ops))

@@ -113,9 +113,10 @@ def _held_back(state: Engine, entity: EntityConfig, rows: pd.DataFrame, links: p
     """
     from crm_sync.engine.gone_persons import DELETED_IN_MARKETO
     from crm_sync.state import open_errors
+    from crm_sync.state.models import HANDED_OVER
     from crm_sync.transforms.casts import lower_ids
     from crm_sync.transforms.dedup import DUPLICATE_EMAIL
-    from crm_sync.transforms.lifecycle import HANDED_OVER, merged_mask
+    from crm_sync.transforms.lifecycle import merged_mask
 
     with session_scope(state) as session:
         errors = open_errors(session, entity=entity.name)

@@ -13,7 +13,7 @@ import pandas as pd
 from sqlalchemy import select, update
 
 from crm_sync.state.db import chunks, upsert, utcnow
-from crm_sync.state.models import IdMap
+from crm_sync.state.models import HANDED_OVER, IdMap
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -76,10 +76,6 @@ def _rows(entity: str, links: pd.DataFrame | Sequence[Mapping[str, Any]]) -> lis
     return list({r["dynamics_id"]: r for r in rows}.values())
 
 
-ACTIVE = "active"
-_HANDED_OVER = ("converted", "merged")  # transforms.lifecycle's hand-over states
-
-
 def _release_marketo_ids(session: Session, entity: str, rows: list[dict[str, Any]]) -> None:
     """Detach Marketo ids now claimed by another GUID (re-created record, re-pointed person)."""
     # A link handed over (a qualified lead, a merged record) keeps naming the person it handed
@@ -91,7 +87,7 @@ def _release_marketo_ids(session: Session, entity: str, rows: list[dict[str, Any
     for part in chunks(list(claims)):
         found = session.execute(
             select(IdMap.id, IdMap.marketo_id, IdMap.dynamics_id).where(
-                IdMap.entity == entity, IdMap.marketo_id.in_(part), IdMap.state.not_in(_HANDED_OVER)
+                IdMap.entity == entity, IdMap.marketo_id.in_(part), IdMap.state.not_in(HANDED_OVER)
             )
         )
         stale += [pk for pk, mid, did in found if claims[mid] != did]

@@ -49,7 +49,13 @@ class Watermark(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-_HELD = "state NOT IN ('converted', 'merged')"
+# Link states. A handed-over link (a qualified lead's, a merged record's) keeps naming the person
+# it handed on, as history: it claims no Marketo id (transforms.lifecycle).
+ACTIVE = "active"
+CONVERTED = "converted"  # the person went on as another record (a qualified lead)
+MERGED = "merged"  # the record was merged into another (in Dynamics, or its person in Marketo)
+HANDED_OVER = (CONVERTED, MERGED)
+_HELD = "state NOT IN (" + ", ".join(f"'{s}'" for s in HANDED_OVER) + ")"
 
 
 class IdMap(Base):

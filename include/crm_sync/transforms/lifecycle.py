@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from crm_sync.state.models import ACTIVE, CONVERTED, MERGED
 from crm_sync.transforms.casts import as_string, lower_ids
 from crm_sync.transforms.filters import sync_filter_mask
 from crm_sync.transforms.frames import empty_frame
@@ -29,10 +30,6 @@ from crm_sync.transforms.frames import empty_frame
 if TYPE_CHECKING:
     from crm_sync.config import EntityConfig
 
-ACTIVE = "active"
-CONVERTED = "converted"  # link state: the person went on as another record (a qualified lead)
-MERGED = "merged"  # link state: the record was merged into another in Dynamics
-HANDED_OVER = (CONVERTED, MERGED)
 
 # What a merged record's Marketo person becomes.
 MERGE_PERSONS = "merge"  # both linked: merge the loser's person into the survivor's
