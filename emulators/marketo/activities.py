@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, insert, text
 
 from emulators.marketo.envelope import MarketoError, decode_token, encode_token
-from emulators.marketo.fields import LEAD_FIELD_IDS, LEAD_FIELD_MAP
 from emulators.marketo.store import activities
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+
+    from emulators.marketo.lead_schema import LeadSchema
 
 TOKEN_KIND = "act"
 NEW_LEAD, CHANGE_DATA_VALUE, MERGE_LEADS, DELETE_LEAD = 12, 13, 32, 37
@@ -120,10 +121,13 @@ def new_lead_rows(lead_ids: Iterable[int], when: str, source: str) -> list[dict[
     ]
 
 
-def change_rows(changes: Sequence[FieldChange], when: str, reason: str) -> list[dict[str, Any]]:
+def change_rows(
+    schema: LeadSchema, changes: Sequence[FieldChange], when: str, reason: str
+) -> list[dict[str, Any]]:
+    """Change Data Value (13) rows, one per changed field, with the field's id and display name."""
     rows = []
     for ch in changes:
-        field_id = LEAD_FIELD_IDS[ch.field]
+        field_id = schema.ids[ch.field]
         payload = {
             "fields": [{"id": field_id, "name": ch.field, "newValue": ch.new, "oldValue": ch.old}],
             "attributes": [
@@ -138,7 +142,7 @@ def change_rows(changes: Sequence[FieldChange], when: str, reason: str) -> list[
                 "activityDate": when,
                 "activityTypeId": CHANGE_DATA_VALUE,
                 "primaryAttributeValueId": field_id,
-                "primaryAttributeValue": LEAD_FIELD_MAP[ch.field].display,
+                "primaryAttributeValue": schema.by_name[ch.field].display,
                 "fieldName": ch.field,
                 "payload": json.dumps(payload),
             }

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from emulators.common.admin import ADMIN_PREFIX, AdminState, EmulatorMiddleware, admin_router
 from emulators.common.credentials import ClientCredentials
-from emulators.marketo import activities, bulk, leads, objects
+from emulators.marketo import activities, bulk, lead_fields, lead_schema, leads, objects
 from emulators.marketo import store as store_tables
 from emulators.marketo.envelope import (
     MarketoError,
@@ -33,6 +33,7 @@ from emulators.marketo.envelope import (
     failure,
     ok,
     read_params,
+    skipped,
 )
 from emulators.marketo.fields import (
     CUSTOM_OBJECTS,
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 API_USER = "mds-sync-api@marketo-emulator.local"
 PAGE_KIND = "page"
+FIELD_PAGE_KIND = "fields"
+# The objects Marketo's native CRM sync owns: while it is on, API writes to them answer 1018.
+CRM_OWNED_KINDS = frozenset({"company", "opportunity", "opportunityrole", "salesperson"})
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Emulator:
     store: Store
     config: LimitsConfig
     credentials: list[ClientCredentials]
+    native_sync: bool = False
     admin: AdminState = field(default_factory=AdminState)
     tokens: TokenStore = field(default_factory=TokenStore)
     limiter: Limiter = field(init=False)
@@ -86,6 +91,34 @@ class Emulator:
         for name in LimitsConfig.model_fields:
             setattr(self.config, name, getattr(merged, name))
         return self.config.model_dump()
+
+    def set_native_sync(self, body: Any) -> dict[str, Any]:
+        """Admin ``native_sync``: ``{"enabled": true|false}`` switches the native CRM sync on or off.
+
+        Raises:
+            HTTPException: 400 without a boolean ``enabled``.
+        """
+        enabled = body.get("enabled") if isinstance(body, dict) else None
+        if not isinstance(enabled, bool):
+            raise HTTPException(400, 'body must be {"enabled": true|false}')
+        self.native_sync = enabled
+        return {"native_sync": enabled}
+
+    def apply_bare(self, body: Any) -> dict[str, Any]:
+        """Admin ``bare``: hide the ``msd…`` lead fields now (``{"force": true}`` even if done before)."""
+        force = bool(body.get("force")) if isinstance(body, dict) else False
+        with self.store.begin() as conn:
+            return lead_fields.apply_bare(conn, self.store, force)
+
+
+def crm_enabled(count: int) -> JSONResponse:
+    """Answer a write to a CRM-owned object while the native sync is on: every record skipped 1018.
+
+    The reference lists 1018 "CRM Enabled" among the record-level codes (§2.5), so the call
+    succeeds with each record skipped; whether Marketo instead rejects the whole call is
+    unconfirmed.
+    """
+    return ok([skipped("1018", "CRM Enabled", seq=seq) for seq in range(count)])
 
 
 def render_fault(code: str) -> Response:
@@ -164,13 +197,15 @@ def build(emu: Emulator) -> FastAPI:
 
     # ---- leads ------------------------------------------------------------------------------
     async def query_leads(params: Params) -> JSONResponse:
-        fields = leads.resolve_fields(params.get_list("fields"), LEAD_DEFAULT_FIELDS)
+        schema = emu.store.lead_schema
+        fields = leads.resolve_fields(schema, params.get_list("fields"), LEAD_DEFAULT_FIELDS)
         batch, offset = _page(params)
         filter_type = params.get("filterType")
         if not filter_type:
             raise MarketoError("701", "filterType cannot be blank")
         result, more = await emu.db(
             leads.query,
+            schema,
             str(filter_type),
             params.get_list("filterValues"),
             fields,
@@ -232,7 +267,7 @@ def build(emu: Emulator) -> FastAPI:
     @app.get("/rest/v1/lead/{lead_id}.json")
     async def get_lead(lead_id: str, request: Request) -> JSONResponse:
         params = await read_params(request)
-        fields = leads.resolve_fields(params.get_list("fields"), LEAD_DEFAULT_FIELDS)
+        fields = leads.resolve_fields(emu.store.lead_schema, params.get_list("fields"), LEAD_DEFAULT_FIELDS)
         try:
             ident = int(lead_id)
         except ValueError:
@@ -243,11 +278,39 @@ def build(emu: Emulator) -> FastAPI:
 
     @app.get("/rest/v1/leads/describe.json")
     async def describe_leads() -> JSONResponse:
-        return ok(leads.describe())
+        return ok(lead_schema.describe(emu.store.lead_schema))
 
     @app.get("/rest/v1/leads/describe2.json")
     async def describe2_leads() -> JSONResponse:
-        return ok(leads.describe2())
+        return ok(lead_schema.describe2(emu.store.lead_schema, emu.native_sync))
+
+    # ---- lead field schema (Get Lead Fields, Get Lead Field by Name, Create Lead Fields) ------------
+    @app.get("/rest/v1/leads/schema/fields.json")
+    async def get_lead_fields(request: Request) -> JSONResponse:
+        params = await read_params(request)
+        batch = params.get_int("batchSize", lead_fields.MAX_PAGE, 1, lead_fields.MAX_PAGE)
+        token = params.get("nextPageToken")
+        offset = decode_token(str(token), FIELD_PAGE_KIND) if token else 0
+        result, more = lead_fields.list_fields(emu.store.lead_schema, batch, offset)
+        extra: dict[str, Any] = {"moreResult": more}
+        if more:
+            extra["nextPageToken"] = encode_token(FIELD_PAGE_KIND, offset + len(result))
+        return ok(result, **extra)
+
+    @app.get("/rest/v1/leads/schema/fields/{name}.json")
+    async def get_lead_field(name: str) -> JSONResponse:
+        return ok([lead_fields.get_field(emu.store.lead_schema, name)])
+
+    @app.post("/rest/v1/leads/schema/fields.json")
+    async def create_lead_fields(request: Request) -> JSONResponse:
+        # Always a write (no _method=GET here), so its call key in the stats is the write count.
+        params = await read_params(request)
+        inputs = params.get("input")
+        if inputs is not None and not isinstance(inputs, list):
+            raise MarketoError("1003", "input must be an array")
+        result, created = await emu.db(lambda conn: lead_fields.create(conn, emu.store, inputs or []))
+        stats.add_records("leadfield.write", created)
+        return ok(result)
 
     @app.get("/rest/v1/leads/partitions.json")
     async def partitions() -> JSONResponse:
@@ -299,7 +362,7 @@ def build(emu: Emulator) -> FastAPI:
         names = params.get_list("fields")
         if not names:
             raise MarketoError("701", "fields cannot be blank")
-        leads.resolve_fields(names, ())
+        leads.resolve_fields(emu.store.lead_schema, names, ())
         return await feed(
             params, [activities.NEW_LEAD, activities.CHANGE_DATA_VALUE], names, "leadchange.read"
         )
@@ -310,6 +373,8 @@ def build(emu: Emulator) -> FastAPI:
 
     # ---- companies, opportunities, roles, sales persons, custom objects ----------------------------
     def register_object(prefix: str, otype: ObjectType) -> None:
+        crm_owned = otype.kind in CRM_OWNED_KINDS
+
         async def query(params: Params) -> JSONResponse:
             filter_type = params.get("filterType")
             if not filter_type:
@@ -336,6 +401,8 @@ def build(emu: Emulator) -> FastAPI:
             if _wants_get(request, params):
                 return await query(params)
             records = _input(params)
+            if crm_owned and emu.native_sync:
+                return crm_enabled(len(records))
             action = str(params.get("action") or "createOrUpdate")
             dedupe_by = str(params.get("dedupeBy") or "dedupeFields")
             outcome = await emu.db(
@@ -347,6 +414,8 @@ def build(emu: Emulator) -> FastAPI:
         async def delete_records(request: Request) -> JSONResponse:
             params = await read_params(request)
             records = _input(params)
+            if crm_owned and emu.native_sync:
+                return crm_enabled(len(records))
             delete_by = str(params.get("deleteBy") or "dedupeFields")
             result = await emu.db(objects.delete, otype, records, delete_by)
             stats.add_records(f"{otype.kind}.delete", sum(1 for r in result if r["status"] == "deleted"))
@@ -375,7 +444,7 @@ def build(emu: Emulator) -> FastAPI:
     @app.post("/bulk/v1/leads/export/create.json")
     async def export_create(request: Request) -> JSONResponse:
         params = await read_params(request)
-        return ok([await emu.db(bulk.create_export, emu.config, params.json_body)])
+        return ok([await emu.db(bulk.create_export, emu.store.lead_schema, emu.config, params.json_body)])
 
     @app.post("/bulk/v1/leads/export/{export_id}/enqueue.json")
     async def export_enqueue(export_id: str) -> JSONResponse:
@@ -518,6 +587,8 @@ def build(emu: Emulator) -> FastAPI:
                 "reset-counters": reset_counters,
                 "reset": reset_data,
                 "import-report-fault": set_report_fault,
+                "bare": emu.apply_bare,
+                "native_sync": emu.set_native_sync,
             },
         )
     )

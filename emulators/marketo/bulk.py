@@ -21,15 +21,18 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, text
 
 from emulators.marketo import leads as lead_ops
 from emulators.marketo.envelope import MarketoError
-from emulators.marketo.fields import LEAD_FIELD_MAP, format_datetime, parse_datetime, to_csv
+from emulators.marketo.fields import LEAD_FIELD_MAP, FieldDef, format_datetime, parse_datetime, to_csv
 from emulators.marketo.limits import QUOTA_TZ, LimitsConfig
 from emulators.marketo.store import Store, export_jobs, import_jobs, make_engine
+
+if TYPE_CHECKING:
+    from emulators.marketo.lead_schema import LeadSchema
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +82,12 @@ def _check_export_quota(conn: Connection, cfg: LimitsConfig) -> None:
         raise MarketoError("1029", f"Export daily quota {cfg.export_daily_mb:g}MB exceeded")
 
 
-def create_export(conn: Connection, cfg: LimitsConfig, body: Any) -> dict[str, Any]:
+def create_export(conn: Connection, schema: LeadSchema, cfg: LimitsConfig, body: Any) -> dict[str, Any]:
     """Validate a lead export request and store the job as ``Created``.
 
     Raises:
-        MarketoError: 701/1006/1003/1035/704 for a bad request, 1029 over the daily volume.
+        MarketoError: 701/1006/1003/1035/704 for a bad request, 1029 over the daily volume. A
+            field bare mode hides is unknown (1006, response level like any unknown field).
     """
     if not isinstance(body, dict):
         raise MarketoError("609")
@@ -91,7 +95,7 @@ def create_export(conn: Connection, cfg: LimitsConfig, body: Any) -> dict[str, A
     if not fields or not isinstance(fields, list):
         raise MarketoError("701", "fields cannot be blank")
     for name in fields:
-        if name not in LEAD_FIELD_MAP:
+        if not isinstance(name, str) or schema.get(name) is None:
             raise MarketoError("1006", f"Field '{name}' not found")
     fmt = str(body.get("format") or "CSV").upper()
     if fmt not in DELIMITERS:
@@ -213,7 +217,7 @@ def create_import(
     fmt = fmt.upper()
     if fmt not in DELIMITERS:
         raise MarketoError("1003", f"Invalid format '{fmt}'")
-    if lookup not in LEAD_FIELD_MAP:
+    if store.lead_schema.get(lookup) is None:
         raise MarketoError("1006", f"Field '{lookup}' not found")
     active = (
         conn.execute(text("SELECT COUNT(*) FROM import_jobs WHERE status IN ('Queued','Importing')")).scalar()
@@ -382,7 +386,7 @@ class BulkWorker:
             path.unlink(missing_ok=True)
 
     def _write_export(self, path: Path, fmt: str, request: dict[str, Any]) -> int:
-        fields = [LEAD_FIELD_MAP[n] for n in request["fields"]]
+        fields = [self._export_field(n) for n in request["fields"]]
         headers = [request["headers"].get(f.name, f.name) for f in fields]
         cols = ",".join(f'"{f.name}"' for f in fields)
         column = request["filter"]
@@ -396,6 +400,10 @@ class BulkWorker:
                 writer.writerows([to_csv(f, v) for f, v in zip(fields, r, strict=True)] for r in batch)
                 count += len(batch)
         return count
+
+    def _export_field(self, name: str) -> FieldDef:
+        # A field hidden again (forced bare mode) after the job was created: export it as text.
+        return self.store.lead_schema.get(name) or LEAD_FIELD_MAP.get(name) or FieldDef(name, name)
 
     def _tick_imports(self) -> None:
         with self.store.begin() as conn:
@@ -463,8 +471,12 @@ class BulkWorker:
         header = rows[0]
         if lookup not in header and lookup != "id":
             raise MarketoError("1003", f"the lookup field '{lookup}' is not a column of the file")
-        known = [i for i, name in enumerate(header) if name in LEAD_FIELD_MAP]
-        unknown = [name for name in header if name not in LEAD_FIELD_MAP]
+        # A column naming a field bare mode hides goes to sync, which skips each row with 1006
+        # (the reference's record-level code); a column no field ever had is ignored with a
+        # warning, as before.
+        schema = self.store.lead_schema
+        known = [i for i, name in enumerate(header) if schema.knows(name)]
+        unknown = [name for name in header if not schema.knows(name)]
         failures: list[list[str]] = []
         warnings: list[list[str]] = []
         processed = 0

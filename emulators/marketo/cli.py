@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emulators.common.credentials import ClientCredentials, default_credentials
+from emulators.marketo import lead_fields
 from emulators.marketo import seed as seeding
 from emulators.marketo.app import Emulator, build, environment_credentials
 from emulators.marketo.limits import LimitsConfig
@@ -51,6 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.bulk_job_s,
         help="minimum time a bulk job stays processing (scaled by --time-scale)",
     )
+    m = parser.add_argument_group("Marketo instance set-up")
+    m.add_argument(
+        "--bare",
+        action="store_true",
+        help="hide every msd... lead field until it is created through Create Lead Fields, as on an "
+        "instance without the native Dynamics sync (applied once per database; also POST /_emulator/bare)",
+    )
+    m.add_argument(
+        "--native-sync",
+        action="store_true",
+        help="act as an instance with the native Dynamics sync: describe2 marks CRM fields crmManaged and "
+        "company/opportunity/role/sales person writes answer 1018 (also POST /_emulator/native_sync)",
+    )
     parser.add_argument("--client-id", help="accept this client id too (with --client-secret)")
     parser.add_argument("--client-secret", help="secret for --client-id")
 
@@ -89,7 +103,18 @@ def _credentials(args: argparse.Namespace) -> list[ClientCredentials]:
 
 def build_app(args: argparse.Namespace) -> FastAPI:
     """Create the emulator app for the parsed command line."""
-    emu = Emulator(store=Store(Path(args.db)), config=config_from_args(args), credentials=_credentials(args))
+    store = Store(Path(args.db))
+    if args.bare:
+        with store.begin() as conn:
+            outcome = lead_fields.apply_bare(conn, store)
+        if outcome["applied"]:
+            log.info("bare mode: %d msd lead fields hidden", len(outcome["absent"]))
+    emu = Emulator(
+        store=store,
+        config=config_from_args(args),
+        credentials=_credentials(args),
+        native_sync=args.native_sync,
+    )
     return build(emu)
 
 

@@ -411,19 +411,41 @@ def normalize(field: FieldDef, value: Any) -> Any:
     return value
 
 
-def to_json(field: FieldDef, stored: Any) -> Any:
-    """Return a stored value as the API shows it (booleans back to true/false)."""
+def stored_value(field: FieldDef, stored: Any) -> Any:
+    """Return a database value as ``field``'s type holds it.
+
+    A lead field created through the API may sit in a column made for another type (its
+    catalogue type, or the type it had before bare mode hid it), and SQLite then keeps what it
+    can in the column's own affinity: ``"7"`` comes back as ``7`` from an INTEGER column.
+    """
     if stored is None:
         return None
-    if field.data_type == "boolean":
-        return bool(stored)
+    kind = field.value_type
+    if kind in STRING_TYPES:
+        return stored if isinstance(stored, str) else str(stored)
+    try:
+        if kind in ("integer", "score", "boolean") and not isinstance(stored, int):
+            return int(stored)
+        if kind in ("float", "currency", "percent") and not isinstance(stored, float):
+            return float(stored)
+    except (TypeError, ValueError):
+        return stored  # written before the field got its type; shown as it is
     return stored
+
+
+def to_json(field: FieldDef, stored: Any) -> Any:
+    """Return a stored value as the API shows it (booleans back to true/false)."""
+    value = stored_value(field, stored)
+    if value is not None and field.value_type == "boolean" and isinstance(value, int):
+        return bool(value)
+    return value
 
 
 def to_csv(field: FieldDef, stored: Any) -> str:
     """Return a stored value as a bulk file cell; null is the literal ``null`` as in Marketo."""
-    if stored is None:
+    value = stored_value(field, stored)
+    if value is None:
         return "null"
-    if field.data_type == "boolean":
-        return "true" if stored else "false"
-    return str(stored)
+    if field.value_type == "boolean" and isinstance(value, int):
+        return "true" if value else "false"
+    return str(value)

@@ -1,8 +1,10 @@
-"""Lead operations: query by filter, sync (create/update/upsert), delete, describe.
+"""Lead operations: query by filter, sync (create/update/upsert), delete, merge.
 
 Sync follows the table of reference §3.3 record by record, in input order, so a key that
 appears twice in one batch is created by the first record and updated by the second, as on
 Marketo. Each written lead gets its activities (12 on create, one 13 per changed field).
+Field names are checked against the database's :class:`~emulators.marketo.lead_schema.LeadSchema`,
+so a field bare mode hides is unknown (1006) until it is created through the API.
 """
 
 from __future__ import annotations
@@ -12,46 +14,45 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, insert, text
+from sqlalchemy import Connection, text
 
 from emulators.marketo import activities
 from emulators.marketo.envelope import MarketoError, skipped
 from emulators.marketo.fields import (
-    LEAD_FIELD_IDS,
-    LEAD_FIELD_MAP,
-    LEAD_FIELDS,
-    LEAD_SEARCHABLE,
     FieldDef,
     FieldValueError,
     format_datetime,
     normalize,
     to_json,
 )
-from emulators.marketo.store import Store, leads
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from emulators.marketo.lead_schema import LeadSchema
+    from emulators.marketo.store import Store
+
 ACTIONS = ("createOrUpdate", "createOnly", "updateOnly", "createDuplicate")
 MAX_BATCH = 300
-_COLUMNS = [f.name for f in LEAD_FIELDS]
 
 
 def now_text() -> str:
     return format_datetime(dt.datetime.now(dt.UTC))
 
 
-def resolve_fields(names: Sequence[str], default: Sequence[str]) -> list[FieldDef]:
+def resolve_fields(schema: LeadSchema, names: Sequence[str], default: Sequence[str]) -> list[FieldDef]:
     """Return the field definitions for a ``fields`` parameter.
 
     Raises:
-        MarketoError: 1006 naming the first unknown field.
+        MarketoError: 1006 naming the first unknown (or bare-hidden) field, for the whole call:
+            whether Marketo answers an unknown ``fields`` name at response level or with a
+            warning is unconfirmed (reference §3.1); response level is the stricter reading.
     """
-    wanted = list(names) or list(default)
-    unknown = [n for n in wanted if n not in LEAD_FIELD_MAP]
+    wanted = list(names) or [n for n in default if schema.get(n) is not None]
+    unknown = [n for n in wanted if schema.get(n) is None]
     if unknown:
         raise MarketoError("1006", f"Field '{unknown[0]}' not found")
-    return [LEAD_FIELD_MAP[n] for n in dict.fromkeys(wanted)]
+    return [schema.by_name[n] for n in dict.fromkeys(wanted)]
 
 
 def render(row: Any, fields: Sequence[FieldDef]) -> dict[str, Any]:
@@ -78,6 +79,7 @@ def _filter_values(field_def: FieldDef, values: Sequence[Any]) -> list[Any]:
 
 def query(
     conn: Connection,
+    schema: LeadSchema,
     filter_type: str,
     values: Sequence[Any],
     fields: Sequence[FieldDef],
@@ -90,15 +92,12 @@ def query(
     Raises:
         MarketoError: 1011/1006 for an unusable filter field, 1003 for too many values or matches.
     """
-    if filter_type not in LEAD_FIELD_MAP:
-        raise MarketoError("1006", f"Field '{filter_type}' not found")
-    if filter_type not in LEAD_SEARCHABLE:
-        raise MarketoError("1011", f"Field '{filter_type}' not supported")
+    field_def = _key_field(schema, filter_type)
     if not values:
         raise MarketoError("701", "filterValues cannot be blank")
     if len(values) > MAX_BATCH:
         raise MarketoError("1003", f"Too many filterValues: {len(values)} (max {MAX_BATCH})")
-    keys = _filter_values(LEAD_FIELD_MAP[filter_type], values)
+    keys = _filter_values(field_def, values)
     if not keys:
         return [], False
     # Plain DB-API "?" parameters: SQLAlchemy's text() would re-parse and re-compile a statement
@@ -113,6 +112,20 @@ def query(
         raise MarketoError("1003", "Too many results match the filter")
     page = rows[offset : offset + batch]
     return [_render_tuple(r, fields) for r in page], offset + len(page) < len(rows)
+
+
+def _key_field(schema: LeadSchema, name: str) -> FieldDef:
+    """The field a filterType or lookupField names.
+
+    Raises:
+        MarketoError: 1006 when unknown or hidden, 1011 when not searchable.
+    """
+    found = schema.get(name)
+    if found is None:
+        raise MarketoError("1006", f"Field '{name}' not found")
+    if not found.searchable:
+        raise MarketoError("1011", f"Field '{name}' not supported")
+    return found
 
 
 def _render_tuple(row: Sequence[Any], fields: Sequence[FieldDef]) -> dict[str, Any]:
@@ -135,17 +148,18 @@ class SyncOutcome:
     skipped: int = 0
 
 
-def _prepare(record: Any, action: str, lookup: str) -> dict[str, Any]:
+def _prepare(schema: LeadSchema, record: Any, action: str, lookup: str) -> dict[str, Any]:
     """Validate one input record and return its normalised values.
 
     Raises:
-        FieldValueError: The record must be skipped (code and message say why).
+        FieldValueError: The record must be skipped (code and message say why); a field that
+            does not exist, or that bare mode hides, skips it with 1006 (reference §2.5).
     """
     if not isinstance(record, dict):
         raise FieldValueError("1003", "Invalid data: each input record must be a JSON object")
     values: dict[str, Any] = {}
     for name, raw in record.items():
-        f = LEAD_FIELD_MAP.get(name)
+        f = schema.get(name)
         if f is None:
             raise FieldValueError("1006", f"Field '{name}' not found")
         if name == "id":
@@ -179,22 +193,23 @@ def sync(
     """
     if action not in ACTIONS:
         raise MarketoError("1003", f"Invalid action '{action}'")
-    if lookup not in LEAD_FIELD_MAP:
-        raise MarketoError("1006", f"Field '{lookup}' not found")
-    if lookup not in LEAD_SEARCHABLE:
-        raise MarketoError("1011", f"Field '{lookup}' not supported")
+    schema = store.lead_schema
+    _key_field(schema, lookup)
     if lookup == "id" and action != "updateOnly":
         raise MarketoError("1003", "lookupField 'id' is only allowed with action updateOnly")
 
     prepared: list[dict[str, Any] | FieldValueError] = []
     for record in records:
         try:
-            prepared.append(_prepare(record, action, lookup))
+            prepared.append(_prepare(schema, record, action, lookup))
         except FieldValueError as exc:
             prepared.append(exc)
 
     matches = _existing(
-        conn, lookup, [p[lookup] for p in prepared if isinstance(p, dict) and p.get(lookup) is not None]
+        conn,
+        schema,
+        lookup,
+        [p[lookup] for p in prepared if isinstance(p, dict) and p.get(lookup) is not None],
     )
     now = now_text()
     out = SyncOutcome()
@@ -235,11 +250,11 @@ def sync(
                     changed_cols[row["id"]].update(ch.field for ch in changes)
                     changed_cols[row["id"]].add("updatedAt")
                     rows_by_id[row["id"]] = row
-                act_rows.extend(activities.change_rows(changes, now, reason))
+                act_rows.extend(activities.change_rows(schema, changes, now, reason))
             out.results.append({"id": row["id"], "status": "updated"})
             out.updated += 1
         else:
-            row = dict.fromkeys(_COLUMNS)
+            row = dict.fromkeys(schema.columns)
             row.update(item)
             row["id"] = store.take_lead_ids(1)
             row["leadPartitionId"] = row.get("leadPartitionId") or 1
@@ -252,17 +267,29 @@ def sync(
             out.results.append({"id": row["id"], "status": "created"})
             out.created += 1
 
-    if inserts:
-        conn.execute(insert(leads), inserts)
+    _insert(conn, schema.columns, inserts)
     _apply_updates(conn, rows_by_id, changed_cols)
     activities.append(conn, store.take_activity_ids(len(act_rows)), act_rows)
     return out
 
 
-def _existing(conn: Connection, lookup: str, values: list[Any]) -> dict[Any, list[dict[str, Any]]]:
+def _insert(conn: Connection, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """Insert new lead rows naming every column (custom fields made through the API included)."""
+    if not rows:
+        return
+    names = ",".join(f'"{c}"' for c in columns)
+    conn.exec_driver_sql(
+        f"INSERT INTO leads ({names}) VALUES ({','.join('?' * len(columns))})",
+        [tuple(r[c] for c in columns) for r in rows],
+    )
+
+
+def _existing(
+    conn: Connection, schema: LeadSchema, lookup: str, values: list[Any]
+) -> dict[Any, list[dict[str, Any]]]:
     found: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     unique = list(dict.fromkeys(values))
-    columns = [c.name for c in leads.columns]
+    columns = schema.columns
     # Named columns, not *: a database migrated by Store may hold them in another order.
     selected = ",".join(f'"{c}"' for c in columns)
     for start in range(0, len(unique), 500):
@@ -272,7 +299,7 @@ def _existing(conn: Connection, lookup: str, values: list[Any]) -> dict[Any, lis
             tuple(chunk),
         ).fetchall()
         for r in rows:
-            record = dict(zip(columns, r, strict=True))
+            record = schema.coerce_row(dict(zip(columns, r, strict=True)))
             found[_key(record[lookup])].append(record)
     return found
 
@@ -337,8 +364,9 @@ def merge(conn: Connection, store: Store, winner_id: int, loser_ids: Sequence[in
     if len(losers) > MAX_MERGE_LOSERS:
         raise MarketoError("1080", f"At most {MAX_MERGE_LOSERS} leads can be merged in one request")
     ids = [winner_id, *losers]
+    schema = store.lead_schema
     found = {
-        int(r["id"]): dict(r)
+        int(r["id"]): schema.coerce_row(dict(r))
         for r in conn.execute(
             text(f"SELECT * FROM leads WHERE id IN ({','.join(str(i) for i in ids)})")
         ).mappings()
@@ -349,7 +377,7 @@ def merge(conn: Connection, store: Store, winner_id: int, loser_ids: Sequence[in
     winner = found[winner_id]
     now = now_text()
     changes: list[activities.FieldChange] = []
-    for column in _COLUMNS:
+    for column in (f.name for f in schema.fields):
         if column in _NOT_MERGED:
             continue
         if column == "unsubscribed":
@@ -368,41 +396,7 @@ def merge(conn: Connection, store: Store, winner_id: int, loser_ids: Sequence[in
         _apply_updates(conn, {winner_id: winner}, {winner_id: {c.field for c in changes} | {"updatedAt"}})
     names = {i: " ".join(p for p in (found[i].get("firstName"), found[i].get("lastName")) if p) for i in ids}
     conn.execute(text(f"DELETE FROM leads WHERE id IN ({','.join(str(i) for i in losers)})"))
-    rows = activities.change_rows(changes, now, "Merge Leads")
+    rows = activities.change_rows(schema, changes, now, "Merge Leads")
     rows += activities.merge_rows(winner_id, names[winner_id], losers, now, bool(changes))
     rows += activities.delete_rows([(i, names[i]) for i in losers], now)
     activities.append(conn, store.take_activity_ids(len(rows)), rows)
-
-
-def describe() -> list[dict[str, Any]]:
-    """Result of ``GET /rest/v1/leads/describe.json`` (one entry per field)."""
-    out = []
-    for f in LEAD_FIELDS:
-        entry: dict[str, Any] = {
-            "id": LEAD_FIELD_IDS[f.name],
-            "displayName": f.display,
-            "dataType": f.data_type,
-        }
-        if f.max_length is not None:
-            entry["length"] = f.max_length
-        entry["rest"] = {"name": f.name, "readOnly": not f.updateable}
-        entry["soap"] = {"name": f.name[0].upper() + f.name[1:], "readOnly": not f.updateable}
-        out.append(entry)
-    return out
-
-
-def describe2() -> list[dict[str, Any]]:
-    """Result of ``GET /rest/v1/leads/describe2.json``."""
-    fields = []
-    for f in LEAD_FIELDS:
-        entry: dict[str, Any] = {
-            "name": f.name,
-            "displayName": f.display,
-            "dataType": f.data_type,
-            "updateable": f.updateable,
-            "crmManaged": False,
-        }
-        if f.max_length is not None:
-            entry["length"] = f.max_length
-        fields.append(entry)
-    return [{"name": "API Lead", "searchableFields": [[n] for n in LEAD_SEARCHABLE], "fields": fields}]

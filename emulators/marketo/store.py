@@ -3,7 +3,9 @@
 Leads live in a table with one column per field (bulk extract and filters need real columns
 and indexes); the other Lead-Database objects share one table holding JSON documents keyed by
 kind and external key. Activities are a single append-only table: its integer id is the
-position that paging tokens encode.
+position that paging tokens encode. ``lead_fields`` records how this database's lead fields
+differ from the catalogue (bare mode, fields created through the API; see ``lead_schema``), and
+``emulator_state`` remembers one-off settings such as "bare mode was applied".
 
 One connection is shared by all request threads and guarded by a lock: SQLite serialises
 writers anyway, and one connection keeps the hot paths free of pool overhead.
@@ -32,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.pool import StaticPool
 
+from emulators.marketo import lead_schema
 from emulators.marketo.fields import LEAD_FIELDS, FieldDef
 
 if TYPE_CHECKING:
@@ -128,6 +131,32 @@ import_jobs = Table(
 )
 
 
+lead_fields = Table(
+    "lead_fields",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("present", Integer, nullable=False),
+    Column("dataType", Text),  # null: a catalogue field bare mode hides, never created
+    Column("displayName", Text),
+    Column("length", Integer),
+    Column("description", Text),
+    Column("isHidden", Integer, nullable=False, default=0),
+    Column("isHtmlEncodingInEmail", Integer, nullable=False, default=1),
+    Column("isSensitive", Integer, nullable=False, default=0),
+    Column("fieldId", Integer),
+    Column("updatedAt", Text),
+)
+
+emulator_state = Table(
+    "emulator_state",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+BARE_APPLIED = "bare_applied_at"
+
+
 def make_engine(db_path: Path) -> Engine:
     """Create the engine for ``db_path`` with pragmas tuned for an emulator (speed over durability)."""
     engine = create_engine(
@@ -166,6 +195,7 @@ class Store:
         _add_new_lead_columns(self.engine)
         self.lock = threading.RLock()
         with self.engine.connect() as conn:
+            self.lead_schema = read_lead_schema(conn)
             self.next_lead_id = _max(conn, "leads", "id") + 1
             self.next_activity_id = _max(conn, "activities", "id") + 1
             self.next_object_pk = _max(conn, "objects", "pk") + 1
@@ -192,6 +222,51 @@ class Store:
         first = self.next_object_pk
         self.next_object_pk += count
         return first
+
+    def reload_lead_schema(self, conn: Connection) -> lead_schema.LeadSchema:
+        """Re-read the lead fields after a change made on ``conn`` (caller holds the lock)."""
+        self.lead_schema = read_lead_schema(conn)
+        return self.lead_schema
+
+
+def read_lead_schema(conn: Connection) -> lead_schema.LeadSchema:
+    """Build the lead schema of the database behind ``conn``."""
+    columns = {row[1]: str(row[2]) for row in conn.exec_driver_sql('PRAGMA table_info("leads")')}
+    states = [
+        lead_schema.FieldState(
+            name=r.name,
+            present=bool(r.present),
+            data_type=r.dataType,
+            display=r.displayName,
+            length=r.length,
+            description=r.description,
+            hidden=bool(r.isHidden),
+            html_encoding=bool(r.isHtmlEncodingInEmail),
+            sensitive=bool(r.isSensitive),
+            field_id=r.fieldId,
+        )
+        for r in conn.execute(lead_fields.select())
+    ]
+    return lead_schema.build(states, columns, bare=get_state(conn, BARE_APPLIED) is not None)
+
+
+def get_state(conn: Connection, key: str) -> str | None:
+    """A value of ``emulator_state``, or None."""
+    value = conn.execute(emulator_state.select().where(emulator_state.c.key == key)).first()
+    return None if value is None else str(value.value)
+
+
+def set_state(conn: Connection, key: str, value: str) -> None:
+    """Set a value of ``emulator_state``."""
+    conn.execute(emulator_state.delete().where(emulator_state.c.key == key))
+    conn.execute(emulator_state.insert().values(key=key, value=value))
+
+
+def add_lead_column(conn: Connection, field: FieldDef) -> None:
+    """Add a lead column for a new custom field (its values start empty, as in Marketo)."""
+    column = _column(field)
+    ddl = column.type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f'ALTER TABLE leads ADD COLUMN "{field.name}" {ddl}')
 
 
 def _add_new_lead_columns(engine: Engine) -> None:

@@ -1,4 +1,4 @@
-"""Airflow hook for the Adobe Marketo Engage REST API (Lead Database, bulk extract and import).
+"""Airflow hook for the Adobe Marketo Engage REST API (Lead Database, lead fields, bulk extract and import).
 
 Connection (conn_type ``marketo``): host = REST base URL (``https://<munchkin>.mktorest.com``),
 login = client id, password = client secret of a LaunchPoint custom service; extras
@@ -29,6 +29,7 @@ from crm_sync_hooks.errors import (
     TokenExpiredError,
 )
 from crm_sync_hooks.marketo_bulk import MarketoBulkMixin
+from crm_sync_hooks.marketo_schema import MarketoSchemaMixin
 from crm_sync_hooks.marketo_writes import MAX_BATCH, MarketoWritesMixin
 from crm_sync_hooks.records import chunked
 from crm_sync_hooks.transport import ApiTransport, retry_after_seconds
@@ -125,7 +126,7 @@ def check_http(resp: requests.Response, label: str) -> None:
         )
 
 
-class MarketoHook(MarketoWritesMixin, MarketoBulkMixin, CrmApiHook):
+class MarketoHook(MarketoWritesMixin, MarketoBulkMixin, MarketoSchemaMixin, CrmApiHook):
     """Talks to one Marketo instance under its shared limits.
 
     Args:
