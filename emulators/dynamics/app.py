@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from emulators.common.admin import AdminState, EmulatorMiddleware, admin_router
-from emulators.dynamics import batch
+from emulators.dynamics import batch, customize, security
 from emulators.dynamics.auth import TokenIssuer, origin, token_router
 from emulators.dynamics.errors import ODataError
 from emulators.dynamics.limits import REQUESTS, LimitConfig, ServiceProtection
@@ -44,6 +44,7 @@ class Settings:
     limits: LimitConfig
     token_lifetime_s: int = 3599
     delta_token_expiry_days: float = 7.0
+    bare: bool = False
 
 
 def render_fault(code: str) -> Response:
@@ -82,6 +83,8 @@ def build(settings: Settings) -> ASGIApp:
         if "signing_key" not in meta:  # kept in the database so tokens survive a restart
             write_meta(conn, "signing_key", secrets.token_hex(32))
             meta = read_meta(conn)
+    if settings.bare:
+        _apply_bare(store, again=False)
     issuer = TokenIssuer(settings.credentials, bytes.fromhex(meta["signing_key"]), settings.token_lifetime_s)
     admin = AdminState()
     delta_expiry_s = settings.delta_token_expiry_days * 86400 / settings.limits.time_scale
@@ -113,8 +116,19 @@ def build(settings: Settings) -> ASGIApp:
 
     def reset() -> dict[str, Any]:
         admin_write(lambda conn: reset_data(conn, store.tables))
+        if settings.bare:  # an emulator started bare stays bare
+            _apply_bare(store, again=False)
         api.visible_digits.clear()
         return {"ok": True, "organization_id": store.meta["organization_id"]}
+
+    def bare() -> dict[str, Any]:
+        return _apply_bare(store, again=True)
+
+    def role(body: Any) -> dict[str, Any]:
+        try:
+            return dict(admin_write(lambda conn: security.change_role(conn, store.tables, dict(body or {}))))
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
 
     def sandbox_refresh() -> dict[str, Any]:
         result = admin_write(lambda conn: refresh_sandbox(conn, store.tables))
@@ -146,6 +160,8 @@ def build(settings: Settings) -> ASGIApp:
                 "visibility": visibility,
                 "reset": reset,
                 "schema": schema,
+                "bare": bare,
+                "role": role,
             },
         )
     )
@@ -177,6 +193,21 @@ def build(settings: Settings) -> ASGIApp:
         "on" if settings.limits.enabled else "off",
     )
     return limiter
+
+
+def _apply_bare(store: Store, *, again: bool) -> dict[str, Any]:
+    """Put the organization in bare mode (see :mod:`emulators.dynamics.customize`)."""
+    with store.write_lock, store.engine.begin() as conn:
+        result = customize.apply_bare(conn, store.tables, again=again)
+        store.reload(conn)
+    if result["applied"]:
+        log.info(
+            "bare mode: dropped %s from %s; change tracking off on %s",
+            customize.SYNC_FILTER_COLUMN,
+            result["dropped"],
+            result["untracked"],
+        )
+    return result
 
 
 def _parse_query(raw: str) -> list[tuple[str, str]]:

@@ -6,6 +6,8 @@
 - Without ``Prefer: odata.continue-on-error`` the first failure stops the batch, which answers
   400 with that failure as its only part (as the reference describes). With it, the batch
   answers 200 and a failed change set is replaced by its error response.
+- A rolled-back part that changed a table definition (``EntityDefinitions``) takes the live
+  schema back with it.
 """
 
 from __future__ import annotations
@@ -192,6 +194,19 @@ def _batch_failure(boundary: str, resp: ApiResponse, content_id: str | None) -> 
     )
 
 
+def _customizes(parts: list[Part]) -> bool:
+    """Whether any of ``parts`` writes a table definition (the live schema changes with it)."""
+    return any(
+        p.request.method != "GET" and p.request.path.strip("/").startswith("EntityDefinitions") for p in parts
+    )
+
+
+def _rolled_back(api: WebApi, conn: Connection, parts: list[Part]) -> None:
+    """After a rollback: re-read the schema if one of ``parts`` may have changed it in memory."""
+    if _customizes(parts):
+        api.store.reload(conn)
+
+
 def _run_one(api: WebApi, conn: Connection, part: Part, refs: Refs) -> ApiResponse:
     """Run one request in its own SAVEPOINT (a failed request leaves nothing behind)."""
     savepoint = conn.begin_nested()
@@ -199,6 +214,7 @@ def _run_one(api: WebApi, conn: Connection, part: Part, refs: Refs) -> ApiRespon
         resp = api.dispatch(conn, part.request, refs)
     except ODataError as err:
         savepoint.rollback()
+        _rolled_back(api, conn, [part])
         return ApiResponse.error(err)
     savepoint.commit()
     return resp
@@ -216,6 +232,7 @@ def _run_changeset(
             resp = api.dispatch(conn, part.request, refs)
         except ODataError as err:
             savepoint.rollback()
+            _rolled_back(api, conn, changeset.parts)
             return False, [], (ApiResponse.error(err), part.content_id)
         if part.content_id and "OData-EntityId" in resp.headers:
             entity_url = resp.headers["OData-EntityId"]

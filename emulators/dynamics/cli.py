@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-id", help="accepted client id (default: airflow_settings.yaml)")
     parser.add_argument("--client-secret", help="accepted client secret (default: airflow_settings.yaml)")
     parser.add_argument("--tenant-id", help="accepted tenant id (default: airflow_settings.yaml)")
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="start as an org the sync was never set up in: no new_synctomkto column, change"
+        " tracking off on new_project (applied once per database)",
+    )
 
 
 def build_app(args: argparse.Namespace) -> ASGIApp:
@@ -61,7 +67,9 @@ def build_app(args: argparse.Namespace) -> ASGIApp:
         concurrency=args.limit_concurrency,
         time_scale=args.time_scale,
     )
-    settings = Settings(args.db, credentials, limits, args.token_lifetime, args.delta_token_expiry_days)
+    settings = Settings(
+        args.db, credentials, limits, args.token_lifetime, args.delta_token_expiry_days, bare=args.bare
+    )
     return build(settings)
 
 

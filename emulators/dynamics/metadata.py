@@ -3,7 +3,8 @@
 Covers what clients read (``dynamics-web-api.md`` §9 and ``independent-clients.md``): the
 entity-set lookup of powerplatform-dataverse-client (``$filter=LogicalName eq 'x'``), its picklist
 label query (``/Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata`` with
-``$expand=OptionSet``), and Airbyte's ``$expand=Attributes($select=...)`` discovery.
+``$expand=OptionSet``), and Airbyte's ``$expand=Attributes($select=...)`` discovery. Writes to
+table definitions are in :mod:`emulators.dynamics.customize`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,21 @@ from emulators.dynamics.schema import (
     BOOLEAN,
     CHOICE_TYPES,
     DATETIME,
+    DECIMAL,
     LOOKUP_TYPES,
+    MEMO,
     METADATA_NAMESPACE,
     MONEY,
+    STRING,
     Attribute,
     Table,
+    attribute_metadata_id,
 )
+from emulators.dynamics.security import privilege_definitions
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from emulators.dynamics.service import ApiRequest, ApiResponse
 
 _ODATA_TYPE = {
@@ -34,6 +42,7 @@ _ODATA_TYPE = {
     "Integer": "IntegerAttributeMetadata",
     "BigInt": "BigIntAttributeMetadata",
     "Money": "MoneyAttributeMetadata",
+    "Decimal": "DecimalAttributeMetadata",
     "Double": "DoubleAttributeMetadata",
     "Boolean": "BooleanAttributeMetadata",
     "DateTime": "DateTimeAttributeMetadata",
@@ -51,6 +60,7 @@ _EDM = {
     "Integer": "Edm.Int32",
     "BigInt": "Edm.Int64",
     "Money": "Edm.Decimal",
+    "Decimal": "Edm.Decimal",
     "Double": "Edm.Double",
     "Boolean": "Edm.Boolean",
     "DateTime": "Edm.DateTimeOffset",
@@ -63,15 +73,15 @@ def _label(text: str) -> dict[str, Any]:
     return {"LocalizedLabels": [loc], "UserLocalizedLabel": loc}
 
 
-def attribute_definition(table: Table, attr: Attribute) -> dict[str, Any]:
-    """Return the ``AttributeMetadata`` of one column."""
+def attribute_definition(table: Table, attr: Attribute, secured: bool = False) -> dict[str, Any]:
+    """Return the ``AttributeMetadata`` of one column (``secured``: ``IsSecured``)."""
     odata_type = _ODATA_TYPE.get(attr.type, "AttributeMetadata")
     system = attr.name in ("createdon", "modifiedon", "versionnumber", "createdby", "modifiedby")
     data: dict[str, Any] = {
         "@odata.type": f"#Microsoft.Dynamics.CRM.{odata_type}",
-        "MetadataId": str(uuid.uuid5(METADATA_NAMESPACE, f"{table.logical_name}.{attr.name}")),
+        "MetadataId": attribute_metadata_id(table.logical_name, attr.name),
         "LogicalName": attr.name,
-        "SchemaName": attr.name,
+        "SchemaName": attr.schema_name or attr.name,
         "EntityLogicalName": table.logical_name,
         "AttributeType": attr.type,
         "AttributeTypeName": {"Value": f"{attr.type}Type"},
@@ -81,56 +91,85 @@ def attribute_definition(table: Table, attr: Attribute) -> dict[str, Any]:
         "IsPrimaryId": attr.name == table.primary_id,
         "IsPrimaryName": attr.name == table.primary_name,
         "IsCustomAttribute": attr.custom,
+        "IsSecured": secured,
         "AttributeOf": None,
-        "DisplayName": _label(attr.name),
+        "DisplayName": _label(attr.display_name or attr.name),
+        "RequiredLevel": {
+            "Value": "SystemRequired" if attr.name == table.primary_id else attr.required_level,
+            "CanBeChanged": attr.custom,
+            "ManagedPropertyLogicalName": "canmodifyrequirementlevelsettings",
+        },
     }
+    if attr.type in (STRING, MEMO):
+        data["MaxLength"] = attr.max_length or (4000 if attr.type == STRING else 1_048_576)
     if attr.type in LOOKUP_TYPES:
         data["Targets"] = list(attr.targets)
     if attr.type == DATETIME:
         data["DateTimeBehavior"] = {"Value": "DateOnly" if attr.date_only else "UserLocal"}
         data["Format"] = "DateOnly" if attr.date_only else "DateAndTime"
-    if attr.type == MONEY:
+    if attr.type in (MONEY, DECIMAL):
         data["Precision"] = 2
     if attr.type in CHOICE_TYPES or attr.type == BOOLEAN:
         options = attr.options or ((1, "Yes"), (0, "No"))
-        data["OptionSet"] = {"Options": [{"Value": v, "Label": _label(text)} for v, text in options]}
+        option_set: dict[str, Any] = {"Options": [{"Value": v, "Label": _label(text)} for v, text in options]}
+        if attr.type == BOOLEAN:  # BooleanOptionSetMetadata names its two options
+            labels = dict(options)
+            option_set["TrueOption"] = {"Value": 1, "Label": _label(labels.get(1, "Yes"))}
+            option_set["FalseOption"] = {"Value": 0, "Label": _label(labels.get(0, "No"))}
+            data["DefaultValue"] = attr.default
+        data["OptionSet"] = option_set
     return data
 
 
 def entity_definition(table: Table) -> dict[str, Any]:
-    """Return the ``EntityMetadata`` of one table (every table here has change tracking on)."""
+    """Return the ``EntityMetadata`` of one table."""
     return {
         "MetadataId": table.metadata_id,
         "LogicalName": table.logical_name,
-        "SchemaName": table.logical_name,
+        "SchemaName": table.schema_name,
         "EntitySetName": table.entity_set,
         "LogicalCollectionName": table.entity_set,
         "PrimaryIdAttribute": table.primary_id,
         "PrimaryNameAttribute": table.primary_name,
         "ObjectTypeCode": table.object_type_code,
         "IsCustomEntity": table.custom,
-        "ChangeTrackingEnabled": True,
+        "ChangeTrackingEnabled": table.change_tracking,
         "CanChangeTrackingBeEnabled": {
             "Value": True,
             "CanBeChanged": False,
             "ManagedPropertyLogicalName": "canchangetrackingbeenabled",
         },
         "DisplayName": _label(table.logical_name),
+        "Privileges": privilege_definitions(table),
     }
 
 
+def key_id(table: Table, columns: tuple[str, ...]) -> str:
+    """The ``MetadataId`` of the alternate key on ``columns``."""
+    return str(uuid.uuid5(METADATA_NAMESPACE, f"{table.logical_name}.key.{'.'.join(columns)}"))
+
+
 def key_definitions(table: Table) -> list[dict[str, Any]]:
-    return [
-        {
-            "MetadataId": str(uuid.uuid5(METADATA_NAMESPACE, f"{table.logical_name}.key.{'.'.join(k)}")),
-            "LogicalName": f"{table.logical_name}_{'_'.join(k)}_key",
-            "SchemaName": f"{'_'.join(k)}_key",
-            "KeyAttributes": list(k),
-            "EntityKeyIndexStatus": "Active",
-            "EntityLogicalName": table.logical_name,
-        }
-        for k in table.alternate_keys
-    ]
+    """The table's alternate keys: the active ones, then those whose index could not be built."""
+    failed = [tuple(k.split(",")) for k, info in table.key_info.items() if info.get("Status") == "Failed"]
+    keys = []
+    for columns in [*table.alternate_keys, *failed]:
+        info = table.key_info.get(",".join(columns), {})
+        schema_name = info.get("SchemaName") or f"{'_'.join(columns)}_key"
+        keys.append(
+            {
+                "MetadataId": key_id(table, columns),
+                "LogicalName": schema_name.lower()
+                if info
+                else f"{table.logical_name}_{'_'.join(columns)}_key",
+                "SchemaName": schema_name,
+                "DisplayName": _label(info.get("DisplayName") or schema_name),
+                "KeyAttributes": list(columns),
+                "EntityKeyIndexStatus": info.get("Status", "Active"),
+                "EntityLogicalName": table.logical_name,
+            }
+        )
+    return keys
 
 
 def _options(text: str) -> dict[str, str]:
@@ -167,7 +206,12 @@ def _matches(item: dict[str, Any], options: dict[str, str]) -> bool:
     return "$filter" not in options or evaluate(parse_filter(options["$filter"]), item)
 
 
-def _find_table(tables: dict[str, Table], key: str) -> Table:
+def find_table(tables: dict[str, Table], key: str) -> Table:
+    """The table a key segment names: ``LogicalName='x'`` or its ``MetadataId``.
+
+    Raises:
+        ODataError: 404 when there is none.
+    """
     parsed = parse_key(key)
     for table in tables.values():
         if (isinstance(parsed, str) and table.metadata_id == parsed) or (
@@ -178,24 +222,32 @@ def _find_table(tables: dict[str, Table], key: str) -> Table:
 
 
 def entity_definitions(
-    tables: dict[str, Table], req: ApiRequest, key: str | None, rest: str | None
+    tables: dict[str, Table],
+    req: ApiRequest,
+    key: str | None,
+    rest: str | None,
+    secured: Mapping[str, frozenset[str]] | None = None,
 ) -> ApiResponse:
-    """Serve ``EntityDefinitions`` and everything under it (GET only)."""
+    """Serve GET on ``EntityDefinitions`` and everything under it.
+
+    ``secured`` lists the secured columns per table (``IsSecured``).
+    """
     from emulators.dynamics.service import ApiResponse
 
     if req.method != "GET":
-        raise ODataError(405, "", "The emulator's metadata is read-only (use POST /_emulator/schema)")
+        raise ODataError(405, "", f"{req.method} is not served here (see emulators.dynamics.customize)")
+    secured = secured or {}
     root = f"{req.api_root}/$metadata#EntityDefinitions"
     if key is None:
         items = []
         for table in tables.values():
             item = entity_definition(table)
             if _matches(item, req.query):
-                items.append(_shape(item, req.query, _expansions(table)))
+                items.append(_shape(item, req.query, _expansions(table, secured)))
         return ApiResponse.json({"@odata.context": root, "value": items})
-    table = _find_table(tables, key)
+    table = find_table(tables, key)
     if rest is None:
-        body = _shape(entity_definition(table), req.query, _expansions(table))
+        body = _shape(entity_definition(table), req.query, _expansions(table, secured))
         return ApiResponse.json({"@odata.context": f"{root}/$entity", **body})
     if rest == "Keys":
         return ApiResponse.json(
@@ -207,7 +259,8 @@ def entity_definitions(
     if not rest.startswith("Attributes"):
         raise ODataError(404, "0x8006088a", f"Resource not found for the segment '{rest}'.")
     tail = rest[len("Attributes") :]
-    attrs = [attribute_definition(table, a) for a in table.attributes.values()]
+    locked = secured.get(table.logical_name, frozenset())
+    attrs = [attribute_definition(table, a, a.name in locked) for a in table.attributes.values()]
     if tail.startswith("("):
         akey, _, tail = tail[1:].partition(")")
         parsed = parse_key(akey)
@@ -235,9 +288,12 @@ def entity_definitions(
     return ApiResponse.json({"@odata.context": f"{root}({table.metadata_id})/Attributes", "value": attrs})
 
 
-def _expansions(table: Table) -> dict[str, Any]:
+def _expansions(table: Table, secured: Mapping[str, frozenset[str]]) -> dict[str, Any]:
+    locked = secured.get(table.logical_name, frozenset())
     return {
-        "Attributes": lambda: [attribute_definition(table, a) for a in table.attributes.values()],
+        "Attributes": lambda: [
+            attribute_definition(table, a, a.name in locked) for a in table.attributes.values()
+        ],
         "Keys": lambda: key_definitions(table),
     }
 

@@ -16,6 +16,7 @@ from emulators.dynamics.schema import (
     BOOLEAN,
     CHOICE_TYPES,
     DATETIME,
+    DECIMAL,
     DOUBLE,
     INTEGER,
     MEMO,
@@ -57,13 +58,14 @@ def convert_value(table: Table, attr: Attribute, value: Any, record: str) -> Any
     if kind in (STRING, MEMO):
         if not isinstance(value, str):
             raise ODataError(400, BAD_PAYLOAD, f"{where}: expected a string, got {type(value).__name__}")
-        if len(value) > MAX_LENGTH[kind]:
+        limit = attr.max_length or MAX_LENGTH[kind]
+        if len(value) > limit:
             raise ODataError(
                 400,
                 VALIDATION,
                 f"A validation error occurred. The length of the '{attr.name}'"
                 f" attribute of the '{table.logical_name}' entity exceeded the maximum allowed"
-                f" length of '{MAX_LENGTH[kind]}' ({where}).",
+                f" length of '{limit}' ({where}).",
             )
         return value
     if kind == BOOLEAN:
@@ -82,7 +84,7 @@ def convert_value(table: Table, attr: Attribute, value: Any, record: str) -> Any
                 f" range ({where}).",
             )
         return value
-    if kind in (MONEY, DOUBLE):
+    if kind in (MONEY, DECIMAL, DOUBLE):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ODataError(400, BAD_PAYLOAD, f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -129,21 +131,31 @@ def full_name(first: Any, last: Any) -> str | None:
 
 
 class RowWriter:
-    """Turns rows of a ``SELECT`` into JSON records for one table and one column list."""
+    """Turns rows of a ``SELECT`` into JSON records for one table and one column list.
+
+    Columns in ``masked`` (secured columns the caller may not read) come out as null, without
+    annotations: Dataverse returns no data for them, indistinguishable from an empty value.
+    """
 
     def __init__(
-        self, table: Table, attrs: Sequence[Attribute], annotations: set[str], sql_json: bool = False
+        self,
+        table: Table,
+        attrs: Sequence[Attribute],
+        annotations: set[str],
+        sql_json: bool = False,
+        masked: frozenset[str] = frozenset(),
     ) -> None:
         self.table = table
         self.attrs = list(attrs)
         self.names = [a.wire_name for a in self.attrs]
         self.columns = [a.name for a in self.attrs]
-        self.bool_idx = [i for i, a in enumerate(self.attrs) if a.type == BOOLEAN]
+        self.masked_idx = [i for i, a in enumerate(self.attrs) if a.name in masked]
+        self.bool_idx = [i for i, a in enumerate(self.attrs) if a.type == BOOLEAN and a.name not in masked]
         self.extra: list[Callable[[dict[str, Any], Sequence[Any]], None]] = []
         want_all = "*" in annotations
         if want_all or "Microsoft.Dynamics.CRM.lookuplogicalname" in annotations:
             for i, a in enumerate(self.attrs):
-                if a.is_lookup:
+                if a.is_lookup and a.name not in masked:
                     if a.polymorphic:
                         self.columns.append(f"{a.name}type")
                         self.extra.append(_lookup_type(a.wire_name, len(self.columns) - 1))
@@ -151,6 +163,8 @@ class RowWriter:
                         self.extra.append(_lookup_static(a.wire_name, a.targets[0], i))
         if want_all or "OData.Community.Display.V1.FormattedValue" in annotations:
             for i, a in enumerate(self.attrs):
+                if a.name in masked:
+                    continue
                 if a.options:
                     self.extra.append(_formatted(a.wire_name, dict(a.options), i))
                 elif a.type == BOOLEAN:
@@ -159,11 +173,13 @@ class RowWriter:
         if self.version_idx is None:
             self.columns.append("versionnumber")
             self.version_idx = len(self.columns) - 1
-        self.json_sql = _json_object_sql(self.attrs) if sql_json and not self.extra else None
+        self.json_sql = _json_object_sql(self.attrs, masked) if sql_json and not self.extra else None
 
     def record(self, row: Sequence[Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"@odata.etag": f'W/"{row[self.version_idx]}"'}  # type: ignore[index]
         out.update(zip(self.names, row, strict=False))
+        for i in self.masked_idx:
+            out[self.names[i]] = None
         for i in self.bool_idx:
             value = row[i]
             if value is not None:
@@ -173,7 +189,7 @@ class RowWriter:
         return out
 
 
-def _json_object_sql(attrs: Sequence[Attribute]) -> str:
+def _json_object_sql(attrs: Sequence[Attribute], masked: frozenset[str] = frozenset()) -> str:
     """Return an SQL expression that builds a record's JSON text inside SQLite.
 
     Page reads use it when no annotations are asked for: SQLite's JSON functions in C are several
@@ -183,7 +199,9 @@ def _json_object_sql(attrs: Sequence[Attribute]) -> str:
     pairs = ["'@odata.etag', 'W/\"' || \"versionnumber\" || '\"'"]
     for attr in attrs:
         col = quote(attr.name)
-        if attr.type == BOOLEAN:
+        if attr.name in masked:
+            value = "NULL"
+        elif attr.type == BOOLEAN:
             value = f"json(CASE WHEN {col} IS NULL THEN 'null' WHEN {col} THEN 'true' ELSE 'false' END)"
         else:
             value = col

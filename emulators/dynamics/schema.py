@@ -21,6 +21,7 @@ MEMO = "Memo"
 INTEGER = "Integer"
 BIGINT = "BigInt"
 MONEY = "Money"
+DECIMAL = "Decimal"
 DOUBLE = "Double"
 BOOLEAN = "Boolean"
 DATETIME = "DateTime"
@@ -37,6 +38,25 @@ CHOICE_TYPES = frozenset({PICKLIST, STATE, STATUS})
 
 METADATA_NAMESPACE = uuid.UUID("6f0d3c1e-8f5e-4bb8-9d8c-6c7f1d9a2e10")
 
+# Table SchemaNames of the standard tables (privilege names are built from them). A table stored
+# by an older emulator has no SchemaName of its own and gets its name from here.
+STANDARD_SCHEMA_NAMES = {
+    "lead": "Lead",
+    "contact": "Contact",
+    "account": "Account",
+    "opportunity": "Opportunity",
+    "systemuser": "SystemUser",
+    "team": "Team",
+    "businessunit": "BusinessUnit",
+    "connection": "Connection",
+    "connectionrole": "ConnectionRole",
+}
+
+
+def attribute_metadata_id(table: str, column: str) -> str:
+    """The ``MetadataId`` of a column (stable: the same table and column give the same id)."""
+    return str(uuid.uuid5(METADATA_NAMESPACE, f"{table}.{column}"))
+
 
 @dataclass(frozen=True)
 class Attribute:
@@ -48,8 +68,14 @@ class Attribute:
         targets: Tables a lookup may point to (several for customer and owner lookups).
         date_only: For ``DateTime`` columns with ``DateOnly`` behaviour (``2024-05-01``).
         read_only: Computed or server-maintained (not valid for create/update).
-        options: Choice values and labels.
+        options: Choice values and labels (a Boolean column's are its true and false labels).
         custom: A custom column (publisher prefix), for ``IsCustomAttribute``.
+        schema_name: ``SchemaName`` as created (the logical name when empty).
+        display_name: ``DisplayName`` label (the logical name when empty).
+        max_length: Longest accepted text of a String or Memo column (the type's limit when None).
+        required_level: ``RequiredLevel`` as created (reported only; the Web API does not enforce
+            ``ApplicationRequired``).
+        default: Value a create without this column stores (a Boolean column's ``DefaultValue``).
     """
 
     name: str
@@ -59,6 +85,11 @@ class Attribute:
     read_only: bool = False
     options: tuple[tuple[int, str], ...] = ()
     custom: bool = False
+    schema_name: str = ""
+    display_name: str = ""
+    max_length: int | None = None
+    required_level: str = "None"
+    default: bool | None = None
 
     @property
     def is_lookup(self) -> bool:
@@ -76,7 +107,14 @@ class Attribute:
 
 @dataclass
 class Table:
-    """One Dataverse table as the emulator serves it."""
+    """One Dataverse table as the emulator serves it.
+
+    Attributes:
+        change_tracking: ``ChangeTrackingEnabled`` (a table stored by an older emulator has it on).
+        schema_name: The table's ``SchemaName`` (privilege names end with it).
+        key_info: Per alternate key (columns joined by ``,``): its ``SchemaName``, ``DisplayName``
+            and ``EntityKeyIndexStatus`` when it was created through the Web API.
+    """
 
     logical_name: str
     entity_set: str
@@ -86,10 +124,29 @@ class Table:
     alternate_keys: tuple[tuple[str, ...], ...] = ()
     custom: bool = False
     object_type_code: int = 10000
+    change_tracking: bool = True
+    schema_name: str = ""
+    key_info: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.schema_name:
+            self.schema_name = STANDARD_SCHEMA_NAMES.get(self.logical_name, self.logical_name)
 
     @property
     def metadata_id(self) -> str:
         return str(uuid.uuid5(METADATA_NAMESPACE, self.logical_name))
+
+    def create_defaults(self) -> dict[str, int]:
+        """Stored values of the columns a create fills when the body leaves them out.
+
+        Cached for the current ``attributes`` dict (same rule as :meth:`by_wire_name`).
+        """
+        cached = self.__dict__.get("_default_cache")
+        if cached is None or cached[0] is not self.attributes:
+            defaults = {a.name: int(a.default) for a in self.attributes.values() if a.default is not None}
+            cached = (self.attributes, defaults)
+            self.__dict__["_default_cache"] = cached
+        return cached[1]
 
     def by_wire_name(self) -> dict[str, Attribute]:
         """Map JSON property names (``_x_value`` for lookups) to attributes.

@@ -29,6 +29,7 @@ from emulators.dynamics.schema import (
     BIGINT,
     BOOLEAN,
     CHOICE_TYPES,
+    DECIMAL,
     DOUBLE,
     INTEGER,
     MONEY,
@@ -65,7 +66,7 @@ def sql_type(attr: Attribute) -> str:
     as Dataverse's SQL Server collation does)."""
     if attr.type in (INTEGER, BIGINT, BOOLEAN) or attr.type in CHOICE_TYPES:
         return "INTEGER"
-    if attr.type in (MONEY, DOUBLE):
+    if attr.type in (MONEY, DECIMAL, DOUBLE):
         return "REAL"
     return "TEXT COLLATE NOCASE"
 
@@ -349,6 +350,7 @@ def _drop_key(
     name = "ak_" + table.logical_name + "_" + "_".join(key)
     conn.exec_driver_sql(f"DROP INDEX IF EXISTS {quote(name)}")
     table.alternate_keys = tuple(k for k in table.alternate_keys if k != key)
+    table.key_info = {k: v for k, v in table.key_info.items() if k != ",".join(key)}
     write_meta(conn, "schema", schema_to_json(tables))
     return {"entity": table.logical_name, "keys": [list(k) for k in table.alternate_keys]}
 
@@ -359,7 +361,8 @@ def change_column(conn: Connection, tables: dict[str, Table], spec: dict[str, An
     ``spec`` is ``{"entity": "lead", "drop": "jobtitle"}``, ``{"entity": "lead", "rename":
     {"from": "jobtitle", "to": "new_jobtitle"}}`` or ``{"entity": "lead", "add": {"name":
     "new_score", "type": "Integer"}}``; ``{"entity": "contact", "drop_key": ["emailaddress1"]}``
-    removes an alternate key (a real org may not have the emulator's seeded keys).
+    removes an alternate key (a real org may not have the emulator's seeded keys);
+    ``{"entity": "opportunity", "change_tracking": false}`` turns change tracking off (or on).
 
     Raises:
         ODataError: 400 naming the entity or column that does not fit.
@@ -370,6 +373,10 @@ def change_column(conn: Connection, tables: dict[str, Table], spec: dict[str, An
         raise ODataError(400, "", f"schema change: no entity {name!r}")
     if "drop_key" in spec:
         return _drop_key(conn, tables, table, tuple(str(c).lower() for c in spec["drop_key"]))
+    if "change_tracking" in spec:
+        table.change_tracking = bool(spec["change_tracking"])
+        write_meta(conn, "schema", schema_to_json(tables))
+        return {"entity": name, "change_tracking": table.change_tracking}
     t = quote(table.logical_name)
     attrs = dict(table.attributes)
     if "drop" in spec or "rename" in spec:
@@ -393,10 +400,13 @@ def change_column(conn: Connection, tables: dict[str, Table], spec: dict[str, An
                 raise ODataError(400, "", f"schema change: bad new name {new!r} for {name}.{old}")
             conn.exec_driver_sql(f"ALTER TABLE {t} RENAME COLUMN {quote(old)} TO {quote(new)}")
             attrs = {
-                (new if k == old else k): (Attribute(**{**asdict(v), "name": new}) if k == old else v)
+                (new if k == old else k): (
+                    Attribute(**{**asdict(v), "name": new, "schema_name": ""}) if k == old else v
+                )
                 for k, v in attrs.items()
             }
         table.alternate_keys = tuple(k for k in table.alternate_keys if old not in k)
+        table.key_info = {k: v for k, v in table.key_info.items() if old not in k.split(",")}
     elif "add" in spec:
         new = str(spec["add"].get("name", "")).lower()
         typ = str(spec["add"].get("type", "String"))

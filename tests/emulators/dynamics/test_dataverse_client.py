@@ -35,3 +35,34 @@ def test_sdk_filtered_list_and_bulk_create(sdk):
     assert len(ids) == 3
     rows = list(sdk.records.list("new_project", select=["new_code"], filter="startswith(new_code,'SDK-')"))
     assert sorted(r["new_code"] for r in rows) == ["SDK-0", "SDK-1", "SDK-2"]
+
+
+def test_sdk_reads_table_metadata_and_adds_columns_and_a_key(sdk):
+    info = sdk.tables.get("new_project")
+    assert (info["table_logical_name"], info["entity_set_name"]) == ("new_project", "new_projects")
+    assert sdk.tables.add_columns("new_project", {"new_Rating": "int", "new_Approved": "bool"}) == [
+        "new_Rating",
+        "new_Approved",
+    ]
+    columns = {
+        c["LogicalName"]: c
+        for c in sdk.tables.list_columns("new_project", select=["LogicalName", "AttributeType"])
+    }
+    assert (columns["new_rating"]["AttributeType"], columns["new_approved"]["AttributeType"]) == (
+        "Integer",
+        "Boolean",
+    )
+    new_id = sdk.records.create(
+        "new_project", {"new_name": "SDK rated", "new_rating": 4, "new_approved": True}
+    )
+    fetched = sdk.records.retrieve("new_project", new_id, select=["new_rating", "new_approved"])
+    assert (fetched["new_rating"], fetched["new_approved"]) == (4, True)
+    key = sdk.tables.create_alternate_key(
+        "new_project", "new_rating_key", ["new_rating"], display_name="Rating"
+    )
+    keys = {k.schema_name: k for k in sdk.tables.get_alternate_keys("new_project")}
+    assert keys["new_rating_key"].metadata_id == key.metadata_id
+    assert (keys["new_rating_key"].key_attributes, keys["new_rating_key"].status) == (
+        ["new_rating"],
+        "Active",
+    )
