@@ -374,6 +374,7 @@ def start() -> None:
         start_alert_sink(env)
         start_airflow(env)
         load_settings(env)
+        setup_check()
         start_dags()
         start_activity(env)
     except (SystemExit, subprocess.CalledProcessError, RuntimeError, OSError):
@@ -438,6 +439,28 @@ def settle(timeout_s: float = 900.0) -> bool:
     return ok
 
 
+def connection_env() -> dict[str, str]:
+    """The environment of a command line that reads through the demo's connections and state store."""
+    settings = demo_settings()
+    env = _base_env()
+    for conn_id, conn in settings.connections.items():
+        data = {k: v for k, v in conn.items() if k != "description"}
+        data["extra"] = json.loads(conn.get("extra") or "{}")
+        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(data)
+    env["AIRFLOW_VAR_MDS_STATE_DB_URL"] = settings.variables["mds_state_db_url"]
+    return env
+
+
+def setup_check() -> int:
+    """Print ``python -m crm_sync.setup check``'s table for the demo's systems (the seeded
+    emulators hold everything, so it is expected to pass; a real org starts with ``setup apply``)."""
+    argv = [str(BIN_DIR / "python"), "-m", "crm_sync.setup", "check", "--entities-dir", str(entities_dir())]
+    code = subprocess.run(argv, env=connection_env(), check=False).returncode
+    if code:
+        print(f"setup check: exit {code}; the syncs named above will fail until it passes", flush=True)
+    return code
+
+
 def check(settle_first: bool = True) -> int:
     """Compare both systems with ``crm_sync.reconcile`` and print the differences (exit 1 if any).
 
@@ -455,13 +478,7 @@ def check(settle_first: bool = True) -> int:
     try:
         if settle_first and not settle():
             print("settle: a sync run did not succeed; the comparison shows what is left", flush=True)
-        settings = demo_settings()
-        env = _base_env()
-        for conn_id, conn in settings.connections.items():
-            data = {k: v for k, v in conn.items() if k != "description"}
-            data["extra"] = json.loads(conn.get("extra") or "{}")
-            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(data)
-        env["AIRFLOW_VAR_MDS_STATE_DB_URL"] = settings.variables["mds_state_db_url"]
+        env = connection_env()
         argv = [str(BIN_DIR / "python"), "-m", "crm_sync.reconcile", "check"]
         argv += ["--entities-dir", str(entities_dir())]
         return subprocess.run(argv, env=env, check=False).returncode

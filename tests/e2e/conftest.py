@@ -94,12 +94,16 @@ def sync_env(
 
     Indirect parametrization with ``{"dynamics_seed": N}`` seeds the Dataverse emulator with
     its fake organization (N leads and proportional accounts, contacts, opportunities, users,
-    teams); otherwise both emulators start empty.
+    teams); otherwise both emulators start empty. ``{"bare": True}`` starts both without the
+    sync's own fields (``--bare``), as a real org is before ``setup apply``.
     """
     _clear_hook_caches()
     options: dict[str, Any] = getattr(request, "param", None) or {}
-    marketo = start_emulator("marketo", tmp_path / "marketo")
-    dynamics = start_emulator("dynamics", tmp_path / "dynamics", seed_scale=options.get("dynamics_seed"))
+    bare = ["--bare"] if options.get("bare") else []  # systems without the sync's own fields
+    marketo = start_emulator("marketo", tmp_path / "marketo", extra_args=bare)
+    dynamics = start_emulator(
+        "dynamics", tmp_path / "dynamics", extra_args=bare, seed_scale=options.get("dynamics_seed")
+    )
     try:
         limiter = f"sqlite:///{tmp_path / 'limiter.sqlite'}"
         m_cred = default_credentials("marketo_default")

@@ -112,8 +112,14 @@ def test_check_connections_succeeds_against_the_emulators(
     _connections(monkeypatch, emulators, tmp_path, default_credentials("dynamics_default").client_secret)
     run = _dag().test()
     assert run.state == "success"
+    assert {ti.task_id: str(ti.state) for ti in run.get_task_instances()} == {
+        "check_setup": "success",
+        "test_connection": "success",
+    }
     calls: dict[str, int] = emulators["dynamics"].stats()["calls"]
     assert any("WhoAmI" in key for key in calls)
+    assert any("RetrieveUserPrivileges" in key for key in calls), "the setup check read the privileges"
+    assert any("describe2" in key for key in emulators["marketo"].stats()["calls"])
 
 
 def test_wrong_secret_fails_the_task_and_alerts_without_the_secret(

@@ -187,16 +187,16 @@ def marketo_needs(entity: EntityConfig) -> list[Need]:
     """The Marketo fields of the entity's object that it reads or writes."""
     m = entity.marketo
     needs = [Need(m.key, "the key")]
-    for attr, role in (
-        ("type_field", "the person type"),
-        ("deleted_field", "the deleted flag"),
-        ("record_id_field", "the Dataverse record id"),
-        ("email_field", "the email for dedup"),
-        ("sync_flag_field", "the sync-to-Dynamics flag"),
+    for attr, role, cast in (
+        ("type_field", "the person type", Cast.STRING),
+        ("deleted_field", "the deleted flag", Cast.BOOLEAN),
+        ("record_id_field", "the Dataverse record id", Cast.STRING),
+        ("email_field", "the email for dedup", None),
+        ("sync_flag_field", "the sync-to-Dynamics flag", Cast.BOOLEAN),
     ):
         value = getattr(m, attr)
         if value:
-            needs.append(Need(value, role))
+            needs.append(Need(value, role, cast))
     for f in entity.fields:
         needs.append(Need(f.marketo, f"mapped to Dataverse {entity.dynamics.table}.{f.dynamics}", f.cast))
     for lk in entity.lookups:
@@ -290,7 +290,8 @@ def compare(
     return report
 
 
-def _marketo_objects(entity: EntityConfig) -> list[tuple[str, list[Need]]]:
+def marketo_objects(entity: EntityConfig) -> list[tuple[str, list[Need]]]:
+    """The Marketo objects the entity uses (path segment) with what it needs in each."""
     objects = [(marketo_object_name(entity), marketo_needs(entity))]
     if entity.roles:
         objects.append(("opportunities/roles", [Need(f, "an opportunity-role field") for f in ROLE_FIELDS]))
@@ -327,7 +328,7 @@ def check_schema(
         report = compare(DYNAMICS, table, dynamics_needs(entity), current, snap.fields if snap else None)
         reports.append((report, current, today))
     if marketo is not None:
-        for obj, needs in _marketo_objects(entity):
+        for obj, needs in marketo_objects(entity):
             snap = get_snapshot(session, MARKETO, obj)
             cached = snap is not None and snap.read_on == today
             baseline: dict[str, str] | None

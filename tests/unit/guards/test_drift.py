@@ -53,6 +53,9 @@ def _contact_schema(contact: EntityConfig) -> tuple[dict[str, str], dict[str, st
         }
         if f.cast.value in kind:
             dyn[f.dynamics], mkto[f.marketo] = kind[f.cast.value]
+    for flag in (contact.marketo.deleted_field, contact.marketo.sync_flag_field):
+        if flag:
+            mkto[flag] = "boolean"  # the sync-owned flags must be booleans
     dyn["ownerid"] = "Owner"
     dyn["parentcustomerid"] = "Customer"
     return dyn, mkto

@@ -1,0 +1,70 @@
+"""Entry point of the ``check_setup`` task of the ``check_connections`` DAG.
+
+Imported inside the task (never at DAG parse time). It runs ``setup check`` over every entity
+file and fails the task when something blocks a sync, with the whole table in the log and a
+one-line summary per problem in the error (and so in the alert). A system whose connection
+does not answer is left to the DAG's ``test_connection`` task, so one broken secret raises one
+alert, not two.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from crm_sync.tasks.common import entities_dir, entities_in
+
+log = logging.getLogger(__name__)
+
+
+class SetupIncomplete(AirflowFailException):
+    """Something a sync needs is missing in Marketo or Dataverse; the message lists each fix.
+
+    Fails without retries: a retry reads the same metadata again.
+    """
+
+
+def _answering(hook: Any, conn_id: str) -> bool:
+    ok, message = hook.test_connection()
+    if not ok:
+        log.warning("setup check skips %s: its connection test failed (%s)", conn_id, message)
+    return bool(ok)
+
+
+def check_setup(
+    marketo_conn: str = "marketo_default", dynamics_conn: str = "dynamics_default"
+) -> dict[str, Any]:
+    """Run ``setup check`` for every entity; returns the counts for XCom.
+
+    Raises:
+        SetupIncomplete: At least one finding blocks a sync.
+    """
+    from crm_sync.alerting import _redact
+    from crm_sync.setup.core import run_check
+    from crm_sync.setup.findings import report_text
+    from crm_sync_hooks.dynamics import DynamicsHook
+    from crm_sync_hooks.marketo import MarketoHook
+
+    entities = list(entities_in(entities_dir()).values())
+    marketo, dynamics = MarketoHook(marketo_conn), DynamicsHook(dynamics_conn)
+    try:
+        report = run_check(
+            entities,
+            marketo=marketo if _answering(marketo, marketo_conn) else None,
+            dynamics=dynamics if _answering(dynamics, dynamics_conn) else None,
+        )
+    finally:
+        marketo.close()
+        dynamics.close()
+    log.info("%s", report_text(report))
+    if report.findings:
+        lines = [f"{f.system} {f.object}.{f.item}: {f.problem} Fix: {f.fix}" for f in report.findings]
+        raise SetupIncomplete(
+            _redact(
+                f"setup check: {len(report.findings)} problem(s) block {', '.join(report.blocked)}; "
+                "run `python -m crm_sync.setup apply` for what the APIs allow:\n" + "\n".join(lines)
+            )
+        )
+    return {"checked": len(report.checked), "ready": report.ready, "problems": 0}
