@@ -274,3 +274,21 @@ def test_actions_cover_only_lead_fields_and_sync_owned_dynamics_pieces() -> None
     kinds = {(f.item, f.action.kind if f.action else None) for f in report.findings}
     assert ("jobtitle", None) in kinds
     assert {k for i, k in kinds if i == "new_synctomkto"} == {ActionKind.CREATE_DYNAMICS_COLUMN}
+
+
+def test_an_object_the_api_user_cannot_read_is_a_finding_naming_the_permission(
+    systems: tuple[FakeMarketo, FakeDynamics],
+) -> None:
+    marketo, dynamics = systems
+
+    def denied(object_name: str = "leads") -> list[dict[str, Any]]:
+        if object_name == "opportunities":
+            raise PermissionError("603 Access denied")
+        return FakeMarketo.describe(marketo, object_name)
+
+    marketo.describe = denied  # type: ignore[method-assign]
+    (finding,) = run_check(ENTITIES, marketo=marketo, dynamics=dynamics).findings
+    assert finding.kind is Kind.UNREADABLE
+    assert "603 Access denied" in finding.problem
+    assert "Read-Write permission on Opportunity" in finding.fix
+    assert finding.entities == ("opportunity",)
