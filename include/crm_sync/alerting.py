@@ -17,6 +17,8 @@ import requests
 from airflow.sdk import BaseNotifier, Variable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from airflow.sdk import Context
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,32 @@ class Alert:
         )
 
 
-def _redact(text: str) -> str:
+def redact(text: str) -> str:
     """Mask every secret Airflow knows of (connection passwords and extras) in ``text``."""
-    from airflow.sdk.log import redact
+    from airflow.sdk.log import redact as mask
 
-    return str(redact(text))
+    return str(mask(text))
+
+
+_redact = redact  # the name the alert builders below use
+
+
+def run_command(name: str, command: Callable[[], int]) -> int:
+    """Run a command-line entry point: an unexpected error becomes exit 2 and one redacted line.
+
+    Args:
+        name: The command, for the message (``reconcile check``).
+        command: Runs it and returns its exit status.
+    """
+    import sys
+
+    try:
+        return command()
+    except SystemExit:
+        raise
+    except Exception as exc:
+        print(f"{name} failed: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        return 2
 
 
 def alert_from_context(context: Context) -> Alert:

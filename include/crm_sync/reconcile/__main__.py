@@ -110,15 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    try:
-        return check(args)
-    except SystemExit:
-        raise
-    except Exception as exc:
-        from crm_sync.alerting import _redact
+    from crm_sync.alerting import run_command
 
-        print(f"reconcile check failed: {type(exc).__name__}: {_redact(str(exc))}", file=sys.stderr)
-        return 2
+    return run_command("reconcile check", lambda: check(args))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def check_setup(
     Raises:
         SetupIncomplete: At least one finding blocks a sync.
     """
-    from crm_sync.alerting import _redact
+    from crm_sync.alerting import redact
     from crm_sync.setup.core import run_check
     from crm_sync.setup.findings import report_text
     from crm_sync_hooks.dynamics import DynamicsHook
@@ -62,7 +62,7 @@ def check_setup(
     if report.findings:
         lines = [f"{f.system} {f.object}.{f.item}: {f.problem} Fix: {f.fix}" for f in report.findings]
         raise SetupIncomplete(
-            _redact(
+            redact(
                 f"setup check: {len(report.findings)} problem(s) block {', '.join(report.blocked)}; "
                 "run `python -m crm_sync.setup apply` for what the APIs allow:\n" + "\n".join(lines)
             )

@@ -292,3 +292,15 @@ def test_an_object_the_api_user_cannot_read_is_a_finding_naming_the_permission(
     assert "603 Access denied" in finding.problem
     assert "Read-Write permission on Opportunity" in finding.fix
     assert finding.entities == ("opportunity",)
+
+
+def test_the_command_exits_2_with_one_line_when_a_connection_is_missing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from crm_sync.setup.__main__ import main
+
+    status = main(["check", "--marketo-conn", "no_such_marketo", "--dynamics-conn", "no_such_dynamics"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("setup check failed: ")
+    assert "no_such" in err
