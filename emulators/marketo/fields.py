@@ -56,6 +56,19 @@ class FieldDef:
         return 255 if self.value_type in STRING_TYPES - {"text"} else None
 
 
+def describe_entry(f: FieldDef) -> dict[str, Any]:
+    """A field as an object describe and the leads describe2 list it."""
+    entry: dict[str, Any] = {
+        "name": f.name,
+        "displayName": f.display,
+        "dataType": f.data_type,
+        "updateable": f.updateable,
+    }
+    if f.max_length is not None:
+        entry["length"] = f.max_length
+    return entry
+
+
 def _f(name: str, display: str, data_type: str = "string", **kw: Any) -> FieldDef:
     return FieldDef(name, display, data_type, **kw)
 

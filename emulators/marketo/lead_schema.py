@@ -26,6 +26,7 @@ from emulators.marketo.fields import (
     LEAD_FIELDS,
     STRING_TYPES,
     FieldDef,
+    describe_entry,
     stored_value,
 )
 
@@ -275,18 +276,7 @@ def crm_managed(name: str, native_sync: bool) -> bool:
 
 def describe2(schema: LeadSchema, native_sync: bool = False) -> list[dict[str, Any]]:
     """Result of ``GET /rest/v1/leads/describe2.json``."""
-    fields = []
-    for f in schema.fields:
-        entry: dict[str, Any] = {
-            "name": f.name,
-            "displayName": f.display,
-            "dataType": f.data_type,
-            "updateable": f.updateable,
-            "crmManaged": crm_managed(f.name, native_sync),
-        }
-        if f.max_length is not None:
-            entry["length"] = f.max_length
-        fields.append(entry)
+    fields = [{**describe_entry(f), "crmManaged": crm_managed(f.name, native_sync)} for f in schema.fields]
     searchable = [[n] for n in schema.searchable]
     return [{"name": "API Lead", "searchableFields": searchable, "fields": fields}]
 

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, insert, text
 
 from emulators.marketo.envelope import MarketoError, skipped
-from emulators.marketo.fields import FieldDef, FieldValueError, ObjectType, normalize, to_json
+from emulators.marketo.fields import (
+    FieldDef,
+    FieldValueError,
+    ObjectType,
+    describe_entry,
+    normalize,
+    to_json,
+)
 from emulators.marketo.leads import now_text
 from emulators.marketo.store import Store, objects
 
@@ -298,17 +305,7 @@ def delete(
 
 def describe(otype: ObjectType) -> dict[str, Any]:
     """Describe result entry of ``otype`` (reference §7–10)."""
-    fields = []
-    for f in otype.fields:
-        entry: dict[str, Any] = {
-            "name": f.name,
-            "displayName": f.display,
-            "dataType": f.data_type,
-            "updateable": f.updateable,
-        }
-        if f.max_length is not None:
-            entry["length"] = f.max_length
-        fields.append(entry)
+    fields = [describe_entry(f) for f in otype.fields]
     out: dict[str, Any] = {
         "name": otype.name,
         "displayName": otype.name,
