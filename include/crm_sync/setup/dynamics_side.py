@@ -206,28 +206,25 @@ def _column(
     now = types.get(need.name)
     if now is None:
         return [_missing_column(table, entity, need, where)]
+    wrong: tuple[str, str] | None = None  # (problem, fix) when the column's type does not fit
     if need.lookup and now not in DYNAMICS_LOOKUP_TYPES:
+        wrong = (f"{where} has type {now}; a lookup is needed.", "map a lookup column")
+    elif need.cast is not None and now not in DYNAMICS_TYPES[need.cast]:
+        wrong = (
+            f"{where} has type {now}, which cast {need.cast.value} cannot use "
+            f"(one of {', '.join(sorted(DYNAMICS_TYPES[need.cast]))}).",
+            "change the cast or map another column",
+        )
+    if wrong is not None:
+        problem, fix = wrong
         return [
             Finding(
                 DYNAMICS,
                 table,
                 need.name,
                 Kind.WRONG_TYPE,
-                f"{where} has type {now}; a lookup is needed.",
-                f"map a lookup column in entities/{entity.name}.yaml.",
-                users,
-            )
-        ]
-    if need.cast is not None and now not in DYNAMICS_TYPES[need.cast]:
-        return [
-            Finding(
-                DYNAMICS,
-                table,
-                need.name,
-                Kind.WRONG_TYPE,
-                f"{where} has type {now}, which cast {need.cast.value} cannot use "
-                f"(one of {', '.join(sorted(DYNAMICS_TYPES[need.cast]))}).",
-                f"change the cast or map another column in entities/{entity.name}.yaml.",
+                problem,
+                f"{fix} in entities/{entity.name}.yaml.",
                 users,
             )
         ]
