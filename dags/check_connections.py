@@ -31,9 +31,16 @@ CONNECTIONS = ("marketo_default", "dynamics_default")
 def check_connections() -> None:
     @task
     def check_setup() -> dict[str, object]:
+        from airflow.sdk import get_current_context
+
+        from crm_sync.tasks.common import settings_from_airflow
         from crm_sync.tasks.setup import check_setup
 
-        return check_setup(*CONNECTIONS)
+        marketo, dynamics = CONNECTIONS
+        settings = settings_from_airflow(
+            str(get_current_context()["run_id"]), marketo_conn_id=marketo, dynamics_conn_id=dynamics
+        )
+        return check_setup(settings)
 
     @task
     def test_connection(conn_id: str) -> str:

@@ -10,11 +10,14 @@ alert, not two.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from crm_sync.tasks.common import entities_dir, entities_in
+from crm_sync.tasks.common import entities_in, task_session
+
+if TYPE_CHECKING:
+    from crm_sync.engine.context import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,9 @@ def _answering(hook: Any, conn_id: str) -> bool:
     return bool(ok)
 
 
-def check_setup(
-    marketo_conn: str = "marketo_default", dynamics_conn: str = "dynamics_default"
-) -> dict[str, Any]:
-    """Run ``setup check`` for every entity; returns the counts for XCom.
+def check_setup(settings: RunSettings) -> dict[str, Any]:
+    """Run ``setup check`` for every entity, with the hooks of :func:`task_session`; returns the
+    counts for XCom.
 
     Raises:
         SetupIncomplete: At least one finding blocks a sync.
@@ -44,20 +46,14 @@ def check_setup(
     from crm_sync.alerting import redact
     from crm_sync.setup.core import run_check
     from crm_sync.setup.findings import report_text
-    from crm_sync_hooks.dynamics import DynamicsHook
-    from crm_sync_hooks.marketo import MarketoHook
 
-    entities = list(entities_in(entities_dir()).values())
-    marketo, dynamics = MarketoHook(marketo_conn), DynamicsHook(dynamics_conn)
-    try:
+    entities = list(entities_in(settings.entities_dir).values())
+    with task_session(settings, marketo=True, dynamics=True) as session:
         report = run_check(
             entities,
-            marketo=marketo if _answering(marketo, marketo_conn) else None,
-            dynamics=dynamics if _answering(dynamics, dynamics_conn) else None,
+            marketo=session.marketo if _answering(session.marketo, settings.marketo_conn_id) else None,
+            dynamics=session.dynamics if _answering(session.dynamics, settings.dynamics_conn_id) else None,
         )
-    finally:
-        marketo.close()
-        dynamics.close()
     log.info("%s", report_text(report))
     if report.findings:
         lines = [f"{f.system} {f.object}.{f.item}: {f.problem} Fix: {f.fix}" for f in report.findings]
