@@ -36,6 +36,12 @@ def run_migrations_online() -> None:
             # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            # One transaction for the whole upgrade, version read included. Alembic treats SQLite
+            # DDL as non-transactional and commits step by step, so two processes could both
+            # read revision N and both run N+1 ("table already exists"). SQLite's DDL is
+            # transactional, and this engine begins IMMEDIATE: the second process now waits for
+            # the first and finds the head.
+            transactional_ddl=True,
         )
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
