@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTCOME = "outcome"
+# Id-map rows stored per statement: a bulk unit holds tens of thousands of records, whose rows
+# (with their parsed per-field hashes) took more memory than the rest of the load together.
+LINK_CHUNK_ROWS = 2_000
 DYNAMICS_BATCH_OPERATIONS = 1000  # operations Dataverse accepts in one $batch request
 # "Not found" answers to a delete or a deleted-flag update: the record is already gone.
 _GONE_CODES = {"1004", "1013", "610", "702"}
@@ -238,7 +241,9 @@ def _links(
 ) -> dict[str, list[dict[str, Any]]]:
     """Id-map rows of the records written successfully, by the entity whose map they go to."""
     rows: dict[str, list[dict[str, Any]]] = {}
-    for rec in frame[frame[DYNAMICS_ID].isin(ok_ids)].to_dict("records"):
+    # A set test per row: ``isin`` with a large set converts the whole set for every chunk.
+    written = [str(d) in ok_ids for d in frame[DYNAMICS_ID].tolist()]
+    for rec in frame[written].to_dict("records"):
         row = {c: rec.get(c) for c in LINK_FRAME_COLUMNS if c != "link_entity"}
         hashes = row["field_hashes"]
         # A person linked by email has no agreed values yet; the next merge compares in full.
@@ -288,8 +293,11 @@ def load_batch(
         The outcome (also staged as the batch's ``outcome.json``).
     """
     batch = LoadBatch.from_xcom(batch)
-    ops = ctx.staging.read_frame(batch.ops)
-    links = ctx.staging.read_frame(batch.links)
+    # Payload texts stay in Arrow memory until each is sent (one Python string per record
+    # would double a bulk unit's payloads).
+    ops = ctx.staging.read_frame(batch.ops, arrow_strings=True)
+    # The link rows (with their per-field hashes) are read again a chunk at a time to be stored.
+    links = ctx.staging.read_frame(batch.links, columns=[DYNAMICS_ID, MARKETO_ID])
     failed: dict[str, list[dict[str, Any]]] = {}
     done: set[str] = set()
     gone: set[str] = set()
@@ -313,7 +321,7 @@ def load_batch(
             group = group[~group[DYNAMICS_ID].isin(repoint_failed)]
         if group.empty:
             continue
-        payloads = JsonRecords(group["payload"].tolist())
+        payloads = JsonRecords(group["payload"].array)  # parsed a record at a time, when sent
         ids: Sequence[str] = group[DYNAMICS_ID].astype(str).tolist()
         if name == MARKETO_UPSERT and entity.marketo.object is MarketoObject.LEAD:
             results, gone_in_marketo = _write_persons(entity, payloads, ids, person_ids, marketo)
@@ -324,13 +332,13 @@ def load_batch(
         direction = Direction.M2D if name in _M2D_OPS else Direction.D2M
         if direction is Direction.M2D:
             m2d.update(ids)
-        for did, res, payload in zip(ids, results, payloads, strict=True):
+        for position, (did, res) in enumerate(zip(ids, results, strict=True)):
             if _ok(name, res):
                 done.add(did)
                 if name in (MARKETO_DELETE, MARKETO_FLAG_DELETED):
                     gone.add(did)
                 elif name == MARKETO_MERGE:
-                    merged_into[did] = str(payload["winner"])
+                    merged_into[did] = str(payloads[position]["winner"])
                 elif name in (MARKETO_UPSERT, MARKETO_LINK, MARKETO_REPOINT) and res.id:
                     marketo_ids[did] = str(res.id)
             else:
@@ -356,8 +364,9 @@ def load_batch(
     if deleted_in_dynamics:
         _flag_deleted_in_dynamics(entity, sorted(deleted_in_dynamics), marketo)
     with session_scope(ctx.state) as session:
-        for target, link_rows in _links(entity, links, ok_ids - gone, marketo_ids).items():
-            upsert_links(session, target, link_rows)
+        for part in ctx.staging.iter_frames(batch.links, LINK_CHUNK_ROWS):
+            for target, link_rows in _links(entity, part, ok_ids - gone, marketo_ids).items():
+                upsert_links(session, target, link_rows)
         if gone:
             set_link_state(session, entity.name, gone, "deleted")
         if merged_into:

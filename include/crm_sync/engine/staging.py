@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     import pyarrow as pa
     from airflow.sdk import ObjectStoragePath
@@ -168,23 +168,55 @@ class StagingArea:
         batch = ref if isinstance(ref, BatchRef) else BatchRef.from_dict(ref)
         return bool(self.path(batch.path).exists())
 
-    def read_frame(self, ref: BatchRef | dict[str, Any]) -> pd.DataFrame:
-        """Read a staged batch.
+    def _source(self, batch: BatchRef) -> ObjectStoragePath:
+        source = self.path(batch.path)
+        if not source.exists():
+            raise FileNotFoundError(f"staged batch {batch.path} does not exist")
+        return source
+
+    @staticmethod
+    def _check_rows(batch: BatchRef, rows: int) -> None:
+        if rows != batch.rows:
+            raise ValueError(f"staged batch {batch.path} holds {rows} rows, reference says {batch.rows}")
+
+    def read_frame(
+        self,
+        ref: BatchRef | dict[str, Any],
+        columns: Sequence[str] | None = None,
+        *,
+        arrow_strings: bool = False,
+    ) -> pd.DataFrame:
+        """Read a staged batch (only ``columns``, when given); with ``arrow_strings``, its columns
+        keep their Arrow types (text stays in Arrow memory instead of one Python string a cell).
 
         Raises:
             FileNotFoundError: The batch is gone (staging cleaned up before the run finished).
         """
         batch = ref if isinstance(ref, BatchRef) else BatchRef.from_dict(ref)
-        source = self.path(batch.path)
-        if not source.exists():
-            raise FileNotFoundError(f"staged batch {batch.path} does not exist")
-        with source.open("rb") as fh:
-            frame = pd.read_parquet(fh)
-        if len(frame) != batch.rows:
-            raise ValueError(
-                f"staged batch {batch.path} holds {len(frame)} rows, reference says {batch.rows}"
-            )
+        with self._source(batch).open("rb") as fh:
+            options: dict[str, Any] = {"dtype_backend": "pyarrow"} if arrow_strings else {}
+            frame = pd.read_parquet(fh, columns=list(columns) if columns is not None else None, **options)
+        self._check_rows(batch, len(frame))
         return frame
+
+    def iter_frames(
+        self, ref: BatchRef | dict[str, Any], rows: int, columns: Sequence[str] | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """Read a staged batch ``rows`` rows at a time (only ``columns``, when given), so a large
+        file is never held whole as Python objects.
+
+        Raises:
+            FileNotFoundError: The batch is gone.
+            ValueError: The file holds another number of rows than its reference says.
+        """
+        import pyarrow.parquet as pq
+
+        batch = ref if isinstance(ref, BatchRef) else BatchRef.from_dict(ref)
+        with self._source(batch).open("rb") as fh:
+            parquet = pq.ParquetFile(fh)
+            self._check_rows(batch, parquet.metadata.num_rows)
+            for part in parquet.iter_batches(batch_size=rows, columns=list(columns) if columns else None):
+                yield part.to_pandas()
 
     def write_json(self, folder: ObjectStoragePath, name: str, data: dict[str, Any]) -> str:
         """Stage a small JSON document (a manifest) and return its URL."""

@@ -135,3 +135,23 @@ def test_an_aborted_writer_leaves_the_earlier_file_and_no_temporary(
         staging.frame_writer(folder, "ops", pa.schema([("id", pa.int64())])).write(
             pd.DataFrame({"id": ["not a number"]})
         )
+
+
+def test_a_batch_is_read_in_chunks_and_in_chosen_columns(staging: StagingArea) -> None:
+    folder = staging.run_dir("lead", "run-1") / "plans"
+    frame = pd.DataFrame({"id": [f"g{i}" for i in range(5)], "payload": ['{"a":1}'] * 5, "n": range(5)})
+    ref = staging.write_frame(folder, "links", frame)
+
+    parts = list(staging.iter_frames(ref, 2, columns=["id", "n"]))
+    assert [len(p) for p in parts] == [2, 2, 1]
+    assert all(list(p.columns) == ["id", "n"] for p in parts)
+    assert pd.concat(parts)["id"].tolist() == frame["id"].tolist()
+    assert list(staging.read_frame(ref, columns=["payload"]).columns) == ["payload"]
+    # Arrow-typed text: the load keeps payloads in Arrow memory; the values are the same.
+    arrow = staging.read_frame(ref, arrow_strings=True)
+    assert str(arrow["payload"].dtype).endswith("[pyarrow]")
+    assert arrow["payload"].array[3] == '{"a":1}'
+
+    short = BatchRef(path=ref.path, rows=4)
+    with pytest.raises(ValueError, match="holds 5 rows, reference says 4"):
+        list(staging.iter_frames(short, 2))
