@@ -11,7 +11,11 @@ One process serves, over HTTPS with the project's local CA:
   (client credentials; see :mod:`emulators.dynamics.auth` for the msal constructor options);
 - ``/api/data/v9.2/``: leads, contacts, accounts, opportunities, systemusers, teams (with
   ``teammembership_association``), businessunits, connections and connectionroles (opportunity
-  roles), and the custom table ``new_project``; queries, paging, change tracking, writes,
+  roles), the custom table ``new_project``, and campaigns, marketing lists, list members,
+  campaign items, campaign responses, the custom activity ``new_marketoactivity``, activity
+  pointers and activity parties with the list actions ``AddMemberList``, ``AddListMembersList``,
+  ``RemoveMemberList`` and ``AddItemCampaign`` (:mod:`~emulators.dynamics.marketing`,
+  :mod:`~emulators.dynamics.activities`); queries, paging, change tracking, writes,
   upserts, ``$batch``, ``$expand`` of lookups (``customerid_contact($select=...)``) and of team
   memberships, ``EntityDefinitions`` (read, plus creating columns and alternate keys and turning
   change tracking on: :mod:`~emulators.dynamics.customize`), ``WhoAmI``, ``$metadata``, and the
@@ -33,10 +37,11 @@ Options (``python -m emulators dynamics --help``): ``--limits on|off``, ``--limi
 run that many times faster; token lifetime stays in real seconds), ``--delta-token-expiry-days``,
 ``--token-lifetime``, ``--client-id/--client-secret/--tenant-id`` (default: the
 ``dynamics_default`` connection of ``airflow_settings.yaml``) and ``--bare`` (an organization the
-sync was never set up in: no ``new_synctomkto`` column, change tracking off on ``new_project``;
-applied once per database).
+sync was never set up in: no ``new_synctomkto`` column, change tracking off on the custom
+tables ``new_project`` and ``new_marketoactivity``; applied once per database).
 
-Module map: :mod:`~emulators.dynamics.schema` (tables), :mod:`~emulators.dynamics.store`
+Module map: :mod:`~emulators.dynamics.schema` and :mod:`~emulators.dynamics.marketing_schema`
+(tables), :mod:`~emulators.dynamics.store`
 (SQLite), :mod:`~emulators.dynamics.service` (resources), :mod:`~emulators.dynamics.query` and
 :mod:`~emulators.dynamics.odata` (query options), :mod:`~emulators.dynamics.records` (JSON in and
 out), :mod:`~emulators.dynamics.batch`, :mod:`~emulators.dynamics.metadata`,

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bare",
         action="store_true",
         help="start as an org the sync was never set up in: no new_synctomkto column, change"
-        " tracking off on new_project (applied once per database)",
+        " tracking off on the custom tables (applied once per database)",
     )
 
 

@@ -13,9 +13,9 @@ database, so it survives a restart):
 
 Bare mode (``python -m emulators dynamics --bare``, admin ``POST /_emulator/bare``) makes the
 organization look like a real one the sync was never set up in: no ``new_synctomkto`` column on
-any table, and change tracking off on the custom table ``new_project`` (a custom table starts
-with it off). It is recorded in the database, so that ``--bare`` on a restart does not drop a
-column created through the API since.
+any table, and change tracking off on the custom tables ``new_project`` and
+``new_marketoactivity`` (a custom table starts with it off). It is recorded in the database, so
+that ``--bare`` on a restart does not drop a column created through the API since.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from emulators.dynamics.service import ApiRequest
 
 SYNC_FILTER_COLUMN = "new_synctomkto"
-BARE_UNTRACKED_TABLE = "new_project"
+BARE_UNTRACKED_TABLES = ("new_project", "new_marketoactivity")
 BARE_META_KEY = "bare_applied"
 # A publisher prefix is 2 to 8 letters or digits starting with a letter, then "_" and the name.
 _SCHEMA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{1,7}_[A-Za-z0-9_]+$")
@@ -341,7 +341,7 @@ def _build_key_index(conn: Connection, table: Table, columns: tuple[str, ...]) -
 
 
 def apply_bare(conn: Connection, tables: dict[str, Table], *, again: bool) -> dict[str, Any]:
-    """Drop the sync-filter column everywhere and turn change tracking off on ``new_project``.
+    """Drop the sync-filter column everywhere and turn change tracking off on the custom tables.
 
     Args:
         conn: A connection inside a transaction.
@@ -361,9 +361,10 @@ def apply_bare(conn: Connection, tables: dict[str, Table], *, again: bool) -> di
             change_column(conn, tables, {"entity": table.logical_name, "drop": SYNC_FILTER_COLUMN})
             dropped.append(table.logical_name)
     untracked = []
-    project = tables.get(BARE_UNTRACKED_TABLE)
-    if project is not None and project.change_tracking:
-        set_change_tracking(conn, tables, project, enabled=False)
-        untracked.append(project.logical_name)
+    for name in BARE_UNTRACKED_TABLES:
+        custom = tables.get(name)
+        if custom is not None and custom.change_tracking:
+            set_change_tracking(conn, tables, custom, enabled=False)
+            untracked.append(custom.logical_name)
     write_meta(conn, BARE_META_KEY, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return {"applied": True, "dropped": dropped, "untracked": untracked}

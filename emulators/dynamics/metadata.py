@@ -133,6 +133,7 @@ def entity_definition(table: Table) -> dict[str, Any]:
         "PrimaryNameAttribute": table.primary_name,
         "ObjectTypeCode": table.object_type_code,
         "IsCustomEntity": table.custom,
+        "IsActivity": table.is_activity,
         "ChangeTrackingEnabled": table.change_tracking,
         "CanChangeTrackingBeEnabled": {
             "Value": True,

@@ -75,7 +75,8 @@ class Attribute:
         max_length: Longest accepted text of a String or Memo column (the type's limit when None).
         required_level: ``RequiredLevel`` as created (reported only; the Web API does not enforce
             ``ApplicationRequired``).
-        default: Value a create without this column stores (a Boolean column's ``DefaultValue``).
+        default: Value a create without this column stores (a Boolean column's ``DefaultValue``;
+            a server-kept counter's starting value, such as a list's ``membercount``).
     """
 
     name: str
@@ -89,7 +90,7 @@ class Attribute:
     display_name: str = ""
     max_length: int | None = None
     required_level: str = "None"
-    default: bool | None = None
+    default: bool | int | None = None
 
     @property
     def is_lookup(self) -> bool:
@@ -114,6 +115,9 @@ class Table:
         schema_name: The table's ``SchemaName`` (privilege names end with it).
         key_info: Per alternate key (columns joined by ``,``): its ``SchemaName``, ``DisplayName``
             and ``EntityKeyIndexStatus`` when it was created through the Web API.
+        is_activity: ``IsActivity``: rows are activities (primary key ``activityid``), mirrored
+            into ``activitypointer`` and bound to their regarding record as
+            ``regardingobjectid_<target>_<table>`` (see :mod:`emulators.dynamics.activities`).
     """
 
     logical_name: str
@@ -127,6 +131,7 @@ class Table:
     change_tracking: bool = True
     schema_name: str = ""
     key_info: dict[str, dict[str, str]] = field(default_factory=dict)
+    is_activity: bool = False
 
     def __post_init__(self) -> None:
         if not self.schema_name:
@@ -174,6 +179,8 @@ class Table:
         A single-target lookup binds under its own name (``parentaccountid``); a customer lookup
         binds as ``<name>_<target>`` (``parentcustomerid_account``), as Dataverse names them. The
         owner binds as ``ownerid`` whatever the target, which the bound URL's entity set decides.
+        An activity's regarding lookup also binds as ``regardingobjectid_<target>_<activity>``
+        (``regardingobjectid_contact_campaignresponse``), the name Dataverse documents for it.
         """
         nav: dict[str, tuple[Attribute, str]] = {}
         for attr in self.attributes.values():
@@ -181,9 +188,11 @@ class Table:
                 continue
             if attr.type == OWNER or not attr.polymorphic:
                 nav[attr.name] = (attr, attr.targets[0])
-            else:
-                for target in attr.targets:
-                    nav[f"{attr.name}_{target}"] = (attr, target)
+                continue
+            for target in attr.targets:
+                nav[f"{attr.name}_{target}"] = (attr, target)
+                if self.is_activity and attr.name == "regardingobjectid":
+                    nav[f"{attr.name}_{target}_{self.logical_name}"] = (attr, target)
         return nav
 
 
@@ -571,6 +580,11 @@ def initial_tables() -> dict[str, Table]:
             otc=10001,
         ),
     ]
+    # Campaigns, marketing lists and activities (issue 20); imported here, as that module builds
+    # its tables from this one's helpers.
+    from emulators.dynamics.marketing_schema import marketing_tables
+
+    tables.extend(marketing_tables())
     return {t.logical_name: t for t in tables}
 
 

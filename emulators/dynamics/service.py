@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from emulators.dynamics import actions, customize, metadata, security
+from emulators.dynamics import actions, activities, customize, marketing, metadata, security
 from emulators.dynamics.errors import DUPLICATE, EXPIRED_VERSION, INVALID_ARGUMENT, ODataError, not_found
 from emulators.dynamics.odata import parse_key, split_top_level
 from emulators.dynamics.query import (
@@ -193,6 +193,9 @@ class WebApi:
         if path == "Merge" and req.method == "POST":
             actions.merge(self, conn, req)
             return ApiResponse(204, {"OData-Version": "4.0"})
+        unbound = marketing.unbound(self, conn, req, path)
+        if unbound is not None:
+            return unbound
         match = _SEGMENT.match(path)
         if not match:
             raise ODataError(404, "0x8006088a", f"Resource not found for the segment '{path}'.")
@@ -203,6 +206,9 @@ class WebApi:
         if found is None:
             raise ODataError(404, "0x8006088a", f"Resource not found for the segment '{name}'.")
         table = found
+        special = marketing.route(self, conn, req, table, key, rest, refs)
+        if special is not None:
+            return special
         if key is None:
             return self.collection(conn, req, table, rest, refs)
         return self.entity(conn, req, table, key, rest, refs)
@@ -720,9 +726,12 @@ class WebApi:
             values["createdby"] = user
             if "ownerid" in table.attributes and not values.get("ownerid"):
                 values["ownerid"], values["owneridtype"] = user, "systemuser"
-            for col, default in (("statecode", 0), ("statuscode", 1)):
-                if col in table.attributes and values.get(col) is None:
-                    values[col] = default
+            for col in ("statecode", "statuscode"):
+                attr = table.attributes.get(col)
+                if attr is not None and values.get(col) is None:
+                    # the first status reason of the default (first) state: 1 for most tables,
+                    # 0 where the choices start at 0 (campaign "Proposed", list "Active")
+                    values[col] = attr.options[0][0] if attr.options else (0 if col == "statecode" else 1)
             for col, default in table.create_defaults().items():  # a Boolean's DefaultValue
                 values.setdefault(col, default)
 
@@ -751,6 +760,8 @@ class WebApi:
                 ) from None
             raise
         self.stats.add_records(f"{table.logical_name}.write", 1)
+        if table.is_activity:
+            activities.mirror(self, conn, table, str(values[table.primary_id]))
 
     def _write(self, conn: Connection, table: Table, rid: str, values: dict[str, Any]) -> None:
         self._system_values(table, values, creating=False)
@@ -776,6 +787,8 @@ class WebApi:
                 ) from None
             raise
         self.stats.add_records(f"{table.logical_name}.write", 1)
+        if table.is_activity:
+            activities.mirror(self, conn, table, rid)
 
     def create(self, conn: Connection, req: ApiRequest, table: Table, refs: Refs) -> ApiResponse:
         body = req.json()
@@ -903,6 +916,7 @@ class WebApi:
         )
         if table.logical_name in ("team", "systemuser"):
             conn.exec_driver_sql(f"DELETE FROM teammembership WHERE {table.primary_id} = ?", (rid,))
+        marketing.after_delete(self, conn, table, rid)
         self.stats.add_records(f"{table.logical_name}.delete", 1)
         return ApiResponse(204, {"OData-Version": "4.0"})
 
@@ -987,12 +1001,14 @@ class WebApi:
             if name in table.navigation():
                 self._expand_lookup(conn, req, table, records, name, select)
                 continue
+            if activities.expand_parties(self, conn, req, table, records, name, select):
+                continue
             if name != MEMBERSHIP or table.logical_name not in ("team", "systemuser"):
                 raise ODataError(
                     400,
                     "0x80060888",
                     f"$expand of '{name}' is not supported by the emulator"
-                    f" (only {MEMBERSHIP} on teams and systemusers, and lookups)",
+                    f" (only {MEMBERSHIP} on teams and systemusers, lookups, and activity parties)",
                 )
             for record in records:
                 sub = ApiRequest("GET", "", {"$select": select} if select else {}, {}, b"", req.base)

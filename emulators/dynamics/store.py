@@ -33,6 +33,7 @@ from emulators.dynamics.schema import (
     DOUBLE,
     INTEGER,
     MONEY,
+    UNIQUEID,
     Attribute,
     Table,
     initial_tables,
@@ -232,13 +233,25 @@ def initialize(conn: Connection, make_uuid: Any = None) -> dict[str, Table]:
         conn.exec_driver_sql(ddl)
     meta = read_meta(conn)
     if "schema" in meta:
-        return schema_from_json(meta["schema"])
+        return _add_missing_tables(conn, schema_from_json(meta["schema"]))
     tables = initial_tables()
     for table in tables.values():
         for ddl in _table_ddl(table):
             conn.exec_driver_sql(ddl)
     write_meta(conn, "schema", schema_to_json(tables))
     create_organization(conn, make_uuid)
+    return tables
+
+
+def _add_missing_tables(conn: Connection, tables: dict[str, Table]) -> dict[str, Table]:
+    """Create the tables a database stored by an older emulator lacks (its own ones are kept)."""
+    missing = {name: t for name, t in initial_tables().items() if name not in tables}
+    if missing:
+        for table in missing.values():
+            for ddl in _table_ddl(table):
+                conn.exec_driver_sql(ddl)
+        tables = {**tables, **missing}
+        write_meta(conn, "schema", schema_to_json(tables))
     return tables
 
 
@@ -307,12 +320,21 @@ def refresh_sandbox(conn: Connection, tables: dict[str, Table]) -> dict[str, Any
             ).fetchall()
         ]
         if ids:  # an empty parameter list would be taken as one execution without parameters
-            conn.exec_driver_sql("INSERT INTO idmap (old, new) VALUES (?, ?)", [(i, new_guid()) for i in ids])
+            # OR IGNORE: an activity's activitypointer row shares its id and must keep sharing it
+            conn.exec_driver_sql(
+                "INSERT OR IGNORE INTO idmap (old, new) VALUES (?, ?)", [(i, new_guid()) for i in ids]
+            )
         count += len(ids)
     remap = "(SELECT new FROM idmap WHERE old = {col})"
     for table in tables.values():
         t = quote(table.logical_name)
-        cols = [table.primary_id] + [a.name for a in table.attributes.values() if a.is_lookup]
+        # GUID columns follow too (campaignitem.entityid names a list); other GUIDs (Entra ids)
+        # match no record id and stay as they are.
+        cols = [table.primary_id] + [
+            a.name
+            for a in table.attributes.values()
+            if a.is_lookup or (a.type == UNIQUEID and a.name != table.primary_id)
+        ]
         sets = ", ".join(f"{quote(c)} = COALESCE({remap.format(col=quote(c))}, {quote(c)})" for c in cols)
         conn.exec_driver_sql(f"UPDATE {t} SET {sets}")
     conn.exec_driver_sql(

@@ -22,6 +22,7 @@ import requests
 
 from crm_sync_hooks.base import CrmApiHook, register_secret
 from crm_sync_hooks.connection_ui import DYNAMICS_CONN_FIELDS, DYNAMICS_UI_BEHAVIOUR, wtforms_widgets
+from crm_sync_hooks.dynamics_marketing import DynamicsMarketingMixin
 from crm_sync_hooks.dynamics_metadata import DynamicsMetadataMixin
 from crm_sync_hooks.dynamics_writes import DynamicsWritesMixin, key_literal
 from crm_sync_hooks.errors import (
@@ -114,7 +115,7 @@ def odata_error(resp: requests.Response) -> tuple[str, str]:
     return str(error.get("code") or ""), str(error.get("message") or "")
 
 
-class DynamicsHook(DynamicsMetadataMixin, DynamicsWritesMixin, CrmApiHook):
+class DynamicsHook(DynamicsMarketingMixin, DynamicsMetadataMixin, DynamicsWritesMixin, CrmApiHook):
     """Talks to one Dataverse organization as one application user, under its service limits.
 
     Args:

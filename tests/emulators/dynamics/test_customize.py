@@ -116,9 +116,11 @@ def test_bare_mode_keeps_the_seeded_rows(bare):
     assert f'<Property Name="{FILTER}"' not in bare.get("$metadata").text
 
 
-def test_bare_mode_turns_change_tracking_off_on_the_custom_table_only(bare):
+def test_bare_mode_turns_change_tracking_off_on_the_custom_tables_only(bare):
     assert tracking_enabled(bare, "new_project") is False
+    assert tracking_enabled(bare, "new_marketoactivity") is False
     assert tracking_enabled(bare, "lead") is True
+    assert tracking_enabled(bare, "campaignresponse") is True
 
 
 # -- change tracking ---------------------------------------------------------------------------
