@@ -12,7 +12,6 @@ extract staged plus the id-map rows, and stages the plan for the load. A plan ho
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from crm_sync.config import DeletePolicy, Direction, DuplicateEmail, EntityConfig
+from crm_sync.engine.json_records import to_json_texts
 from crm_sync.ops import (
     DYNAMICS_UPSERT,
     MARKETO_DELETE,
@@ -98,18 +98,6 @@ LINKS_SCHEMA = pa.schema(
 )
 
 
-def _json_value(value: Any) -> Any:
-    """``json.dumps`` fallback: numpy scalars become Python values, anything else is an error."""
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"cannot stage a {type(value).__name__} value")
-
-
-def to_json(data: Any) -> str:
-    """Compact, key-sorted JSON text (stable across runs, so staged files are reproducible)."""
-    return json.dumps(data, default=_json_value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
 def empty_ops() -> pd.DataFrame:
     """An operations frame with no rows."""
     return empty_frame(OP_COLUMNS)
@@ -153,7 +141,7 @@ class BatchPlan:
 
 def ops_frame(op: str, ids: list[str], payloads: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(
-        {"op": op, DYNAMICS_ID: pd.Series(ids, dtype="str"), "payload": [to_json(p) for p in payloads]}
+        {"op": op, DYNAMICS_ID: pd.Series(ids, dtype="str"), "payload": to_json_texts(payloads)}
     )
 
 

@@ -5,7 +5,6 @@ holds that email).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from crm_sync.engine.full_copy.matching import (
     person_upserts,
     plan_lookups,
 )
+from crm_sync.engine.json_records import parse
 from crm_sync.engine.plan import LINKS_SCHEMA, OPS_SCHEMA
 from crm_sync.engine.transform import TRANSFORM_MANIFEST, transform_changes
 from crm_sync.ops import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
@@ -252,7 +252,7 @@ def _build_units(
             bulk_rows = [i for i, kind in enumerate(record_kinds) if kind.startswith("bulk:")]
             if bulk_rows:
                 payloads = ops["payload"][first].tolist()
-                parsed = [json.loads(payloads[i]) for i in bulk_rows]
+                parsed = [parse(payloads[i]) for i in bulk_rows]
                 for data in parsed:
                     columns.update(dict.fromkeys(data))
                 header = list(columns)
@@ -318,7 +318,7 @@ class _Summary:
         payloads = ops.loc[ops["op"].eq(MARKETO_UPSERT), "payload"].to_numpy()
         for kind, mask in (("update", is_update), ("create", ~is_update)):
             for payload in payloads[mask][: SAMPLE_SIZE - len(self.samples[kind])]:
-                self.samples[kind].append(json.loads(payload))
+                self.samples[kind].append(parse(payload))
 
     def as_dict(self) -> dict[str, Any]:
         return {
