@@ -11,10 +11,13 @@ partitions); the lead field schema (``leads/schema/fields.json`` GET paged and P
 Lead Fields, ``leads/schema/fields/{name}.json``); activities (types, pagingtoken,
 ``activities.json``, leadchanges, deletedleads);
 companies, opportunities, opportunities/roles, salespersons and the custom object ``project_c``
-(describe, get/query, sync, delete; ``customobjects.json``); bulk lead extract (create, enqueue,
-status, file with Range, cancel, list) and bulk lead import (upload, status, failures, warnings);
-``stats/usage.json``, ``stats/errors.json``; ``/rest/asset/v1/programs.json`` (one program, for
-connector health checks).
+(describe, get/query, sync, delete; ``customobjects.json``); bulk extract of leads, activities
+and program members (create, enqueue, status, file with Range, cancel, list; one queue and one
+daily volume for all) and bulk lead import (upload, status, failures, warnings);
+``stats/usage.json``, ``stats/errors.json``; programs and channels of the asset API (browse, by
+id, by name, create) and program membership (members get, status, delete; Change Lead Program
+Status; leads by program; a lead's programs), whose changes write "Change Status in Progression"
+activities (``program_routes``).
 
 Instance set-up: ``--bare`` (or ``POST /_emulator/bare``, ``{"force": true}`` to hide again)
 hides every ``msd…`` person field until it is created through the API, as on an instance
@@ -24,9 +27,12 @@ describe2 marks the CRM's fields ``crmManaged`` and writes to companies, opportu
 sales persons answer 1018 per record.
 
 Admin (never under API paths): ``GET/PUT /_emulator/limits`` (partial updates), ``POST /_emulator/reset``
-(delete all data; ids keep counting; the lead field schema stays), ``POST
-/_emulator/expire-tokens``, ``POST /_emulator/reset-counters``, plus the shared stats and faults.
+(delete all data; ids keep counting; the lead field schema and the programs stay), ``POST
+/_emulator/expire-tokens``, ``POST /_emulator/reset-counters``, ``POST /_emulator/programs``,
+``/_emulator/program-members`` and ``/_emulator/activities`` (programs, memberships and activities
+at past dates, ``history``), plus the shared stats and faults.
 Stats record counts: ``lead.read|write|delete|exported|imported``, ``<kind>.read|write|delete``
 for ``company``, ``opportunity``, ``opportunityrole``, ``salesperson``, ``co.project_c``,
-``leadfield.write`` (fields created), and ``activity.read``, ``leadchange.read``, ``deletedlead.read``.
+``leadfield.write`` (fields created), ``activity.read``, ``leadchange.read``, ``deletedlead.read``,
+``programmember.read|write|delete`` and ``activity.exported``, ``programmember.exported``.
 """

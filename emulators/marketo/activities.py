@@ -1,5 +1,8 @@
 """Activity log: New Lead (12), Change Data Value (13), Merge Leads (32), Delete Lead (37), feeds.
 
+Program status changes add Change Status in Progression (104, ``members``); the admin area can
+lay down any listed type at past dates (``history``). The types themselves: ``activity_types``.
+
 Every API write of a lead appends activities (reference §15.8). A paging token encodes the id
 of the last activity a client has seen, so "changes since a token" is exactly the activities
 with a larger id: nothing is returned twice and nothing is skipped, whatever the clock does.
@@ -13,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, text
 
+from emulators.marketo.activity_types import ACTIVITY_TYPES as ACTIVITY_TYPES
+from emulators.marketo.activity_types import CHANGE_DATA_VALUE, DELETE_LEAD, MERGE_LEADS, NEW_LEAD
+from emulators.marketo.activity_types import CHANGE_STATUS_IN_PROGRESSION as CHANGE_STATUS_IN_PROGRESSION
 from emulators.marketo.envelope import MarketoError, decode_token, encode_token
 from emulators.marketo.store import activities
 
@@ -22,68 +28,6 @@ if TYPE_CHECKING:
     from emulators.marketo.lead_schema import LeadSchema
 
 TOKEN_KIND = "act"
-NEW_LEAD, CHANGE_DATA_VALUE, MERGE_LEADS, DELETE_LEAD = 12, 13, 32, 37
-
-ACTIVITY_TYPES: list[dict[str, Any]] = [
-    {
-        "id": 1,
-        "name": "Visit Webpage",
-        "description": "User visits a web page",
-        "primaryAttribute": {"name": "Webpage ID", "dataType": "integer"},
-        "attributes": [
-            {"name": "Client IP Address", "dataType": "string"},
-            {"name": "Query Parameters", "dataType": "string"},
-        ],
-    },
-    {
-        "id": 2,
-        "name": "Fill Out Form",
-        "description": "User fills out and submits form on web page",
-        "primaryAttribute": {"name": "Webform ID", "dataType": "integer"},
-        "attributes": [
-            {"name": "Client IP Address", "dataType": "string"},
-            {"name": "Form Fields", "dataType": "text"},
-        ],
-    },
-    {
-        "id": NEW_LEAD,
-        "name": "New Lead",
-        "description": "New person/record is added to the lead database",
-        "primaryAttribute": {"name": "Lead ID", "dataType": "integer"},
-        "attributes": [{"name": "Source Type", "dataType": "string"}],
-    },
-    {
-        "id": CHANGE_DATA_VALUE,
-        "name": "Change Data Value",
-        "description": "Changed attribute value for a person",
-        "primaryAttribute": {"name": "Attribute Name", "dataType": "integer"},
-        "attributes": [
-            {"name": "New Value", "dataType": "text"},
-            {"name": "Old Value", "dataType": "text"},
-            {"name": "Reason", "dataType": "text"},
-            {"name": "Source", "dataType": "string"},
-        ],
-    },
-    {
-        "id": MERGE_LEADS,
-        "name": "Merge Leads",
-        "description": "Merge leads",
-        "primaryAttribute": {"name": "Lead ID", "dataType": "integer"},
-        "attributes": [
-            {"name": "Merge IDs", "dataType": "text"},
-            {"name": "Merged in Sales", "dataType": "boolean"},
-            {"name": "Merge Source", "dataType": "string"},
-            {"name": "Master Updated", "dataType": "boolean"},
-        ],
-    },
-    {
-        "id": DELETE_LEAD,
-        "name": "Delete Lead",
-        "description": "Delete lead from the lead database",
-        "primaryAttribute": {"name": "Lead ID", "dataType": "integer"},
-        "attributes": [{"name": "Remove from CRM", "dataType": "boolean"}],
-    },
-]
 
 
 @dataclass(frozen=True)
@@ -263,6 +207,8 @@ def _record(row: Sequence[Any], with_fields: bool) -> dict[str, Any]:
         "primaryAttributeValue": value,
         "attributes": payload.get("attributes", []),
     }
+    if payload.get("campaignId") is not None:  # present when a smart campaign caused it
+        out["campaignId"] = payload["campaignId"]
     if with_fields:
         out["fields"] = payload.get("fields", [])
     return out

@@ -12,7 +12,6 @@ import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, HTTPException
@@ -23,7 +22,19 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from emulators.common.admin import ADMIN_PREFIX, AdminState, EmulatorMiddleware, admin_router
 from emulators.common.credentials import ClientCredentials
-from emulators.marketo import activities, bulk, lead_fields, lead_schema, leads, objects
+from emulators.marketo import (
+    activities,
+    bulk,
+    bulk_import,
+    export_routes,
+    history,
+    lead_fields,
+    lead_schema,
+    leads,
+    objects,
+    program_routes,
+    programs,
+)
 from emulators.marketo import store as store_tables
 from emulators.marketo.envelope import (
     MarketoError,
@@ -47,6 +58,7 @@ from emulators.marketo.limits import Limiter, LimitsConfig, MarketoGate, TokenSt
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
+    from pathlib import Path
 
     from emulators.marketo.store import Store
 
@@ -74,7 +86,11 @@ class Emulator:
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.config)
-        self.worker = bulk.BulkWorker(self.store, self.config, self.admin.stats.add_records)
+        self.worker = bulk.BulkWorker(
+            self.store, self.config, self.admin.stats.add_records, export_routes.export_kinds()
+        )
+        with self.store.begin() as conn:
+            programs.ensure_default(conn, self.store)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in a thread, inside a transaction under the store lock."""
@@ -440,40 +456,9 @@ def build(emu: Emulator) -> FastAPI:
         names = set(params.get_list("names"))
         return ok([objects.describe(o) for n, o in CUSTOM_OBJECTS.items() if not names or n in names])
 
-    # ---- bulk extract -------------------------------------------------------------------------
-    @app.post("/bulk/v1/leads/export/create.json")
-    async def export_create(request: Request) -> JSONResponse:
-        params = await read_params(request)
-        return ok([await emu.db(bulk.create_export, emu.store.lead_schema, emu.config, params.json_body)])
-
-    @app.post("/bulk/v1/leads/export/{export_id}/enqueue.json")
-    async def export_enqueue(export_id: str) -> JSONResponse:
-        return ok([await emu.db(bulk.enqueue_export, emu.config, export_id)])
-
-    @app.post("/bulk/v1/leads/export/{export_id}/cancel.json")
-    async def export_cancel(export_id: str) -> JSONResponse:
-        return ok([await emu.db(bulk.cancel_export, export_id)])
-
-    @app.get("/bulk/v1/leads/export/{export_id}/status.json")
-    async def export_status(export_id: str) -> JSONResponse:
-        row = await emu.db(bulk.get_export, export_id)
-        return ok([bulk.export_view(row)])
-
-    @app.get("/bulk/v1/leads/export.json")
-    async def export_list(request: Request) -> JSONResponse:
-        params = await read_params(request)
-        return ok(await emu.db(bulk.list_exports, [str(s) for s in params.get_list("status")]))
-
-    @app.get("/bulk/v1/leads/export/{export_id}/file.json")
-    async def export_file(export_id: str, request: Request) -> Response:
-        try:
-            row = await emu.db(bulk.get_export, export_id)
-        except MarketoError:
-            row = None
-        if row is None or row["status"] != "Completed" or not row["filePath"]:
-            # Marketo answers a file request for an unfinished or unknown job with a text 404.
-            return PlainTextResponse(f"Export job {export_id} is not completed", status_code=404)
-        return file_response(Path(row["filePath"]), request.headers.get("range"))
+    # ---- bulk extract (leads, activities, program members), programs and membership -------------
+    export_routes.register(app, emu, file_response)
+    program_routes.register(app, emu)
 
     # ---- bulk import --------------------------------------------------------------------------
     @app.post("/bulk/v1/leads.json")
@@ -492,24 +477,26 @@ def build(emu: Emulator) -> FastAPI:
         if not fmt:
             raise MarketoError("701", "format cannot be blank")
         lookup = str(request.query_params.get("lookupField") or form.get("lookupField") or "email")
-        job = await emu.db(lambda conn: bulk.create_import(conn, emu.store, emu.config, data, fmt, lookup))
+        job = await emu.db(
+            lambda conn: bulk_import.create_import(conn, emu.store, emu.config, data, fmt, lookup)
+        )
         return ok([job])
 
     @app.get("/bulk/v1/leads/batch/{batch_id}.json")
     async def import_status(batch_id: int) -> JSONResponse:
-        return ok([await emu.db(bulk.import_view, batch_id)])
+        return ok([await emu.db(bulk_import.import_view, batch_id)])
 
     @app.get("/bulk/v1/leads/batch/{batch_id}/{kind}.json")
     async def import_report(batch_id: int, kind: str) -> Response:
         if kind not in ("failures", "warnings"):
             raise MarketoError("610")
-        view = await emu.db(bulk.import_view, batch_id)
-        path = bulk.import_report(emu.store, batch_id, kind)
+        view = await emu.db(bulk_import.import_view, batch_id)
+        path = bulk_import.import_report(emu.store, batch_id, kind)
         if view["status"] not in ("Complete", "Failed") or not path.exists():
             return PlainTextResponse(f"Import batch {batch_id} is not complete", status_code=404)
         return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="text/csv")
 
-    # ---- usage, and the asset call Airbyte's check makes ----------------------------------------
+    # ---- usage --------------------------------------------------------------------------------
     @app.get("/rest/v1/stats/usage.json")
     async def usage() -> JSONResponse:
         return ok(
@@ -532,29 +519,6 @@ def build(emu: Emulator) -> FastAPI:
             ]
         )
 
-    @app.get("/rest/asset/v1/programs.json")
-    async def programs() -> JSONResponse:
-        # The asset API is out of scope; one program lets connectors' health checks pass.
-        return ok(
-            [
-                {
-                    "id": 1001,
-                    "name": "Emulator Program",
-                    "description": "",
-                    "type": "Default",
-                    "channel": "Operational",
-                    "status": "",
-                    "workspace": "Default",
-                    "createdAt": "2024-01-01T00:00:00Z+0000",
-                    "updatedAt": "2024-01-01T00:00:00Z+0000",
-                    "url": "",
-                    "folder": {"type": "Folder", "value": 1, "folderName": "Marketing Activities"},
-                }
-            ],
-            warnings=[],
-            errors=[],
-        )
-
     # ---- admin ----------------------------------------------------------------------------------
     def reset_counters() -> dict[str, Any]:
         emu.limiter.reset()
@@ -563,13 +527,22 @@ def build(emu: Emulator) -> FastAPI:
     def reset_data() -> dict[str, Any]:
         # Ids keep counting up: Marketo never reuses one, and clients may still hold old ones.
         with emu.store.begin() as conn:
+            # Programs stay: they are assets, like the lead field schema.
             for table in (store_tables.leads, store_tables.activities, store_tables.objects,
-                          store_tables.export_jobs, store_tables.import_jobs):  # fmt: skip
+                          store_tables.export_jobs, store_tables.import_jobs,
+                          store_tables.program_members):  # fmt: skip
                 conn.execute(table.delete())
         emu.limiter.reset()
         emu.worker.report_fault = None
         stats.reset()
         return {"ok": True}
+
+    def set_up(action: Callable[[Any, Store, Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+        def run(body: Any) -> dict[str, Any]:
+            with emu.store.begin() as conn:
+                return action(conn, emu.store, body)
+
+        return run
 
     def set_report_fault(body: Any) -> dict[str, Any]:
         mode = (body or {}).get("mode")
@@ -589,6 +562,9 @@ def build(emu: Emulator) -> FastAPI:
                 "import-report-fault": set_report_fault,
                 "bare": emu.apply_bare,
                 "native_sync": emu.set_native_sync,
+                "programs": set_up(history.add_programs),
+                "program-members": set_up(history.add_members),
+                "activities": set_up(history.add_activities),
             },
         )
     )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, text
 
-from emulators.marketo import activities
+from emulators.marketo import activities, members
 from emulators.marketo.envelope import MarketoError, skipped
 from emulators.marketo.fields import (
     FieldDef,
@@ -334,6 +334,7 @@ def delete(conn: Connection, store: Store, ids: Sequence[Any]) -> list[dict[str,
         conn.execute(text("DELETE FROM leads WHERE id = :id"), {"id": lead_id})
         gone.append((lead_id, " ".join(p for p in (row[0], row[1]) if p)))
         results.append({"id": lead_id, "status": "deleted"})
+    members.forget_leads(conn, [lead_id for lead_id, _ in gone])
     rows = activities.delete_rows(gone, now)
     activities.append(conn, store.take_activity_ids(len(rows)), rows)
     return results
@@ -396,6 +397,7 @@ def merge(conn: Connection, store: Store, winner_id: int, loser_ids: Sequence[in
         _apply_updates(conn, {winner_id: winner}, {winner_id: {c.field for c in changes} | {"updatedAt"}})
     names = {i: " ".join(p for p in (found[i].get("firstName"), found[i].get("lastName")) if p) for i in ids}
     conn.execute(text(f"DELETE FROM leads WHERE id IN ({','.join(str(i) for i in losers)})"))
+    members.merge_memberships(conn, winner_id, losers)
     rows = activities.change_rows(schema, changes, now, "Merge Leads")
     rows += activities.merge_rows(winner_id, names[winner_id], losers, now, bool(changes))
     rows += activities.delete_rows([(i, names[i]) for i in losers], now)

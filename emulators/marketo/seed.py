@@ -8,7 +8,9 @@ Proportions per ``scale`` leads: 1/20 companies and opportunities (one role each
 custom-object projects (``project_c``, each linked to a synced contact's lead id), 1/2000 sales
 persons (at least 3). About 60 % of the persons carry the
 sync-owned fields (``msdType`` Lead or Contact, ``msdRecordId``...), as after an initial sync.
-Seeded leads get no activities: the change feeds start with the first API write.
+Five programs (one per channel family) get 1/20 of the leads each as members, with statuses of
+their channels, from a random stream of their own so the rest of the data is as before. Seeded
+leads and members get no activities: the change feeds start with the first API write.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from faker import Faker
 
+from emulators.marketo import programs
 from emulators.marketo.fields import format_datetime
 from emulators.marketo.objects import dedupe_key
 from emulators.marketo.store import Store, leads
@@ -46,6 +49,13 @@ STAGES = [
 ]
 ROLES = ["Decision Maker", "Influencer", "Evaluator", "Economic Buyer"]
 PROJECT_STATUSES = ["Planned", "Active", "Done"]  # the labels of new_project.yaml's option set
+SEED_PROGRAMS = [
+    ("Product Webinar 2025", "Event with Webinar", "Webinar"),
+    ("Monthly Newsletter", "Email", "Email Send"),
+    ("Onboarding Nurture", "Engagement", "Nurture"),
+    ("Spring Trade Show", "Event", "Tradeshow"),
+    ("Paid Search", "Default", "Online Advertising"),
+]
 
 
 class _Pools:
@@ -301,5 +311,33 @@ def seed(db_path: Path, seed: int = 42, scale: int = 1000) -> None:
             )
         for start in range(0, len(objs), CHUNK):
             conn.exec_driver_sql(obj_sql, [tuple(o.values()) for o in objs[start : start + CHUNK]])
+        members = _seed_programs(conn, store, seed, first_lead, scale)
     store.engine.dispose()
-    log.info("seeded %s leads and %s other objects into %s", scale, len(objs), db_path)
+    log.info(
+        "seeded %s leads, %s other objects and %s program members into %s", scale, len(objs), members, db_path
+    )
+
+
+def _seed_programs(conn: Any, store: Store, seed: int, first_lead: int, scale: int) -> int:
+    """Create the seed programs and give each 1/20 of the leads as members; return the member count."""
+    rng = random.Random(f"programs:{seed}")  # its own stream: the leads and objects stay as before
+    programs.ensure_default(conn, store)
+    rows: list[tuple[Any, ...]] = []
+    for name, ptype, channel_name in SEED_PROGRAMS:
+        created = ANCHOR - dt.timedelta(days=rng.randrange(200, 400))
+        spec = {"name": name, "type": ptype, "channel": channel_name, "createdAt": format_datetime(created)}
+        program_id = programs.create(conn, store, spec)["id"]
+        statuses = programs.CHANNELS[channel_name].statuses[1:]
+        for lead_id in sorted(rng.sample(range(first_lead, first_lead + scale), max(1, scale // 20))):
+            status = rng.choice(statuses)
+            since = format_datetime(ANCHOR - dt.timedelta(seconds=rng.randrange(180 * 86400)))
+            rows.append(
+                (program_id, lead_id, store.take_member_ids(1), status.name, int(rng.random() < 0.1),
+                 int(status.success), since if status.success else None, since, since, since)
+            )  # fmt: skip
+    conn.exec_driver_sql(
+        "INSERT INTO program_members (programId, leadId, memberId, statusName, acquiredBy, reachedSuccess, "
+        "reachedSuccessDate, membershipDate, createdAt, updatedAt) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
+    return len(rows)

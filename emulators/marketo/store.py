@@ -131,6 +131,41 @@ import_jobs = Table(
 )
 
 
+# Programs are assets (asset API), kept apart from the Lead-Database objects; a program's channel
+# names its progression statuses (``programs.CHANNELS``).
+programs = Table(
+    "programs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text(collation="NOCASE"), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("type", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("status", Text, nullable=False, default=""),
+    Column("folderId", Integer, nullable=False),
+    Column("folderName", Text, nullable=False),
+    Column("createdAt", Text, nullable=False),
+    Column("updatedAt", Text, nullable=False),
+)
+
+# One row per (program, lead) while the lead is a member; "Not in Program" deletes the row.
+program_members = Table(
+    "program_members",
+    metadata,
+    Column("programId", Integer, primary_key=True, autoincrement=False),
+    Column("leadId", Integer, primary_key=True, autoincrement=False),
+    Column("memberId", Integer, nullable=False),  # the activities' "Program Member ID"
+    Column("statusName", Text, nullable=False),
+    Column("acquiredBy", Integer, nullable=False, default=0),
+    Column("reachedSuccess", Integer, nullable=False, default=0),
+    Column("reachedSuccessDate", Text),
+    Column("membershipDate", Text, nullable=False),
+    Column("createdAt", Text, nullable=False),
+    Column("updatedAt", Text, nullable=False),
+    Index("ix_program_members_lead", "leadId"),
+    Index("ix_program_members_updated", "programId", "updatedAt"),
+)
+
 lead_fields = Table(
     "lead_fields",
     metadata,
@@ -200,6 +235,9 @@ class Store:
             self.next_activity_id = _max(conn, "activities", "id") + 1
             self.next_object_pk = _max(conn, "objects", "pk") + 1
             self.next_batch_id = _max(conn, "import_jobs", "batchId") + 1
+            # Program ids start at 1001 like a new instance's; member ids keep counting as leads do.
+            self.next_program_id = max(_max(conn, "programs", "id"), 1000) + 1
+            self.next_member_id = _max(conn, "program_members", "memberId") + 1
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -221,6 +259,16 @@ class Store:
     def take_object_pks(self, count: int) -> int:
         first = self.next_object_pk
         self.next_object_pk += count
+        return first
+
+    def take_program_ids(self, count: int) -> int:
+        first = self.next_program_id
+        self.next_program_id += count
+        return first
+
+    def take_member_ids(self, count: int) -> int:
+        first = self.next_member_id
+        self.next_member_id += count
         return first
 
     def reload_lead_schema(self, conn: Connection) -> lead_schema.LeadSchema:

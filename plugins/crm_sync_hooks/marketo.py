@@ -29,6 +29,7 @@ from crm_sync_hooks.errors import (
     TokenExpiredError,
 )
 from crm_sync_hooks.marketo_bulk import MarketoBulkMixin
+from crm_sync_hooks.marketo_programs import MarketoProgramsMixin
 from crm_sync_hooks.marketo_schema import MarketoSchemaMixin
 from crm_sync_hooks.marketo_writes import MAX_BATCH, MarketoWritesMixin
 from crm_sync_hooks.records import chunked
@@ -126,7 +127,7 @@ def check_http(resp: requests.Response, label: str) -> None:
         )
 
 
-class MarketoHook(MarketoWritesMixin, MarketoBulkMixin, MarketoSchemaMixin, CrmApiHook):
+class MarketoHook(MarketoProgramsMixin, MarketoWritesMixin, MarketoBulkMixin, MarketoSchemaMixin, CrmApiHook):
     """Talks to one Marketo instance under its shared limits.
 
     Args:

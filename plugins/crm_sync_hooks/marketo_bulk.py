@@ -1,63 +1,64 @@
-"""Marketo bulk lead extract and bulk lead import, as a mixin of :class:`~crm_sync_hooks.marketo.MarketoHook`.
+"""Marketo bulk extract and bulk lead import, as a mixin of :class:`~crm_sync_hooks.marketo.MarketoHook`.
 
-Extract: create a job per date window (at most 31 days each), enqueue it, poll its status, then
-download the file in ``Range`` chunks to a temporary file, check its SHA-256 and read it back in
-batches, so no step holds the whole export in memory.
+Extract: every exportable object (``leads``, ``activities``, ``program/members``, custom objects)
+shares one job life cycle under ``/bulk/v1/{object_path}/export/``: create a job, enqueue it,
+poll its status, then download the file in ``Range`` chunks to a temporary file and check its
+SHA-256, so no step holds the whole export in memory. The generic methods take the object path;
+the ``*_lead_export`` methods are the same for leads. Windows of at most 31 days are exported
+two jobs at a time (:meth:`MarketoBulkMixin.export_windows`).
 
-Import: write the rows to CSV files under 10 MB, submit each, poll until it completes and read
-the failures and warnings files back into per-row results.
+Import (the base class, ``marketo_bulk_import``): write the rows to CSV files under 10 MB,
+submit each, poll until it completes and read the failures and warnings files back into per-row
+results.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crm_sync_hooks.errors import BulkImportMismatch, BulkJobFailed, FatalApiError
-from crm_sync_hooks.results import WriteResult, WriteStatus
+from crm_sync_hooks.errors import BulkJobFailed, FatalApiError
+from crm_sync_hooks.marketo_bulk_import import (
+    MAX_IMPORT_FILE_BYTES,
+    BulkImportJob,
+    MarketoBulkImportMixin,
+    csv_cell,
+    import_wait,
+    marketo_time,
+    reconcile_import,
+)
 
 if TYPE_CHECKING:
-    import requests
+    from collections.abc import Generator, Iterator, Mapping, Sequence
+
+__all__ = [
+    "MAX_IMPORT_FILE_BYTES",
+    "BulkImportJob",
+    "MarketoBulkMixin",
+    "csv_cell",
+    "extract_windows",
+    "import_wait",
+    "marketo_time",
+    "read_csv_batches",
+    "reconcile_import",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_EXTRACT_WINDOW = timedelta(days=31)
 EXPORT_JOBS_PROCESSING = 2  # export jobs Marketo processes at once per instance
 EXPORT_QUEUE_SIZE = 10  # export jobs queued per instance, processing ones included
-MAX_IMPORT_FILE_BYTES = 10_000_000
 DELIMITERS = {"CSV": ",", "TSV": "\t", "SSV": " "}
+LEADS = "leads"
 _DONE_EXPORT = {"completed"}
 _FAILED_EXPORT = {"failed", "cancelled", "canceled"}
-
-
-@dataclass
-class BulkImportJob:
-    """Outcome of one bulk import file.
-
-    Rows absent from ``failures`` were created or updated (Marketo does not say which), so they
-    count as :attr:`WriteStatus.UPSERTED`; ``warnings`` lists rows imported with a warning.
-    """
-
-    batch_id: str
-    status: str
-    rows_submitted: int
-    rows_processed: int
-    rows_failed: int
-    rows_warning: int
-    message: str
-    failures: list[WriteResult] = field(default_factory=list)
-    warnings: list[WriteResult] = field(default_factory=list)
-    seconds: float = 0.0  # from the upload to the final status
 
 
 def extract_windows(
@@ -75,13 +76,6 @@ def extract_windows(
         windows.append((cursor, upper))
         cursor = upper
     return windows
-
-
-def marketo_time(value: datetime) -> str:
-    """Format a datetime as bulk filters want it: ISO 8601 in UTC, no milliseconds."""
-    from datetime import UTC
-
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_csv_batches(
@@ -104,66 +98,40 @@ def read_csv_batches(
             yield batch
 
 
-def csv_cell(value: Any, index: int, column: str) -> str:
-    """Return one import CSV cell; None becomes empty, nested values are refused."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    if isinstance(value, datetime):
-        return marketo_time(value)
-    raise ValueError(f"bulk import row {index} field {column!r} holds a {type(value).__name__}, not a scalar")
-
-
-class MarketoBulkMixin:
+class MarketoBulkMixin(MarketoBulkImportMixin):
     """Bulk extract and import methods; the host class provides the authenticated calls."""
 
-    if TYPE_CHECKING:
-        timeout: float
-
-        @property
-        def bulk_queue_wait(self) -> float: ...
-
-        def call(self, method: str, path: str, **kwargs: Any) -> requests.Response: ...
-        def call_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]: ...
-        def _check(self, resp: requests.Response, label: str) -> None: ...
-
-    poll_sleep = staticmethod(time.sleep)
-
-    # --- extract ---------------------------------------------------------------------------
-    def create_lead_export(
-        self, fields: Sequence[str], export_filter: Mapping[str, Any], fmt: str = "CSV"
-    ) -> str:
-        """Create a bulk lead export job and return its ``exportId``."""
-        if not fields:
-            raise ValueError("a lead export needs at least one field")
-        body = {"fields": list(fields), "format": fmt, "filter": dict(export_filter)}
-        result = self._first_result(
-            self.call_json("POST", "/bulk/v1/leads/export/create.json", json=body),
-            "POST /bulk/v1/leads/export/create.json",
-        )
+    # --- extract, any object -------------------------------------------------------------
+    def create_export(self, object_path: str, body: Mapping[str, Any]) -> str:
+        """Create an export job of ``object_path`` (``leads``, ``activities``, ``program/members``)
+        from a create body (``fields``, ``format``, ``filter``...) and return its ``exportId``."""
+        path = f"/bulk/v1/{object_path}/export/create.json"
+        result = self._first_result(self.call_json("POST", path, json=dict(body)), f"POST {path}")
         return str(result["exportId"])
 
-    def enqueue_lead_export(self, export_id: str) -> dict[str, Any]:
+    def enqueue_export(self, object_path: str, export_id: str) -> dict[str, Any]:
         """Queue a created export job (waits while Marketo's export queue is full)."""
-        path = f"/bulk/v1/leads/export/{export_id}/enqueue.json"
+        path = f"/bulk/v1/{object_path}/export/{export_id}/enqueue.json"
         try:
             return self._first_result(self.call_json("POST", path), f"POST {path}")
         except FatalApiError as exc:
             # A repeated enqueue (say, after a dropped answer) is refused as already queued.
             if exc.code == "1029" and "already" in str(exc).lower():
-                return self.lead_export_status(export_id)
+                return self.export_status(object_path, export_id)
             raise
 
-    def lead_export_status(self, export_id: str) -> dict[str, Any]:
+    def export_status(self, object_path: str, export_id: str) -> dict[str, Any]:
         """Return the status record of an export job."""
-        path = f"/bulk/v1/leads/export/{export_id}/status.json"
+        path = f"/bulk/v1/{object_path}/export/{export_id}/status.json"
         return self._first_result(self.call_json("GET", path), f"GET {path}")
 
-    def wait_for_lead_export(
-        self, export_id: str, poll_seconds: float, max_wait_seconds: float, first_poll_seconds: float = 0.0
+    def wait_for_export(
+        self,
+        object_path: str,
+        export_id: str,
+        poll_seconds: float,
+        max_wait_seconds: float,
+        first_poll_seconds: float = 0.0,
     ) -> dict[str, Any]:
         """Poll an export job until it completes and return its final status.
 
@@ -173,31 +141,37 @@ class MarketoBulkMixin:
         Raises:
             BulkJobFailed: The job failed, was cancelled or did not finish in ``max_wait_seconds``.
         """
+        label = f"GET /bulk/v1/{object_path}/export/{{id}}/status.json"
         deadline = time.monotonic() + max_wait_seconds
         if first_poll_seconds > 0:
             self.poll_sleep(min(first_poll_seconds, max_wait_seconds))
         while True:
-            status = self.lead_export_status(export_id)
+            status = self.export_status(object_path, export_id)
             state = str(status.get("status", "")).lower()
             if state in _DONE_EXPORT:
                 return status
             if state in _FAILED_EXPORT:
                 raise BulkJobFailed(
                     f"export {export_id} ended {status.get('status')}: {status.get('errorMsg', '')}",
-                    endpoint="GET /bulk/v1/leads/export/{id}/status.json",
+                    endpoint=label,
                 )
             if time.monotonic() + poll_seconds > deadline:
                 raise BulkJobFailed(
                     f"export {export_id} still {status.get('status')} after {max_wait_seconds:.0f}s",
-                    endpoint="GET /bulk/v1/leads/export/{id}/status.json",
+                    endpoint=label,
                 )
             self.poll_sleep(poll_seconds)
 
-    def download_lead_export(
-        self, export_id: str, dest: Path, status: Mapping[str, Any], chunk_bytes: int = 8 * 1024 * 1024
+    def download_export(
+        self,
+        object_path: str,
+        export_id: str,
+        dest: Path,
+        status: Mapping[str, Any],
+        chunk_bytes: int = 8 * 1024 * 1024,
     ) -> Path:
         """Download a completed export to ``dest`` in ``Range`` chunks and check size and SHA-256."""
-        path = f"/bulk/v1/leads/export/{export_id}/file.json"
+        path = f"/bulk/v1/{object_path}/export/{export_id}/file.json"
         size = status.get("fileSize")
         digest = hashlib.sha256()
         received = 0
@@ -219,34 +193,109 @@ class MarketoBulkMixin:
                 received += len(data)
                 if resp.status_code == 200 or not data:
                     break
-        self._verify_download(export_id, status, received, digest.hexdigest())
+        _verify_download(object_path, export_id, status, received, digest.hexdigest())
         return dest
 
-    @staticmethod
-    def _verify_download(export_id: str, status: Mapping[str, Any], received: int, sha256: str) -> None:
-        size, checksum = status.get("fileSize"), status.get("fileChecksum")
-        label = "GET /bulk/v1/leads/export/{id}/file.json"
-        if size is not None and received != int(size):
-            raise FatalApiError(
-                f"export {export_id}: received {received} bytes, expected {size}", endpoint=label
-            )
-        if checksum and str(checksum).split(":", 1)[-1].lower() != sha256:
-            raise FatalApiError(
-                f"export {export_id}: SHA-256 of the file does not match fileChecksum", endpoint=label
-            )
+    def cancel_export(self, object_path: str, export_id: str) -> dict[str, Any]:
+        """Cancel a queued or processing export job."""
+        path = f"/bulk/v1/{object_path}/export/{export_id}/cancel.json"
+        return self._first_result(self.call_json("POST", path), f"POST {path}")
 
-    def _check_file(self, resp: requests.Response, label: str) -> None:
-        if resp.headers.get("Content-Type", "").startswith("application/json"):
-            self._check(resp, label)  # an error envelope (e.g. 601) instead of the file
-            return
-        from crm_sync_hooks.marketo import check_http
+    def export_windows(
+        self,
+        object_path: str,
+        bodies: Iterator[Mapping[str, Any]],
+        *,
+        poll_seconds: float,
+        max_wait_seconds: float,
+        first_poll_seconds: float = 0.0,
+        parallel_jobs: int = EXPORT_JOBS_PROCESSING,
+        workdir: Path | None = None,
+    ) -> Generator[tuple[str, dict[str, Any], Path], None, None]:
+        """Run one export job per create body and yield ``(exportId, status, file)`` in body order.
 
-        check_http(resp, label)
+        Up to ``parallel_jobs`` jobs are queued at once (Marketo processes two export jobs of an
+        instance at a time), so the next job runs while the caller reads this one's file. Each
+        file is a verified download in a temporary directory, deleted when the caller asks for
+        the next one. Jobs not yet read when the caller stops (or one fails) are cancelled.
+        """
+        if not 1 <= parallel_jobs <= EXPORT_QUEUE_SIZE:
+            raise ValueError(f"parallel_jobs must be 1..{EXPORT_QUEUE_SIZE}, got {parallel_jobs}")
+        queued: deque[str] = deque()
+
+        def submit_next() -> None:
+            body = next(bodies, None)
+            if body is None:
+                return
+            export_id = self.create_export(object_path, body)
+            queued.append(export_id)
+            self.enqueue_export(object_path, export_id)
+
+        try:
+            for _ in range(parallel_jobs):
+                submit_next()
+            while queued:
+                export_id = queued[0]
+                status = self.wait_for_export(
+                    object_path, export_id, poll_seconds, max_wait_seconds, first_poll_seconds
+                )
+                queued.popleft()
+                submit_next()  # processes while this file is downloaded and read
+                log.info(
+                    "%s export %s completed: %s records, %s bytes",
+                    object_path,
+                    export_id,
+                    status.get("numberOfRecords"),
+                    status.get("fileSize"),
+                )
+                with tempfile.TemporaryDirectory(dir=workdir, prefix="marketo-export-") as tmp:
+                    name = object_path.replace("/", "-") + ".csv"
+                    yield (
+                        export_id,
+                        status,
+                        self.download_export(object_path, export_id, Path(tmp) / name, status),
+                    )
+        finally:
+            for export_id in queued:  # the caller stopped early, or a job failed
+                try:
+                    self.cancel_export(object_path, export_id)
+                except Exception:  # best effort: an uncancelled job only expires unread
+                    log.warning("could not cancel export job %s", export_id, exc_info=True)
+
+    # --- extract, leads --------------------------------------------------------------------
+    def create_lead_export(
+        self, fields: Sequence[str], export_filter: Mapping[str, Any], fmt: str = "CSV"
+    ) -> str:
+        """Create a bulk lead export job and return its ``exportId``."""
+        if not fields:
+            raise ValueError("a lead export needs at least one field")
+        return self.create_export(
+            LEADS, {"fields": list(fields), "format": fmt, "filter": dict(export_filter)}
+        )
+
+    def enqueue_lead_export(self, export_id: str) -> dict[str, Any]:
+        """Queue a created lead export job (waits while Marketo's export queue is full)."""
+        return self.enqueue_export(LEADS, export_id)
+
+    def lead_export_status(self, export_id: str) -> dict[str, Any]:
+        """Return the status record of a lead export job."""
+        return self.export_status(LEADS, export_id)
+
+    def wait_for_lead_export(
+        self, export_id: str, poll_seconds: float, max_wait_seconds: float, first_poll_seconds: float = 0.0
+    ) -> dict[str, Any]:
+        """Poll a lead export job until it completes (see :meth:`wait_for_export`)."""
+        return self.wait_for_export(LEADS, export_id, poll_seconds, max_wait_seconds, first_poll_seconds)
+
+    def download_lead_export(
+        self, export_id: str, dest: Path, status: Mapping[str, Any], chunk_bytes: int = 8 * 1024 * 1024
+    ) -> Path:
+        """Download a completed lead export (see :meth:`download_export`)."""
+        return self.download_export(LEADS, export_id, dest, status, chunk_bytes)
 
     def cancel_lead_export(self, export_id: str) -> dict[str, Any]:
-        """Cancel a queued or processing export job."""
-        path = f"/bulk/v1/leads/export/{export_id}/cancel.json"
-        return self._first_result(self.call_json("POST", path), f"POST {path}")
+        """Cancel a queued or processing lead export job."""
+        return self.cancel_export(LEADS, export_id)
 
     def bulk_extract_leads(
         self,
@@ -274,309 +323,41 @@ class MarketoBulkMixin:
         """
         if window > MAX_EXTRACT_WINDOW:
             raise ValueError("bulk extract windows cannot exceed 31 days")
-        if not 1 <= parallel_jobs <= EXPORT_QUEUE_SIZE:
-            raise ValueError(f"parallel_jobs must be 1..{EXPORT_QUEUE_SIZE}, got {parallel_jobs}")
-        poll = self.bulk_queue_wait if poll_seconds is None else poll_seconds
-        windows = iter(extract_windows(start, end, window))
-        queued: deque[str] = deque()
-
-        def submit_next() -> None:
-            bounds = next(windows, None)
-            if bounds is None:
-                return
-            lower, upper = bounds
-            export_filter = {date_filter: {"startAt": marketo_time(lower), "endAt": marketo_time(upper)}}
-            export_id = self.create_lead_export(fields, export_filter)
-            queued.append(export_id)
-            self.enqueue_lead_export(export_id)
-
+        if not fields:
+            raise ValueError("a lead export needs at least one field")
+        bodies = (
+            {
+                "fields": list(fields),
+                "format": "CSV",
+                "filter": {date_filter: {"startAt": marketo_time(lower), "endAt": marketo_time(upper)}},
+            }
+            for lower, upper in extract_windows(start, end, window)
+        )
+        files = self.export_windows(
+            LEADS,
+            bodies,
+            poll_seconds=self.bulk_queue_wait if poll_seconds is None else poll_seconds,
+            max_wait_seconds=max_wait_seconds,
+            first_poll_seconds=first_poll_seconds,
+            parallel_jobs=parallel_jobs,
+            workdir=workdir,
+        )
         try:
-            for _ in range(parallel_jobs):
-                submit_next()
-            while queued:
-                export_id = queued[0]
-                status = self.wait_for_lead_export(export_id, poll, max_wait_seconds, first_poll_seconds)
-                queued.popleft()
-                submit_next()  # processes while this file is downloaded and read
-                log.info(
-                    "export %s completed: %s records, %s bytes",
-                    export_id,
-                    status.get("numberOfRecords"),
-                    status.get("fileSize"),
-                )
-                with tempfile.TemporaryDirectory(dir=workdir, prefix="marketo-export-") as tmp:
-                    file_path = self.download_lead_export(export_id, Path(tmp) / "leads.csv", status)
-                    yield from read_csv_batches(
-                        file_path, batch_size, DELIMITERS.get(str(status.get("format", "CSV")), ",")
-                    )
+            for _export_id, status, file_path in files:
+                delimiter = DELIMITERS.get(str(status.get("format", "CSV")), ",")
+                yield from read_csv_batches(file_path, batch_size, delimiter)
         finally:
-            for export_id in queued:  # the caller stopped early, or a job failed
-                try:
-                    self.cancel_lead_export(export_id)
-                except Exception:  # best effort: an uncancelled job only expires unread
-                    log.warning("could not cancel export job %s", export_id, exc_info=True)
+            files.close()  # cancels the windows not read yet
 
-    # --- import ----------------------------------------------------------------------------
-    def bulk_import_leads(
-        self,
-        rows: Iterable[Mapping[str, Any]],
-        fields: Sequence[str],
-        *,
-        lookup_field: str = "email",
-        list_id: int | None = None,
-        partition_name: str | None = None,
-        max_file_bytes: int = 9_500_000,
-        poll_seconds: float | None = None,
-        max_wait_seconds: float = 6 * 3600,
-        first_poll_seconds: float = 0.0,
-    ) -> list[BulkImportJob]:
-        """Import leads through bulk import jobs of CSV files under 10 MB; one summary per file.
 
-        Only the columns in ``fields`` are sent. Rows without a ``lookup_field`` value are
-        reported as skipped in the first job's failures without being sent.
-        ``first_poll_seconds`` is waited before a job's first status call: a caller that can
-        estimate the job's duration saves the status calls of a job still queued.
-        """
-        if lookup_field not in fields:
-            raise ValueError(f"fields must include the lookup field {lookup_field!r}")
-        if max_file_bytes > MAX_IMPORT_FILE_BYTES:
-            raise ValueError("bulk import files are limited to 10 MB")
-        poll = 5.0 if poll_seconds is None else poll_seconds
-        params: dict[str, Any] = {"format": "csv", "lookupField": lookup_field}
-        if list_id is not None:
-            params["listId"] = list_id
-        if partition_name:
-            params["partitionName"] = partition_name
-        jobs: list[BulkImportJob] = []
-        skipped: list[WriteResult] = []
-        for data, index_by_key, count in self._import_files(
-            rows, fields, lookup_field, max_file_bytes, skipped
-        ):
-            job = self._run_import(
-                data, params, index_by_key, count, lookup_field, poll, max_wait_seconds, first_poll_seconds
-            )
-            jobs.append(job)
-        if skipped:
-            if not jobs:
-                jobs.append(BulkImportJob("", "NotSubmitted", 0, 0, 0, 0, "no row had a lookup value"))
-            jobs[0].failures[:0] = skipped
-        return jobs
-
-    @staticmethod
-    def _import_files(
-        rows: Iterable[Mapping[str, Any]],
-        fields: Sequence[str],
-        lookup_field: str,
-        max_file_bytes: int,
-        skipped: list[WriteResult],
-    ) -> Iterator[tuple[bytes, dict[str, list[int]], int]]:
-        header = _csv_line(list(fields))
-        buffer, size = [header], len(header)
-        index_by_key: dict[str, list[int]] = {}
-        for index, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise ValueError(f"bulk import row {index} is a {type(row).__name__}, not a mapping")
-            key = row.get(lookup_field)
-            if key is None or key == "":
-                skipped.append(
-                    WriteResult(
-                        index,
-                        WriteStatus.SKIPPED,
-                        code="1002",
-                        reason=f"row {index} has no value for {lookup_field}",
-                    )
-                )
-                continue
-            line = _csv_line([csv_cell(row.get(col), index, col) for col in fields])
-            if size + len(line) > max_file_bytes and len(buffer) > 1:
-                yield b"".join(buffer), index_by_key, len(buffer) - 1
-                buffer, size, index_by_key = [header], len(header), {}
-            buffer.append(line)
-            size += len(line)
-            index_by_key.setdefault(_report_key(key), []).append(index)
-        if len(buffer) > 1:
-            yield b"".join(buffer), index_by_key, len(buffer) - 1
-
-    def _run_import(
-        self,
-        data: bytes,
-        params: dict[str, Any],
-        index_by_key: dict[str, list[int]],
-        count: int,
-        lookup_field: str,
-        poll_seconds: float,
-        max_wait_seconds: float,
-        first_poll_seconds: float = 0.0,
-    ) -> BulkImportJob:
-        created = self._first_result(
-            self.call(
-                "POST",
-                "/bulk/v1/leads.json",
-                params=params,
-                data={"format": "csv"},
-                files={"file": ("leads.csv", io.BytesIO(data), "text/csv")},
-                timeout=max(self.timeout, 300.0),
-            ).json(),
-            "POST /bulk/v1/leads.json",
+def _verify_download(
+    object_path: str, export_id: str, status: Mapping[str, Any], received: int, sha256: str
+) -> None:
+    size, checksum = status.get("fileSize"), status.get("fileChecksum")
+    label = f"GET /bulk/v1/{object_path}/export/{{id}}/file.json"
+    if size is not None and received != int(size):
+        raise FatalApiError(f"export {export_id}: received {received} bytes, expected {size}", endpoint=label)
+    if checksum and str(checksum).split(":", 1)[-1].lower() != sha256:
+        raise FatalApiError(
+            f"export {export_id}: SHA-256 of the file does not match fileChecksum", endpoint=label
         )
-        batch_id = str(created.get("batchId") or created.get("importId"))
-        submitted = time.monotonic()
-        deadline = submitted + max_wait_seconds
-        if first_poll_seconds > 0:
-            self.poll_sleep(min(first_poll_seconds, max_wait_seconds))
-        while True:
-            status = self._first_result(
-                self.call_json("GET", f"/bulk/v1/leads/batch/{batch_id}.json"),
-                "GET /bulk/v1/leads/batch/{id}.json",
-            )
-            state = str(status.get("status", ""))
-            if state.lower() in ("complete", "completed", "failed"):
-                break
-            wait = import_wait(
-                count, int(status.get("numOfLeadsProcessed") or 0), time.monotonic() - submitted, poll_seconds
-            )
-            if time.monotonic() + wait > deadline:
-                raise BulkJobFailed(
-                    f"import {batch_id} still {state} after {max_wait_seconds:.0f}s",
-                    endpoint="GET /bulk/v1/leads/batch/{id}.json",
-                )
-            self.poll_sleep(wait)
-        job = BulkImportJob(
-            batch_id,
-            state,
-            count,
-            int(status.get("numOfLeadsProcessed") or 0),
-            int(status.get("numOfRowsFailed") or 0),
-            int(status.get("numOfRowsWithWarning") or 0),
-            str(status.get("message") or ""),
-            seconds=time.monotonic() - submitted,
-        )
-        if state.lower() == "failed" and not job.rows_failed:
-            raise BulkJobFailed(
-                f"import {batch_id} failed: {job.message}", endpoint="POST /bulk/v1/leads.json"
-            )
-        lost_failures: list[str] = []
-        lost_warnings: list[str] = []
-        if job.rows_failed:
-            job.failures, lost_failures = self._import_report(
-                batch_id, "failures", index_by_key, lookup_field, WriteStatus.FAILED
-            )
-        if job.rows_warning:
-            job.warnings, lost_warnings = self._import_report(
-                batch_id, "warnings", index_by_key, lookup_field, WriteStatus.UPSERTED
-            )
-        reconcile_import(job, lost_failures + lost_warnings, len(job.failures) + len(lost_failures))
-        log.info(
-            "import %s %s: %d rows, %d failed, %d with warnings",
-            batch_id,
-            state,
-            count,
-            job.rows_failed,
-            job.rows_warning,
-        )
-        return job
-
-    def _import_report(
-        self,
-        batch_id: str,
-        kind: str,
-        index_by_key: dict[str, list[int]],
-        lookup_field: str,
-        status: WriteStatus,
-    ) -> tuple[list[WriteResult], list[str]]:
-        """Read a failures/warnings file: the submitted row plus a last column with the reason.
-
-        Returns:
-            One result per report row matched to a submitted row by its lookup value (rows
-            sharing a value in file order), and a description of each report row that matched
-            none.
-        """
-        text = self.call("GET", f"/bulk/v1/leads/batch/{batch_id}/{kind}.json", check=self._check_file).text
-        reader = csv.reader(io.StringIO(text.replace("\x00", "")))
-        header = next(reader, None)
-        if not header:
-            return [], []
-        key_col = header.index(lookup_field) if lookup_field in header else None
-        left = {key: list(indexes) for key, indexes in index_by_key.items()}
-        results: list[WriteResult] = []
-        unmatched: list[str] = []
-        for row in reader:
-            if not row:
-                continue
-            key = _report_key(row[key_col]) if key_col is not None and key_col < len(row) else ""
-            indexes = left.get(key)
-            if not indexes:
-                unmatched.append(f"{kind} row {len(results) + len(unmatched) + 1} ({lookup_field} {key!r})")
-                continue
-            results.append(WriteResult(indexes.pop(0), status, reason=row[-1], code=kind))
-        return results, unmatched
-
-    @staticmethod
-    def _first_result(body: Mapping[str, Any], label: str) -> dict[str, Any]:
-        result = body.get("result")
-        if not isinstance(result, list) or not result or not isinstance(result[0], Mapping):
-            raise FatalApiError("answer has no result", endpoint=label)
-        return dict(result[0])
-
-
-def _report_key(value: Any) -> str:
-    """How a lookup value is matched between the submitted file and a report file."""
-    return str(value).strip().lower()
-
-
-def reconcile_import(job: BulkImportJob, unmatched: Sequence[str], failures_listed: int) -> None:
-    """Fail the import unless its status and report files account for every submitted row.
-
-    Every row must come back as imported (counted in ``numOfLeadsProcessed``) or failed (counted
-    in ``numOfRowsFailed`` and listed, with its reason, in the failures file), and each report
-    row must match a submitted row. Otherwise a row could be counted as written while it was
-    not, so the caller's unit fails instead (a re-run imports the same keys again).
-
-    Args:
-        job: The finished import, its failures and warnings read.
-        unmatched: Report rows that matched no submitted row.
-        failures_listed: Rows in the failures file, matched or not.
-
-    Raises:
-        BulkImportMismatch: Naming the import and every figure that disagrees.
-    """
-    problems = []
-    if unmatched:
-        more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
-        problems.append(
-            f"{len(unmatched)} report rows match no submitted row: {', '.join(unmatched[:5])}{more}"
-        )
-    if failures_listed != job.rows_failed:
-        problems.append(
-            f"Marketo counted {job.rows_failed} failed rows, its failures file lists {failures_listed}"
-        )
-    if job.rows_processed + job.rows_failed != job.rows_submitted:
-        problems.append(
-            f"{job.rows_submitted} rows were submitted, Marketo accounts for "
-            f"{job.rows_processed} imported and {job.rows_failed} failed"
-        )
-    if problems:
-        raise BulkImportMismatch(
-            f"import {job.batch_id} ({job.status}) does not account for every row: " + "; ".join(problems),
-            endpoint="GET /bulk/v1/leads/batch/{id}.json",
-            code="import-mismatch",
-        )
-
-
-def import_wait(rows: int, processed: int, elapsed: float, poll_seconds: float) -> float:
-    """Seconds to wait before the next status call of an import still running.
-
-    The job's running counter tells its pace: wait for the rows left at that pace (a quarter
-    more, so the next call finds it finished), never less than a tenth of ``poll_seconds`` nor
-    more than ten times it. Without progress yet, wait ``poll_seconds``.
-    """
-    if processed <= 0 or elapsed <= 0:
-        return poll_seconds
-    left = max(rows - processed, 0) * elapsed / processed
-    return min(max(left * 1.25 + 0.5, poll_seconds / 10), poll_seconds * 10)
-
-
-def _csv_line(cells: list[str]) -> bytes:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(cells)
-    return out.getvalue().encode()

@@ -8,8 +8,13 @@ client calls ``requests.get/post`` directly, so ``REQUESTS_CA_BUNDLE`` is enough
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
+import json
+import time
 import uuid
+from typing import Any
 
 import pytest
 from marketorestpython.client import MarketoClient
@@ -169,3 +174,95 @@ def test_client_backs_off_on_606_and_recovers(mc: MarketoClient, emulator: Runni
         assert stats["limit_hits"].get("606", 0) >= 1  # the limit did bite, and the client retried
     finally:
         emulator.admin("PUT", "limits", json={"enabled": False})
+
+
+def _wait_completed(mc: MarketoClient, entity: str, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        (status,) = mc.execute(method=f"get_{entity}_export_job_status", job_id=job_id)
+        if status["status"] == "Completed":
+            return dict(status)
+    raise AssertionError(f"{entity} export {job_id} did not complete")
+
+
+def test_programs_members_and_their_activities(mc: MarketoClient, emulator: RunningEmulator) -> None:
+    name = f"MRP Webinar {uuid.uuid4().hex[:8]}"
+    spec = {"name": name, "type": "Event with Webinar", "channel": "Webinar"}
+    program = emulator.admin("POST", "programs", json=spec).json()["result"][0]
+    assert name in [p["name"] for p in mc.execute(method="browse_programs", maxReturn=200)]
+    assert mc.execute(method="get_program_by_id", id=program["id"])[0]["channel"] == "Webinar"
+    assert mc.execute(method="get_program_by_name", name=name)[0]["id"] == program["id"]
+
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tag = uuid.uuid4().hex[:8]
+    made = mc.execute(
+        method="create_update_leads", leads=[{"email": f"mrp-pm-{tag}-{i}@example.com"} for i in range(3)]
+    )
+    ids = [r["id"] for r in made]
+    body = {"programId": program["id"], "statusName": "Registered", "leadIds": ids}
+    emulator.admin("POST", "program-members", json=body)
+    changed = mc.execute(
+        method="change_lead_program_status", id=program["id"], leadIds=ids[:1], status="Attended"
+    )
+    assert changed == [{"id": ids[0], "status": "updated"}]
+
+    members = mc.execute(
+        method="get_multiple_leads_by_program_id",
+        programId=program["id"],
+        fields=["id", "email"],
+        batchSize=2,
+    )
+    assert [(m["id"], m["membership"]["progressionStatus"]) for m in members] == [
+        (ids[0], "Attended"),
+        (ids[1], "Registered"),
+        (ids[2], "Registered"),
+    ]
+    assert 104 in {t["id"] for t in mc.execute(method="get_activity_types")}
+    moves = mc.execute(method="get_lead_activities", activityTypeIds=["104"], sinceDatetime=since)
+    mine = [
+        (a["leadId"], {x["name"]: x["value"] for x in a["attributes"]}["New Status"])
+        for a in moves
+        if a["primaryAttributeValueId"] == program["id"]
+    ]
+    assert mine == [
+        (ids[0], "Registered"),
+        (ids[1], "Registered"),
+        (ids[2], "Registered"),
+        (ids[0], "Attended"),
+    ]
+
+    job = mc.execute(
+        method="create_program_members_export_job",
+        fields=["leadId", "statusName"],
+        filters={"programId": program["id"]},
+    )[0]
+    mc.execute(method="enqueue_program_members_export_job", job_id=job["exportId"])
+    assert _wait_completed(mc, "program_members", job["exportId"])["numberOfRecords"] == 3
+    data = mc.execute(method="get_program_members_export_job_file", job_id=job["exportId"]).decode()
+    assert data.splitlines() == [
+        "Lead Id,Status",
+        f"{ids[0]},Attended",
+        f"{ids[1]},Registered",
+        f"{ids[2]},Registered",
+    ]
+
+    window = {
+        "startAt": since,
+        "endAt": (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    job = mc.execute(
+        method="create_activities_export_job", filters={"createdAt": window, "activityTypeIds": [104]}
+    )[0]
+    mc.execute(method="enqueue_activities_export_job", job_id=job["exportId"])
+    _wait_completed(mc, "activities", job["exportId"])
+    rows = list(
+        csv.DictReader(
+            io.StringIO(mc.execute(method="get_activities_export_job_file", job_id=job["exportId"]).decode())
+        )
+    )
+    exported = [
+        (int(r["leadId"]), json.loads(r["attributes"])["New Status"])
+        for r in rows
+        if r["primaryAttributeValueId"] == str(program["id"])
+    ]
+    assert exported == mine
