@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks.transform_bench import synthetic_leads
+# pandas and numpy are imported inside the functions, after crm_sync, as in a task process: the
+# package chooses Arrow's allocator before pyarrow is first imported (crm_sync/__init__.py).
+import crm_sync  # noqa: F401
 
 PAGE_ROWS = 5000  # one staged extract page (Dataverse's largest page)
 
@@ -39,6 +39,7 @@ def stage_extract(rows: int, root: Path, run_id: str) -> tuple[Any, Any]:
     """Stage ``rows`` synthetic leads as an extract manifest; the entity and run context."""
     from airflow.sdk import ObjectStoragePath
 
+    from benchmarks.transform_bench import synthetic_leads
     from crm_sync.config import load_entities
     from crm_sync.engine.columns import dynamics_columns
     from crm_sync.engine.context import RunContext
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = parser.parse_args(argv)
+    import numpy as np
+
     logging.disable(logging.INFO)  # the plan's own log lines are not the figure
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # a per-core figure

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -39,8 +40,11 @@ log = logging.getLogger(__name__)
 # Arrow's default allocator in these wheels (mimalloc) kept more memory resident after each
 # staged read than the system allocator: reading one 28,000-lead unit's ops and links took a load
 # task from 147 to 313 MB, against 244 MB with the system pool (jemalloc: 271 MB). The sync's Arrow
-# work is reading and writing Parquet files, which does not need a faster allocator.
-pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+# work is reading and writing Parquet files, which does not need a faster allocator. The package
+# asks for it before pyarrow is imported (crm_sync/__init__.py); this covers a process that
+# imported pyarrow first, unless the environment chose another allocator.
+if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") == "system":
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
