@@ -19,7 +19,7 @@ from crm_sync.config import DeletePolicy, Direction, EntityConfig, MarketoObject
 from crm_sync.engine.contracts import LoadBatch, LoadOutcome
 from crm_sync.engine.gone_persons import DELETED_IN_MARKETO, gone_reason, settle_gone
 from crm_sync.engine.json_records import JsonRecords, take
-from crm_sync.engine.plan import LINK_FRAME_COLUMNS
+from crm_sync.engine.plan_frames import LINK_FRAME_COLUMNS
 from crm_sync.ops import (
     DYNAMICS_CREATE,
     DYNAMICS_UPSERT,

@@ -10,14 +10,8 @@ import uuid
 import pandas as pd
 
 from crm_sync.config import Direction, EntityConfig
-from crm_sync.engine.plan import (
-    LINK_FRAME_COLUMNS,
-    BatchPlan,
-    empty_links,
-    empty_ops,
-    link_frame,
-    ops_frame,
-)
+from crm_sync.engine.plan import BatchPlan, link_frame
+from crm_sync.engine.plan_frames import LINK_FRAME_COLUMNS, empty_links, empty_ops, ops_frame
 from crm_sync.ops import (
     DYNAMICS_CREATE,
     MARKETO_LINK,

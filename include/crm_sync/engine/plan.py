@@ -14,23 +14,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import pyarrow as pa
 
 from crm_sync.config import DeletePolicy, Direction, DuplicateEmail, EntityConfig
-from crm_sync.engine.json_records import to_json_texts
+from crm_sync.engine.lifecycle_ops import handed_over, merge_ops, repoint_ops, taken_over
+from crm_sync.engine.plan_frames import (
+    HANDOVER_COLUMNS,
+    LINK_COLUMNS,
+    LINK_FRAME_COLUMNS,
+    READ_AT,
+    empty_links,
+    empty_ops,
+    ops_frame,
+)
 from crm_sync.ops import (
     DYNAMICS_UPSERT,
     MARKETO_DELETE,
     MARKETO_FLAG_DELETED,
-    MARKETO_MERGE,
-    MARKETO_REPOINT,
     MARKETO_ROLE_UPSERT,
     MARKETO_UPSERT,
 )
-from crm_sync.state.models import CONVERTED, HANDED_OVER, MERGED
+from crm_sync.state.models import CONVERTED
 from crm_sync.transforms import (
     CONFLICT_COLUMNS,
     CONSENT_COLUMNS,
@@ -49,7 +55,7 @@ from crm_sync.transforms import (
     persons_for_entity,
     resolve_changes,
 )
-from crm_sync.transforms.casts import as_string, lower_ids
+from crm_sync.transforms.casts import as_string
 from crm_sync.transforms.dedup import (
     DUPLICATE_EMAIL,
     claim_emails,
@@ -57,11 +63,7 @@ from crm_sync.transforms.dedup import (
 from crm_sync.transforms.errors import concat_errors, empty_errors, error_rows
 from crm_sync.transforms.frames import empty_frame
 from crm_sync.transforms.lifecycle import (
-    FLAG_DELETED,
     MERGE_COLUMNS,
-    MERGE_PERSONS,
-    MOVE_LINK,
-    NOTHING,
     conversions,
     merged_mask,
     merges,
@@ -71,41 +73,6 @@ if TYPE_CHECKING:
     from crm_sync.transforms import Resolution
 
 log = logging.getLogger(__name__)
-
-OP_COLUMNS = ["op", DYNAMICS_ID, "payload"]
-HANDOVER_COLUMNS = ["entity", DYNAMICS_ID, "state"]
-LINK_COLUMNS = [DYNAMICS_ID, MARKETO_ID, "state"]  # what the lifecycle rules read of a link
-READ_AT = "_read_at"  # when a Marketo snapshot row was read (staged person feed)
-LINK_FRAME_COLUMNS = [
-    DYNAMICS_ID,
-    MARKETO_ID,
-    "field_hashes",
-    "last_hash_d2m",
-    "last_hash_m2d",
-    "person_type",
-    "filter_value",
-    "email",
-    "link_entity",  # the entity whose id map gets the row (a person may link to a contact)
-]
-# Column types of staged ops and link frames, for files written a part at a time (the id map's
-# types: hashes are 64-bit integers, the filter value a nullable boolean).
-OPS_SCHEMA = pa.schema([(c, pa.string()) for c in OP_COLUMNS])
-LINKS_SCHEMA = pa.schema(
-    [
-        (c, pa.int64() if c.startswith("last_hash") else pa.bool_() if c == "filter_value" else pa.string())
-        for c in LINK_FRAME_COLUMNS
-    ]
-)
-
-
-def empty_ops() -> pd.DataFrame:
-    """An operations frame with no rows."""
-    return empty_frame(OP_COLUMNS)
-
-
-def empty_links() -> pd.DataFrame:
-    """A link frame with no rows."""
-    return empty_frame(LINK_FRAME_COLUMNS, "object")
 
 
 @dataclass
@@ -137,12 +104,6 @@ class BatchPlan:
     filter_values: pd.DataFrame = field(default_factory=pd.DataFrame)
     handovers: pd.DataFrame = field(default_factory=lambda: empty_frame(HANDOVER_COLUMNS))
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def ops_frame(op: str, ids: list[str], payloads: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {"op": op, DYNAMICS_ID: pd.Series(ids, dtype="str"), "payload": to_json_texts(payloads)}
-    )
 
 
 def _active_links(links: pd.DataFrame) -> pd.DataFrame:
@@ -251,63 +212,6 @@ def link_frame(
     return rows[LINK_FRAME_COLUMNS].reset_index(drop=True)
 
 
-def _handed_over(entity: EntityConfig, rows: pd.DataFrame, links: pd.DataFrame) -> pd.Series:
-    """True for rows whose link was handed over (a qualified lead, a merged record)."""
-    if links.empty:
-        return pd.Series(False, index=rows.index)
-    handed = links.loc[links["state"].isin(HANDED_OVER), DYNAMICS_ID]
-    return lower_ids(rows[entity.dynamics.key]).isin(set(lower_ids(handed)))
-
-
-def _takeovers(converted: pd.DataFrame, merge_plan: pd.DataFrame) -> pd.Series:
-    """Marketo id by GUID of the records that take over a person: qualified records, and the
-    survivors of merged records whose person moves to them."""
-    moved = merge_plan[merge_plan["action"].eq(MOVE_LINK)]
-    ids = pd.concat(
-        [
-            pd.Series(
-                converted["marketo_id"].to_numpy(), index=converted["dynamics_id"].to_numpy(), dtype="str"
-            ),
-            pd.Series(moved["marketo_id"].to_numpy(), index=moved["master_id"].to_numpy(), dtype="str"),
-        ]
-    )
-    return ids[~ids.index.duplicated()]
-
-
-def _repoint_ops(entity: EntityConfig, takeovers: pd.Series, written: pd.Index) -> pd.DataFrame:
-    """Re-key and re-type the persons taken over (before their records' upserts are sent)."""
-    take = takeovers[takeovers.index.isin({str(i) for i in written})]
-    if take.empty:
-        return empty_ops()
-    key, type_field = entity.marketo.key, entity.marketo.type_field
-    payloads = [
-        {"id": int(mid), key: did, **({type_field: entity.marketo.person_type} if type_field else {})}
-        for did, mid in take.items()
-    ]
-    return ops_frame(MARKETO_REPOINT, [str(i) for i in take.index], payloads)
-
-
-def _merge_ops(entity: EntityConfig, merge_plan: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The writes of Dynamics merges: Marketo merges, persons flagged deleted; and the merged
-    records' hand-overs (their links name the survivor's person once the writes succeed)."""
-    ops = [empty_ops()]
-    merging = merge_plan[merge_plan["action"].eq(MERGE_PERSONS)]
-    if len(merging):
-        payloads = [
-            {"winner": int(w), "losers": [int(m)]}
-            for w, m in zip(merging["master_marketo_id"], merging["marketo_id"], strict=True)
-        ]
-        ops.append(ops_frame(MARKETO_MERGE, merging["dynamics_id"].astype(str).tolist(), payloads))
-    flagging = merge_plan[merge_plan["action"].eq(FLAG_DELETED)]
-    policy, records = deletion_records(entity, flagging["dynamics_id"])
-    if policy is DeletePolicy.FLAG and len(records):
-        payloads = records.astype(object).to_dict("records")
-        ops.append(ops_frame(MARKETO_FLAG_DELETED, flagging["dynamics_id"].astype(str).tolist(), payloads))
-    handed = merge_plan.loc[merge_plan["action"].ne(NOTHING), "dynamics_id"]
-    handovers = pd.DataFrame({"entity": entity.name, DYNAMICS_ID: handed.astype(str), "state": MERGED})
-    return pd.concat(ops, ignore_index=True), handovers
-
-
 def plan_changes(
     entity: EntityConfig,
     dynamics_rows: pd.DataFrame | None,
@@ -351,7 +255,7 @@ def plan_changes(
         counts["received"] += len(dynamics_rows)
         merge_plan = merges(entity, dynamics_rows, links)
         # Merged records and records whose person went on as another record write no more.
-        gone = merged_mask(entity, dynamics_rows) | _handed_over(entity, dynamics_rows, links)
+        gone = merged_mask(entity, dynamics_rows) | handed_over(entity, dynamics_rows, links)
         counts["filtered"] += int(gone.sum())
         dynamics_rows = dynamics_rows[~gone.to_numpy()]
         transitions = filter_transitions(dynamics_rows, entity, links)
@@ -368,7 +272,7 @@ def plan_changes(
         converted = conversions(
             entity, kept, links, origins if origins is not None else empty_frame(LINK_COLUMNS)
         )
-        takeovers = _takeovers(converted, merge_plan)
+        takeovers = taken_over(converted, merge_plan)
         mapped = dynamics_to_canonical(kept, entity, id_map)
         error_parts.append(mapped.errors)
         d_canon = mapped.frame
@@ -406,14 +310,14 @@ def plan_changes(
     counts["failed"] = int(errors["record_id"].nunique()) if len(errors) else 0
     if d_canon is None and m_canon is None:
         return BatchPlan(errors=errors, stale_ids=stale, counts=counts)
-    lifecycle_ops, merge_handovers = _merge_ops(entity, merge_plan)
+    lifecycle_ops, merge_handovers = merge_ops(entity, merge_plan)
     handovers.append(merge_handovers)
     resolution = resolve_changes(entity, d_canon, m_canon, last)
     counts["valid"] = len(resolution.to_marketo.index)
     counts["unchanged"] = len(resolution.unchanged_ids)
     ops = [empty_ops()]
     if entity.direction.includes(Direction.D2M):
-        ops += [lifecycle_ops, _repoint_ops(entity, takeovers, resolution.marketo_ids)]
+        ops += [lifecycle_ops, repoint_ops(entity, takeovers, resolution.marketo_ids)]
         to_m = marketo_payload(entity, resolution)
         ops.append(ops_frame(MARKETO_UPSERT, [str(i) for i in resolution.marketo_ids], to_m))
     if entity.direction.includes(Direction.M2D):

@@ -23,7 +23,7 @@ from crm_sync.engine.full_copy.matching import (
     plan_lookups,
 )
 from crm_sync.engine.json_records import parse
-from crm_sync.engine.plan import LINKS_SCHEMA, OPS_SCHEMA
+from crm_sync.engine.plan_frames import LINKS_SCHEMA, OPS_SCHEMA
 from crm_sync.engine.transform import TRANSFORM_MANIFEST, transform_changes
 from crm_sync.ops import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.state import session_scope
