@@ -82,3 +82,22 @@ def marketo_minimum(side: dict[str, Any]) -> int:
 def ratio(actual: int, minimum: int) -> float | None:
     """``actual / minimum`` rounded, or None when the minimum is zero."""
     return round(actual / minimum, 3) if minimum else None
+
+
+ACTIVITY_EXPORT_JOB_CALLS = 4  # create, enqueue, one status call, one file download
+
+
+def activities_minimum(activities: int, marketo_routes: dict[str, int], *, history: bool) -> int:
+    """Minimum API calls (tokens excluded) of one activity sync run that wrote ``activities``.
+
+    Both paths read the activity types once and write ``ceil(activities/1000)`` ``$batch``
+    requests. History: one export job (create, enqueue, status, file) per 31-day window (the
+    jobs the run created, at least one). Feed: ``ceil(activities/300)`` pages, at least one, and
+    one paging-token call when the run had no stored token.
+    """
+    total = 1 + _ceil(activities, DATAVERSE_BATCH)
+    if history:
+        jobs = max(int(marketo_routes.get("POST /bulk/v1/activities/export/create.json", 0)), 1)
+        return total + ACTIVITY_EXPORT_JOB_CALLS * jobs
+    token = 1 if any("pagingtoken" in r for r in marketo_routes) else 0
+    return total + token + max(_ceil(activities, MARKETO_FEED_PAGE), 1)

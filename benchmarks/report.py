@@ -251,6 +251,19 @@ def markdown(results: dict[str, Any]) -> str:
             for t in results["transform"]
         ]
         lines += [""]
+    if results.get("activities"):
+        lines += [
+            "## Activities on the timeline (issue 20; limits off; target >= 2,000/s, <= 1.05x the minimum)",
+            "",
+            "| path | activities | s | activities/s | calls per 1,000 | minimum per 1,000 | x minimum |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {a['path']} | {a['activities']:,} | {a['seconds']:.2f} | {a['activities_per_s']:,} | "
+            f"{a['calls_per_1000']} | {a['min_calls_per_1000']} | {a['ratio']} |"
+            for a in results["activities"]
+        ]
+        lines += [""]
     lines += ["## Targets (issue 9)", "", "| target | met | figure | why not |", "|---|---|---|---|"]
     for t in results["targets"]:
         met = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")

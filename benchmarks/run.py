@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("benchmarks.run")
 
 RESULTS_DIR = PROJECT_DIR / "benchmarks" / "results"
-PHASES = ("full-copy", "incremental", "conflicts", "peers", "dataverse-peer", "transform")
+PHASES = ("full-copy", "incremental", "conflicts", "peers", "dataverse-peer", "transform", "activities")
 
 
 def _profile(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,6 +46,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
         defaults: dict[str, Any] = {
             "volumes": [1000], "changes": [0, 100], "conflicts": 0, "peer_leads": [],
             "peer_start": "2025-07-01", "transform_rows": [50_000], "modes": ["on"],
+            "activities": [5_000],
         }  # fmt: skip
     else:
         # One run of everything: every scenario at 100,000 leads under the limits, the
@@ -55,6 +56,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
             "volumes": {"on": [100_000], "off": [1_000_000]}, "changes": [0, 100, 10_000],
             "conflicts": 1000, "peer_leads": [100_000], "peer_start": "2024-01-01",
             "transform_rows": [200_000, 1_000_000], "modes": ["off", "on"],  # the longest first
+            "activities": [20_000, 100_000],
         }  # fmt: skip
     defaults["copy_with"] = None
     # The full copy under airflow standalone (a process per task: per-task memory) costs about a
@@ -106,6 +108,22 @@ def transform_rate(rows: int) -> dict[str, Any]:
         "records_per_s_per_core": int(match.group(2).replace(",", "")),
         "line": proc.stdout.strip(),
     }
+
+
+def activities_rate(activities: int) -> list[dict[str, Any]]:
+    """Run ``benchmarks.activities_bench`` (limits off) in its own process; one figure per path
+    (bulk export, activity feed): activities/s and calls per 1,000 against the minimum."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.activities_bench", "--activities", str(activities), "--json"],
+        capture_output=True, text=True, check=True, cwd=PROJECT_DIR, env=os.environ.copy(), timeout=3600,
+    )  # fmt: skip
+    figures = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    for f in figures:
+        log.info(
+            "activities, %s: %s activities/s, %s calls per 1,000 (minimum %s, x%s)",
+            f["path"], f["activities_per_s"], f["calls_per_1000"], f["min_calls_per_1000"], f["ratio"],
+        )  # fmt: skip
+    return figures
 
 
 def run_sync_scenarios(
@@ -161,8 +179,9 @@ def merge(results: dict[str, Any], earlier: dict[str, Any]) -> None:
     if earlier.get("revision") not in revisions:
         results["revision"] = " + ".join([*revisions, str(earlier.get("revision"))])
     results["modes"].update(earlier["modes"])
-    for key in ("scenarios", "peers", "transform"):
-        results[key] += earlier[key]
+    for key in ("scenarios", "peers", "transform", "activities"):
+        results.setdefault(key, [])
+        results[key] += earlier.get(key, [])
     results["parts"] = [
         *results.get("parts", []),
         {k: earlier[k] for k in ("generated_at", "settings", "machine")},
@@ -227,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": [],
         "peers": [],
         "transform": [],
+        "activities": [],
     }
     if not only and args.merge:
         results["revision"] = ""  # a merge measures nothing itself
@@ -265,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoint()
     if "transform" in only:
         results["transform"] = [transform_rate(rows) for rows in profile["transform_rows"]]
+    if "activities" in only:
+        results["activities"] = [f for n in profile["activities"] for f in activities_rate(n)]
     paths = checkpoint()
     sys.stdout.write("".join(f"wrote {p}\n" for p in paths))
     return 0

@@ -24,6 +24,7 @@ TAG_VOCABULARY = frozenset(
         f"entity:{name}"
         for name in ("lead", "contact", "account", "opportunity", "user", "team", "custom", "all")
     }
+    | {"entity:activity", "kind:history"}  # sync_activities, sync_activities_history (issue 20)
 )
 
 

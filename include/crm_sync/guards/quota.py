@@ -187,3 +187,35 @@ def check_budget(
 def dynamics_window_calls(window_calls: int, reserve_share: float) -> int:
     """Requests per window the sync may use when ``reserve_share`` of the window is kept for others."""
     return max(1, math.floor(window_calls * (1.0 - reserve_share)))
+
+
+def check_low_priority(
+    name: str, need: int, status: Mapping[str, Any], settings: GuardSettings
+) -> dict[str, Any]:
+    """Defer a low-priority sync (activities, program membership) that would starve the others.
+
+    Unlike :func:`check_budget`, a low-priority run is never an alert: it is deferred both when
+    its calls do not fit in what is left and when they would leave less than the
+    ``low_priority_headroom`` share of the usable budget for the entity DAGs.
+
+    Args:
+        name: What is deferred, for the message.
+        need: Marketo calls the run needs at the least before it can move anything.
+        status: :func:`quota_status` now.
+        settings: The budget settings.
+
+    Returns:
+        ``{"need": n, "left_after": m, "headroom": h}`` when the run may go on.
+
+    Raises:
+        QuotaDeferred: The run would eat into the calls kept for higher-priority syncs.
+    """
+    left = int(status["left"])
+    headroom = math.ceil(int(status["usable"]) * settings.low_priority_headroom)
+    if need > 0 and left - need < headroom:  # a run with nothing to spend is never deferred
+        raise QuotaDeferred(
+            f"{name}: low-priority sync deferred: it needs at least {need} Marketo calls and would "
+            f"leave {left - need}, under the {headroom} kept for the entity syncs; {_figures(status)}. "
+            "Nothing was read; the next run starts where this one would have"
+        )
+    return {"need": need, "left_after": left - need, "headroom": headroom}
