@@ -12,7 +12,8 @@ from sqlalchemy.engine import Engine
 
 # Tables defined outside models.py register on Base.metadata when their module is imported.
 import crm_sync.reconcile.store
-import crm_sync.state.guards  # noqa: F401
+import crm_sync.state.guards
+import crm_sync.state.membership  # noqa: F401
 from crm_sync.state import make_engine, upgrade
 from crm_sync.state.models import Base
 

@@ -16,7 +16,8 @@ from sqlalchemy.exc import OperationalError
 
 # Tables defined outside models.py register on Base.metadata when their module is imported.
 import crm_sync.reconcile.store
-import crm_sync.state.guards  # noqa: F401
+import crm_sync.state.guards
+import crm_sync.state.membership  # noqa: F401
 from crm_sync.state import current_revision, make_engine, read_scope, session_scope, upgrade
 from crm_sync.state.db import alembic_config
 from crm_sync.state.idmap import lookup_links, upsert_links
