@@ -61,6 +61,13 @@ ALERT_SINK_URL = f"http://127.0.0.1:{ALERT_SINK_PORT}/alerts"
 _SCALE = int(os.environ.get("MDS_DEMO_SCALE", "2000"))
 DEMO_SEED_SCALE = {"marketo": max(1, _SCALE // 4), "dynamics": _SCALE}
 FULL_COPY_DAG = "full_copy"
+# Issue 20's DAGs (dag id -> its file): no entity YAML makes them, they run beside the entity
+# syncs at a lower priority. The history DAG is backfill-only: unpaused, it still never schedules.
+MARKETING_DAGS = {
+    "sync_activities": "sync_activities.py",
+    "sync_activities_history": "sync_activities.py",
+    "sync_program_membership": "sync_program_membership.py",
+}
 
 
 def _pid_file(name: str) -> Path:
@@ -284,6 +291,7 @@ def start_dags(copy_timeout_s: float = 1800.0) -> None:
     a full copy, every sync DAG runs once first, in dependency order (their first runs copy).
     """
     sync_ids = [entity.dag_id for entity in load_entities(entities_dir()).values()]
+    sync_ids += [d for d, file in MARKETING_DAGS.items() if (PROJECT_DIR / "dags" / file).exists()]
     wanted = set(sync_ids)
     if (PROJECT_DIR / "dags" / f"{FULL_COPY_DAG}.py").exists():
         wanted.add(FULL_COPY_DAG)
