@@ -12,7 +12,7 @@ import logging
 from collections.abc import Collection, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -332,12 +332,43 @@ class EntityConfig(_Strict):
         return f"sync_custom_{self.name}" if self.custom else f"sync_{self.name}"
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     """Render a pydantic error location as ``fields[3].option_set``."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "<top>"
+
+
+def validate_document(model: type[_Model], data: Any, source: Path | str, **extra: Any) -> _Model:
+    """Validate a YAML document (a mapping, with ``extra`` keys added) as ``model``.
+
+    Raises:
+        ConfigError: The document is not a mapping or fails validation; names the file and
+            every failing key (``fields[3].option_set: ...``).
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return model.model_validate({**data, **extra})
+    except ValidationError as exc:
+        problems = "; ".join(f"{_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """The parsed YAML document in ``path``.
+
+    Raises:
+        ConfigError: The file cannot be read or is not YAML.
+    """
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot load: {exc}") from None
 
 
 def parse_entity(data: Any, source: Path | str = "<memory>") -> EntityConfig:
@@ -353,14 +384,7 @@ def parse_entity(data: Any, source: Path | str = "<memory>") -> EntityConfig:
     Raises:
         ConfigError: The document is not a mapping or fails validation; names file and key.
     """
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
-    try:
-        entity = EntityConfig.model_validate({**data, "source_path": Path(source)})
-    except ValidationError as exc:
-        problems = "; ".join(f"{_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{source}: {problems}") from None
-    return entity
+    return validate_document(EntityConfig, data, source, source_path=Path(source))
 
 
 def load_entity(path: Path) -> EntityConfig:
@@ -369,12 +393,7 @@ def load_entity(path: Path) -> EntityConfig:
     Raises:
         ConfigError: The file cannot be read, is not valid YAML or fails validation.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot load: {exc}") from None
-    entity = parse_entity(data, path)
+    entity = parse_entity(read_yaml(path), path)
     if entity.name != path.stem:
         raise ConfigError(f"{path}: name: {entity.name!r} must equal the file name {path.stem!r}")
     return entity

@@ -10,14 +10,12 @@ resolved once per run (:func:`resolve_types`), never written in the file. The fi
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from crm_sync.config import ConfigError
+from crm_sync.config import ConfigError, read_yaml, validate_document
 
 ACTIVITIES_FILE = Path(__file__).resolve().parent / "activities.yaml"
 #: Marketo's activity feed takes at most 10 activity type ids per call.
@@ -116,26 +114,13 @@ class ActivityMapping(_Strict):
         return self
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<top>"
-
-
 def parse_activities(data: Any, source: Path | str = "<memory>") -> ActivityMapping:
     """Validate an activity mapping already loaded from YAML.
 
     Raises:
         ConfigError: Not a mapping, or a key is missing or wrong; names the file and the key.
     """
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
-    try:
-        return ActivityMapping.model_validate({**data, "source_path": Path(source)})
-    except ValidationError as exc:
-        problems = "; ".join(f"{_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{source}: {problems}") from None
+    return validate_document(ActivityMapping, data, source, source_path=Path(source))
 
 
 def load_activities(path: Path = ACTIVITIES_FILE) -> ActivityMapping:
@@ -144,11 +129,7 @@ def load_activities(path: Path = ACTIVITIES_FILE) -> ActivityMapping:
     Raises:
         ConfigError: The file cannot be read, is not YAML or fails validation.
     """
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot load: {exc}") from None
-    return parse_activities(data, path)
+    return parse_activities(read_yaml(path), path)
 
 
 def resolve_types(mapping: ActivityMapping, types: list[dict[str, Any]]) -> dict[int, ActivityType]:

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crm_sync.config import ConfigError
+from crm_sync.config import ConfigError, read_yaml
 
 PROGRAMS_FILE = Path(__file__).resolve().parent / "programs.yaml"
 PROGRAMS_ENV = "MDS_PROGRAMS_FILE"
@@ -273,8 +272,4 @@ def load_programs(path: Path | None = None) -> ProgramMapping:
         ConfigError: The file cannot be read, is not YAML, or fails validation.
     """
     path = path or programs_file()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot load: {exc}") from None
-    return parse_programs(data, path)
+    return parse_programs(read_yaml(path), path)
