@@ -34,34 +34,8 @@ UNMAPPED = 6  # Send Email
 
 
 def _connections(marketo: Any, dynamics: Any) -> None:
-    from emulators.common.credentials import default_credentials
-
-    m_cred = default_credentials("marketo_default")
-    d_cred = default_credentials("dynamics_default")
-    os.environ["AIRFLOW_CONN_MARKETO_DEFAULT"] = json.dumps(
-        {
-            "conn_type": "marketo",
-            "host": marketo.base_url,
-            "login": m_cred.client_id,
-            "password": m_cred.client_secret,
-            "extra": {"ca_bundle": str(marketo.ca_file), "timeout": 120, "bulk_poll_seconds": 0.2},
-        }
-    )
-    os.environ["AIRFLOW_CONN_DYNAMICS_DEFAULT"] = json.dumps(
-        {
-            "conn_type": "dynamics",
-            "host": dynamics.base_url,
-            "login": d_cred.client_id,
-            "password": d_cred.client_secret,
-            "extra": {
-                "ca_bundle": str(dynamics.ca_file),
-                "tenant_id": d_cred.tenant_id,
-                "authority_host": dynamics.base_url,
-                "api_version": "9.2",
-                "timeout": 120,
-            },
-        }
-    )
+    os.environ["AIRFLOW_CONN_MARKETO_DEFAULT"] = marketo.connection(timeout=120, bulk_poll_seconds=0.2)
+    os.environ["AIRFLOW_CONN_DYNAMICS_DEFAULT"] = dynamics.connection(timeout=120)
 
 
 def _persons(settings: Any, persons: int) -> list[int]:

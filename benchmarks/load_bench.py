@@ -59,7 +59,6 @@ def run(rows: int) -> dict[str, Any]:
     from crm_sync.engine.full_copy.load import load_unit
     from crm_sync.engine.staging import StagingArea
     from crm_sync.state import make_engine
-    from emulators.common.credentials import default_credentials
     from tests.support.emulator_procs import start_emulator
 
     from airflow.sdk import ObjectStoragePath  # isort: skip
@@ -75,15 +74,8 @@ def run(rows: int) -> dict[str, Any]:
         unit = _largest_bulk_unit(root)
         emulator = start_emulator("marketo", root / "marketo", ["--limits", "off", "--bulk-job-seconds", "0"])
         try:
-            cred = default_credentials("marketo_default")
-            os.environ["AIRFLOW_CONN_MARKETO_DEFAULT"] = json.dumps(
-                {
-                    "conn_type": "marketo",
-                    "host": emulator.base_url,
-                    "login": cred.client_id,
-                    "password": cred.client_secret,
-                    "extra": {"ca_bundle": str(emulator.ca_file), "timeout": 120, "bulk_poll_seconds": 0.2},
-                }
+            os.environ["AIRFLOW_CONN_MARKETO_DEFAULT"] = emulator.connection(
+                timeout=120, bulk_poll_seconds=0.2
             )
             entity = load_entities()["lead"]
             ctx = RunContext(

@@ -8,7 +8,6 @@ copied unchanged to a temporary folder (``$MDS_ENTITIES_DIR``), so a test can ad
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from crm_sync.config import ENTITIES_DIR
-from emulators.common.credentials import default_credentials
 from tests.support.emulator_procs import RunningEmulator, start_emulator
 
 if TYPE_CHECKING:
@@ -106,38 +104,11 @@ def sync_env(
     )
     try:
         limiter = f"sqlite:///{tmp_path / 'limiter.sqlite'}"
-        m_cred = default_credentials("marketo_default")
-        d_cred = default_credentials("dynamics_default")
         monkeypatch.setenv(
-            "AIRFLOW_CONN_MARKETO_DEFAULT",
-            json.dumps(
-                {
-                    "conn_type": "marketo",
-                    "host": marketo.base_url,
-                    "login": m_cred.client_id,
-                    "password": m_cred.client_secret,
-                    "extra": {"ca_bundle": str(marketo.ca_file), "timeout": 30, "limiter_url": limiter},
-                }
-            ),
+            "AIRFLOW_CONN_MARKETO_DEFAULT", marketo.connection(timeout=30, limiter_url=limiter)
         )
         monkeypatch.setenv(
-            "AIRFLOW_CONN_DYNAMICS_DEFAULT",
-            json.dumps(
-                {
-                    "conn_type": "dynamics",
-                    "host": dynamics.base_url,
-                    "login": d_cred.client_id,
-                    "password": d_cred.client_secret,
-                    "extra": {
-                        "ca_bundle": str(dynamics.ca_file),
-                        "tenant_id": d_cred.tenant_id,
-                        "authority_host": dynamics.base_url,
-                        "api_version": "9.2",
-                        "timeout": 30,
-                        "limiter_url": limiter,
-                    },
-                }
-            ),
+            "AIRFLOW_CONN_DYNAMICS_DEFAULT", dynamics.connection(timeout=30, limiter_url=limiter)
         )
         state_url = f"sqlite:///{tmp_path / 'state.db'}"
         staging = tmp_path / "staging"

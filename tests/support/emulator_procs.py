@@ -59,6 +59,26 @@ class RunningEmulator:
     def stats(self) -> dict[str, Any]:
         return dict(self.admin("GET", "stats").json())
 
+    def connection(self, **extra: Any) -> str:
+        """The ``AIRFLOW_CONN_<SIDE>_DEFAULT`` value (JSON) pointing a hook at this emulator with
+        its default credentials; ``extra`` adds to the connection's extras (timeout, limiter)."""
+        import json
+
+        from emulators.common.credentials import default_credentials
+
+        cred = default_credentials(f"{self.side}_default")
+        extras: dict[str, Any] = {"ca_bundle": str(self.ca_file)}
+        if self.side == "dynamics":
+            extras |= {"tenant_id": cred.tenant_id, "authority_host": self.base_url, "api_version": "9.2"}
+        conn = {
+            "conn_type": self.side,
+            "host": self.base_url,
+            "login": cred.client_id,
+            "password": cred.client_secret,
+            "extra": extras | extra,
+        }
+        return json.dumps(conn)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
