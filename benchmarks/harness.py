@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from crm_sync.localenv import airflow_env
-from emulators.common.credentials import default_credentials
 from tests.support.emulator_procs import PROJECT_DIR, RunningEmulator, start_emulator
 
 if TYPE_CHECKING:
@@ -276,39 +275,20 @@ class BenchEnv:
         env["AIRFLOW__CORE__FERNET_KEY"] = os.environ.get("AIRFLOW__CORE__FERNET_KEY") or _fernet_key()
         env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
         limiter = f"sqlite:///{self.workdir / 'limiter.sqlite'}"
-        m_cred = default_credentials("marketo_default")
-        d_cred = default_credentials("dynamics_default")
-        m_extra: dict[str, Any] = {
-            "ca_bundle": str(self.marketo.ca_file),
-            "timeout": 120,
-            "limiter_url": limiter,
-        }
-        d_extra: dict[str, Any] = {
-            "ca_bundle": str(self.dynamics.ca_file),
-            "tenant_id": d_cred.tenant_id,
-            "authority_host": self.dynamics.base_url,
-            "api_version": "9.2",
-            "timeout": 120,
-            "limiter_url": limiter,
-        }
         # The hooks pace themselves on the same (time-scaled) windows the emulators enforce.
-        m_extra |= {
-            "rate_limit_calls": self.mode.marketo_calls,
-            "rate_limit_window_seconds": self.mode.marketo_window_s,
-        }
-        d_extra |= {
-            "rate_limit_calls": self.mode.dynamics_calls,
-            "rate_limit_window_seconds": self.mode.dynamics_window_s,
-        }
-        m_extra["bulk_poll_seconds"] = 1
-        env["AIRFLOW_CONN_MARKETO_DEFAULT"] = json.dumps(
-            {"conn_type": "marketo", "host": self.marketo.base_url, "login": m_cred.client_id,
-             "password": m_cred.client_secret, "extra": m_extra}
-        )  # fmt: skip
-        env["AIRFLOW_CONN_DYNAMICS_DEFAULT"] = json.dumps(
-            {"conn_type": "dynamics", "host": self.dynamics.base_url, "login": d_cred.client_id,
-             "password": d_cred.client_secret, "extra": d_extra}
-        )  # fmt: skip
+        env["AIRFLOW_CONN_MARKETO_DEFAULT"] = self.marketo.connection(
+            timeout=120,
+            limiter_url=limiter,
+            rate_limit_calls=self.mode.marketo_calls,
+            rate_limit_window_seconds=self.mode.marketo_window_s,
+            bulk_poll_seconds=1,
+        )
+        env["AIRFLOW_CONN_DYNAMICS_DEFAULT"] = self.dynamics.connection(
+            timeout=120,
+            limiter_url=limiter,
+            rate_limit_calls=self.mode.dynamics_calls,
+            rate_limit_window_seconds=self.mode.dynamics_window_s,
+        )
         env["AIRFLOW_VAR_MDS_STATE_DB_URL"] = self.state_url
         env["AIRFLOW_VAR_MDS_STAGING_PATH"] = f"file://{self.workdir / 'staging'}"
         return env
