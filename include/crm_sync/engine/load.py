@@ -41,6 +41,7 @@ from crm_sync.state import (
 )
 from crm_sync.state.models import MERGED
 from crm_sync.transforms import DYNAMICS_ID, MARKETO_ID
+from crm_sync.transforms.frames import member
 from crm_sync.transforms.links import deletion_records
 from crm_sync_hooks.results import ROW_EXISTS, ROW_MISSING
 
@@ -241,9 +242,7 @@ def _links(
 ) -> dict[str, list[dict[str, Any]]]:
     """Id-map rows of the records written successfully, by the entity whose map they go to."""
     rows: dict[str, list[dict[str, Any]]] = {}
-    # A set test per row: ``isin`` with a large set converts the whole set for every chunk.
-    written = [str(d) in ok_ids for d in frame[DYNAMICS_ID].tolist()]
-    for rec in frame[written].to_dict("records"):
+    for rec in frame[member(frame[DYNAMICS_ID], ok_ids)].to_dict("records"):
         row = {c: rec.get(c) for c in LINK_FRAME_COLUMNS if c != "link_entity"}
         hashes = row["field_hashes"]
         # A person linked by email has no agreed values yet; the next merge compares in full.
@@ -364,8 +363,9 @@ def load_batch(
     if deleted_in_dynamics:
         _flag_deleted_in_dynamics(entity, sorted(deleted_in_dynamics), marketo)
     with session_scope(ctx.state) as session:
+        linked = ok_ids - gone
         for part in ctx.staging.iter_frames(batch.links, LINK_CHUNK_ROWS):
-            for target, link_rows in _links(entity, part, ok_ids - gone, marketo_ids).items():
+            for target, link_rows in _links(entity, part, linked, marketo_ids).items():
                 upsert_links(session, target, link_rows)
         if gone:
             set_link_state(session, entity.name, gone, "deleted")

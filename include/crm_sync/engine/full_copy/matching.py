@@ -18,18 +18,13 @@ from crm_sync.ops import MARKETO_UPSERT
 from crm_sync.state import read_scope
 from crm_sync.transforms import DYNAMICS_ID
 from crm_sync.transforms.casts import lower_ids
+from crm_sync.transforms.frames import member
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence, Set
+    from collections.abc import Mapping, Sequence
 
     from crm_sync.config import EntityConfig
     from crm_sync.engine.context import RunContext
-
-
-def member(values: pd.Series, members: Set[str]) -> np.ndarray:
-    """``values.isin(members)`` at the cost of ``values``: pandas would first turn a large set
-    into an array, once per staged plan."""
-    return np.fromiter((v in members for v in values), dtype=bool, count=len(values))
 
 
 def clean_emails(values: pd.Series) -> pd.Series:

@@ -18,7 +18,6 @@ from crm_sync.engine.full_copy.matching import (
     Lookups,
     PlanLookups,
     count_emails,
-    member,
     person_upserts,
     plan_lookups,
 )
@@ -28,6 +27,7 @@ from crm_sync.engine.transform import TRANSFORM_MANIFEST, transform_changes
 from crm_sync.ops import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.state import session_scope
 from crm_sync.transforms import DYNAMICS_ID
+from crm_sync.transforms.frames import member
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence, Set
