@@ -40,6 +40,9 @@ class RunCounts:
     api_calls: int = 0
     started_at: datetime = field(default_factory=utcnow)
     ended_at: datetime | None = None
+    latency_p50_s: float | None = None  # change-to-arrival latency of the run's changes
+    latency_p95_s: float | None = None
+    latency_max_s: float | None = None
 
 
 def write_ledger(session: Session, counts: RunCounts) -> None:

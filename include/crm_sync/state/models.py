@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -116,6 +117,11 @@ class RunLedger(Base):
     api_calls: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Change-to-arrival latency of the run's changes (commit time minus the source's modified
+    # time), in seconds; None when the run moved nothing or its source gives no modified time.
+    latency_p50_s: Mapped[float | None] = mapped_column(Float)
+    latency_p95_s: Mapped[float | None] = mapped_column(Float)
+    latency_max_s: Mapped[float | None] = mapped_column(Float)
 
 
 class RecordError(Base):

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 # Tables defined outside models.py register on Base.metadata when their module is imported.
 import crm_sync.reconcile.store
+import crm_sync.state.backlog
 import crm_sync.state.guards
 import crm_sync.state.membership  # noqa: F401
 from crm_sync.state import make_engine, upgrade

@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 # Tables defined outside models.py register on Base.metadata when their module is imported.
 import crm_sync.reconcile.store
+import crm_sync.state.backlog
 import crm_sync.state.guards
 import crm_sync.state.membership  # noqa: F401
 from crm_sync.state import current_revision, make_engine, read_scope, session_scope, upgrade
