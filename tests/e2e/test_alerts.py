@@ -4,7 +4,8 @@ The Dataverse emulator answers 503 to every call on the leads entity set (the fa
 ``make demo-fault`` switches on), a real ``dag.test()`` run of ``sync_lead`` fails its extract
 after one Airflow retry, and the failure alert arrives over HTTP at the alert sink with the DAG,
 task, run, try and the task's log link, and without any connection secret. With the fault off,
-the next run succeeds and sends no alert.
+the next run succeeds and sends no alert. Only ``mds_alert_webhook_url`` is set, so the webhook
+is the one channel (tests/e2e/test_freshness_alerts.py sends on all three).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AlertSink]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
     monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_WEBHOOK_URL", server.url)
+    # Only the webhook URL is set, no mds_alert_channels: the webhook alone, as before channels.
+    monkeypatch.delenv("AIRFLOW_VAR_MDS_ALERT_CHANNELS", raising=False)
     try:
         yield server
     finally:
