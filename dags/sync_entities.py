@@ -4,11 +4,17 @@ Thin wiring only: every task calls :mod:`crm_sync.tasks.sync`, imported inside t
 parsing this file stays cheap and touches no network or database. Adding an entity is adding a
 YAML file under ``include/crm_sync/entities/`` (or the folder named by ``$MDS_ENTITIES_DIR``).
 
-Run shape: ``preflight`` (Marketo budget left today, schema drift check) → ``extract_changes``
-→ ``transform`` → ``guard`` (mass-delete guard, the load's API cost against the budget) →
-``load`` (mapped, one task per staged batch) → ``commit`` (advances the watermark only when
-every batch is loaded). A guard that stops the run fails its task at once (no retries; the
-failure alert carries its message); a deferred low-priority run skips ``load`` and ``commit``.
+Schedule: an entity with ``watch`` on (the default) runs when its watchers see changes (an
+asset fed by triggers in Airflow's triggerer, :mod:`crm_sync.watch`), and on its ``schedule``
+as a slow safety net; with ``watch`` off, on its ``schedule`` only.
+
+Run shape: ``small_run`` decides (:mod:`crm_sync.tasks.small_run`): nothing to do, a small delta
+synced end to end in that one task, or the mapped shape: ``preflight`` (Marketo budget left
+today, schema drift check) → ``extract_changes`` → ``transform`` → ``guard`` (mass-delete
+guard, the load's API cost against the budget) → ``load`` (mapped, one task per staged batch)
+→ ``commit`` (advances the watermark only when every batch is loaded). A guard that stops the
+run fails its task at once (no retries; the failure alert carries its message); a deferred
+low-priority run skips ``load`` and ``commit``.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, get_current_context, task
 
 from crm_sync.config import Direction, EntityConfig, load_entities_each
 from crm_sync.dag_defaults import START_DATE, TAG_VOCABULARY, default_args
 from crm_sync.guards.variables import dynamics_reserve, guard_settings
 from crm_sync.tasks.common import entities_dir
+from crm_sync.watch.assets import changes_asset
 
 if TYPE_CHECKING:
     from crm_sync.engine.context import RunSettings
@@ -61,11 +68,18 @@ def _tags(entity: EntityConfig) -> list[str]:
 
 def _doc(entity: EntityConfig) -> str:
     source = entity.source_path.name if entity.source_path else f"{entity.name}.yaml"
+    when = (
+        f"runs on changes (watchers), safety schedule `{entity.schedule}`"
+        if entity.watch
+        else f"schedule `{entity.schedule}`"
+    )
     return (
         f"### {entity.dag_id}\n\n{entity.description or entity.name}\n\n"
         f"* Dynamics `{entity.dynamics.table}` ↔ Marketo `{entity.marketo.object.value}`, "
-        f"direction `{entity.direction.value}`, schedule `{entity.schedule}`\n"
+        f"direction `{entity.direction.value}`, {when}\n"
         f"* Defined by `{source}`; batches of {entity.batch_size}.\n"
+        "* `small_run` syncs a small delta end to end in one task (or skips a run with nothing "
+        "to do); a bigger one goes on through the mapped tasks below.\n"
         "* `preflight` checks the Marketo budget left today, the schema (a mapped field removed, "
         "renamed or retyped on either side stops the run) and, hourly, that the Dynamics application "
         "user still sees about as many rows as before (unless the Param `accept_row_counts` is set), "
@@ -82,9 +96,13 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
     name = entity.name
     extract_pool = DYNAMICS_POOL if entity.direction.includes(Direction.D2M) else MARKETO_POOL
     load_pool = MARKETO_POOL if entity.direction.includes(Direction.D2M) else DYNAMICS_POOL
+    schedule: Any = entity.schedule
+    if entity.watch:
+        safety = CronTriggerTimetable(entity.schedule, timezone="UTC")
+        schedule = AssetOrTimeSchedule(timetable=safety, assets=changes_asset(entity))
     with DAG(
         dag_id=entity.dag_id,
-        schedule=entity.schedule,
+        schedule=schedule,
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
@@ -100,6 +118,14 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
                     "max_delete_share of its linked records deleted or flagged)."
                 ),
             ),
+            "single_task": Param(
+                False,
+                type="boolean",
+                description=(
+                    "Run this delta end to end in the first task (small_run) instead of the mapped "
+                    "tasks; watcher-started runs of small deltas do so on their own."
+                ),
+            ),
             "accept_row_counts": Param(
                 False,
                 type="boolean",
@@ -110,6 +136,44 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
             ),
         },
     ) as dag:
+
+        @task.short_circuit(task_id="small_run")
+        def small_run() -> bool:
+            """True hands the run to the mapped tasks; False ends it here (done or nothing to do)."""
+            from crm_sync.guards import GuardError
+            from crm_sync.guards.variables import number_variable
+            from crm_sync.tasks.small_run import DEFAULT_SINGLE_TASK_MAX, run_single, shape_of_run
+
+            context = get_current_context()
+            params = context["params"]
+            events = context.get("triggering_asset_events") or {}
+            payloads = [dict(e.extra.get("payload") or {}) for evs in events.values() for e in evs if e.extra]
+            settings = _settings(entities_dir)
+            run_type = context["dag_run"].run_type
+            shape = shape_of_run(
+                settings,
+                name,
+                str(getattr(run_type, "value", run_type)),  # DagRunType is an enum
+                payloads,
+                force_single=bool(params.get("single_task", False)),
+                max_changes=number_variable("mds_single_task_max_changes", int, DEFAULT_SINGLE_TASK_MAX),
+            )
+            log.info("run shape: %s (watchers announced %s)", shape, payloads)
+            if shape == "mapped":
+                return True
+            if shape == "single":
+                try:
+                    counts = run_single(
+                        settings,
+                        name,
+                        guard_settings(),
+                        confirm_deletes=bool(params.get("confirm_deletes", False)),
+                        accept_row_counts=bool(params.get("accept_row_counts", False)),
+                    )
+                except GuardError as exc:
+                    raise _stop(exc) from exc
+                log.info("run counts: %s", counts)
+            return False
 
         @task(task_id="preflight")
         def preflight() -> dict[str, Any]:
@@ -185,7 +249,7 @@ def build_dag(entity: EntityConfig, entities_dir: str) -> DAG:
         # Transform and commit read the run's manifests from staging; XCom carries references only.
         planned = transform()
         checked = guard(planned)  # type: ignore[arg-type]  # an XComArg resolves to the list
-        preflight() >> extract_changes() >> planned
+        small_run() >> preflight() >> extract_changes() >> planned
         load.expand(batch=checked) >> (done := commit())
         checked >> done
     return dag

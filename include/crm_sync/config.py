@@ -269,6 +269,9 @@ class EntityConfig(_Strict):
     # Set for persons: a record merged into another in Dynamics hands its Marketo person over.
     merges: MergeColumns | None = None
     batch_size: int = Field(default=300, gt=0, le=300)
+    # With ``watch`` on, runs start when a watcher sees changes (event-driven) and ``schedule`` is
+    # only the safety net (a slow cron); with it off, ``schedule`` alone starts the runs.
+    watch: bool = True
     schedule: str = "*/5 * * * *"
     priority: int = Field(default=50, ge=0)
     quota_priority: QuotaPriority = QuotaPriority.NORMAL
@@ -485,3 +488,8 @@ def select_entities(all_entities: dict[str, EntityConfig], names: str) -> list[E
         raise SystemExit(f"unknown entities {unknown}; known: {sorted(all_entities)}")
     rank = {n: i for i, n in enumerate(ENTITY_ORDER)}
     return [all_entities[n] for n in sorted(wanted, key=lambda n: (rank.get(n, len(rank)), n))]
+
+
+def watches_marketo(entity: EntityConfig) -> bool:
+    """Whether the entity's runs read the Marketo person feed (a person entity syncing M→D)."""
+    return entity.marketo.object is MarketoObject.LEAD and entity.direction.includes(Direction.M2D)

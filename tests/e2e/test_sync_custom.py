@@ -42,6 +42,7 @@ def test_new_custom_entity_yaml_gives_a_working_dag(sync_env: SyncEnv, new_guid:
     dag = sync_env.dag("sync_custom_widget")
     assert "entity:custom" in dag.tags
     assert {t.task_id for t in dag.tasks} == {
+        "small_run",
         "preflight",
         "extract_changes",
         "transform",

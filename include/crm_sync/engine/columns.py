@@ -24,7 +24,8 @@ ID_QUERY_CHUNK = 25  # keys per $filter, well under URL length limits
 
 def dynamics_columns(entity: EntityConfig) -> list[str]:
     """The Dataverse columns an extract selects: key, mapped D→M columns, lookups, sync filter,
-    and the person lifecycle's columns (origin of a qualified record, merge flag and master)."""
+    the person lifecycle's columns (origin of a qualified record, merge flag and master) and the
+    modified time."""
     cols = [entity.dynamics.key]
     cols += [f.dynamics for f in entity.fields_for(Direction.D2M)]
     cols += [lk.dynamics for lk in entity.lookups]
@@ -34,6 +35,8 @@ def dynamics_columns(entity: EntityConfig) -> list[str]:
         cols.append(entity.converted_from.column)
     if entity.merges is not None:
         cols += [entity.merges.flag, entity.merges.master]
+    if entity.dynamics.modified_column:  # when a change was made: the run's latency figures
+        cols.append(entity.dynamics.modified_column)
     return list(dict.fromkeys(cols))
 
 

@@ -12,8 +12,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from crm_sync.engine.contracts import CommitSummary, ExtractManifest, LoadOutcome
+from crm_sync.engine.latency import latency_seconds
 from crm_sync.engine.load import OUTCOME
 from crm_sync.state import RunCounts, session_scope, set_watermark, utcnow, write_ledger
+from crm_sync.state.backlog import mark_committed
 from crm_sync.state.guards import run_api_calls
 
 if TYPE_CHECKING:
@@ -91,12 +93,17 @@ def commit(
         started_at=started,
         ended_at=ended,
     )
+    latency = latency_seconds(manifest.change_times, ended)
+    counts.latency_p50_s = latency["latency_p50_s"]
+    counts.latency_p95_s = latency["latency_p95_s"]
+    counts.latency_max_s = latency["latency_max_s"]
     with session_scope(ctx.state) as session:
         # Every call the run's tasks sent so far (preflight, extract, each load attempt).
         calls = run_api_calls(session, ctx.run_id, entity.name)
         counts.api_calls = sum(calls.values())
         for direction, token in sorted(manifest.pending.items()):
             set_watermark(session, entity.name, direction, token, now=ended)
+            mark_committed(session, entity=entity.name, direction=direction, now=ended)
         write_ledger(session, counts)
     seconds = max((ended - started).total_seconds(), 1e-6)
     result = CommitSummary(

@@ -340,6 +340,9 @@ class ExtractManifest:
         marketo: The person feed, when the entity reads Marketo.
         email_matches: Staged Dataverse email matches of flagged Marketo-only persons.
         scope: A full copy's scope (:class:`~crm_sync.engine.full_copy.scope.CopyScope` form).
+        change_times: When the run's changes were made at their source (ISO times ``oldest``,
+            ``p05``, ``median`` and the count ``n``; :func:`crm_sync.engine.latency.summarize`),
+            for the ledger's change-to-arrival latency; None when the source gave no times.
     """
 
     entity: str
@@ -350,6 +353,7 @@ class ExtractManifest:
     marketo: MarketoPart | None = None
     email_matches: BatchRef | None = None
     scope: Mapping[str, Any] | None = None
+    change_times: Mapping[str, Any] | None = None
 
     def rows_read(self) -> int:
         """Rows and deletes read from both systems (the ledger's ``extracted``)."""
@@ -369,6 +373,8 @@ class ExtractManifest:
         }
         if self.scope is not None:
             out["scope"] = dict(self.scope)
+        if self.change_times is not None:
+            out["change_times"] = dict(self.change_times)
         return out
 
     @classmethod
@@ -390,4 +396,5 @@ class ExtractManifest:
             marketo=MarketoPart.from_xcom(data["marketo"]) if data.get("marketo") else None,
             email_matches=_ref(data, "email_matches", what),
             scope=dict(data["scope"]) if data.get("scope") else None,
+            change_times=dict(data["change_times"]) if data.get("change_times") else None,
         )

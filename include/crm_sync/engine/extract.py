@@ -31,6 +31,8 @@ from crm_sync.engine.columns import (
 )
 from crm_sync.engine.contracts import ExtractManifest
 from crm_sync.engine.gone_persons import stage_gone_persons
+from crm_sync.engine.latency import combine, summarize
+from crm_sync.engine.peek import parse_time
 from crm_sync.engine.person_feed import (
     advance_feed_head,
     feed_start,
@@ -124,7 +126,11 @@ def _read_changes(
     deleted = Batcher(staging, folder, "deleted", entity.batch_size, ["id"])
     token: str | None = None
     select, derived = split_derived(columns)
+    modified = entity.dynamics.modified_column
+    times: list[datetime | None] = []
     for page in client.track_changes(entity.dynamics.entity_set, select, delta_link, DYNAMICS_PAGE_SIZE):
+        if delta_link is not None:  # a first read's rows are history, not changes waiting
+            times += [parse_time(r.get(modified)) for r in page.records]
         rows.add(add_derived(entity, client, page.records, derived))
         deleted.add({"id": i} for i in page.deleted_ids)
         token = page.delta_link or token
@@ -138,6 +144,7 @@ def _read_changes(
         "deleted_rows": deleted.total,
         "token": token,
         "initial": delta_link is None,
+        "change_times": summarize(times),
     }
 
 
@@ -231,6 +238,7 @@ def extract_changes(
         "dynamics": None,
         "marketo": None,
     }
+    change_times: list[dict[str, Any] | None] = []
     with session_scope(ctx.state) as session:
         d_token = get_watermark(session, entity.name, Direction.D2M.value)
         m_token = get_watermark(session, entity.name, Direction.M2D.value)
@@ -243,6 +251,7 @@ def extract_changes(
         if dynamics is None:
             raise ValueError(f"{entity.name}: a Dynamics client is needed to extract D→M changes")
         part = extract_dynamics(entity, dynamics, ctx.staging, folder / "extract", d_token, ctx)
+        change_times.append(part.pop("change_times", None))
         manifest["dynamics"] = part
         manifest["pending"][Direction.D2M.value] = part["token"]
         extracted = extracted_keys(entity, ctx, part)
@@ -262,6 +271,7 @@ def extract_changes(
             m_token = feed_start(ctx, marketo, started)
         fields = feed_fields or person_fields([entity])
         chunk = read_person_feed(marketo, ctx.staging, m_token, fields)
+        change_times += [c.get("change_times") for c in chunk["chunks"]]
         chunk["gone"] = stage_gone_persons(entity, ctx, marketo, m_token)
         retried = retry_persons(entity, ctx, marketo, fields, started)
         if retried is not None:
@@ -278,6 +288,7 @@ def extract_changes(
         if chunk["fresh"]:
             with session_scope(ctx.state) as session:
                 advance_feed_head(session, chunk["token"])
+    manifest["change_times"] = combine(*change_times)
     # Staged and returned in the contract's one form (a shape error surfaces here, not later).
     manifest = ExtractManifest.from_xcom(manifest).to_xcom()
     ctx.staging.write_json(folder, EXTRACT_MANIFEST, manifest)

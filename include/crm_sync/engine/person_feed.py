@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from crm_sync.config import Direction, EntityConfig
+from crm_sync.engine.latency import summarize
+from crm_sync.engine.peek import parse_time
 from crm_sync.engine.staging import Batcher, token_key
 from crm_sync.state import (
     get_watermark,
@@ -64,11 +66,14 @@ def _read_chunk(
 ) -> dict[str, Any]:
     """Read the feed from ``start_token`` to its end now, fetch the changed persons, stage them."""
     ids: dict[int, None] = {}
+    times: list[datetime | None] = []
     token = start_token
     for page in client.get_lead_changes(start_token, fields, MARKETO_READ_BATCH):
         ids.update((int(a["leadId"]), None) for a in page.records if a.get("leadId") is not None)
+        times += [parse_time(a.get("activityDate")) for a in page.records]
         token = page.next_page_token or token
     chunk: dict[str, Any] = {"start": start_token, "token": token, "batches": [], "rows": 0}
+    chunk["change_times"] = summarize(times)  # staged with the chunk: a reusing run has it too
     if token == start_token:
         return chunk
     # The snapshot is no older than this moment (taken before the current values are fetched).
