@@ -17,12 +17,13 @@ Replacing all of an activity's parties on ``PATCH`` is the emulator's simplifica
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
-from emulators.dynamics.errors import INVALID_ARGUMENT, ODataError
+from emulators.dynamics.errors import DUPLICATE, INVALID_ARGUMENT, ODataError
 from emulators.dynamics.marketing_schema import ACTIVITY_ID, PARTY, POINTER
 from emulators.dynamics.query import select_attrs
-from emulators.dynamics.store import new_guid, quote, storage_columns
+from emulators.dynamics.store import new_guid, quote, raw_connection, storage_columns
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -39,9 +40,18 @@ def parties_property(table: Table) -> str:
 
 
 def _shared_columns(activity: Table, pointer: Table) -> list[str]:
-    """Stored columns the pointer copies from the activity (``activitytypecode`` is set apart)."""
+    """Stored columns the pointer copies from the activity (``activitytypecode`` is set apart).
+
+    Cached on the activity table for the current ``attributes`` dicts of both tables (a schema
+    change replaces them), as :meth:`Table.by_wire_name` is: every activity write asks.
+    """
+    cached = activity.__dict__.get("_pointer_columns")
+    if cached is not None and cached[0] is activity.attributes and cached[1] is pointer.attributes:
+        return list(cached[2])
     own = {name for name, _ in storage_columns(activity)}
-    return [name for name, _ in storage_columns(pointer) if name in own and name != "activitytypecode"]
+    shared = [name for name, _ in storage_columns(pointer) if name in own and name != "activitytypecode"]
+    activity.__dict__["_pointer_columns"] = (activity.attributes, pointer.attributes, tuple(shared))
+    return shared
 
 
 def mirror(api: WebApi, conn: Connection, table: Table, rid: str) -> None:
@@ -69,6 +79,53 @@ def mirror(api: WebApi, conn: Connection, table: Table, rid: str) -> None:
             f" VALUES ({', '.join('?' for _ in values)})",
             tuple(values.values()),
         )
+
+
+def mirror_created(api: WebApi, conn: Connection, table: Table, values: dict[str, Any]) -> None:
+    """Insert the pointer row of an activity just inserted with ``values`` (all it stores).
+
+    The same row :func:`mirror` would copy, built from the values instead of read back: a new
+    row's other columns are null. An id another activity's pointer holds already is refused as
+    a duplicate (``activityid`` is unique across every activity table).
+    """
+    pointer = api.store.tables.get(POINTER)
+    if pointer is None:
+        return
+    row = {c: values[c] for c in _shared_columns(table, pointer) if c in values}
+    row["activitytypecode"] = table.logical_name
+    try:
+        raw_connection(conn).execute(
+            f"INSERT INTO {quote(POINTER)} ({', '.join(map(quote, row))})"
+            f" VALUES ({', '.join('?' * len(row))})",
+            tuple(row.values()),
+        )
+    except sqlite3.IntegrityError:
+        raise ODataError(
+            412,
+            DUPLICATE,
+            f"A record with matching key values already exists. ({POINTER} {values[ACTIVITY_ID]})",
+        ) from None
+
+
+def mirror_updated(api: WebApi, conn: Connection, table: Table, rid: str, values: dict[str, Any]) -> None:
+    """Bring the pointer row of activity ``rid`` up to date with the columns an update set."""
+    pointer = api.store.tables.get(POINTER)
+    if pointer is None:
+        return
+    shared = [c for c in _shared_columns(table, pointer) if c in values]
+    updated = 0
+    if shared:
+        updated = (
+            raw_connection(conn)
+            .execute(
+                f"UPDATE {quote(POINTER)} SET {', '.join(f'{quote(c)} = ?' for c in shared)}"
+                f" WHERE {quote(ACTIVITY_ID)} = ?",
+                (*(values[c] for c in shared), rid),
+            )
+            .rowcount
+        )
+    if not updated:  # no pointer row yet (a database older than the mirror): copy the whole row
+        mirror(api, conn, table, rid)
 
 
 def forget(api: WebApi, conn: Connection, rid: str) -> None:

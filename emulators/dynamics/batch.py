@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from emulators.dynamics.errors import ODataError
 from emulators.dynamics.service import API_PATH, ApiRequest, ApiResponse, Refs
+from emulators.dynamics.store import raw_connection
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -207,9 +209,32 @@ def _rolled_back(api: WebApi, conn: Connection, parts: list[Part]) -> None:
         api.store.reload(conn)
 
 
+class _Savepoint:
+    """A SAVEPOINT sent straight to the DB-API connection under ``conn``.
+
+    The same statements SQLAlchemy's ``begin_nested`` sends, without its per-call bookkeeping,
+    which cost more than SQLite itself when every part of a 1,000-part batch takes one. A
+    ``begin_nested`` inside (a table customization) nests under it as usual.
+    """
+
+    _names = itertools.count()
+
+    def __init__(self, conn: Connection) -> None:
+        self._raw = raw_connection(conn)
+        self._name = f"part_{next(self._names)}"
+        self._raw.execute(f"SAVEPOINT {self._name}")
+
+    def commit(self) -> None:
+        self._raw.execute(f"RELEASE SAVEPOINT {self._name}")
+
+    def rollback(self) -> None:
+        self._raw.execute(f"ROLLBACK TO SAVEPOINT {self._name}")
+        self._raw.execute(f"RELEASE SAVEPOINT {self._name}")
+
+
 def _run_one(api: WebApi, conn: Connection, part: Part, refs: Refs) -> ApiResponse:
     """Run one request in its own SAVEPOINT (a failed request leaves nothing behind)."""
-    savepoint = conn.begin_nested()
+    savepoint = _Savepoint(conn)
     try:
         resp = api.dispatch(conn, part.request, refs)
     except ODataError as err:
@@ -226,7 +251,7 @@ def _run_changeset(
     """Run a change set atomically; return (ok, rendered parts, the failure if any)."""
     refs: Refs = {}
     rendered: list[bytes] = []
-    savepoint = conn.begin_nested()
+    savepoint = _Savepoint(conn)
     for part in changeset.parts:
         try:
             resp = api.dispatch(conn, part.request, refs)

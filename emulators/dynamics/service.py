@@ -36,7 +36,7 @@ from emulators.dynamics.records import (
     utc_now,
 )
 from emulators.dynamics.schema import COMPUTED_FULLNAME, OWNER, Attribute, Table
-from emulators.dynamics.store import new_guid, quote
+from emulators.dynamics.store import new_guid, quote, raw_connection
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -364,7 +364,7 @@ class WebApi:
             + f" ORDER BY {order_sql} LIMIT {limit + 1} OFFSET {offset}"
         )
         snapshot = int(state.get("s", self.store.current_version))
-        rows = _raw(conn).execute(sql, tuple(params)).fetchall()
+        rows = raw_connection(conn).execute(sql, tuple(params)).fetchall()
         more = len(rows) > limit and last_page_cap is None
         rows = rows[:limit]
         self.stats.add_records(f"{table.logical_name}.read", len(rows))
@@ -564,7 +564,7 @@ class WebApi:
         condition = self._visible(table)
         visible = f" AND {condition}" if condition else ""
         if isinstance(key, str):
-            got = conn.exec_driver_sql(f"SELECT {pk} FROM {t} WHERE {pk} = ?{visible}", (key,)).scalar()
+            got = _scalar(conn, f"SELECT {pk} FROM {t} WHERE {pk} = ?{visible}", (key,))
             return str(got) if got else None
         cols = tuple(sorted(k.lower() for k in key))
         if cols == (table.primary_id,):
@@ -579,9 +579,7 @@ class WebApi:
             )
         values = {k.lower(): v for k, v in key.items()}
         where = " AND ".join(f"{quote(c)} = ?" for c in cols)
-        got = conn.exec_driver_sql(
-            f"SELECT {pk} FROM {t} WHERE {where}{visible}", tuple(values[c] for c in cols)
-        ).scalar()
+        got = _scalar(conn, f"SELECT {pk} FROM {t} WHERE {where}{visible}", tuple(values[c] for c in cols))
         return str(got) if got else None
 
     def get_one(
@@ -749,7 +747,7 @@ class WebApi:
         try:
             # The DB-API cursor of the same connection (same transaction and savepoints): the
             # per-statement overhead of SQLAlchemy would dominate $batch write throughput.
-            _raw(conn).execute(sql, tuple(values.values()))
+            raw_connection(conn).execute(sql, tuple(values.values()))
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc):
                 raise ODataError(
@@ -761,7 +759,7 @@ class WebApi:
             raise
         self.stats.add_records(f"{table.logical_name}.write", 1)
         if table.is_activity:
-            activities.mirror(self, conn, table, str(values[table.primary_id]))
+            activities.mirror_created(self, conn, table, values)
 
     def _write(self, conn: Connection, table: Table, rid: str, values: dict[str, Any]) -> None:
         self._system_values(table, values, creating=False)
@@ -774,11 +772,11 @@ class WebApi:
             values["fullname"] = full_name(values.get("firstname", first), values.get("lastname", last))
         sets = ", ".join(f"{quote(c)} = ?" for c in values)
         try:
-            conn.exec_driver_sql(
+            raw_connection(conn).execute(
                 f"UPDATE {quote(table.logical_name)} SET {sets} WHERE {quote(table.primary_id)} = ?",
                 (*values.values(), rid),
             )
-        except Exception as exc:
+        except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc):
                 raise ODataError(
                     412,
@@ -788,7 +786,7 @@ class WebApi:
             raise
         self.stats.add_records(f"{table.logical_name}.write", 1)
         if table.is_activity:
-            activities.mirror(self, conn, table, rid)
+            activities.mirror_updated(self, conn, table, rid, values)
 
     def create(self, conn: Connection, req: ApiRequest, table: Table, refs: Refs) -> ApiResponse:
         body = req.json()
@@ -878,11 +876,15 @@ class WebApi:
         headers = {"OData-EntityId": url, "OData-Version": "4.0"}
         if req.prefer().get("return") == "representation":
             writer = self.writer(table, select_attrs(table, req.query.get("$select")), set())
-            row = conn.exec_driver_sql(
-                f"SELECT {', '.join(map(quote, writer.columns))} FROM"
-                f" {quote(table.logical_name)} WHERE {quote(table.primary_id)} = ?",
-                (rid,),
-            ).one()
+            row = (
+                raw_connection(conn)
+                .execute(
+                    f"SELECT {', '.join(map(quote, writer.columns))} FROM"
+                    f" {quote(table.logical_name)} WHERE {quote(table.primary_id)} = ?",
+                    (rid,),
+                )
+                .fetchone()
+            )
             body = {
                 "@odata.context": _context(req, table, req.query.get("$select")) + "/$entity",
                 **writer.record(row),
@@ -1076,13 +1078,10 @@ def _records(writer: RowWriter, rows: list[Any]) -> list[Any]:
     return [writer.record(r) for r in rows]
 
 
-def _raw(conn: Connection) -> sqlite3.Connection:
-    """The DB-API connection under ``conn`` (same transaction and savepoints).
-
-    Used on the hot paths (page reads, inserts), where SQLAlchemy's per-statement and per-row
-    processing would cost more than SQLite itself.
-    """
-    return conn.connection.driver_connection  # type: ignore[return-value]
+def _scalar(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:
+    """The first column of the first row of ``sql`` (None when there is none), on the DB-API."""
+    row = raw_connection(conn).execute(sql, params).fetchone()
+    return None if row is None else row[0]
 
 
 def _annotations(prefer: dict[str, str]) -> set[str]:

@@ -40,6 +40,7 @@ from emulators.dynamics.schema import (
 )
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Iterable, Sequence
     from pathlib import Path
 
@@ -154,6 +155,15 @@ def schema_from_json(text: str) -> dict[str, Table]:
         keys = tuple(tuple(k) for k in t["alternate_keys"])
         tables[name] = Table(**{**t, "attributes": attrs, "alternate_keys": keys})
     return tables
+
+
+def raw_connection(conn: Connection) -> sqlite3.Connection:
+    """The DB-API connection under ``conn`` (same transaction and savepoints).
+
+    Used on the hot paths (page reads, inserts), where SQLAlchemy's per-statement and per-row
+    processing would cost more than SQLite itself.
+    """
+    return conn.connection.driver_connection  # type: ignore[return-value]
 
 
 def new_guid() -> str:

@@ -14,6 +14,7 @@ import pytest
 from PowerPlatform.Dataverse.client import DataverseClient
 
 from tests.emulators.dynamics.conftest import Dataverse, MsalCredential, token_for
+from tests.emulators.dynamics.test_batch import _batch, _changeset, _part, _statuses
 from tests.emulators.dynamics.test_marketing import changes, create, delta_link, person
 from tests.support.emulator_procs import start_emulator
 
@@ -121,6 +122,79 @@ def test_upserting_a_marketo_activity_by_its_alternate_key_is_idempotent(dv: Dat
     pointers = dv.get(f"activitypointers?$filter=_regardingobjectid_value eq {contact}").json()["value"]
     assert [p["activityid"] for p in pointers] == [rows[0]["activityid"]]
     assert pointers[0]["description"] == "re-run"
+
+
+def _activity_body(marketo_id: str, contact: str, **values: Any) -> dict[str, Any]:
+    return {
+        "subject": f"Visited page {marketo_id}",
+        "regardingobjectid_contact_new_marketoactivity@odata.bind": f"/contacts({contact})",
+        **values,
+    }
+
+
+def _upsert_part(marketo_id: str, contact: str, **values: Any) -> str:
+    url = f"new_marketoactivities(new_marketoactivityid='{marketo_id}')?$select=activityid"
+    body = _activity_body(marketo_id, contact, **values)
+    return _part("PATCH", url, body, headers={"Prefer": "return=representation"})
+
+
+def _taken_id_part(marketo_id: str, contact: str, taken: str) -> str:
+    """A create that names the id of another activity (``activityid`` is unique across them)."""
+    body = _activity_body(marketo_id, contact, activityid=taken, new_marketoactivityid=marketo_id)
+    return _part("POST", "new_marketoactivities", body)
+
+
+def _pointer_ids(dv: Dataverse, regarding: str) -> list[str]:
+    rows = dv.get(f"activitypointers?$select=activityid&$filter=_regardingobjectid_value eq {regarding}")
+    return sorted(r["activityid"] for r in rows.json()["value"])
+
+
+def _activity_ids(dv: Dataverse, marketo_ids: list[str]) -> dict[str, str]:
+    wanted = " or ".join(f"new_marketoactivityid eq '{m}'" for m in marketo_ids)
+    rows = dv.get(f"new_marketoactivities?$select=new_marketoactivityid&$filter={wanted}").json()["value"]
+    return {r["new_marketoactivityid"]: r["activityid"] for r in rows}
+
+
+def test_an_activity_id_another_activity_holds_is_refused_and_leaves_nothing(dv: Dataverse) -> None:
+    campaign, contact = create(dv, "campaigns", {"name": "Shared id"}), person(dv)
+    taken = response(dv, campaign, contact)
+    marketo_id = f"dup-{uuid.uuid4().hex[:8]}"
+    body = _activity_body(marketo_id, contact, activityid=taken, new_marketoactivityid=marketo_id)
+    refused = dv.call("POST", "new_marketoactivities", json=body)
+    assert refused.status_code == 412, refused.text
+    assert refused.json()["error"]["code"] == "0x80040237"
+    assert "activitypointer" in refused.json()["error"]["message"]
+    assert _activity_ids(dv, [marketo_id]) == {}  # the refused activity left no row ...
+    assert _pointer_ids(dv, contact) == []  # ... and no pointer
+    pointer = dv.get(f"activitypointers({taken})?$select=activitytypecode,subject").json()
+    assert (pointer["activitytypecode"], pointer["subject"]) == ("campaignresponse", "Registered")
+
+
+def test_a_refused_part_of_an_activity_batch_takes_its_row_and_pointer_back(dv: Dataverse) -> None:
+    campaign, contact = create(dv, "campaigns", {"name": "Batch"}), person(dv)
+    taken = response(dv, campaign, contact)
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"{tag}-1", f"{tag}-2", f"{tag}-3"]
+    parts = [
+        _upsert_part(ids[0], contact),
+        _taken_id_part(ids[1], contact, taken),
+        _upsert_part(ids[2], contact),
+    ]
+    resp = _batch(dv, parts, prefer="odata.continue-on-error")
+    assert resp.status_code == 200, resp.text
+    assert _statuses(resp) == [201, 412, 201]
+    written = _activity_ids(dv, ids)
+    assert sorted(written) == [ids[0], ids[2]]
+    assert _pointer_ids(dv, contact) == sorted(written.values())
+    in_a_change_set = _batch(dv, [_changeset([_upsert_part(f"{tag}-4", contact), parts[1]])])
+    assert in_a_change_set.status_code == 400
+    assert _statuses(in_a_change_set) == [412]
+    assert sorted(_activity_ids(dv, [*ids, f"{tag}-4"])) == [ids[0], ids[2]]
+    assert _pointer_ids(dv, contact) == sorted(written.values())
+    again = _batch(dv, [_upsert_part(ids[0], contact, subject="Seen again")])
+    assert _statuses(again) == [200]  # an update by the alternate key: the same row, its pointer follows
+    assert dv.get(f"activitypointers({written[ids[0]]})?$select=subject").json()["subject"] == "Seen again"
+    assert _pointer_ids(dv, contact) == sorted(written.values())
 
 
 def test_the_timeline_of_a_record_is_read_from_activitypointers(dv: Dataverse) -> None:
