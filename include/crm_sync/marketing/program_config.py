@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from crm_sync.config import ConfigError, read_yaml
+from crm_sync.config import read_yaml, validate_document
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 PROGRAMS_FILE = Path(__file__).resolve().parent / "programs.yaml"
 PROGRAMS_ENV = "MDS_PROGRAMS_FILE"
@@ -244,19 +246,10 @@ def parse_programs(data: Any, source: Path | str = "<memory>") -> ProgramMapping
     """Validate a parsed mapping document.
 
     Raises:
-        ConfigError: Not a mapping, or a key fails validation; names the file and the key path.
+        ConfigError: Not a mapping, or a key fails validation; names the file and the key path
+            as the entity files' errors do (``programs[0].campaign_id``).
     """
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
-    try:
-        spec = ProgramsFile.model_validate(dict(data))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from None
+    spec = validate_document(ProgramsFile, {} if data is None else data, source)
     return ProgramMapping(source, spec)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from crm_sync.config import ConfigError
+from crm_sync.config import ENTITIES_DIR, ConfigError, load_entity, parse_entity
+from crm_sync.marketing.activity_config import load_activities, parse_activities
 from crm_sync.marketing.program_config import PROGRAMS_FILE, load_programs, parse_programs
 
 CAMPAIGN = "3f2b7c4e-0000-4000-8000-000000000001"
@@ -69,7 +71,7 @@ def test_a_campaign_name_held_twice_pairs_nothing() -> None:
     [
         (
             {"programs": [{"program_id": 1, "campaign_id": "nope"}]},
-            "programs.0.campaign_id: Value error, must be a GUID",
+            "programs[0].campaign_id: Value error, must be a GUID",
         ),
         (
             {"programs": [{"program_id": 1, "campaign_id": CAMPAIGN, "status_map": "x"}]},
@@ -79,11 +81,14 @@ def test_a_campaign_name_held_twice_pairs_nothing() -> None:
             {"programs": [{"program_id": 1, "campaign_id": CAMPAIGN}] * 2},
             "programs[1].program_id: program 1 is paired twice",
         ),
-        ({"naming_rules": [{"program_name": "(", "campaign_name": "x"}]}, "naming_rules.0.program_name"),
+        (
+            {"naming_rules": [{"program_name": "(", "campaign_name": "x"}]},
+            "naming_rules[0].program_name: Value error, not a regular expression",
+        ),
         ({"naming_rules": [{"program_name": "a", "campaign_name": "{b}"}]}, "campaign_name uses ['b']"),
         (
             {"programs": [{"program_id": 1, "campaign_id": CAMPAIGN, "colour": 1}]},
-            "programs.0.colour: Extra inputs",
+            "programs[0].colour: Extra inputs",
         ),
     ],
 )
@@ -92,6 +97,31 @@ def test_errors_name_the_file_and_the_key(extra: dict[str, Any], message: str) -
         parse_programs(_doc(**extra), "programs.yaml")
     assert str(err.value).startswith("programs.yaml: ")
     assert message in str(err.value)
+
+
+def test_program_activity_and_entity_files_name_a_listed_key_the_same_way() -> None:
+    """``programs[0].program_id``, ``types[0].subject`` and ``fields[0].marketo``: one notation
+    (``crm_sync.config``'s), whichever mapping file is wrong."""
+    entity = load_entity(ENTITIES_DIR / "lead.yaml").model_dump(mode="json", exclude={"source_path"})
+    entity["fields"][0]["marketo"] = 7
+    activities = load_activities().model_dump(mode="json", exclude={"source_path"})
+    activities["types"][0]["subject"] = "{nope}"
+    programs = _doc(programs=[{"program_id": 0, "campaign_id": CAMPAIGN}])
+    messages = []
+    for parse, data, name in (
+        (parse_entity, entity, "lead.yaml"),
+        (parse_activities, activities, "activities.yaml"),
+        (parse_programs, programs, "programs.yaml"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            parse(data, name)
+        messages.append(str(err.value))
+    keys = [re.match(r"^[\w.]+: ([\w\[\].]+): ", m) for m in messages]
+    assert [k.group(1) if k else m for k, m in zip(keys, messages, strict=True)] == [
+        "fields[0].marketo",
+        "types[0].subject",
+        "programs[0].program_id",
+    ]
 
 
 def test_an_unknown_response_code_and_a_removal_status_are_refused() -> None:
