@@ -11,23 +11,26 @@ Plain queries on the state store that return plain dicts, so the Airflow UI plug
 - **API calls today**: the Marketo calls the sync sent since the quota day began (00:00 US
   Central time, when Marketo resets its daily quota), against the daily quota and the share of
   it left for other integrations: the budget guard's figures (:mod:`crm_sync.guards.quota`);
-- **record errors**: unresolved rows of the record-error table (retrying or parked), with the
-  re-queue action for parked ones.
+- **record errors**: unresolved rows of the record-error table (retrying or parked), found with
+  one :class:`ErrorFilter` (search text, entity, direction, field, code, state) that the page,
+  the CSV export and the re-queue action share, so a re-queue touches exactly the rows shown.
+
+The backlog, today's calls and the chart series are in :mod:`crm_sync.status_charts`.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 
 from crm_sync.state.db import as_utc, utcnow
-from crm_sync.state.errors import requeue_errors
 from crm_sync.state.models import RecordError, RunLedger, Watermark
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
     from sqlalchemy.orm import Session
 
@@ -36,6 +39,11 @@ DEFAULT_RESERVE_SHARE = 0.2  # Variable mds_quota_reserve_share
 ERROR_LIST_LIMIT = 500
 DIRECTIONS = ("d2m", "m2d")
 _KNOWN_DIRECTIONS = {"both", *DIRECTIONS}
+# The marketing syncs of issue 20 and the names they use in the state store (ledger, call log,
+# record errors): they draw from the same Marketo budget, so the page lists them beside the entities.
+MARKETING_SYNCS = {"activity": "m2d", "program_membership": "both"}
+ERROR_STATES = ("parked", "retrying")
+SEARCH_MAX = 200
 
 
 def _covered(direction: str) -> tuple[str, ...]:
@@ -57,6 +65,7 @@ def blank_row(entity: str, direction: str, *, configured: bool = True) -> dict[s
     return {
         "entity": entity,
         "direction": direction,
+        "kind": "marketing" if entity in MARKETING_SYNCS else "entity",
         "configured": configured,
         "last_success_at": None,
         "last_success_run_id": None,
@@ -67,6 +76,7 @@ def blank_row(entity: str, direction: str, *, configured: bool = True) -> dict[s
         "synced_last_hour": 0,
         "synced_last_day": 0,
         "failed_last_day": 0,
+        "deferred_last_day": 0,
         "errors_retrying": 0,
         "errors_parked": 0,
     }
@@ -89,7 +99,9 @@ def entity_status(
         ``last_success_run_id``, ``last_run_status``, ``last_run_at``, ``watermarks`` (a list of
         ``{"direction", "updated_at", "lag_seconds"}``), ``lag_seconds`` (the largest of those,
         or None before the first commit), ``synced_last_hour``, ``synced_last_day``,
-        ``failed_last_day``, ``errors_retrying`` and ``errors_parked``; sorted by entity.
+        ``failed_last_day``, ``deferred_last_day`` (runs the budget put off), ``errors_retrying``,
+        ``errors_parked`` and ``kind`` (``marketing`` for :data:`MARKETING_SYNCS`, else
+        ``entity``); sorted by entity.
 
     Raises:
         ValueError: A configured direction is not ``both``, ``d2m`` or ``m2d``.
@@ -132,6 +144,7 @@ def entity_status(
         if rec.status == "success":
             r["last_success_at"], r["last_success_run_id"] = _iso(at), rec.run_id
         if rec.ended_at is not None and at >= day_ago:
+            r["deferred_last_day"] += int(rec.status == "deferred")
             r["synced_last_day"] += int(rec.loaded or 0)
             r["failed_last_day"] += int(rec.failed or 0)
             if at >= hour_ago:
@@ -202,80 +215,178 @@ def quota_usage(
     return out
 
 
+@dataclass(frozen=True)
+class ErrorFilter:
+    """Which unresolved record errors to list, export or re-queue; blank fields match everything.
+
+    Attributes:
+        search: Text found (case-insensitive) in the record id or the message.
+        entity: Only this entity's errors.
+        direction: Only this direction's (``d2m`` or ``m2d``).
+        field: Only errors of this field.
+        code: Only errors with this reason code.
+        state: ``parked`` or ``retrying`` only.
+        source_id: Only this record's errors (the re-queue button of one row).
+
+    Raises:
+        ValueError: An unknown direction or state, a search text over 200 characters, or a record
+            id without its entity.
+    """
+
+    search: str = ""
+    entity: str = ""
+    direction: str = ""
+    field: str = ""
+    code: str = ""
+    state: str = ""
+    source_id: str = ""
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            object.__setattr__(self, name, (value or "").strip())
+        if self.direction and self.direction not in DIRECTIONS:
+            raise ValueError(f"error filter: direction {self.direction!r} is not one of {list(DIRECTIONS)}")
+        if self.state and self.state not in ERROR_STATES:
+            raise ValueError(f"error filter: state {self.state!r} is not one of {list(ERROR_STATES)}")
+        if len(self.search) > SEARCH_MAX:
+            raise ValueError(f"error filter: search text is longer than {SEARCH_MAX} characters")
+        if self.source_id and not self.entity:
+            raise ValueError("error filter: a record id needs its entity")
+
+    def params(self) -> dict[str, str]:
+        """The filter's set fields, for a query string or hidden form fields."""
+        return {k: v for k, v in asdict(self).items() if v}
+
+    def conditions(self) -> list[Any]:
+        """SQL conditions on :class:`~crm_sync.state.models.RecordError` (unresolved rows only)."""
+        conds: list[Any] = [RecordError.resolved_at.is_(None)]
+        for name in ("entity", "direction", "field", "code", "source_id"):
+            if getattr(self, name):
+                conds.append(getattr(RecordError, name) == getattr(self, name))
+        if self.state:
+            conds.append(RecordError.parked.is_(self.state == "parked"))
+        if self.search:
+            needle = self.search.lower()
+            conds.append(
+                or_(
+                    func.lower(RecordError.source_id).contains(needle, autoescape=True),
+                    func.lower(RecordError.message).contains(needle, autoescape=True),
+                )
+            )
+        return conds
+
+
+def _error_dict(e: RecordError) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "entity": e.entity,
+        "direction": e.direction,
+        "source_id": e.source_id,
+        "field": e.field,
+        "code": e.code,
+        "message": e.message,
+        "attempts": e.attempts,
+        "first_seen": _iso(e.first_seen),
+        "last_seen": _iso(e.last_seen),
+        "next_attempt_at": _iso(e.next_attempt_at),
+        "parked": bool(e.parked),
+    }
+
+
+def _ordered(flt: ErrorFilter) -> Any:
+    return (
+        select(RecordError)
+        .where(*flt.conditions())
+        .order_by(RecordError.parked.desc(), RecordError.last_seen.desc(), RecordError.id.desc())
+    )
+
+
 def error_list(
-    session: Session, *, entity: str | None = None, limit: int = ERROR_LIST_LIMIT
+    session: Session,
+    *,
+    entity: str | None = None,
+    flt: ErrorFilter | None = None,
+    limit: int = ERROR_LIST_LIMIT,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Unresolved record errors, parked first, newest first, with their reasons.
+    """Unresolved record errors matching ``flt`` (or of ``entity``), parked first, newest first.
 
     Returns:
         ``(rows, total)``: at most ``limit`` dicts (``id``, ``entity``, ``direction``,
         ``source_id``, ``field``, ``code``, ``message``, ``attempts``, ``first_seen``,
-        ``last_seen``, ``next_attempt_at``, ``parked``) and the number of unresolved errors.
+        ``last_seen``, ``next_attempt_at``, ``parked``) and the number of errors that match.
     """
-    conds: list[Any] = [RecordError.resolved_at.is_(None)]
-    if entity:
-        conds.append(RecordError.entity == entity)
-    total = session.execute(select(func.count()).select_from(RecordError).where(*conds)).scalar_one()
-    stmt = (
-        select(RecordError)
-        .where(*conds)
-        .order_by(RecordError.parked.desc(), RecordError.last_seen.desc(), RecordError.id.desc())
-        .limit(limit)
-    )
-    out = []
-    for e in session.execute(stmt).scalars():
-        out.append(
-            {
-                "id": e.id,
-                "entity": e.entity,
-                "direction": e.direction,
-                "source_id": e.source_id,
-                "field": e.field,
-                "code": e.code,
-                "message": e.message,
-                "attempts": e.attempts,
-                "first_seen": _iso(e.first_seen),
-                "last_seen": _iso(e.last_seen),
-                "next_attempt_at": _iso(e.next_attempt_at),
-                "parked": bool(e.parked),
-            }
-        )
-    return out, int(total)
+    flt = flt or ErrorFilter(entity=entity or "")
+    total = session.execute(
+        select(func.count()).select_from(RecordError).where(*flt.conditions())
+    ).scalar_one()
+    rows = [_error_dict(e) for e in session.execute(_ordered(flt).limit(limit)).scalars()]
+    return rows, int(total)
 
 
-def requeue(
+def iter_errors(session: Session, flt: ErrorFilter, *, batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every error matching ``flt``, in :func:`error_list`'s order, fetched ``batch`` rows at a time."""
+    result = session.execute(_ordered(flt).execution_options(yield_per=batch))
+    for e in result.scalars():
+        yield _error_dict(e)
+
+
+def error_facets(session: Session) -> dict[str, list[str]]:
+    """The entities, fields and codes of the unresolved errors (the filter form's choices)."""
+    open_ = RecordError.resolved_at.is_(None)
+    out = {}
+    for name, column in (
+        ("entities", RecordError.entity),
+        ("fields", RecordError.field),
+        ("codes", RecordError.code),
+    ):
+        values = session.execute(select(column).where(open_).distinct()).scalars()
+        out[name] = sorted({str(v) for v in values if v})
+    return out
+
+
+def requeue_matching(
     session: Session,
+    flt: ErrorFilter,
     *,
-    entity: str | None = None,
-    direction: str | None = None,
-    source_ids: Iterable[str] | None = None,
     known_entities: Iterable[str] | None = None,
     now: datetime | None = None,
-) -> int:
-    """Re-queue parked record errors (all, one entity/direction, or some records) for the next run.
+) -> dict[str, int]:
+    """Re-queue exactly the unresolved errors ``flt`` matches: the next run of their DAG retries them.
+
+    A parked error is un-parked with a fresh attempt count (as
+    :func:`crm_sync.state.errors.requeue_errors` does); a
+    retrying one keeps its attempts and only has its backoff cut short (due now). Both updates
+    carry the filter's own conditions, so nothing outside the filtered set changes.
 
     Args:
         session: Open session (the caller commits).
-        entity: Only this entity's errors.
-        direction: Only this direction's (``d2m`` or ``m2d``).
-        source_ids: Only these source records.
-        known_entities: When given, ``entity`` must be one of them.
+        flt: The filter the page shows.
+        known_entities: When given, the filter's entity must be one of them.
         now: Current time (tests).
 
     Returns:
-        Number of errors re-queued.
+        ``{"parked": n, "retrying": m}``: rows re-queued of each kind.
 
     Raises:
-        ValueError: Unknown entity or direction, or a record id without an entity.
+        ValueError: The filter names an entity that is not known.
     """
-    if direction is not None and direction not in DIRECTIONS:
-        raise ValueError(f"direction {direction!r} is not one of {list(DIRECTIONS)}")
-    if entity is not None and known_entities is not None and entity not in set(known_entities):
-        raise ValueError(f"entity {entity!r} is not a configured entity")
-    ids = None if source_ids is None else [s.strip() for s in source_ids if s and s.strip()]
-    if ids is not None and entity is None:
-        raise ValueError("re-queueing single records needs their entity")
-    return requeue_errors(session, entity=entity, direction=direction, source_ids=ids, now=now)
+    if flt.entity and known_entities is not None and flt.entity not in set(known_entities):
+        raise ValueError(f"entity {flt.entity!r} is not a configured entity")
+    when = as_utc(now) or utcnow()
+    conds = flt.conditions()
+    counts = {}
+    # Retrying rows first: the parked rows this call un-parks must not be counted twice.
+    for kind, values in (
+        ("retrying", {"next_attempt_at": when}),
+        ("parked", {"parked": False, "attempts": 0, "next_attempt_at": when}),
+    ):
+        if flt.state and flt.state != kind:
+            counts[kind] = 0
+            continue
+        stmt = update(RecordError).where(*conds, RecordError.parked.is_(kind == "parked")).values(**values)
+        result = session.execute(stmt.execution_options(synchronize_session=False))
+        counts[kind] = int(getattr(result, "rowcount", 0) or 0)
+    return counts
 
 
 def format_age(seconds: float | None) -> str:

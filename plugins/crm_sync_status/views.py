@@ -1,7 +1,11 @@
 """The sync status page: a small FastAPI app the Airflow API server mounts under ``/crm-sync-status``.
 
-Figures come from :mod:`crm_sync.status` (the state store); this module only handles the web
-side: who may see or change what, reading the project's Variables, rendering escaped HTML.
+It is the sync's operations console: per entity and direction the runs, the change backlog and
+today's calls; charts over 24 hours and 7 days (drawn in the page by ``static/charts.js`` from
+the JSON embedded in it); record errors with a search and filter form, their CSV export
+(``errors.csv``) and the re-queue of the filtered set. Figures come from :mod:`crm_sync.status`
+and :mod:`crm_sync.status_charts` (the state store); this module only handles the web side:
+who may see or change what, reading the project's Variables, rendering escaped HTML.
 
 Access control: every route resolves the caller through Airflow's own authentication (the
 UI's ``_token`` session cookie or an ``Authorization: Bearer`` JWT, exactly as ``/api/v2``
@@ -17,15 +21,19 @@ import hashlib
 import hmac
 import logging
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request, status
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from crm_sync import status as sync_status
+from crm_sync_status.exports import errors_csv
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -36,6 +44,8 @@ URL_PREFIX = "/crm-sync-status"
 STATE_URL_VARIABLE = "mds_state_db_url"
 QUOTA_VARIABLE = "mds_marketo_daily_quota"
 RESERVE_VARIABLE = "mds_quota_reserve_share"
+DYNAMICS_RESERVE_VARIABLE = "mds_dynamics_window_reserve"  # default: the Marketo reserve share
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
@@ -44,6 +54,7 @@ _templates = Environment(
     lstrip_blocks=True,
 )
 _templates.filters["age"] = sync_status.format_age
+_templates.filters["urlencode_params"] = lambda params: urlencode(params)
 
 
 def _short_time(iso: str | None) -> str:
@@ -157,13 +168,23 @@ def quota_settings() -> tuple[int, float]:
     return quota, float(_number(RESERVE_VARIABLE, float, sync_status.DEFAULT_RESERVE_SHARE))
 
 
+def dynamics_reserve(marketo_reserve: float) -> float:
+    """Share of the Dataverse window kept for others: its Variable, else the Marketo share.
+
+    Raises:
+        ValueError: The Variable is not a number.
+    """
+    return float(_number(DYNAMICS_RESERVE_VARIABLE, float, marketo_reserve))
+
+
 def configured_entities() -> dict[str, str]:
-    """Entity name → configured direction, from the same entity folder the DAG factory reads."""
+    """Sync name → direction: the marketing syncs and the entity folder the DAG factory reads."""
     from crm_sync.config import load_entities
     from crm_sync.tasks.common import entities_dir
 
     folder = Path(entities_dir())
-    return {name: e.direction.value for name, e in load_entities(folder).items()}
+    entities = {name: e.direction.value for name, e in load_entities(folder).items()}
+    return {**sync_status.MARKETING_SYNCS, **entities}
 
 
 def _engine(url: str) -> Engine:
@@ -184,10 +205,12 @@ def _safe_url(url: str) -> str:
 # --- the status itself ----------------------------------------------------------------------
 
 
-def collect() -> dict[str, Any]:
-    """Everything the page shows, as plain data (also served as JSON)."""
+def collect(flt: sync_status.ErrorFilter | None = None) -> dict[str, Any]:
+    """Everything the page shows, as plain data (also served as JSON); errors as ``flt`` filters them."""
+    from crm_sync import status_charts
     from crm_sync.state import current_revision, session_scope, utcnow
 
+    flt = flt or sync_status.ErrorFilter()
     url = state_url()
     out: dict[str, Any] = {
         "generated_at": utcnow().isoformat(),
@@ -195,8 +218,13 @@ def collect() -> dict[str, Any]:
         "ready": False,
         "entities": [],
         "quota": None,
+        "charts": None,
+        "peek_calls": None,
+        "filter": flt.params(),
+        "facets": {"entities": [], "fields": [], "codes": []},
         "errors": [],
         "errors_total": 0,
+        "errors_parked": 0,
         "problems": [],
     }
     configured = configured_entities()
@@ -206,20 +234,50 @@ def collect() -> dict[str, Any]:
         out["entities"] = [sync_status.blank_row(n, d) for n, d in sorted(configured.items())]
         return out
     with session_scope(engine) as session:
-        out["entities"] = sync_status.entity_status(session, configured)
+        now = utcnow()
+        rows = sync_status.entity_status(session, configured, now=now)
+        out["entities"] = status_charts.add_console_columns(session, rows, now=now)
+        out["peek_calls"] = status_charts.peek_calls_today(session, now=now)
         try:
             quota, reserve = quota_settings()
-            out["quota"] = sync_status.quota_usage(session, daily_quota=quota, reserve_share=reserve)
+            out["quota"] = sync_status.quota_usage(session, daily_quota=quota, reserve_share=reserve, now=now)
+            out["charts"] = status_charts.chart_series(
+                session,
+                usable_budget=out["quota"]["usable"],
+                daily_quota=quota,
+                dynamics_reserve_share=dynamics_reserve(reserve),
+                now=now,
+            )
         except ValueError as exc:
             out["problems"].append(str(exc))
-        out["errors"], out["errors_total"] = sync_status.error_list(session)
+        out["facets"] = sync_status.error_facets(session)
+        out["errors"], out["errors_total"] = sync_status.error_list(session, flt=flt)
+        if flt.state != "retrying":
+            parked = sync_status.ErrorFilter(**{**flt.params(), "state": "parked"})
+            out["errors_parked"] = sync_status.error_list(session, flt=parked, limit=0)[1]
     out["ready"] = True
     return out
 
 
-def _collect_or_503() -> dict[str, Any]:
+def _filter(
+    search: str = "",
+    entity: str = "",
+    direction: str = "",
+    field: str = "",
+    code: str = "",
+    state: str = "",
+    source_id: str = "",
+) -> sync_status.ErrorFilter:
+    """The record-error filter of a request's query string (the page, ``status.json``, the CSV)."""
     try:
-        return collect()
+        return sync_status.ErrorFilter(search, entity, direction, field, code, state, source_id)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+
+
+def _collect_or_503(flt: sync_status.ErrorFilter | None = None) -> dict[str, Any]:
+    try:
+        return collect(flt)
     except HTTPException:
         raise
     except Exception as exc:
@@ -252,11 +310,17 @@ def create_app() -> FastAPI:
             return RedirectResponse(login, status_code=status.HTTP_303_SEE_OTHER)
         return await http_exception_handler(request, exc)
 
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
     @app.get("/", response_class=HTMLResponse, name="status_page")
     def status_page(
-        request: Request, user: Annotated[Any, Depends(_reader)], requeued: int | None = None
+        request: Request,
+        user: Annotated[Any, Depends(_reader)],
+        flt: Annotated[sync_status.ErrorFilter, Depends(_filter)],
+        requeued: int | None = None,
+        retried: int = 0,
     ) -> HTMLResponse:
-        data = _collect_or_503()
+        data = _collect_or_503(flt)
         can_requeue = True
         try:
             _authorize(user, "POST")
@@ -268,20 +332,53 @@ def create_app() -> FastAPI:
             can_requeue=can_requeue,
             form_token=_form_token(user) if can_requeue else "",
             requeued=requeued,
+            retried=retried,
         )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/status.json", name="status_json")
-    def status_json(user: Annotated[Any, Depends(_reader)]) -> JSONResponse:
-        return JSONResponse(_collect_or_503(), headers={"Cache-Control": "no-store"})
+    def status_json(
+        user: Annotated[Any, Depends(_reader)], flt: Annotated[sync_status.ErrorFilter, Depends(_filter)]
+    ) -> JSONResponse:
+        return JSONResponse(_collect_or_503(flt), headers={"Cache-Control": "no-store"})
+
+    @app.get("/errors.csv", name="errors_csv")
+    def errors_export(
+        user: Annotated[Any, Depends(_reader)], flt: Annotated[sync_status.ErrorFilter, Depends(_filter)]
+    ) -> Response:
+        from crm_sync.state import session_scope
+
+        try:
+            with session_scope(_engine(state_url())) as session:
+                body = errors_csv(sync_status.iter_errors(session, flt))
+        except Exception as exc:
+            log.exception("sync status: exporting record errors failed")
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"state store not readable ({type(exc).__name__}); see the API server log",
+            ) from None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        return Response(
+            body,
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="record-errors-{stamp}.csv"',
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     @app.post("/requeue", name="requeue")
     def requeue(
         request: Request,
         user: Annotated[Any, Depends(_requeuer)],
         token: Annotated[str, Form()],
+        search: Annotated[str, Form()] = "",
         entity: Annotated[str, Form()] = "",
         direction: Annotated[str, Form()] = "",
+        field: Annotated[str, Form()] = "",
+        code: Annotated[str, Form()] = "",
+        state: Annotated[str, Form()] = "",
         source_id: Annotated[str, Form()] = "",
     ) -> RedirectResponse:
         if not _same_origin(request) or not hmac.compare_digest(token, _form_token(user)):
@@ -291,25 +388,22 @@ def create_app() -> FastAPI:
         from crm_sync.state import session_scope
 
         try:
+            flt = sync_status.ErrorFilter(search, entity, direction, field, code, state, source_id)
             with session_scope(_engine(state_url())) as session:
-                count = sync_status.requeue(
-                    session,
-                    entity=entity or None,
-                    direction=direction or None,
-                    source_ids=[source_id] if source_id else None,
-                    known_entities=configured_entities(),
-                )
+                counts = sync_status.requeue_matching(session, flt, known_entities=configured_entities())
         except ValueError as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
         log.info(
-            "sync status: %s re-queued %d parked record errors (entity=%r direction=%r record=%r)",
+            "sync status: %s re-queued %d parked and %d retrying record errors (filter %s)",
             _user_name(user),
-            count,
-            entity,
-            direction,
-            source_id,
+            counts["parked"],
+            counts["retrying"],
+            flt.params(),
         )
-        return RedirectResponse(f"./?requeued={count}", status_code=status.HTTP_303_SEE_OTHER)
+        # Back to the filtered view re-queued; a row's own button (one record) back to the page.
+        shown = {} if flt.source_id else flt.params()
+        query = urlencode({"requeued": counts["parked"], "retried": counts["retrying"], **shown})
+        return RedirectResponse(f"./?{query}", status_code=status.HTTP_303_SEE_OTHER)
 
     return app
 

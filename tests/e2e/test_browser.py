@@ -1,33 +1,32 @@
 """A user's path through the Airflow UI in headless Chromium: log in, find the sync DAGs, trigger
 ``sync_lead``, see it succeed, and read the sync status view.
 
-The stack is the one ``make demo`` starts (``scripts/stack.py``), in a temporary folder with its
-own ports and small seeded emulators, activity off. Chromium comes from Debian's package
-(``make install-browser``), driven by Playwright for Python; Playwright's own browser downloads
-are never used. Screenshots of every step go to ``var/screenshots/``.
+The stack and Chromium come from :mod:`tests.e2e.browser_support`. Screenshots of every step go
+to ``var/screenshots/``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 from sqlalchemy import text
 
-from crm_sync.settings_loader import parse_settings
-from emulators.common.credentials import default_credentials
-from tests.support.emulator_procs import free_port
+from tests.e2e.browser_support import (
+    CHROMIUM_ARGS,
+    SCREENSHOTS,
+    UI_TIMEOUT_MS,
+    Stack,
+    add_dynamics_leads,
+    cell_int,
+    chromium_path,
+    running_stack,
+)
 from tests.support.slots import stack_marks
 
 pytestmark = [
@@ -36,225 +35,19 @@ pytestmark = [
     *stack_marks(minutes=2.5),  # the stack's start, then one sync_lead run driven from the UI
 ]
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = PROJECT_DIR / "var" / "screenshots"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SEED = {"dynamics": 40, "marketo": 10}
 NEW_LEADS = 5
-UI_TIMEOUT_MS = 90_000  # the UI bundle is 7 MB of JavaScript; a busy 2-core machine parses it slowly
 RUN_TIMEOUT_S = 150
 
 
 @pytest.fixture
 def chromium() -> Path:
-    if not CHROMIUM.exists():
-        # make test runs make install-browser first; this skips only where that cannot install it.
-        pytest.skip(f"{CHROMIUM} is not installed and could not be (make install-browser needs apt-get)")
-    return CHROMIUM
-
-
-def _stack_env(root: Path) -> dict[str, str]:
-    """Environment for ``scripts/stack.py``: own folder and ports, connections aimed at them."""
-    env = {k: v for k, v in os.environ.items() if k not in ("AIRFLOW_HOME", "MDS_TEST_AIRFLOW_HOME")}
-    env.pop("AIRFLOW__CORE__FERNET_KEY", None)
-    ports = {
-        name: str(free_port())
-        for name in (
-            "MDS_AIRFLOW_PORT",
-            "MDS_MARKETO_PORT",
-            "MDS_DYNAMICS_PORT",
-            "MDS_ALERT_SINK_PORT",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
-        )
-    }
-    env.update(ports)
-    env.update(
-        {"MDS_STACK_DIR": str(root), "MDS_ACTIVITY_INTERVAL": "0", "MDS_DEMO_SCALE": str(SEED["dynamics"])}
-    )
-    var = root / "var"
-    ca_file = var / "emulators" / "ca" / "ca.pem"
-    limiter = f"sqlite:///{var / 'api_limiter.sqlite'}"
-    marketo_url = f"https://127.0.0.1:{ports['MDS_MARKETO_PORT']}"
-    dynamics_url = f"https://127.0.0.1:{ports['MDS_DYNAMICS_PORT']}"
-    m_cred, d_cred = default_credentials("marketo_default"), default_credentials("dynamics_default")
-    env["AIRFLOW_CONN_MARKETO_DEFAULT"] = json.dumps(
-        {
-            "conn_type": "marketo",
-            "host": marketo_url,
-            "login": m_cred.client_id,
-            "password": m_cred.client_secret,
-            "extra": {"ca_bundle": str(ca_file), "timeout": 30, "limiter_url": limiter},
-        }
-    )
-    env["AIRFLOW_CONN_DYNAMICS_DEFAULT"] = json.dumps(
-        {
-            "conn_type": "dynamics",
-            "host": dynamics_url,
-            "login": d_cred.client_id,
-            "password": d_cred.client_secret,
-            "extra": {
-                "ca_bundle": str(ca_file),
-                "tenant_id": d_cred.tenant_id,
-                "authority_host": dynamics_url,
-                "api_version": "9.2",
-                "timeout": 30,
-                "limiter_url": limiter,
-            },
-        }
-    )
-    env["AIRFLOW_VAR_MDS_STATE_DB_URL"] = f"sqlite:///{var / 'state.db'}"
-    env["AIRFLOW_VAR_MDS_STAGING_PATH"] = f"file://{var / 'staging'}"
-    return env
-
-
-def _stack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(PROJECT_DIR / "scripts" / "stack.py"), command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-        cwd=PROJECT_DIR,
-    )
-
-
-# ``make demo``'s own start-up steps (scripts/stack.py: emulators, then Airflow standalone), minus
-# unpausing every DAG, triggering full_copy and the activity process: this test must be the one
-# that starts sync_lead, and on a 2-core machine nine concurrent DAG runs take minutes. Every DAG
-# stays paused until the trigger dialog unpauses sync_lead. Connections and Variables reach
-# Airflow as AIRFLOW_CONN_*/AIRFLOW_VAR_* (see _stack_env); the pools of airflow_settings.yaml
-# are created through the REST API, which takes a second where the settings loader's three
-# Airflow CLI imports take about 20 s on a busy machine.
-_START_STEPS = """
-import stack
-env = stack._base_env()
-stack.start_emulators(env)
-stack.start_airflow(env)
-"""
-
-
-class RestApi:
-    """Airflow's REST API v2 with the admin's JWT (for facts the UI shows only as pictures)."""
-
-    def __init__(self, base: str, password: str) -> None:
-        self.base = base
-        resp = requests.post(
-            f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30
-        )
-        resp.raise_for_status()
-        self.headers = {"Authorization": f"Bearer {resp.json()['access_token']}"}
-
-    def get(self, path: str, **params: Any) -> Any:
-        resp = requests.get(f"{self.base}/api/v2/{path}", headers=self.headers, params=params, timeout=30)
-        resp.raise_for_status()
-        return resp.json()
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        resp = requests.post(f"{self.base}/api/v2/{path}", headers=self.headers, json=body, timeout=30)
-        resp.raise_for_status()
-        return resp.json()
-
-    def manual_runs(self, dag_id: str) -> dict[str, str]:
-        runs = self.get(f"dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
-        return {r["dag_run_id"]: r["state"] for r in runs if r["run_type"] == "manual"}
-
-
-def _admin_password(root: Path) -> str:
-    file = root / ".airflow" / "simple_auth_manager_passwords.json.generated"
-    deadline = time.monotonic() + 60
-    while not file.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return str(json.loads(file.read_text())["admin"])
-
-
-@dataclass
-class Stack:
-    """The running stack: its environment, UI address, admin password and REST client."""
-
-    env: dict[str, str]
-    base: str
-    password: str
-    api: RestApi
+    return chromium_path()
 
 
 @pytest.fixture
 def stack(tmp_path: Path, stack_slot_held: int) -> Iterator[Stack]:
-    """The demo stack, seeded small (the stack seeds only databases that do not exist yet)."""
-    env = _stack_env(tmp_path)
-    emulator_dir = tmp_path / "var" / "emulators"
-    emulator_dir.mkdir(parents=True)
-    for side, scale in SEED.items():
-        db = str(emulator_dir / f"{side}.db")
-        argv = [sys.executable, "-m", "emulators", "seed", side, "--db", db, "--scale", str(scale)]
-        subprocess.run(argv, env=env, cwd=PROJECT_DIR, check=True, capture_output=True, timeout=120)
-    start_env = {
-        **env,
-        "PYTHONPATH": os.pathsep.join([str(PROJECT_DIR / "scripts"), env.get("PYTHONPATH", "")]),
-    }
-    try:
-        started = subprocess.run(
-            [sys.executable, "-c", _START_STEPS],
-            env=start_env,
-            cwd=PROJECT_DIR,
-            capture_output=True,
-            text=True,
-            timeout=400,
-            check=False,
-        )
-        assert started.returncode == 0, started.stdout + started.stderr
-        base = f"http://127.0.0.1:{env['MDS_AIRFLOW_PORT']}"
-        password = _admin_password(tmp_path)
-        api = RestApi(base, password)
-        for name, pool in parse_settings(PROJECT_DIR / "airflow_settings.yaml").pools.items():
-            api.post("pools", {"name": name, "slots": pool["slots"], "description": pool.get("description")})
-        yield Stack(env, base, password, api)
-    finally:
-        stopped = _stack("stop", env)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-
-
-def _add_dynamics_leads(env: dict[str, str], count: int) -> list[str]:
-    """New Dataverse leads, written through the project's DynamicsHook, for the run to carry."""
-    from crm_sync_hooks.caches import clear_process_caches
-    from crm_sync_hooks.dynamics import DynamicsHook
-
-    tag = uuid.uuid4().hex[:8]
-    rows = [
-        {
-            "leadid": str(uuid.uuid4()),
-            "firstname": "Browser",
-            "lastname": f"Test {tag} {i}",
-            "emailaddress1": f"browser-{tag}-{i}@example.com",
-            "jobtitle": "Buyer",
-        }
-        for i in range(count)
-    ]
-    saved = os.environ.get("AIRFLOW_CONN_DYNAMICS_DEFAULT")
-    os.environ["AIRFLOW_CONN_DYNAMICS_DEFAULT"] = env["AIRFLOW_CONN_DYNAMICS_DEFAULT"]
-    hook = DynamicsHook("dynamics_default")
-    try:
-        results = hook.upsert_records("leads", rows, ["leadid"], id_column="leadid")
-        assert all(r.ok for r in results), [r for r in results if not r.ok]
-    finally:
-        hook.close()
-        clear_process_caches()
-        if saved is None:
-            os.environ.pop("AIRFLOW_CONN_DYNAMICS_DEFAULT", None)
-        else:
-            os.environ["AIRFLOW_CONN_DYNAMICS_DEFAULT"] = saved
-    return [r["leadid"] for r in rows]
+    with running_stack(tmp_path) as running:
+        yield running
 
 
 def _park_a_lead_error(state_url: str) -> str:
@@ -290,10 +83,6 @@ def _parked_ids(state_url: str) -> list[str]:
             return list(parked_errors(s, entity="lead")["source_id"])
     finally:
         engine.dispose()
-
-
-def _int(cell_text: str) -> int:
-    return int(cell_text.strip().replace(",", ""))
 
 
 def test_login_trigger_sync_lead_and_read_the_status_view(chromium: Path, stack: Stack) -> None:
@@ -332,7 +121,7 @@ def test_login_trigger_sync_lead_and_read_the_status_view(chromium: Path, stack:
             shot("03-dag-list")
 
             # 3. Trigger sync_lead from its page, with new Dataverse leads for it to carry.
-            _add_dynamics_leads(stack.env, NEW_LEADS)
+            add_dynamics_leads(stack.env, NEW_LEADS)
             before = api.manual_runs("sync_lead")
             page.get_by_role("link", name="sync_lead", exact=True).click()
             page.wait_for_url(re.compile(r"/dags/sync_lead"))
@@ -393,8 +182,8 @@ def test_login_trigger_sync_lead_and_read_the_status_view(chromium: Path, stack:
             lead = frame.locator("[data-testid='entity-lead-both']")
             lead.wait_for()
             shot("07-sync-status", full_page=True)
-            synced_day = _int(lead.locator("[data-testid='synced-day']").inner_text())
-            synced_hour = _int(lead.locator("[data-testid='synced-hour']").inner_text())
+            synced_day = cell_int(lead.locator("[data-testid='synced-day']").inner_text())
+            synced_hour = cell_int(lead.locator("[data-testid='synced-hour']").inner_text())
             row_text = lead.inner_text()
             error_row = frame.locator("[data-testid='error-row']", has_text=parked_id)
             assert "parked" in error_row.inner_text()

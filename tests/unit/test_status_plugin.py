@@ -7,6 +7,9 @@ over ASGI with JWTs minted by the configured (simple) auth manager.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -17,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from crm_sync.state import (
     RunCounts,
@@ -191,7 +194,7 @@ def test_page_shows_figures_escaped_and_requeue_works_from_the_session_cookie(
             follow_redirects=False,
         )
         assert one.status_code == 303
-        assert one.headers["location"] == "./?requeued=1"
+        assert one.headers["location"] == "./?requeued=1&retried=0"
         engine = make_engine(state)
         with session_scope(engine) as s:
             assert list(parked_errors(s)["source_id"]) == ["r-2"]
@@ -234,3 +237,143 @@ def test_a_bad_quota_variable_is_named_on_the_page(
     assert page.status_code == 200
     assert "Variable mds_marketo_daily_quota must be a number (int), not &#39;lots&#39;" in page.text
     assert 'data-testid="entity-lead-both"' in page.text  # the rest of the page still shows
+
+
+def _seed_errors(url: str, rows: list[tuple[str, str, str, str, str]]) -> None:
+    """Record errors ``(entity, direction, record id, code, reason)`` as a run records them."""
+    engine = make_engine(url)
+    upgrade(engine)
+    frame = pd.DataFrame(
+        [
+            {"entity": e, "direction": d, "record_id": rid, "field": "emailaddress1", "code": c, "reason": r}
+            for e, d, rid, c, r in rows
+        ]
+    )
+    with session_scope(engine) as s:
+        record_errors(s, frame, run_id="manual__2")
+    engine.dispose()
+
+
+def _shown_ids(html: str) -> list[str]:
+    return re.findall(r'<code data-testid="error-source">([^<]*)</code>', html)
+
+
+def _csv_rows(body: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(body)))
+
+
+def test_filter_csv_export_and_requeue_share_one_set(api: TestClient, state: str) -> None:
+    _seed(state)  # r-1 and r-2: parked invalid_email errors of lead d2m
+    _seed_errors(
+        state,
+        [
+            ("lead", "d2m", "r-3", "invalid_email", "x@ is not an email"),
+            ("lead", "d2m", "r-4", "FIELD_LENGTH", "too long"),
+            ("contact", "d2m", "c-1", "invalid_email", "no @"),
+        ],
+    )
+    headers = {"Authorization": f"Bearer {_token('admin')}"}
+    query = {"entity": "lead", "code": "invalid_email"}
+    page = api.get(f"{PREFIX}/", params=query, headers=headers)
+    assert page.status_code == 200, page.text
+    shown = sorted(_shown_ids(page.text))
+    assert shown == ["r-1", "r-2", "r-3"]
+    assert "3 matching" in page.text
+    export_link = re.search(r'href="(errors\.csv\?[^"]*)"[^>]*data-testid="export-csv"', page.text)
+    assert export_link, page.text
+    assert export_link.group(1).replace("&amp;", "&") == "errors.csv?entity=lead&code=invalid_email"
+
+    exported = api.get(f"{PREFIX}/errors.csv", params=query, headers=headers)
+    assert exported.status_code == 200
+    assert exported.headers["content-type"].startswith("text/csv")
+    assert re.fullmatch(
+        r'attachment; filename="record-errors-\d{8}T\d{6}Z\.csv"', exported.headers["content-disposition"]
+    )
+    rows = _csv_rows(exported.text)
+    assert sorted(r["source_id"] for r in rows) == shown
+    assert {(r["entity"], r["code"], r["state"]) for r in rows} == {
+        ("lead", "invalid_email", "parked"),
+        ("lead", "invalid_email", "retrying"),
+    }
+
+    token = _form_token(page.text)
+    before = _error_states(state)
+    done = api.post(
+        f"{PREFIX}/requeue",
+        data={"token": token, **query},
+        headers={**headers, "Origin": "http://127.0.0.1:8080"},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    assert done.headers["location"] == "./?requeued=2&retried=1&entity=lead&code=invalid_email"
+    after = _error_states(state)
+    assert {k for k in before if before[k] != after[k]} == {"r-1", "r-2", "r-3"}
+    assert all(after[k][0] is False for k in ("r-1", "r-2", "r-3"))  # none parked any more
+    flash = api.get(f"{PREFIX}/?requeued=2&retried=1", headers=headers).text
+    assert "Re-queued 2 parked and 1 retrying record error(s)" in flash
+
+
+def _error_states(url: str) -> dict[str, tuple[Any, ...]]:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                RecordError.source_id, RecordError.parked, RecordError.attempts, RecordError.next_attempt_at
+            )
+        ).all()
+    engine.dispose()
+    return {r[0]: (bool(r[1]), r[2], r[3]) for r in rows}
+
+
+def test_csv_export_neutralises_spreadsheet_formulas(api: TestClient, state: str) -> None:
+    _seed_errors(
+        state,
+        [
+            ("lead", "d2m", "=1+1", "invalid_email", '=HYPERLINK("http://evil.example","x")'),
+            ("lead", "d2m", "+r", "invalid_email", "-2 is not an email"),
+            ("lead", "d2m", "@r", "invalid_email", "@SUM(A1)"),
+            ("lead", "d2m", "plain", "invalid_email", 'a, b and "c"'),
+        ],
+    )
+    body = api.get(f"{PREFIX}/errors.csv", headers={"Authorization": f"Bearer {_token('viewer')}"}).text
+    rows = {r["source_id"]: r["message"] for r in _csv_rows(body)}
+    assert rows == {
+        "'=1+1": '\'=HYPERLINK("http://evil.example","x")',
+        "'+r": "'-2 is not an email",
+        "'@r": "'@SUM(A1)",
+        "plain": 'a, b and "c"',
+    }
+
+
+def test_csv_export_needs_a_session_and_a_valid_filter(api: TestClient, state: str) -> None:
+    _seed(state)
+    assert api.get(f"{PREFIX}/errors.csv").status_code == 401
+    bad = api.get(
+        f"{PREFIX}/errors.csv",
+        params={"state": "stuck"},
+        headers={"Authorization": f"Bearer {_token('admin')}"},
+    )
+    assert bad.status_code == 400
+    assert "state 'stuck' is not one of" in bad.text
+
+
+def test_page_embeds_chart_data_and_serves_the_chart_script(api: TestClient, state: str) -> None:
+    _seed(state)
+    headers = {"Authorization": f"Bearer {_token('viewer')}"}
+    html = api.get(f"{PREFIX}/", headers=headers).text
+    block = re.search(r'<script type="application/json" id="console-data">(.*?)</script>', html, re.S)
+    assert block, html
+    charts = json.loads(block.group(1))
+    assert set(charts["ranges"]) == {"24h", "7d"}
+    assert sum(p["loaded"] for p in charts["ranges"]["24h"]["synced"]) == 42
+    assert sum(p["calls"] for p in charts["ranges"]["24h"]["marketo"]) == 300
+    assert sum(p["calls"] for p in charts["ranges"]["24h"]["dynamics"]) == 7
+    assert charts["marketo_usable"] == 1600  # 2,000 minus the 20 % reserve
+    assert '<script src="static/charts.js"' in html
+    assert 'data-testid="entity-activity-m2d"' in html  # the marketing syncs beside the entities
+    assert 'data-testid="entity-program_membership-both"' in html
+    assert "Watchers' peeks today: 0 Marketo and 0 Dataverse calls" in html
+    script = api.get(f"{PREFIX}/static/charts.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    assert "createElementNS" in script.text
