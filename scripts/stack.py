@@ -316,6 +316,8 @@ def start_dags(copy_timeout_s: float = 1800.0) -> None:
         for dag_id in sync_ids:
             api.set_paused(dag_id, False)
         print(f"airflow: unpaused {', '.join(sorted(sync_ids))}")
+        # Unpaused, the sync DAGs' watchers start at the next parse of their file: ask for it now.
+        print(f"airflow: parsing {api.reparse(sync_ids)} DAG files again (starts the watchers)")
     finally:
         api.close()
     if not copied:
