@@ -114,6 +114,79 @@ def task_table(items: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _lat(d: dict[str, Any]) -> str:
+    return (
+        f"{_fmt(d.get('latency_p50_s'))} / {_fmt(d.get('latency_p95_s'))} / {_fmt(d.get('latency_max_s'))} "
+        f"({d['arrived']}/{d['changes']}{', ' + str(d['missed']) + ' missed' if d.get('missed') else ''})"
+    )
+
+
+def trickle_table(items: list[dict[str, Any]]) -> list[str]:
+    """Rows of the trickle table (issue 19): latency per direction, idle and busy calls, empty runs."""
+    lines = [
+        "| scenario | limits | D→M latency p50 / p95 / max s (arrived/changes) "
+        "| M→D latency p50 / p95 / max s | idle Marketo calls/day (Dataverse) | first change after idle s "
+        "| busy calls/h Marketo / Dataverse | empty run wall median / max s (runs) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for it in items:
+        st = it["settings"]
+        idle, busy, empty = it["idle"], it["busy"], it["empty_runs"]
+        per_hour = busy["calls_per_hour_busy"]
+        lines.append(
+            f"| trickle {st['minutes']:g} min + {st['idle_minutes']:g} min idle | {it['limits']} "
+            f"| {_lat(it['d2m'])} | {_lat(it['m2d'])} "
+            f"| {_fmt(idle['idle_calls_per_day'], 0)} ({_fmt(idle['idle_calls_per_day_dynamics'], 0)}) "
+            f"| {_fmt(it['after_idle']['first_change_after_idle_s'])} "
+            f"| {_fmt(per_hour['marketo'], 0)} / {_fmt(per_hour['dynamics'], 0)} "
+            f"| {_fmt(empty['wall_median_s'])} / {_fmt(empty['wall_max_s'])} ({empty['empty_runs']}) |"
+        )
+    return lines
+
+
+def _top_routes(routes: dict[str, int], top: int = 3) -> str:
+    shown = sorted(
+        ((r, n) for r, n in routes.items() if not any(m in r for m in AUTH_MARKERS)), key=lambda x: -x[1]
+    )
+    return ", ".join(f"{r} ×{n}" for r, n in shown[:top]) or "no calls"
+
+
+def trickle_targets(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 19's targets for one trickle run: met or not, with the figure and what the run saw."""
+    out = []
+    for key, label in (("d2m", "D→M"), ("m2d", "M→D")):
+        d = item[key]
+        why = f"p50 {_fmt(d['latency_p50_s'])} s, max {_fmt(d['latency_max_s'])} s"
+        if d["missed"]:
+            late = d.get("missed_seen_after_idle", 0)
+            with_late = _fmt(d.get("latency_p95_with_late_s"))
+            seen = f" ({late} seen after the idle span; p95 with them {with_late} s)"
+            missed = f"{d['missed']} of {d['changes']} not arrived by the drain's end"
+            why = f"{missed}{seen if late else ''}; {why}"
+        name = f"{label} change-to-arrival latency p95 ≤ {d['target_p95_s']:g} s"
+        figure = f"p95 {_fmt(d['latency_p95_s'])} s ({d['arrived']}/{d['changes']} arrived)"
+        out.append(_target(name, d["met"], figure, why))
+    idle = item["idle"]
+    figure = f"{_fmt(idle['idle_calls_per_day'], 0)} a day"
+    figure += f" ({idle['calls']['marketo']} calls in {idle['span_s']:g} s)"
+    name = f"idle cost ≤ {idle['target_calls_per_day']:,} Marketo calls a day"
+    out.append(_target(name, idle["met"], figure, f"idle calls: {_top_routes(idle['marketo_routes'])}"))
+    after = item["after_idle"]
+    first = after["first_change_after_idle_s"]
+    why = f"not arrived within {after['waited_at_most_s']:g} s" if first is None else f"{_fmt(first)} s"
+    figure = f"{_fmt(first)} s after {after['idle_before_s']:g} s idle"
+    out.append(
+        _target(f"first change after idle arrives in ≤ {after['target_s']:g} s", after["met"], figure, why)
+    )
+    empty = item["empty_runs"]
+    figure = f"median {_fmt(empty['wall_median_s'])} s, max {_fmt(empty['wall_max_s'])} s"
+    figure += f" over {empty['empty_runs']} runs"
+    met = empty["met"] if empty["empty_runs"] else None
+    name = f"empty-run wall time ≤ {empty['target_s']:g} s (median)"
+    out.append(_target(name, met, figure, "every run's wall time is in `empty_runs.walls_s`"))
+    return out
+
+
 def _target(target: str, met: bool | None, figure: str, why: str = "") -> dict[str, Any]:
     return {"target": target, "met": met, "figure": figure, "why": "" if met else why}
 
@@ -264,11 +337,37 @@ def markdown(results: dict[str, Any]) -> str:
             for a in results["activities"]
         ]
         lines += [""]
+    trickles = [t for t in results.get("trickle", []) if "error" not in t]
+    if trickles:
+        lines += [
+            "## Trickle (issue 19): one change every 10 s per side on a running stack, limits on",
+            "",
+            *trickle_table(trickles),
+            "",
+            "Latency: the target record's modified time minus the moment the change was written, for "
+            "each change; a change not seen on the other side by the end of the drain is missed (and "
+            "counted). Calls: the emulators' own counters less the benchmark's own calls; idle calls "
+            "a day are the idle span's calls × 86,400 / its length. Empty runs: sync DAG runs whose "
+            "ledger rows extracted nothing (or that wrote none: nothing to do), start to end as Airflow's "
+            "REST API reports them.",
+            "",
+        ]
+    for failed in (t for t in results.get("trickle", []) if "error" in t):
+        lines += [f"**trickle ({failed['limits']}) failed**: `{failed['error'].splitlines()[-1][:300]}`", ""]
     lines += ["## Targets (issue 9)", "", "| target | met | figure | why not |", "|---|---|---|---|"]
-    for t in results["targets"]:
-        met = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
-        lines.append(f"| {t['target']} | {met} | {t['figure']} | {t['why']} |")
+    lines += _target_rows(results["targets"])
+    if trickles:
+        lines += ["", "## Targets (issue 19)", "", "| target | met | figure | why not |", "|---|---|---|---|"]
+        lines += _target_rows([t for item in trickles for t in item["targets"]])
     return "\n".join(lines) + "\n"
+
+
+def _target_rows(items: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for t in items:
+        met = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
+        rows.append(f"| {t['target']} | {met} | {t['figure']} | {t['why']} |")
+    return rows
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -322,6 +421,9 @@ def write_results(results: dict[str, Any], folder: Path, stem: str) -> list[Path
             )  # fmt: skip
             refresh(item, limits)
     results["targets"] = targets(results)
+    for item in results.get("trickle", []):
+        if "error" not in item:
+            item["targets"] = trickle_targets(item)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.json", folder / f"{stem}.md", folder / f"{stem}-throughput.png"]
     paths[0].write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -2,9 +2,10 @@
 
 Usage::
 
-    python -m benchmarks.run --quick            # make bench-quick: small volumes, under 5 minutes
+    python -m benchmarks.run --quick            # make bench-quick: small volumes, 5 min + the trickle's 12-15
     python -m benchmarks.run                    # make bench: 100,000 leads (limits on), 1M (off), peers
     python -m benchmarks.run --volumes 1000000 --modes off --only full-copy   # the 1M full copy, once
+    python -m benchmarks.run --quick --only trickle   # issue 19's trickle on a running stack, alone
 
 Every figure comes from the run itself: emulator counters, wall clocks, psutil samples.
 """
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import peers, scenarios
+from benchmarks import peers, scenarios, trickle
 from benchmarks.harness import PROFILE_ENV, BenchEnv, LimitMode
 from benchmarks.report import write_results
 from tests.support.emulator_procs import PROJECT_DIR
@@ -37,16 +38,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("benchmarks.run")
 
 RESULTS_DIR = PROJECT_DIR / "benchmarks" / "results"
-PHASES = ("full-copy", "incremental", "conflicts", "peers", "dataverse-peer", "transform", "activities")
+PHASES = (
+    "full-copy", "incremental", "conflicts", "peers", "dataverse-peer", "transform", "activities", "trickle",
+)  # fmt: skip
 
 
 def _profile(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
-        # Five minutes: the sync scenarios and the transform; conflicts and peers are in make bench.
+        # Five minutes: the sync scenarios and the transform (conflicts and peers are in make bench),
+        # then 12 to 15 for the trickle (it runs in real time).
         defaults: dict[str, Any] = {
             "volumes": [1000], "changes": [0, 100], "conflicts": 0, "peer_leads": [],
             "peer_start": "2025-07-01", "transform_rows": [50_000], "modes": ["on"],
             "activities": [5_000],
+            # trickle: 2 minutes of changes, 5 idle (one whole cycle of the 5-minute schedules: a
+            # shorter span may hold no scheduled run at all); the drain is capped at 4 minutes and
+            # the wait after the idle span at 3 (a change later than that is a miss).
+            "trickle_minutes": 2.0, "trickle_idle_minutes": 5.0, "trickle_leads": 500,
+            "trickle_drain_s": 240.0, "trickle_after_idle_wait_s": 180.0, "trickle_warmup_s": 300.0,
         }  # fmt: skip
     else:
         # One run of everything: every scenario at 100,000 leads under the limits, the
@@ -57,12 +66,18 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
             "conflicts": 1000, "peer_leads": [100_000], "peer_start": "2024-01-01",
             "transform_rows": [200_000, 1_000_000], "modes": ["off", "on"],  # the longest first
             "activities": [20_000, 100_000],
+            # Issue 19: one change every 10 s per side for 10 minutes, then 20 idle minutes, on
+            # the demo's 2,000 leads.
+            "trickle_minutes": 10.0, "trickle_idle_minutes": 20.0, "trickle_leads": 2000,
+            "trickle_drain_s": 420.0, "trickle_after_idle_wait_s": 420.0, "trickle_warmup_s": 420.0,
         }  # fmt: skip
     defaults["copy_with"] = None
     # The full copy under airflow standalone (a process per task: per-task memory) costs about a
     # minute of start-up and task processes; the quick profile runs it in dag.test() instead.
     defaults["copy_in_workers"] = not args.quick and args.profile is None
     defaults["copy_only_from"] = 1_000_000  # volumes from here: the full copy only
+    defaults["trickle_schedule"] = None  # the entity files' own schedules
+    defaults["trickle_dags"] = None  # the DAGs the demo unpauses
     for key in defaults:
         value = getattr(args, key, None)
         if value is not None:
@@ -173,13 +188,41 @@ def run_sync_scenarios(
             checkpoint()
 
 
+def trickle_settings(profile: dict[str, Any]) -> trickle.TrickleSettings:
+    """The trickle scenario's settings from the profile (``trickle_*`` keys)."""
+    dags = profile["trickle_dags"]
+    return trickle.TrickleSettings(
+        minutes=profile["trickle_minutes"], idle_minutes=profile["trickle_idle_minutes"],
+        leads=profile["trickle_leads"], drain_s=profile["trickle_drain_s"],
+        after_idle_wait_s=profile["trickle_after_idle_wait_s"], warmup_s=profile["trickle_warmup_s"],
+        schedule=profile["trickle_schedule"], dags=tuple(dags) if dags is not None else None,
+    )  # fmt: skip
+
+
+def run_trickle(workroot: Path, mode: LimitMode, profile: dict[str, Any]) -> dict[str, Any]:
+    """The trickle scenario on ``mode``; a failure is recorded with its error, as for the sync scenarios."""
+    settings = trickle_settings(profile)
+    log.info("[%s] trickle: %s", mode.name, settings)
+    try:
+        item = trickle.run_trickle(workroot, mode, settings)
+    except Exception as exc:  # keep what was measured elsewhere; say what failed
+        log.exception("[%s] trickle failed", mode.name)
+        return {"scenario": "trickle", "limits": mode.name, "error": str(exc)[-2000:]}
+    for d in trickle.DIRECTIONS:
+        f = item[d]
+        log.info("trickle %s: %s/%s arrived, p50 %s s, p95 %s s, max %s s", d, f["arrived"], f["changes"],
+                 f["latency_p50_s"], f["latency_p95_s"], f["latency_max_s"])  # fmt: skip
+    log.info("trickle idle: %s Marketo calls per day", item["idle"]["idle_calls_per_day"])
+    return item
+
+
 def merge(results: dict[str, Any], earlier: dict[str, Any]) -> None:
     """Add an earlier run's measurements (a long run split in parts) to ``results``; revisions are listed."""
     revisions = [r for r in results["revision"].split(" + ") if r]
     if earlier.get("revision") not in revisions:
         results["revision"] = " + ".join([*revisions, str(earlier.get("revision"))])
     results["modes"].update(earlier["modes"])
-    for key in ("scenarios", "peers", "transform", "activities"):
+    for key in ("scenarios", "peers", "transform", "activities", "trickle"):
         results.setdefault(key, [])
         results[key] += earlier.get(key, [])
     results["parts"] = [
@@ -200,6 +243,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--peer-start", dest="peer_start", help="first day of the peers' extract window")
     parser.add_argument("--transform-rows", dest="transform_rows", type=int, nargs="+")
+    parser.add_argument("--trickle-minutes", dest="trickle_minutes", type=float, help="trickle: change phase")
+    parser.add_argument(
+        "--trickle-idle-minutes", dest="trickle_idle_minutes", type=float, help="trickle: idle"
+    )
+    parser.add_argument(
+        "--trickle-leads", dest="trickle_leads", type=int, help="trickle: Dataverse leads seeded"
+    )
+    parser.add_argument("--trickle-drain", dest="trickle_drain_s", type=float, help="trickle: drain cap, s")
+    parser.add_argument(
+        "--trickle-after-idle-wait", dest="trickle_after_idle_wait_s", type=float,
+        help="trickle: wait cap for the change after the idle span, s",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trickle-warmup", dest="trickle_warmup_s", type=float, help="trickle: warm-up cap, s"
+    )
+    parser.add_argument(
+        "--trickle-schedule", dest="trickle_schedule", help="trickle: cron of every entity DAG (smoke tests)"
+    )
+    parser.add_argument("--trickle-dags", dest="trickle_dags", nargs="+", help="trickle: DAGs to unpause")
     parser.add_argument(
         "--copy-with", dest="copy_with", nargs="+", help="copy with the first runs of these sync DAGs instead"
     )
@@ -247,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "peers": [],
         "transform": [],
         "activities": [],
+        "trickle": [],
     }
     if not only and args.merge:
         results["revision"] = ""  # a merge measures nothing itself
@@ -283,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                     peers.compare_dataverse(workroot / f"dv-{mode.name}-{leads}", mode, leads)
                 )
                 checkpoint()
+        if "trickle" in only and mode.enforced:  # issue 19 measures it with the limits on
+            results["trickle"].append(run_trickle(workroot, mode, profile))
+            checkpoint()
     if "transform" in only:
         results["transform"] = [transform_rate(rows) for rows in profile["transform_rows"]]
     if "activities" in only:

@@ -25,12 +25,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import requests
 
 from tests.support.emulator_procs import PROJECT_DIR, free_port
+
+if TYPE_CHECKING:
+    from crm_sync.airflow_api import AirflowApi
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +108,19 @@ def _epoch(value: Any) -> float | None:
 class Standalone:
     """``airflow standalone`` on ``env``'s Airflow home, stopped (whole process group) on exit."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, parallelism: int = 4):
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        parallelism: int = 4,
+        *,
+        schedules: bool = False,
+        pool_slots: int = 4,
+    ):
         self.port = free_port()
         self.home = Path(env["AIRFLOW_HOME"])
         self.workdir = workdir
+        self.pool_slots = pool_slots
         self.env = {
             **env,
             "AIRFLOW__CORE__PARALLELISM": str(parallelism),
@@ -116,9 +128,11 @@ class Standalone:
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-            # Only the run the benchmark triggers: no run for the latest schedule interval.
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            # Without schedules only the run the benchmark triggers exists (no run for the latest
+            # schedule interval). With them (the trickle scenario) the stack runs as the demo's
+            # does: every DAG paused at creation, the benchmark unpauses the ones the demo does.
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(schedules),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(schedules),
             "PATH": f"{AIRFLOW.parent}{os.pathsep}{env.get('PATH', '')}",
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -138,7 +152,7 @@ class Standalone:
         self._wait_healthy(timeout=300)
         self.cli("dags", "reserialize")
         for pool in POOLS:
-            self.cli("pools", "set", pool, "4", "API calls of the sync")
+            self.cli("pools", "set", pool, str(self.pool_slots), "API calls of the sync")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -165,6 +179,17 @@ class Standalone:
                     return
             time.sleep(2)
         raise TimeoutError(f"airflow standalone not healthy after {timeout}s")
+
+    @property
+    def base_url(self) -> str:
+        """The API server's address (127.0.0.1 only)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def api(self) -> AirflowApi:
+        """A logged-in REST API client (the admin the simple auth manager generated); close it after use."""
+        from crm_sync.airflow_api import AirflowApi, admin_password
+
+        return AirflowApi(self.base_url, "admin", admin_password(self.home, timeout_s=120))
 
     def cli(self, *args: str, tries: int = 5) -> str:
         """Run ``airflow <args>``; retried, since SQLite may be locked by the scheduler for a moment."""
