@@ -10,7 +10,7 @@ retried by every later ``sync_activities`` run; it never creates the person.
 
 Two DAGs, because a feed and a history need different timetables:
 
-* **`sync_activities`** (every 5 minutes, as the entity DAGs; no catch-up): new activities from
+* **`sync_activities`** (hourly; no catch-up): new activities from
   Marketo's activity feed since the stored paging token. ``extract`` (budget check, read, map,
   stage Parquet batches of up to 1,000) → ``load`` (mapped, one ``$batch`` per batch) → ``commit``
   (advances the token only when every batch is loaded; writes the run ledger).
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 MARKETO_POOL = "marketo_api"
 DYNAMICS_POOL = "dynamics_api"
-SCHEDULE = "*/5 * * * *"  # the entity DAGs' default schedule
+SCHEDULE = "17 * * * *"  # hourly: with the watchers, the Marketo day fits idle polling of all syncs
 HISTORY_START = datetime(2000, 1, 1, tzinfo=UTC)
 TAGS = ["marketo-dynamics-sync", "direction:m2d", "entity:activity"]
 

@@ -43,7 +43,7 @@ def _deferred(exc: Exception) -> Exception:
 
 with DAG(
     dag_id="sync_program_membership",
-    schedule="*/30 * * * *",
+    schedule="47 * * * *",  # hourly: see sync_activities.SCHEDULE
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

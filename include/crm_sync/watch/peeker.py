@@ -32,11 +32,11 @@ PEEK_STAGE = "peek"
 PERSON_FEED_WATCHER = "person_feed"  # the call log's entity for the shared Marketo peek
 DEFAULTS = {
     "mds_watch_marketo_fast_seconds": 10.0,
-    "mds_watch_marketo_idle_seconds": 90.0,
+    "mds_watch_marketo_idle_seconds": 100.0,
     "mds_watch_dataverse_fast_seconds": 5.0,
     "mds_watch_dataverse_idle_seconds": 30.0,
     # Share of the Marketo daily quota the person-feed watcher may spend (0.05 of 50,000: 2,500;
-    # idle at 90 s it spends 960 a day).
+    # idle at 100 s it spends 864 a day).
     "mds_watch_quota_share": 0.05,
     # Share of the Dataverse request window each Dataverse watcher may spend.
     "mds_watch_window_share": 0.01,
@@ -188,12 +188,14 @@ class Peeker:
     ) -> tuple[dict[str, Seen], dict[str, str]]:
         from crm_sync.engine.columns import person_fields
         from crm_sync.engine.peek import PersonFeedPeek, peek_person_feed, split_person_changes
+        from crm_sync.engine.person_feed import FEED_HEAD_ENTITY
         from crm_sync.guards.quota import quota_status
         from crm_sync.guards.variables import guard_settings
         from crm_sync.state import get_watermark, session_scope
 
         with session_scope(engine) as session:
             tokens = {p: get_watermark(session, p, Direction.M2D.value) for p in persons}
+            head = get_watermark(session, FEED_HEAD_ENTITY, Direction.M2D.value)
             guards = guard_settings()
             left = quota_status(
                 session, now=when, daily_quota=guards.daily_quota, reserve_share=guards.reserve_share
@@ -207,7 +209,13 @@ class Peeker:
         hook, _ = self._hooks(settings)
         fields = person_fields(entities.values())
         feed = PersonFeedPeek()
-        for token in dict.fromkeys(known.values()):  # lead and contact usually share one token
+        # One call: from the shared feed's newest chunk boundary. What lies between an entity's
+        # own token and it was read (and announced) when it was new; the entity's next run
+        # reuses those staged chunks without calling Marketo.
+        starts = [head] if head else list(dict.fromkeys(known.values()))
+        if head:
+            known = dict.fromkeys(known, head)
+        for token in starts:
             part = peek_person_feed(hook, token, fields)
             merged = dict(feed.changes)
             for person, at in part.changes.items():
