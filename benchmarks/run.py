@@ -55,6 +55,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
             # shorter span may hold no scheduled run at all); the drain is capped at 4 minutes and
             # the wait after the idle span at 3 (a change later than that is a miss).
             "trickle_minutes": 2.0, "trickle_idle_minutes": 5.0, "trickle_leads": 500,
+            "trickle_idle_settle_minutes": 4.0,
             "trickle_drain_s": 240.0, "trickle_after_idle_wait_s": 180.0, "trickle_warmup_s": 300.0,
         }  # fmt: skip
     else:
@@ -69,6 +70,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
             # Issue 19: one change every 10 s per side for 10 minutes, then 20 idle minutes, on
             # the demo's 2,000 leads.
             "trickle_minutes": 10.0, "trickle_idle_minutes": 20.0, "trickle_leads": 2000,
+            "trickle_idle_settle_minutes": 5.0,
             "trickle_drain_s": 420.0, "trickle_after_idle_wait_s": 420.0, "trickle_warmup_s": 420.0,
         }  # fmt: skip
     defaults["copy_with"] = None
@@ -193,6 +195,7 @@ def trickle_settings(profile: dict[str, Any]) -> trickle.TrickleSettings:
     dags = profile["trickle_dags"]
     return trickle.TrickleSettings(
         minutes=profile["trickle_minutes"], idle_minutes=profile["trickle_idle_minutes"],
+        idle_settle_minutes=profile.get("trickle_idle_settle_minutes", 0.0),
         leads=profile["trickle_leads"], drain_s=profile["trickle_drain_s"],
         after_idle_wait_s=profile["trickle_after_idle_wait_s"], warmup_s=profile["trickle_warmup_s"],
         schedule=profile["trickle_schedule"], dags=tuple(dags) if dags is not None else None,
@@ -246,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trickle-minutes", dest="trickle_minutes", type=float, help="trickle: change phase")
     parser.add_argument(
         "--trickle-idle-minutes", dest="trickle_idle_minutes", type=float, help="trickle: idle"
+    )
+    parser.add_argument(
+        "--trickle-idle-settle",
+        dest="trickle_idle_settle_minutes",
+        type=float,
+        help="trickle: quiet minutes before the counted idle span (the watchers back off)",
     )
     parser.add_argument(
         "--trickle-leads", dest="trickle_leads", type=int, help="trickle: Dataverse leads seeded"

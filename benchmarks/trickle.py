@@ -11,8 +11,9 @@ with both emulators' limits on,
    polled (through the emulators' APIs, never the state store) until the value is there. A
    change's latency is the target record's modified time minus the moment the change was
    written; a change not seen by the end of the drain is a miss, counted, never dropped;
-3. for ``idle_minutes`` nothing changes: the calls the emulators count in that span (the
-   benchmark itself sends none then) give the idle cost, extrapolated to a day;
+3. nothing changes for ``idle_settle_minutes`` (the watchers back off to their idle pace), then
+   for ``idle_minutes``: the calls the emulators count in that span (the benchmark itself sends
+   none then) give the idle cost, extrapolated to a day;
 4. one change on each side after the idle span, and how long it takes to arrive.
 
 Calls are the emulators' own counters (``/_emulator/stats``, token calls apart) less the calls
@@ -67,7 +68,9 @@ class TrickleSettings:
 
     Attributes:
         minutes: Length of the change phase (D).
-        idle_minutes: Length of the idle phase (I).
+        idle_minutes: Length of the idle phase (I) whose calls give the idle cost.
+        idle_settle_minutes: Quiet minutes before it, not counted: the watchers' back-off from
+            their fast pace to their idle ceiling (the steady state of a quiet day follows).
         leads: Dataverse leads seeded before the full copy.
         interval_s: Seconds between two changes on each side.
         drain_s: After the last change, wait at most this long for the rest to arrive.
@@ -90,6 +93,7 @@ class TrickleSettings:
     poll_s: float = 2.0
     schedule: str | None = None
     dags: tuple[str, ...] | None = None
+    idle_settle_minutes: float = 0.0
 
     @property
     def changes_per_side(self) -> int:
@@ -532,9 +536,14 @@ def measure(env: BenchEnv, settings: TrickleSettings, phases: dict[str, float]) 
         own1, busy1 = probe.own_calls(), _counted(env)
         phases["drain"] = round(busy1["at"] - busy0["at"] - phases["change"], 1)
         pending_at_idle = sum(c.arrived_at is None for c in changes)
+        # The watchers back off from their fast pace to their idle ceiling first; the idle cost
+        # is the steady state after that, as over a quiet day.
+        time.sleep(settings.idle_settle_minutes * 60)
+        own_settled, idle0 = probe.own_calls(), _counted(env)
+        phases["idle_settle"] = round(idle0["at"] - busy1["at"], 1)
         time.sleep(settings.idle_minutes * 60)
         own2, idle1 = probe.own_calls(), _counted(env)
-        phases["idle"] = round(idle1["at"] - busy1["at"], 1)
+        phases["idle"] = round(idle1["at"] - idle0["at"], 1)
         late = [c for c in changes if c.arrived_at is None]
         if late:  # one more look: how late the misses were
             probe.poll(late)
@@ -552,7 +561,7 @@ def measure(env: BenchEnv, settings: TrickleSettings, phases: dict[str, float]) 
         "d2m": direction_figures(changes, "d2m"),
         "m2d": direction_figures(changes, "m2d"),
         "busy": _busy_figures(call_span(busy0, busy1, own0, own1)),
-        "idle": _idle_figures(call_span(busy1, idle1, own1, own2))
+        "idle": _idle_figures(call_span(idle0, idle1, own_settled, own2))
         | {"changes_pending_at_start": pending_at_idle},
         "after_idle": _after_idle_figures(after, settings),
     }
@@ -595,7 +604,7 @@ def _after_idle_figures(after: Sequence[Change], settings: TrickleSettings) -> d
     arrived = [v for v in per.values() if v is not None]
     worst = max(arrived) if len(arrived) == len(per) else None
     return {
-        "idle_before_s": round(settings.idle_minutes * 60, 1),
+        "idle_before_s": round((settings.idle_settle_minutes + settings.idle_minutes) * 60, 1),
         "latency_s": per,
         "first_change_after_idle_s": worst,
         "waited_at_most_s": settings.after_idle_wait_s,

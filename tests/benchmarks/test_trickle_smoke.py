@@ -38,6 +38,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], s
     argv = [
         sys.executable, "-m", "benchmarks.run", "--quick", "--modes", "on", "--only", "trickle",
         "--trickle-minutes", str(CHANGE_MINUTES), "--trickle-idle-minutes", str(IDLE_MINUTES),
+        "--trickle-idle-settle", "0",
         "--trickle-leads", "60", "--trickle-schedule", "* * * * *", "--trickle-dags", "sync_lead",
         "--trickle-drain", "75", "--trickle-after-idle-wait", "75", "--trickle-warmup", "90",
         "--out", str(root / "out"), "--name", "smoke", "--workdir", str(root / "work"),
