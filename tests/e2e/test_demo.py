@@ -106,9 +106,9 @@ class Disagreement(AssertionError):
 def test_demo_serves_ui_syncs_live_activity_and_the_check_finds_no_differences(
     stack_env: dict[str, str], tmp_path: Path, stack_slot_held: int
 ) -> None:
-    started = _stack("start", stack_env)
     tree: list[psutil.Process] = []
-    try:
+    try:  # a start that fails or times out half way still has its processes stopped below
+        started = _stack("start", stack_env)
         assert started.returncode == 0, started.stdout + started.stderr
         port = stack_env["MDS_AIRFLOW_PORT"]
         assert f"Airflow UI:  http://127.0.0.1:{port}" in started.stdout
