@@ -41,6 +41,8 @@ class Standalone:
 
     env: dict[str, str]
     db: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
 
 
 def airflow_cli(env: dict[str, str], *args: str, timeout: float = 300, tries: int = 5) -> str:
@@ -73,13 +75,19 @@ def wait_health(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
 
 
 @contextlib.contextmanager
-def standalone_airflow(tmp_path: Path, parallelism: int = 4, pool_slots: int = 4) -> Iterator[Standalone]:
-    """A real Airflow for the ``with`` block: DAGs serialized, the sync's pools set; stopped after."""
+def standalone_airflow(
+    tmp_path: Path, parallelism: int = 4, pool_slots: int = 4, dags_folder: Path | None = None
+) -> Iterator[Standalone]:
+    """A real Airflow for the ``with`` block: DAGs serialized, the sync's pools set; stopped after.
+
+    ``dags_folder`` replaces the project's ``dags/`` (a test's own probe DAG).
+    """
     home = tmp_path / "airflow-home"
     port = free_port()
     env = {
         **os.environ,
         **airflow_env(home, parallelism=parallelism),
+        **({"AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder)} if dags_folder else {}),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
@@ -103,7 +111,7 @@ def standalone_airflow(tmp_path: Path, parallelism: int = 4, pool_slots: int = 4
         airflow_cli(env, "dags", "reserialize")
         for pool in POOLS:
             airflow_cli(env, "pools", "set", pool, str(pool_slots), "API calls of the sync")
-        yield Standalone(env, home / "airflow.db")
+        yield Standalone(env, home / "airflow.db", log, proc)
     finally:
         os.killpg(proc.pid, 15)
         try:

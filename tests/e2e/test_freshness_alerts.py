@@ -268,43 +268,16 @@ def test_a_queued_run_that_outlives_its_freshness_deadline_alerts_from_a_real_tr
     tmp_path: Path, receivers: Receivers, monkeypatch: pytest.MonkeyPatch, stack_slot_held: int
 ) -> None:
     import sqlite3
-    import subprocess
-    import sys
     import time
 
-    from crm_sync.localenv import airflow_env, prepare_sqlite_metadata_db
-    from tests.e2e.backfill_support import AIRFLOW, airflow_cli, wait_health
-    from tests.support.emulator_procs import free_port
+    from tests.e2e.backfill_support import airflow_cli, standalone_airflow
 
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "freshness_probe.py").write_text(PROBE_DAG)
-    home, port = tmp_path / "airflow-home", free_port()
     monkeypatch.setenv("MDS_PROBE_ALERTS_FILE", str(receivers.webhook.alerts_file))
-    env = {
-        **os.environ,
-        **airflow_env(home, parallelism=2),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-        "PATH": f"{AIRFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    prepare_sqlite_metadata_db(home / "airflow.db")
-    log = tmp_path / "airflow.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "crm_sync.local_airflow"],  # every listener on 127.0.0.1
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_health(f"http://127.0.0.1:{port}/api/v2/monitor/health", proc, log)
-        airflow_cli(env, "dags", "reserialize")
+    with standalone_airflow(tmp_path, parallelism=2, dags_folder=dags) as airflow:
+        env, home, log, proc = airflow.env, airflow.db.parent, airflow.log, airflow.proc
         airflow_cli(env, "dags", "unpause", "freshness_probe")
         airflow_cli(env, "dags", "trigger", "freshness_probe")
         end = time.monotonic() + 180
@@ -340,10 +313,3 @@ def test_a_queued_run_that_outlives_its_freshness_deadline_alerts_from_a_real_tr
             time.sleep(1)
         assert callbacks == [("success", "webhook: delivered, email: delivered, slack: delivered")]
         assert proc.poll() is None, log.read_text()[-4000:]
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=30)
