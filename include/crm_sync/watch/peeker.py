@@ -156,6 +156,10 @@ class Peeker:
             direction, policy = Direction.M2D.value, self._marketo_policy()
         with session_scope(engine) as session:
             calls_today = self._store(session, seen_by_entity, direction, when)
+        # A session of its own: the alert is sent (HTTP, SMTP) before anything is written, so no
+        # write lock waits on a slow channel.
+        with session_scope(engine) as session:
+            self._alert_stale(session, when)
         return self._decide(seen_by_entity, tokens, policy, calls_today, when)
 
     def _peek_dataverse(
@@ -262,7 +266,6 @@ class Peeker:
                 ApiCallLog.at >= quota_day_start(when),
             )
         ).scalar_one()
-        self._alert_stale(session, when)
         return int(total)
 
     def _alert_stale(self, session: Session, when: datetime) -> None:
