@@ -51,7 +51,8 @@ def _covered(direction: str) -> tuple[str, ...]:
     return DIRECTIONS if direction == "both" else (direction,)
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_utc(value: datetime | None) -> str | None:
+    """``value`` as ISO text in UTC (None stays None); naive values from SQLite are UTC."""
     aware = as_utc(value)
     return aware.isoformat() if aware else None
 
@@ -140,9 +141,9 @@ def entity_status(
     for rec in ledger:  # oldest first, so the last assignment wins
         r = row(rec.entity, rec.direction)
         at = _ledger_time(rec)
-        r["last_run_status"], r["last_run_at"] = rec.status, _iso(at)
+        r["last_run_status"], r["last_run_at"] = rec.status, iso_utc(at)
         if rec.status == "success":
-            r["last_success_at"], r["last_success_run_id"] = _iso(at), rec.run_id
+            r["last_success_at"], r["last_success_run_id"] = iso_utc(at), rec.run_id
         if rec.ended_at is not None and at >= day_ago:
             r["deferred_last_day"] += int(rec.status == "deferred")
             r["synced_last_day"] += int(rec.loaded or 0)
@@ -163,7 +164,8 @@ def entity_status(
         r = owner(wm.entity, wm.direction) or row(wm.entity, wm.direction)
         updated = as_utc(wm.updated_at)
         lag = max((now - updated).total_seconds(), 0.0) if updated else None
-        r["watermarks"].append({"direction": wm.direction, "updated_at": _iso(updated), "lag_seconds": lag})
+        mark = {"direction": wm.direction, "updated_at": iso_utc(updated), "lag_seconds": lag}
+        r["watermarks"].append(mark)
         if lag is not None and (r["lag_seconds"] is None or lag > r["lag_seconds"]):
             r["lag_seconds"] = lag
 
@@ -286,9 +288,9 @@ def _error_dict(e: RecordError) -> dict[str, Any]:
         "code": e.code,
         "message": e.message,
         "attempts": e.attempts,
-        "first_seen": _iso(e.first_seen),
-        "last_seen": _iso(e.last_seen),
-        "next_attempt_at": _iso(e.next_attempt_at),
+        "first_seen": iso_utc(e.first_seen),
+        "last_seen": iso_utc(e.last_seen),
+        "next_attempt_at": iso_utc(e.next_attempt_at),
         "parked": bool(e.parked),
     }
 

@@ -28,10 +28,10 @@ from crm_sync.marketing.activities import ENTITY as ACTIVITY_ENTITY
 from crm_sync.marketing.activities import WAITING
 from crm_sync.state.backlog import backlog_rows
 from crm_sync.state.db import as_utc, utcnow
-from crm_sync.state.guards import ApiCallLog
+from crm_sync.state.guards import PEEK_STAGE, ApiCallLog
 from crm_sync.state.membership import MembershipPending
 from crm_sync.state.models import RecordError, RunLedger
-from crm_sync.status import blank_row
+from crm_sync.status import blank_row, iso_utc
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -43,12 +43,6 @@ WINDOW = timedelta(minutes=5)  # Dataverse service protection: a sliding 300-sec
 RANGES = {"24h": timedelta(days=1), "7d": timedelta(days=7)}
 SYSTEMS = ("marketo", "dynamics")
 LATENCY_POINTS = 400  # more runs than this in a range: one latency point per hour instead
-PEEK_STAGE = "peek"  # the call-log stage of the watchers' peeks (crm_sync.watch)
-
-
-def _iso(value: datetime | None) -> str | None:
-    aware = as_utc(value)
-    return aware.isoformat() if aware else None
 
 
 def _floor(value: datetime, step: timedelta) -> datetime:
@@ -75,7 +69,7 @@ def _backlog_entry(
     return {
         "direction": direction,
         "pending": int(pending),
-        "oldest_change_at": _iso(oldest) if pending else None,
+        "oldest_change_at": iso_utc(oldest) if pending else None,
         "oldest_age_seconds": age,
         "source": source,
         **extra,
@@ -102,8 +96,8 @@ def backlog_entries(
             r["oldest_change_at"],
             when,
             "peek",
-            peeked_at=_iso(r["peeked_at"]),
-            committed_at=_iso(r["committed_at"]),
+            peeked_at=iso_utc(r["peeked_at"]),
+            committed_at=iso_utc(r["committed_at"]),
         )
     waiting = session.execute(
         select(func.count(), func.min(RecordError.first_seen)).where(
@@ -232,7 +226,7 @@ def _latency(session: Session, since: datetime) -> list[dict[str, Any]]:
     ).all()
     points = [
         {
-            "t": _iso(r.ended_at),
+            "t": iso_utc(r.ended_at),
             "run_id": r.run_id,
             "entity": r.entity,
             "direction": r.direction,

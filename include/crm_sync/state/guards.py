@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 
+PEEK_STAGE = "peek"  # the call-log stage of the watchers' peeks (crm_sync.watch)
+
+
 class ApiCallLog(Base):
     """API calls one stage of one run sent to one system (summed over the stage's attempts)."""
 

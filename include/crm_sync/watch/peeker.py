@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from crm_sync.config import Direction, EntityConfig, watches_marketo
+from crm_sync.state.guards import PEEK_STAGE
 from crm_sync.watch.policy import PollPolicy, next_interval
 
 if TYPE_CHECKING:
@@ -24,11 +25,11 @@ if TYPE_CHECKING:
 
     from crm_sync.engine.context import RunSettings
     from crm_sync.engine.peek import Seen
+    from crm_sync.guards import GuardSettings
     from crm_sync.guards.calls import CallCounter
 
 log = logging.getLogger(__name__)
 
-PEEK_STAGE = "peek"
 PERSON_FEED_WATCHER = "person_feed"  # the call log's entity for the shared Marketo peek
 DEFAULTS = {
     "mds_watch_marketo_fast_seconds": 10.0,
@@ -139,6 +140,7 @@ class Peeker:
             Exception: Whatever the source or the state store raised (the trigger logs it and
                 waits its idle ceiling before the next try; the hook is built again).
         """
+        from crm_sync.guards.variables import guard_settings
         from crm_sync.state import session_scope, utcnow
         from crm_sync.tasks.common import entities_in
 
@@ -152,8 +154,9 @@ class Peeker:
             direction, policy = Direction.D2M.value, self._dataverse_policy()
         else:
             persons = [e.name for e in entities.values() if watches_marketo(e)]
-            seen_by_entity, tokens = self._peek_marketo(settings, engine, entities, persons, when)
-            direction, policy = Direction.M2D.value, self._marketo_policy()
+            guards = guard_settings()  # the quota figures both the peek and the pace need
+            seen_by_entity, tokens = self._peek_marketo(settings, engine, entities, persons, guards, when)
+            direction, policy = Direction.M2D.value, self._marketo_policy(guards)
         with session_scope(engine) as session:
             calls_today = self._store(session, seen_by_entity, direction, when)
         # A session of its own: the alert is sent (HTTP, SMTP) before anything is written, so no
@@ -188,19 +191,18 @@ class Peeker:
         engine: Engine,
         entities: dict[str, EntityConfig],
         persons: list[str],
+        guards: GuardSettings,
         when: datetime,
     ) -> tuple[dict[str, Seen], dict[str, str]]:
         from crm_sync.engine.columns import person_fields
         from crm_sync.engine.peek import PersonFeedPeek, peek_person_feed, split_person_changes
         from crm_sync.engine.person_feed import FEED_HEAD_ENTITY
         from crm_sync.guards.quota import quota_status
-        from crm_sync.guards.variables import guard_settings
         from crm_sync.state import get_watermark, session_scope
 
         with session_scope(engine) as session:
             tokens = {p: get_watermark(session, p, Direction.M2D.value) for p in persons}
             head = get_watermark(session, FEED_HEAD_ENTITY, Direction.M2D.value)
-            guards = guard_settings()
             left = quota_status(
                 session, now=when, daily_quota=guards.daily_quota, reserve_share=guards.reserve_share
             )["left"]
@@ -310,16 +312,14 @@ class Peeker:
 
     # --- pace ------------------------------------------------------------------------------------
 
-    def _marketo_policy(self) -> PollPolicy:
-        from crm_sync.guards.variables import guard_settings
-
+    def _marketo_policy(self, guards: GuardSettings) -> PollPolicy:
         share = watch_number("mds_watch_quota_share")
         if not 0 < share <= 1:
             raise ValueError(f"Airflow Variable 'mds_watch_quota_share' must be in (0, 1], got {share}")
         return PollPolicy(
             fast=watch_number("mds_watch_marketo_fast_seconds"),
             idle_max=watch_number("mds_watch_marketo_idle_seconds"),
-            daily_budget=int(guard_settings().daily_quota * share),
+            daily_budget=int(guards.daily_quota * share),
         )
 
     def _dataverse_policy(self) -> PollPolicy:
