@@ -10,6 +10,7 @@ Usage: ``python -m demo.alert_sink --port 8083 --file var/log/alerts.jsonl``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -18,9 +19,12 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from demo import ALERT_SINK_PORT
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 log = logging.getLogger("demo.alert_sink")
 
@@ -110,6 +114,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
+
+
+@contextlib.contextmanager
+def serving(alerts_file: Path, port: int = 0, poll_interval: float = 0.2) -> Iterator[AlertSink]:
+    """An :class:`AlertSink` answering in a background thread for the ``with`` block (tests)."""
+    sink = AlertSink(port, alerts_file)
+    threading.Thread(target=sink.serve_forever, kwargs={"poll_interval": poll_interval}, daemon=True).start()
+    try:
+        yield sink
+    finally:
+        sink.shutdown()
+        sink.server_close()
 
 
 def read_alerts(alerts_file: Path) -> list[dict[str, Any]]:

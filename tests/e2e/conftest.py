@@ -8,6 +8,8 @@ copied unchanged to a temporary folder (``$MDS_ENTITIES_DIR``), so a test can ad
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -122,6 +124,14 @@ def sync_env(
         _clear_hook_caches()
         marketo.stop()
         dynamics.stop()
+
+
+def fail_fast(monkeypatch: pytest.MonkeyPatch, conn_id: str) -> None:
+    """Let the hook of ``conn_id`` give up on a failing API within seconds, not minutes of retries."""
+    name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    conn = json.loads(os.environ[name])
+    conn["extra"]["max_retry_seconds"] = 2
+    monkeypatch.setenv(name, json.dumps(conn))
 
 
 def write_calls(stats: dict[str, Any]) -> dict[str, int]:

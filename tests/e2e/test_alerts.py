@@ -10,9 +10,6 @@ is the one channel (tests/e2e/test_freshness_alerts.py sends on all three).
 
 from __future__ import annotations
 
-import json
-import os
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,34 +17,21 @@ from urllib.parse import quote
 
 import pytest
 
-from demo.alert_sink import AlertSink, read_alerts
+from demo.alert_sink import AlertSink, read_alerts, serving
 from demo.faults import LEADS_ENDPOINT, outage
 from emulators.common.credentials import default_credentials
-from tests.e2e.conftest import SyncEnv
+from tests.e2e.conftest import SyncEnv, fail_fast
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AlertSink]:
-    server = AlertSink(0, tmp_path / "log" / "alerts.jsonl")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
-    thread.start()
-    monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_WEBHOOK_URL", server.url)
-    # Only the webhook URL is set, no mds_alert_channels: the webhook alone, as before channels.
-    monkeypatch.delenv("AIRFLOW_VAR_MDS_ALERT_CHANNELS", raising=False)
-    try:
+    with serving(tmp_path / "log" / "alerts.jsonl") as server:
+        monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_WEBHOOK_URL", server.url)
+        # Only the webhook URL is set, no mds_alert_channels: the webhook alone, as before channels.
+        monkeypatch.delenv("AIRFLOW_VAR_MDS_ALERT_CHANNELS", raising=False)
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let the hook give up on a 503 within seconds instead of retrying for minutes."""
-    conn = json.loads(os.environ["AIRFLOW_CONN_DYNAMICS_DEFAULT"])
-    conn["extra"]["max_retry_seconds"] = 2
-    monkeypatch.setenv("AIRFLOW_CONN_DYNAMICS_DEFAULT", json.dumps(conn))
 
 
 def test_failed_task_alerts_the_sink_with_dag_task_run_try_and_log_link_and_no_secret(
@@ -55,7 +39,7 @@ def test_failed_task_alerts_the_sink_with_dag_task_run_try_and_log_link_and_no_s
 ) -> None:
     from airflow.configuration import conf
 
-    _fail_fast(monkeypatch)
+    fail_fast(monkeypatch, "dynamics_default")
     dag = sync_env.dag("sync_lead")
     for task in dag.tasks:  # one Airflow retry, a second apart (the DAG's own delay is 30 s)
         task.retries = 1

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,10 +30,10 @@ import pytest
 from crm_sync.freshness import alert_stale, freshness_deadline
 from crm_sync.state import make_engine, session_scope, upgrade
 from crm_sync.state.backlog import backlog_rows, mark_committed, record_peek
-from demo.alert_sink import AlertSink, read_alerts
+from demo.alert_sink import AlertSink, read_alerts, serving
 from demo.faults import LEADS_ENDPOINT, outage
 from emulators.common.credentials import default_credentials
-from tests.e2e.conftest import SyncEnv
+from tests.e2e.conftest import SyncEnv, fail_fast
 from tests.support.slack_sink import SlackSink
 from tests.support.slots import stack_marks
 from tests.support.smtp_sink import SmtpSink
@@ -60,29 +58,19 @@ class Receivers:
 @pytest.fixture
 def receivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Receivers]:
     """The three receivers running, their connections set and all three channels chosen."""
-    webhook = AlertSink(0, tmp_path / "log" / "alerts.jsonl")
-    thread = threading.Thread(target=webhook.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
-    thread.start()
-    try:
-        with SmtpSink(user="alerts", password=SMTP_PASSWORD) as smtp, SlackSink(token=SLACK_TOKEN) as slack:
-            monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(smtp.connection()))
-            monkeypatch.setenv("AIRFLOW_CONN_SLACK_DEFAULT", json.dumps(slack.connection()))
-            monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_WEBHOOK_URL", webhook.url)
-            monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_CHANNELS", "webhook,email,slack")
-            monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_EMAIL_TO", ",".join(RECIPIENTS))
-            for name in ("EMAIL_FROM", "SMTP_CONN_ID", "SLACK_CONN_ID"):
-                monkeypatch.delenv(f"AIRFLOW_VAR_MDS_ALERT_{name}", raising=False)
-            yield Receivers(webhook, smtp, slack)
-    finally:
-        webhook.shutdown()
-        webhook.server_close()
-
-
-def _fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let the hook give up on a 503 within seconds instead of retrying for minutes."""
-    conn = json.loads(os.environ["AIRFLOW_CONN_DYNAMICS_DEFAULT"])
-    conn["extra"]["max_retry_seconds"] = 2
-    monkeypatch.setenv("AIRFLOW_CONN_DYNAMICS_DEFAULT", json.dumps(conn))
+    with (
+        serving(tmp_path / "log" / "alerts.jsonl") as webhook,
+        SmtpSink(user="alerts", password=SMTP_PASSWORD) as smtp,
+        SlackSink(token=SLACK_TOKEN) as slack,
+    ):
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(smtp.connection()))
+        monkeypatch.setenv("AIRFLOW_CONN_SLACK_DEFAULT", json.dumps(slack.connection()))
+        monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_WEBHOOK_URL", webhook.url)
+        monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_CHANNELS", "webhook,email,slack")
+        monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_EMAIL_TO", ",".join(RECIPIENTS))
+        for name in ("EMAIL_FROM", "SMTP_CONN_ID", "SLACK_CONN_ID"):
+            monkeypatch.delenv(f"AIRFLOW_VAR_MDS_ALERT_{name}", raising=False)
+        yield Receivers(webhook, smtp, slack)
 
 
 def _run_context(dag_id: str, run_id: str) -> dict[str, Any]:
@@ -109,7 +97,7 @@ async def _trigger_events(path: str, kwargs: dict[str, Any]) -> list[dict[str, A
 def test_a_failed_sync_task_and_its_missed_deadline_alert_by_webhook_email_and_slack(
     sync_env: SyncEnv, receivers: Receivers, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _fail_fast(monkeypatch)
+    fail_fast(monkeypatch, "dynamics_default")
     dag = sync_env.dag("sync_lead")
     for task in dag.tasks:  # no Airflow retry: the first failed try alerts
         task.retries = 0

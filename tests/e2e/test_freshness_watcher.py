@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from demo.alert_sink import AlertSink, read_alerts
+from demo.alert_sink import AlertSink, read_alerts, serving
 from tests.e2e.backfill_support import airflow_cli, standalone_airflow
 from tests.e2e.conftest import SyncEnv
 from tests.e2e.persons_support import dyn_upsert, read_persons
@@ -46,12 +45,8 @@ def _wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
 
 @pytest.fixture
 def webhook(tmp_path: Path) -> Iterator[AlertSink]:
-    sink = AlertSink(0, tmp_path / "log" / "alerts.jsonl")
-    thread = threading.Thread(target=sink.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
-    thread.start()
-    yield sink
-    sink.shutdown()
-    sink.server_close()
+    with serving(tmp_path / "log" / "alerts.jsonl") as sink:
+        yield sink
 
 
 def test_faults_hold_a_backlog_past_its_threshold_and_the_watcher_alerts_by_webhook_and_email(

@@ -9,8 +9,6 @@ call of the same run changes nothing and writes nothing.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 
 import pytest
@@ -20,7 +18,7 @@ from crm_sync.engine.context import RunSettings
 from crm_sync.guards import GuardSettings
 from crm_sync.tasks.small_run import run_single
 from crm_sync_hooks.errors import ApiError
-from tests.e2e.conftest import SyncEnv, write_calls
+from tests.e2e.conftest import SyncEnv, fail_fast, write_calls
 from tests.e2e.persons_support import dyn_upsert, read_persons
 
 pytestmark = pytest.mark.e2e
@@ -40,9 +38,7 @@ def _settings(env: SyncEnv, run_id: str) -> RunSettings:
 def test_a_one_task_run_that_failed_in_its_load_resumes_without_extracting_again(
     sync_env: SyncEnv, new_guid: Callable[[], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conn = json.loads(os.environ["AIRFLOW_CONN_MARKETO_DEFAULT"])
-    conn["extra"]["max_retry_seconds"] = 2  # the faulted load gives up within seconds
-    monkeypatch.setenv("AIRFLOW_CONN_MARKETO_DEFAULT", json.dumps(conn))
+    fail_fast(monkeypatch, "marketo_default")  # the faulted load gives up within seconds
     ann = new_guid()
     dyn_upsert(sync_env, "leads", "leadid", [{"leadid": ann, "lastname": "Small", "jobtitle": "Before"}])
     sync_env.run("sync_lead")  # the watermarks

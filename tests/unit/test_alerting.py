@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from crm_sync.alerting import (
     parse_channels,
     send_alert,
 )
-from demo.alert_sink import AlertSink, read_alerts
+from demo.alert_sink import AlertSink, read_alerts, serving
 from tests.support.slack_sink import SlackSink
 from tests.support.smtp_sink import SmtpSink
 
@@ -48,12 +47,8 @@ def _alert() -> Alert:
 
 @pytest.fixture
 def sink(tmp_path: Path) -> Iterator[AlertSink]:
-    server = AlertSink(0, tmp_path / "alerts.jsonl")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(tmp_path / "alerts.jsonl", poll_interval=0.1) as server:
+        yield server
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ deadline alert a sync DAG gets."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +25,7 @@ from crm_sync.freshness import (
 )
 from crm_sync.state import make_engine, session_scope, upgrade
 from crm_sync.state.backlog import backlog_rows, mark_committed, record_peek
-from demo.alert_sink import AlertSink, read_alerts
+from demo.alert_sink import AlertSink, read_alerts, serving
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
@@ -156,15 +155,11 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AlertSink]:
-    server = AlertSink(0, tmp_path / "alerts.jsonl")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_WEBHOOK_URL", server.url)
-    monkeypatch.setenv("AIRFLOW_VAR_MDS_FRESHNESS_THRESHOLD_SECONDS", '{"lead": 300}')
-    monkeypatch.delenv("AIRFLOW_VAR_MDS_ALERT_CHANNELS", raising=False)
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(tmp_path / "alerts.jsonl", poll_interval=0.1) as server:
+        monkeypatch.setenv("AIRFLOW_VAR_MDS_ALERT_WEBHOOK_URL", server.url)
+        monkeypatch.setenv("AIRFLOW_VAR_MDS_FRESHNESS_THRESHOLD_SECONDS", '{"lead": 300}')
+        monkeypatch.delenv("AIRFLOW_VAR_MDS_ALERT_CHANNELS", raising=False)
+        yield server
 
 
 def _peek(engine: Engine, pending: int, oldest: datetime | None, at: datetime) -> None:
