@@ -344,14 +344,6 @@ def dispatch(alert: Alert, channels: AlertChannels | None = None) -> dict[str, b
 # --- the entry points -------------------------------------------------------------------------
 
 
-def post_webhook(url: str, alert: Alert, timeout: float = 10.0) -> None:
-    """POST the alert as JSON; a failing webhook is logged, never raised (the task already failed)."""
-    try:
-        _send_webhook(alert, AlertChannels(channels=("webhook",), webhook_url=url), timeout=timeout)
-    except requests.RequestException as err:
-        log.error("alert webhook failed: %s", _describe(err))
-
-
 class SyncFailureNotifier(BaseNotifier):
     """Notifier used as ``on_failure_callback`` by every DAG of this project."""
 
