@@ -103,7 +103,7 @@ def commit(
         counts.api_calls = sum(calls.values())
         for direction, token in sorted(manifest.pending.items()):
             set_watermark(session, entity.name, direction, token, now=ended)
-            mark_committed(session, entity=entity.name, direction=direction, now=ended)
+            mark_committed(session, entity=entity.name, direction=direction, now=ended, through=started)
         write_ledger(session, counts)
     seconds = max((ended - started).total_seconds(), 1e-6)
     result = CommitSummary(

@@ -82,19 +82,39 @@ def record_peek(
     upsert(session, ChangeBacklog, [row], keys=_KEYS, update=update)
 
 
-def mark_committed(session: Session, *, entity: str, direction: str, now: datetime | None = None) -> None:
-    """A run of ``entity``/``direction`` committed: nothing it saw is pending any more."""
+def mark_committed(
+    session: Session,
+    *,
+    entity: str,
+    direction: str,
+    now: datetime | None = None,
+    through: datetime | None = None,
+) -> None:
+    """A run of ``entity``/``direction`` committed the changes made before ``through``.
+
+    The backlog empties unless the last peek saw a change newer than ``through`` (the run's
+    extract start): then a change waits that this run did not carry, and the row keeps its
+    count until the next peek recounts it, rather than showing a false empty backlog.
+    """
     _check_direction(direction)
-    row = {
+    when = as_utc(now) or utcnow()
+    row = session.get(ChangeBacklog, (entity, direction))
+    limit = as_utc(through)
+    if row is not None and row.pending and limit is not None:
+        newest = as_utc(row.newest_change_at) or as_utc(row.peeked_at)
+        if newest is not None and newest > limit:
+            row.committed_at = when
+            return
+    values = {
         "entity": entity,
         "direction": direction,
         "pending": 0,
         "oldest_change_at": None,
         "newest_change_at": None,
-        "committed_at": as_utc(now) or utcnow(),
+        "committed_at": when,
         "alerted_at": None,
     }
-    upsert(session, ChangeBacklog, [row], keys=_KEYS, update=list(row)[2:])
+    upsert(session, ChangeBacklog, [values], keys=_KEYS, update=list(values)[2:])
 
 
 def mark_alerted(session: Session, *, entity: str, direction: str, at: datetime | None = None) -> None:

@@ -65,3 +65,19 @@ def test_bad_input_is_refused(engine):
         record_peek(
             s, entity="lead", direction="d2m", pending=-1, oldest_change_at=None, newest_change_at=None
         )
+
+
+def test_a_commit_keeps_a_backlog_the_last_peek_saw_grow_after_the_run_began(engine):
+    run_began = T0 + timedelta(minutes=1)
+    with session_scope(engine) as s:
+        record_peek(
+            s, entity="lead", direction="d2m", pending=6, oldest_change_at=T0,
+            newest_change_at=run_began + timedelta(seconds=30), now=T0 + timedelta(minutes=2),
+        )  # fmt: skip
+        mark_committed(s, entity="lead", direction="d2m", now=T0 + timedelta(minutes=3), through=run_began)
+    row = _row(engine)
+    assert (row["pending"], row["committed_at"]) == (6, T0 + timedelta(minutes=3))
+    with session_scope(engine) as s:  # the next run began after the newest change: empty now
+        later = T0 + timedelta(minutes=3)
+        mark_committed(s, entity="lead", direction="d2m", now=later + timedelta(minutes=1), through=later)
+    assert _row(engine)["pending"] == 0
