@@ -28,7 +28,7 @@ import pandas as pd
 
 from crm_sync.config import Direction, EntityConfig, Side
 from crm_sync.transforms.frames import empty_frame
-from crm_sync.transforms.hashing import changed, field_hashes
+from crm_sync.transforms.hashing import field_hashes, value_hash
 from crm_sync.transforms.mapping import DYNAMICS_ID
 
 CONFLICT_COLUMNS = ["entity", "record_key", "field", "marketo_value", "dynamics_value", "winner"]
@@ -111,6 +111,30 @@ def _text(values: pd.Series) -> pd.Series:
     return values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v))
 
 
+def _int_matrix(frame: pd.DataFrame, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Stored hashes as an ``int64`` (record x field) array and its missing-value mask."""
+    values = np.zeros((len(frame), len(names)), dtype=np.int64)
+    missing = np.ones((len(frame), len(names)), dtype=bool)
+    for j, n in enumerate(names):
+        column = frame[n]
+        if column.isna().all():
+            continue
+        typed = column.astype("Int64")
+        missing[:, j] = typed.isna().to_numpy()
+        values[:, j] = typed.to_numpy(dtype=np.int64, na_value=0)
+    return values, missing
+
+
+def _hash_matrix(values: pd.DataFrame, names: list[str], rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Field hashes of one side as an ``int64`` (record x field) array; which fields it has."""
+    hashes = np.zeros((rows, len(names)), dtype=np.int64)
+    present = np.array([n in values.columns for n in names], dtype=bool)
+    for j, n in enumerate(names):
+        if present[j]:
+            hashes[:, j] = value_hash(values[n]).to_numpy()
+    return hashes, present
+
+
 def resolve_changes(
     entity: EntityConfig,
     dynamics: pd.DataFrame | None,
@@ -136,44 +160,49 @@ def resolve_changes(
     names = [c[0] for c in tracked]
     d_vals = d.reindex(index=keys, columns=[n for n in names if n in d.columns])
     m_vals = m.reindex(index=keys, columns=[n for n in names if n in m.columns])
-    last_h = (last if last is not None else pd.DataFrame()).reindex(index=keys, columns=names).astype("Int64")
-    hd = field_hashes(d_vals, names).astype("Int64")
-    hm = field_hashes(m_vals, names).astype("Int64")
-    in_d = pd.Series(keys.isin(d.index), index=keys)
-    in_m = pd.Series(keys.isin(m.index), index=keys)
-    d_changed = changed(hd, last_h) if len(hd.columns) else hd.astype(bool)
-    m_changed = changed(hm, last_h) if len(hm.columns) else hm.astype(bool)
-    to_m = pd.DataFrame(False, index=keys, columns=names)
-    to_d = pd.DataFrame(False, index=keys, columns=names)
-    agreed = last_h.copy()
+    last_h = (last if last is not None else pd.DataFrame()).reindex(index=keys, columns=names)
+    # The merge runs on (record x field) arrays, all fields at once: per-field Series work
+    # cost more than the hashing itself on a full copy's pages (issue 18's plan profile).
+    lv, l_na = _int_matrix(last_h, names)
+    hd, d_has = _hash_matrix(d_vals, names, len(keys))
+    hm, m_has = _hash_matrix(m_vals, names, len(keys))
+    in_d = keys.isin(d.index)[:, None]
+    in_m = keys.isin(m.index)[:, None]
+    flows_d2m = np.array([flow.includes(Direction.D2M) for _, flow, _ in tracked], dtype=bool)
+    flows_m2d = np.array([flow.includes(Direction.M2D) for _, flow, _ in tracked], dtype=bool)
+    marketo_wins = np.array([winner is Side.MARKETO for *_, winner in tracked], dtype=bool)
+    dc = in_d & (d_has & flows_d2m) & (l_na | (lv != hd))
+    mc = in_m & (m_has & flows_m2d) & (l_na | (lv != hm))
+    both = dc & mc
+    same = both & (hd == hm)
+    conflict = both & ~same
+    to_m = dc & ~same & ~(conflict & marketo_wins)
+    to_d = mc & ~same & ~(conflict & ~marketo_wins)
+    take_d = (to_m | same) & d_has
+    take_m = to_d & m_has
+    agreed_v = np.where(take_m, hm, np.where(take_d, hd, lv))
+    agreed_na = l_na & ~take_d & ~take_m
     conflict_parts = []
     opt_out = {f.name for f in entity.fields if f.opt_out}
     consent_parts: list[pd.DataFrame] = []
     write_back_m: dict[str, pd.Series] = {}
     write_back_d: dict[str, pd.Series] = {}
-    for n, flow, winner in tracked:
-        dc = (d_changed[n] & in_d) if (n in d_changed and flow.includes(Direction.D2M)) else in_d & False
-        mc = (m_changed[n] & in_m) if (n in m_changed and flow.includes(Direction.M2D)) else in_m & False
-        both = dc & mc
-        same = both & hd[n].eq(hm[n]).fillna(False).astype(bool) if both.any() else both
-        conflict = both & ~same
-        to_m[n] = dc & ~same & ~(conflict & (winner is Side.MARKETO))
-        to_d[n] = mc & ~same & ~(conflict & (winner is Side.DYNAMICS))
-        if n in hd:
-            agreed[n] = agreed[n].mask(to_m[n] | same, hd[n])
-        if n in hm:
-            agreed[n] = agreed[n].mask(to_d[n], hm[n])
+    for j, (n, flow, winner) in enumerate(tracked):
         if n in opt_out:
-            consent = _opt_out_rule(entity, n, flow, dc, mc, d_vals, m_vals, last_h[n], keys)
-            to_m[n] = (to_m[n] | consent.send_m) & ~consent.keep_m
-            to_d[n] = (to_d[n] | consent.send_d) & ~consent.keep_d
-            agreed[n] = agreed[n].mask(consent.settled_out, consent.out_hash)
+            last_n = pd.Series(pd.arrays.IntegerArray(lv[:, j].copy(), l_na[:, j].copy()), index=keys)
+            dc_n, mc_n = pd.Series(dc[:, j], index=keys), pd.Series(mc[:, j], index=keys)
+            consent = _opt_out_rule(entity, n, flow, dc_n, mc_n, d_vals, m_vals, last_n, keys)
+            to_m[:, j] = (to_m[:, j] | consent.send_m.to_numpy()) & ~consent.keep_m.to_numpy()
+            to_d[:, j] = (to_d[:, j] | consent.send_d.to_numpy()) & ~consent.keep_d.to_numpy()
+            settled = consent.settled_out.to_numpy()
+            agreed_v[settled, j] = consent.out_hash
+            agreed_na[settled, j] = False
             write_back_m |= {n: consent.back_m}
             write_back_d |= {n: consent.back_d}
             if len(consent.rows):
                 consent_parts.append(consent.rows)
-        if conflict.any():
-            ids = keys[conflict.to_numpy()]
+        if conflict[:, j].any():
+            ids = keys[conflict[:, j]]
             conflict_parts.append(
                 pd.DataFrame(
                     {
@@ -186,14 +215,21 @@ def resolve_changes(
                     }
                 )
             )
+    agreed = pd.DataFrame(
+        {n: pd.arrays.IntegerArray(agreed_v[:, j], agreed_na[:, j]) for j, n in enumerate(names)},
+        index=keys,
+        columns=names,
+    )
+    to_m_frame = pd.DataFrame(to_m, index=keys, columns=names)
+    to_d_frame = pd.DataFrame(to_d, index=keys, columns=names)
     conflicts = (
         pd.concat(conflict_parts, ignore_index=True) if conflict_parts else empty_frame(CONFLICT_COLUMNS)
     )
     return Resolution(
         to_marketo=_with_opt_outs(d.reindex(index=keys), write_back_m, entity, marketo_side=True),
-        to_marketo_mask=to_m,
+        to_marketo_mask=to_m_frame,
         to_dynamics=_with_opt_outs(m.reindex(index=keys), write_back_d, entity, marketo_side=False),
-        to_dynamics_mask=to_d,
+        to_dynamics_mask=to_d_frame,
         agreed=agreed,
         conflicts=conflicts,
         consents=pd.concat(consent_parts, ignore_index=True)
