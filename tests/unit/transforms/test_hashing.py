@@ -117,3 +117,12 @@ def test_hashes_as_json_text_are_the_dicts_json_would_write() -> None:
     assert expected[2] == '{"title":-7}'
     assert expected[1] == '{"email":3}'
     assert hashes_to_json(hashes.iloc[:, :0]) == ["{}", "{}", "{}"]
+
+
+def test_a_record_with_no_hash_keeps_its_place_in_the_json_texts() -> None:
+    from crm_sync.transforms.hashing import hashes_to_json
+
+    # Arrow's skip-nulls join drops such rows from its result (pyarrow 26.0.1): the texts
+    # must stay aligned with the records.
+    hashes = pd.DataFrame({"b": [1, None, None, -5], "a": [None, 2, None, 7]}).astype("Int64")
+    assert hashes_to_json(hashes) == ['{"b":1}', '{"a":2}', "{}", '{"a":7,"b":-5}']
