@@ -189,8 +189,40 @@ def upsert(
         )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+    conn = session.connection()
+    if conn.dialect.name == "sqlite" and _executemany(conn, stmt, cast("TableClause", model.__table__), rows):
+        return len(rows)
     session.execute(stmt, [dict(r) for r in rows])
     return len(rows)
+
+
+def _executemany(conn: Any, stmt: Any, table: TableClause, rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Run ``stmt`` for ``rows`` through the DB-API's executemany, compiled once; False (nothing
+    run) when the rows differ in their keys or a left-out column has a computed default.
+
+    SQLAlchemy's own executemany builds and processes every row's parameters through its
+    compiler: half of a full copy's consent-log time on SQLite.
+    """
+    columns = list(rows[0])
+    if any(len(r) != len(columns) for r in rows):
+        return False
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=columns)
+    names = list(compiled.positiontup or ())
+    constants: dict[str, Any] = {}
+    for name in names:
+        if name in rows[0]:
+            continue
+        default = table.c[name].default
+        if default is None or not default.is_scalar:
+            return False
+        constants[name] = default.arg
+    processors = [conn.dialect.type_descriptor(table.c[n].type).bind_processor(conn.dialect) for n in names]
+    params = []
+    for row in rows:
+        values = [constants[n] if n in constants else row[n] for n in names]
+        params.append(tuple(p(v) if p else v for v, p in zip(values, processors, strict=True)))
+    conn.exec_driver_sql(compiled.string, params)
+    return True
 
 
 def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
