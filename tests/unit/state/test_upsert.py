@@ -53,7 +53,7 @@ def test_rows_left_out_columns_defaults_and_clashes_are_stored_as_sqlalchemy_wou
     with session_scope(engine) as s:
         upsert(s, RecordError, [_row("a", message="changed"), _row("e")], keys=KEY, update=["message"])
     stored = _stored(engine)
-    first_seen = {r[0]: r[6] for r in stored}
+    first_seen = [r[6] for r in stored if isinstance(r[6], datetime)]
     assert [r[:6] for r in stored] == [
         ("a", "", 1, False, "changed", None),
         ("b", "", 1, False, 'x, "quoted"', None),
@@ -62,4 +62,5 @@ def test_rows_left_out_columns_defaults_and_clashes_are_stored_as_sqlalchemy_wou
         ("e", "", 1, False, "too long", None),
     ]
     # SQLite hands back naive UTC datetimes, PostgreSQL aware ones: the instant is the same.
-    assert {v.replace(tzinfo=UTC) if v.tzinfo is None else v for v in first_seen.values()} == {T0}
+    assert len(first_seen) == len(stored)
+    assert {v.replace(tzinfo=UTC) if v.tzinfo is None else v for v in first_seen} == {T0}
