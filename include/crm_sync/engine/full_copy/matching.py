@@ -9,6 +9,7 @@ staged plan at a time, reading the id map in chunks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +69,11 @@ class Lookups:
     upserts: int
     person_entities: tuple[str, ...]
 
+    @cached_property
+    def shared_array(self) -> np.ndarray:
+        """:attr:`shared` as a sorted ``uint64`` array, for vectorised membership tests."""
+        return np.sort(np.fromiter(self.shared, dtype=np.uint64, count=len(self.shared)))
+
 
 def count_emails(
     ctx: RunContext, refs: Sequence[Mapping[str, Any]], person_entities: Sequence[str]
@@ -76,7 +82,9 @@ def count_emails(
     hashes: list[np.ndarray] = []
     upserts = 0
     for ref in refs:
-        found = person_upserts(ctx.staging.read_frame(ref["ops"]), ctx.staging.read_frame(ref["links"]))
+        # Only the columns the count needs: the payloads are the bulk of a staged plan.
+        ops = ctx.staging.read_frame(ref["ops"], columns=["op", DYNAMICS_ID])
+        found = person_upserts(ops, ctx.staging.read_frame(ref["links"], columns=[DYNAMICS_ID, "email"]))
         hashes.append(email_hashes(found["email"]))
         upserts += len(found)
     every = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
@@ -109,7 +117,7 @@ def plan_lookups(
     hashes = pd.Series(np.zeros(len(email), dtype=np.uint64), index=email.index)
     present = email.notna().to_numpy()
     hashes[present] = email_hashes(email)
-    shared = np.fromiter((int(h) in lookups.shared for h in hashes), dtype=bool, count=len(hashes))
+    shared = np.isin(hashes.to_numpy(), lookups.shared_array)
     free = present & ~shared & ~member(upserts["id"], linked)
     candidates = upserts[free]
     known = known_emails(ctx, lookups.person_entities, sorted(set(candidates["email"])))
