@@ -6,6 +6,14 @@ written per table/object), never typed in, with the API's own maxima:
 * Dataverse: a read returns at most 5,000 rows per page (``Prefer: odata.maxpagesize``), so
   ``ceil(rows / 5000)`` calls per table read, at least one (an empty delta read is still a call);
   a ``$batch`` carries at most 1,000 operations, so ``ceil(rows / 1000)`` calls per table written.
+  A change-tracking read from a delta link (``delta_reads``) costs ``rows // 5000 + 1``: new and
+  updated rows come first and deletions after them, and the emulator follows a page full of rows
+  with another (the deletions', empty or not) before the new delta link comes, so 10,000 changed
+  rows take three pages at any page size up to 5,000, where ``ceil`` says two (whether Dataverse
+  itself sends that last page is unconfirmed). The record counters do not say which reads were
+  delta reads (a table's first read, by change tracking too, and reads by key count the same),
+  so the caller names them; deletions in a delta are not in the counters, so the figure stays a
+  lower bound.
 * Marketo: 300 records per REST call, so ``ceil(records / 300)`` per object written and per
   person read by id; the person change feed returns 300 activities per page, at least one page;
   so does the deleted-leads feed, read by every person run that syncs Marketo → Dynamics (a
@@ -19,7 +27,10 @@ written per table/object), never typed in, with the API's own maxima:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 DATAVERSE_PAGE = 5000
 DATAVERSE_BATCH = 1000
@@ -28,6 +39,8 @@ MARKETO_FEED_PAGE = 300
 
 DEFINITION = {
     "dynamics": "per table read: ceil(rows/5000), at least 1 (delta or first query); "
+    "a read from a delta link, when the run names it: rows//5000 + 1 (a page full of changed rows "
+    "is followed by another before the delta link); "
     "per table written: ceil(rows/1000) $batch calls; 1 token call",
     "marketo": "per object written: ceil(records/300) sync calls (bulk import: 2 calls per file under 10 MB, "
     "4 for the export that reads the new ids back); "
@@ -41,12 +54,24 @@ def _ceil(n: int, per: int) -> int:
     return math.ceil(n / per) if n > 0 else 0
 
 
-def dynamics_minimum(side: dict[str, Any]) -> int:
-    """Minimum Dataverse API calls (token excluded) for the rows one run read and wrote."""
+def dynamics_minimum(side: dict[str, Any], *, delta_reads: Collection[str] = ()) -> int:
+    """Minimum Dataverse API calls (token excluded) for the rows one run read and wrote.
+
+    Args:
+        side: The run's Dataverse figures (``records``: ``<table>.read`` and the like).
+        delta_reads: Logical names of the tables the run read from a stored delta link (an
+            incremental ``sync_<entity>`` run's own table); their reads cost ``rows // 5000 + 1``.
+            Rows read by key in the same run count with them: ``n // 5000 + 1`` never exceeds
+            the delta's ``d // 5000 + 1`` plus the key reads' ``ceil(k / 5000)``, so the sum stays
+            a lower bound.
+    """
     total = 0
+    delta = set(delta_reads)
     for key, n in dict(side.get("records", {})).items():
-        kind = key.rsplit(".", 1)[-1]
-        if kind == "read":
+        table, _, kind = key.rpartition(".")
+        if kind == "read" and table in delta:
+            total += int(n) // DATAVERSE_PAGE + 1
+        elif kind == "read":
             total += max(_ceil(int(n), DATAVERSE_PAGE), 1)
         elif kind in ("write", "delete", "create", "update"):
             total += _ceil(int(n), DATAVERSE_BATCH)

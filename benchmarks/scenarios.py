@@ -44,7 +44,13 @@ def side_summary(runs: Sequence[dict[str, Any]], side: str) -> dict[str, Any]:
         s = run[side]
         api += s["api_calls"]
         auth += s["auth_calls"]
-        minimum += dynamics_minimum(s) if side == "dynamics" else marketo_minimum(s)
+        if side == "dynamics":
+            # A sync_<entity> run reads its own table from the delta link the copy stored.
+            dag_id = str(run.get("dag_id", ""))
+            delta = [dag_id.removeprefix("sync_")] if dag_id.startswith("sync_") else []
+            minimum += dynamics_minimum(s, delta_reads=delta)
+        else:
+            minimum += marketo_minimum(s)
         for k, v in s["routes"].items():
             routes[k] = routes.get(k, 0) + v
         for k, v in s["records"].items():
