@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -70,6 +70,8 @@ from crm_sync.transforms.lifecycle import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from crm_sync.transforms import Resolution
 
 log = logging.getLogger(__name__)
@@ -212,6 +214,24 @@ def link_frame(
     return rows[LINK_FRAME_COLUMNS].reset_index(drop=True)
 
 
+PAYLOAD_CHUNK = 1000  # records turned into dicts at once, then straight into JSON text
+
+
+def _payload_ops(
+    op: str, ids: pd.Index, payloads: Callable[[pd.Index], list[dict[str, Any]]]
+) -> list[pd.DataFrame]:
+    """Operations for ``ids``, their payloads built and encoded :data:`PAYLOAD_CHUNK` records at
+    a time: a page's records are never all held as dicts (a full copy's plan peaked there)."""
+    return [
+        ops_frame(
+            op,
+            [str(i) for i in ids[start : start + PAYLOAD_CHUNK]],
+            payloads(ids[start : start + PAYLOAD_CHUNK]),
+        )
+        for start in range(0, len(ids), PAYLOAD_CHUNK)
+    ]
+
+
 def plan_changes(
     entity: EntityConfig,
     dynamics_rows: pd.DataFrame | None,
@@ -318,11 +338,13 @@ def plan_changes(
     ops = [empty_ops()]
     if entity.direction.includes(Direction.D2M):
         ops += [lifecycle_ops, repoint_ops(entity, takeovers, resolution.marketo_ids)]
-        to_m = marketo_payload(entity, resolution)
-        ops.append(ops_frame(MARKETO_UPSERT, [str(i) for i in resolution.marketo_ids], to_m))
+        ops += _payload_ops(
+            MARKETO_UPSERT, resolution.marketo_ids, lambda i: marketo_payload(entity, resolution, i)
+        )
     if entity.direction.includes(Direction.M2D):
-        to_d = dynamics_payload(entity, resolution)
-        ops.append(ops_frame(DYNAMICS_UPSERT, [str(i) for i in resolution.dynamics_ids], to_d))
+        ops += _payload_ops(
+            DYNAMICS_UPSERT, resolution.dynamics_ids, lambda i: dynamics_payload(entity, resolution, i)
+        )
     if entity.roles is not None and valid_rows is not None and len(valid_rows):
         # Roles are re-sent with every change of their opportunity (upserts by compound key).
         roles, role_errors = opportunity_roles(valid_rows, entity, entity.roles, id_map)

@@ -12,26 +12,38 @@ from crm_sync.config import Direction, EntityConfig
 from crm_sync.transforms.mapping import DYNAMICS_ID, canonical_to_dynamics, to_records
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from crm_sync.transforms.conflicts import Resolution
 
 
-def marketo_payload(entity: EntityConfig, resolution: Resolution) -> list[dict[str, Any]]:
+def marketo_payload(
+    entity: EntityConfig, resolution: Resolution, ids: pd.Index | None = None
+) -> list[dict[str, Any]]:
     """Records to upsert in Marketo (keyed by ``entity.marketo.key``), changed fields only.
 
     The sync-owned type field (``msdType``) is sent with every person record, so a lead
     qualified into a contact is re-typed by its next write.
+
+    Args:
+        entity: The entity.
+        resolution: The merge result.
+        ids: Some of ``resolution.marketo_ids`` (default: all of them).
     """
-    ids = resolution.marketo_ids
+    ids = resolution.marketo_ids if ids is None else ids
     always = tuple(c for c in (entity.marketo.key, entity.marketo.type_field) if c)
     values = resolution.to_marketo.loc[ids]
     return to_records(values, resolution.to_marketo_mask.loc[ids], always=always)
 
 
-def dynamics_payload(entity: EntityConfig, resolution: Resolution) -> list[dict[str, Any]]:
-    """Records to update in Dataverse (keyed by ``entity.dynamics.key``), changed columns only."""
+def dynamics_payload(
+    entity: EntityConfig, resolution: Resolution, ids: pd.Index | None = None
+) -> list[dict[str, Any]]:
+    """Records to update in Dataverse (keyed by ``entity.dynamics.key``), changed columns only;
+    ``ids``: some of ``resolution.dynamics_ids`` (default: all of them)."""
     if not entity.direction.includes(Direction.M2D):
         return []
-    ids = resolution.dynamics_ids
+    ids = resolution.dynamics_ids if ids is None else ids
     canonical = resolution.to_dynamics.loc[ids].rename_axis(DYNAMICS_ID).reset_index()
     canonical.index = ids
     values = canonical_to_dynamics(canonical, entity)
