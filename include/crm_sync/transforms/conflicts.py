@@ -185,18 +185,16 @@ def resolve_changes(
     conflict_parts = []
     opt_out = {f.name for f in entity.fields if f.opt_out}
     consent_parts: list[pd.DataFrame] = []
-    write_back_m: dict[str, pd.Series] = {}
-    write_back_d: dict[str, pd.Series] = {}
+    write_back_m: dict[str, np.ndarray] = {}
+    write_back_d: dict[str, np.ndarray] = {}
     for j, (n, flow, winner) in enumerate(tracked):
         if n in opt_out:
-            last_n = pd.Series(pd.arrays.IntegerArray(lv[:, j].copy(), l_na[:, j].copy()), index=keys)
-            dc_n, mc_n = pd.Series(dc[:, j], index=keys), pd.Series(mc[:, j], index=keys)
-            consent = _opt_out_rule(entity, n, flow, dc_n, mc_n, d_vals, m_vals, last_n, keys)
-            to_m[:, j] = (to_m[:, j] | consent.send_m.to_numpy()) & ~consent.keep_m.to_numpy()
-            to_d[:, j] = (to_d[:, j] | consent.send_d.to_numpy()) & ~consent.keep_d.to_numpy()
-            settled = consent.settled_out.to_numpy()
-            agreed_v[settled, j] = consent.out_hash
-            agreed_na[settled, j] = False
+            last_n = (lv[:, j], l_na[:, j])
+            consent = _opt_out_rule(entity, n, flow, dc[:, j], mc[:, j], d_vals, m_vals, last_n, keys)
+            to_m[:, j] = (to_m[:, j] | consent.send_m) & ~consent.keep_m
+            to_d[:, j] = (to_d[:, j] | consent.send_d) & ~consent.keep_d
+            agreed_v[consent.settled_out, j] = consent.out_hash
+            agreed_na[consent.settled_out, j] = False
             write_back_m |= {n: consent.back_m}
             write_back_d |= {n: consent.back_d}
             if len(consent.rows):
@@ -240,7 +238,8 @@ def resolve_changes(
 
 @dataclass(frozen=True)
 class _Consent:
-    """The opt-out rule's verdict on one consent field of one batch (all Series by record key).
+    """The opt-out rule's verdict on one consent field of one batch (boolean arrays over the
+    batch's record keys).
 
     ``send_m``/``send_d``: cells to write to Marketo/Dynamics whatever the conflict rule said;
     ``keep_m``/``keep_d``: cells never to write there (a refused re-subscribe, or a value that
@@ -249,48 +248,54 @@ class _Consent:
     once the writes succeed (``out_hash`` is the hash of that value).
     """
 
-    send_m: pd.Series
-    send_d: pd.Series
-    keep_m: pd.Series
-    keep_d: pd.Series
-    back_m: pd.Series
-    back_d: pd.Series
-    settled_out: pd.Series
+    send_m: np.ndarray
+    send_d: np.ndarray
+    keep_m: np.ndarray
+    keep_d: np.ndarray
+    back_m: np.ndarray
+    back_d: np.ndarray
+    settled_out: np.ndarray
     out_hash: int
     rows: pd.DataFrame
 
 
-def _opted_out(values: pd.DataFrame, name: str, keys: pd.Index) -> pd.Series:
+def _opted_out(values: pd.DataFrame, name: str, rows: int) -> np.ndarray:
     if name not in values:
-        return pd.Series(False, index=keys)
-    return values[name].astype("boolean").eq(True).fillna(False).astype(bool)
+        return np.zeros(rows, dtype=bool)
+    return values[name].astype("boolean").to_numpy(dtype=bool, na_value=False)
 
 
-def _known(values: pd.DataFrame, name: str, keys: pd.Index) -> pd.Series:
+def _known(values: pd.DataFrame, name: str, rows: int) -> np.ndarray:
     """Records whose value of ``name`` this batch read from that side (not missing)."""
     if name not in values:
-        return pd.Series(False, index=keys)
-    return values[name].reindex(keys).notna().astype(bool)
+        return np.zeros(rows, dtype=bool)
+    return values[name].notna().to_numpy(dtype=bool)
 
 
 def _opt_out_rule(
     entity: EntityConfig,
     name: str,
     flow: Direction,
-    d_changed: pd.Series,
-    m_changed: pd.Series,
+    d_changed: np.ndarray,
+    m_changed: np.ndarray,
     d_vals: pd.DataFrame,
     m_vals: pd.DataFrame,
-    last: pd.Series,
+    last: tuple[np.ndarray, np.ndarray],
     keys: pd.Index,
 ) -> _Consent:
-    """Apply the consent rule (module docstring) to the opt-out field ``name``."""
+    """Apply the consent rule (module docstring) to the opt-out field ``name``.
+
+    ``d_vals``/``m_vals`` are indexed by ``keys``; ``last`` is the last synced hash of the field
+    per record and where it is missing.
+    """
     # Hashed as the canonical column is typed (the "boolean" cast), as the stored hashes were.
     typed = d_vals[name] if name in d_vals else m_vals.get(name)
     dtype = typed.dtype if typed is not None else "boolean"
     out_hash = int(field_hashes(pd.DataFrame({name: pd.Series([True], dtype=dtype)}), [name])[name].iloc[0])
-    was_out = last.eq(out_hash).fillna(False).astype(bool)
-    d_out, m_out = _opted_out(d_vals, name, keys), _opted_out(m_vals, name, keys)
+    last_hash, first = last
+    was_out = ~first & (last_hash == out_hash)
+    size = len(keys)
+    d_out, m_out = _opted_out(d_vals, name, size), _opted_out(m_vals, name, size)
     d_optout, m_optout = d_changed & d_out & ~was_out, m_changed & m_out & ~was_out
     d_resub, m_resub = d_changed & ~d_out & was_out, m_changed & ~m_out & was_out
     owner = entity.consent_owner
@@ -309,46 +314,48 @@ def _opt_out_rule(
     # With nothing agreed yet and the other side's value not known in this batch (a first write:
     # a full copy matching an existing Marketo person by email, a lead linked to a Marketo-only
     # person), "not opted out" is never written: it could clear an opt-out made there.
-    first = last.isna()
-    keep_m |= first & ~d_out & ~_known(m_vals, name, keys) & ~back_m
-    keep_d |= first & ~m_out & ~_known(d_vals, name, keys) & ~back_d
+    keep_m |= first & ~d_out & ~_known(m_vals, name, size) & ~back_m
+    keep_d |= first & ~m_out & ~_known(d_vals, name, size) & ~back_d
     settled_out = d_optout | m_optout | d_refused | m_refused
     seen = d_optout | m_optout | d_resub | m_resub
     rows = pd.DataFrame(columns=CONSENT_COLUMNS)
     if seen.any():
-        ids = keys[seen.to_numpy()]
-        changed_in = pd.Series("marketo", index=keys).mask(d_changed & ~m_changed, "dynamics")
-        changed_in = changed_in.mask(d_changed & m_changed, "both")
-        outcome = pd.Series(OPT_OUT, index=keys).mask(d_resub | m_resub, RESUBSCRIBE)
-        outcome = outcome.mask((d_refused | m_refused) & ~(d_optout | m_optout), RESUBSCRIBE_REFUSED)
+        changed_in = np.where(
+            d_changed & m_changed, "both", np.where(d_changed & ~m_changed, "dynamics", "marketo")
+        )
+        outcome = np.where(d_resub | m_resub, RESUBSCRIBE, OPT_OUT)
+        outcome = np.where((d_refused | m_refused) & ~(d_optout | m_optout), RESUBSCRIBE_REFUSED, outcome)
         rows = pd.DataFrame(
             {
                 "entity": entity.name,
-                "record_key": ids,
+                "record_key": keys[seen],
                 "field": name,
-                "marketo_value": _side_value(m_vals, name, ids, was_out),
-                "dynamics_value": _side_value(d_vals, name, ids, was_out),
-                "changed_in": changed_in.loc[ids].to_numpy(),
-                "outcome": outcome.loc[ids].to_numpy(),
+                "marketo_value": _side_value(m_vals, name, seen, was_out),
+                "dynamics_value": _side_value(d_vals, name, seen, was_out),
+                "changed_in": changed_in[seen].astype(object),
+                "outcome": outcome[seen].astype(object),
             }
         )
     return _Consent(send_m, send_d, keep_m, keep_d, back_m, back_d, settled_out, out_hash, rows)
 
 
-def _side_value(values: pd.DataFrame, name: str, ids: pd.Index, was_out: pd.Series) -> list[str | None]:
-    """Each record's value on one side as text; a side not read in this batch still holds the
-    last synced value, which for a consent row is known only when it was the opt-out."""
-    read = values[name].reindex(ids).astype("boolean") if name in values else pd.Series(pd.NA, index=ids)
-    known = read.notna().to_numpy()
-    text = np.where(read.fillna(False).astype(bool).to_numpy(), "True", "False").astype(object)
-    last_out = was_out.reindex(ids).fillna(False).astype(bool).to_numpy()
+def _side_value(values: pd.DataFrame, name: str, seen: np.ndarray, was_out: np.ndarray) -> list[str | None]:
+    """Each seen record's value on one side as text; a side not read in this batch still holds
+    the last synced value, which for a consent row is known only when it was the opt-out."""
+    if name in values:
+        read = values[name].astype("boolean").to_numpy(dtype=object, na_value=None)[seen]
+    else:
+        read = np.full(int(seen.sum()), None, dtype=object)
+    known = np.array([v is not None for v in read], dtype=bool)
+    text = np.where([bool(v) for v in read], "True", "False").astype(object) if len(read) else read
+    last_out = was_out[seen]
     text[~known & last_out] = "True"
     text[~known & ~last_out] = None
     return list(text)
 
 
 def _with_opt_outs(
-    values: pd.DataFrame, back: dict[str, pd.Series], entity: EntityConfig, *, marketo_side: bool
+    values: pd.DataFrame, back: dict[str, np.ndarray], entity: EntityConfig, *, marketo_side: bool
 ) -> pd.DataFrame:
     """Put the opt-out value in the cells written back; a Marketo write-back of a record Dynamics
     did not send in this batch also needs the person's key and type (sent with every write)."""
@@ -359,9 +366,9 @@ def _with_opt_outs(
     for name, cells in marked.items():
         if name not in values:
             values[name] = pd.array([pd.NA] * len(values), dtype="boolean")
-        values[name] = values[name].astype("boolean").mask(cells.to_numpy(), True)
+        values[name] = values[name].astype("boolean").mask(cells, True)
         if marketo_side:
-            rows = cells.to_numpy()
+            rows = cells
             fill = {entity.marketo.key: pd.Series(values.index.astype(str), index=values.index)}
             if entity.marketo.type_field and entity.marketo.person_type:
                 fill[entity.marketo.type_field] = pd.Series(entity.marketo.person_type, index=values.index)

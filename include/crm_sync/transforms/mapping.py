@@ -222,12 +222,15 @@ def to_records(
     Returns:
         One dict per row, in frame order; rows with nothing to send are omitted.
     """
-    plain = frame.astype(object).where(frame.notna(), None)
-    columns = list(plain.columns)
-    values = plain.to_numpy(dtype=object)
+    columns = list(frame.columns)
+    # Column by column, missing values straight to None: converting the whole frame to object
+    # and masking it with notna() was 9% of a full copy's plan (py-spy, plan_bench).
+    values = np.empty((len(frame), len(columns)), dtype=object)
+    for j in range(len(columns)):
+        values[:, j] = frame.iloc[:, j].to_numpy(dtype=object, na_value=None)
     if mask is None:
         return [dict(zip(columns, row, strict=True)) for row in values]
-    chosen = mask.reindex(index=plain.index, columns=columns, fill_value=False).to_numpy(dtype=bool)
+    chosen = mask.reindex(index=frame.index, columns=columns, fill_value=False).to_numpy(dtype=bool)
     fixed = np.array([c in always for c in columns], dtype=bool)
     changed = (chosen & ~fixed).any(axis=1)
     send = chosen | fixed
