@@ -26,6 +26,7 @@ from crm_sync.localenv import PROJECT_DIR
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
+    import pandas as pd
     from sqlalchemy.sql.dml import Insert
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,17 @@ def insert_for(session: Session, table: TableClause) -> Insert:
     raise NotImplementedError(f"state store supports sqlite and postgresql, not {dialect}")
 
 
+def _upsert_statement(
+    session: Session, model: type[DeclarativeBase], keys: Sequence[str], update: Sequence[str] | None
+) -> Any:
+    stmt: Any = insert_for(session, cast("TableClause", model.__table__))
+    if update:
+        return stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
+        )
+    return stmt.on_conflict_do_nothing(index_elements=list(keys))
+
+
 def upsert(
     session: Session,
     model: type[DeclarativeBase],
@@ -182,13 +194,7 @@ def upsert(
     """
     if not rows:
         return 0
-    stmt: Any = insert_for(session, cast("TableClause", model.__table__))
-    if update:
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
-        )
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+    stmt = _upsert_statement(session, model, keys, update)
     conn = session.connection()
     if conn.dialect.name == "sqlite" and _executemany(conn, stmt, cast("TableClause", model.__table__), rows):
         return len(rows)
@@ -203,26 +209,55 @@ def _executemany(conn: Any, stmt: Any, table: TableClause, rows: Sequence[Mappin
     SQLAlchemy's own executemany builds and processes every row's parameters through its
     compiler: half of a full copy's consent-log time on SQLite.
     """
-    columns = list(rows[0])
-    if any(len(r) != len(columns) for r in rows):
+    names = list(rows[0])
+    if any(len(r) != len(names) for r in rows):
         return False
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=columns)
-    names = list(compiled.positiontup or ())
-    constants: dict[str, Any] = {}
-    for name in names:
-        if name in rows[0]:
-            continue
-        default = table.c[name].default
-        if default is None or not default.is_scalar:
-            return False
-        constants[name] = default.arg
-    processors = [conn.dialect.type_descriptor(table.c[n].type).bind_processor(conn.dialect) for n in names]
-    params = []
-    for row in rows:
-        values = [constants[n] if n in constants else row[n] for n in names]
-        params.append(tuple(p(v) if p else v for v, p in zip(values, processors, strict=True)))
-    conn.exec_driver_sql(compiled.string, params)
+    try:
+        columns = {n: [r[n] for r in rows] for n in names}
+    except KeyError:  # same number of keys, other names
+        return False
+    return _executemany_columns(conn, stmt, table, columns, len(rows))
+
+
+def _executemany_columns(
+    conn: Any, stmt: Any, table: TableClause, columns: Mapping[str, Sequence[Any]], count: int
+) -> bool:
+    """:func:`_executemany` for values given column by column (``count`` rows)."""
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(columns))
+    values: list[Sequence[Any]] = []
+    for name in compiled.positiontup or ():
+        column = columns.get(name)
+        if column is None:
+            default = table.c[name].default
+            if default is None or not default.is_scalar:
+                return False
+            column = [default.arg] * count
+        processor = conn.dialect.type_descriptor(table.c[name].type).bind_processor(conn.dialect)
+        values.append([processor(v) for v in column] if processor else column)
+    conn.exec_driver_sql(compiled.string, list(zip(*values, strict=True)))
     return True
+
+
+def upsert_frame(
+    session: Session,
+    model: type[DeclarativeBase],
+    frame: pd.DataFrame,
+    keys: Sequence[str],
+    update: Sequence[str] | None = None,
+) -> int:
+    """:func:`upsert` for the rows of a frame (missing values as ``None`` already), read column by
+    column instead of as one dict a row."""
+    if frame.empty:
+        return 0
+    if session.get_bind().dialect.name != "sqlite":
+        return upsert(session, model, frame.to_dict("records"), keys, update)
+    stmt = _upsert_statement(session, model, keys, update)
+    columns = {str(c): frame[c].tolist() for c in frame.columns}
+    if not _executemany_columns(
+        session.connection(), stmt, cast("TableClause", model.__table__), columns, len(frame)
+    ):
+        return upsert(session, model, frame.to_dict("records"), keys, update)
+    return len(frame)
 
 
 def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:

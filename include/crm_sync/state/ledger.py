@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from sqlalchemy import select
 
-from crm_sync.state.db import as_utc, upsert, utcnow
+from crm_sync.state.db import as_utc, upsert, upsert_frame, utcnow
 from crm_sync.state.models import ConflictLog, ConsentLog, RunLedger
 
 if TYPE_CHECKING:
@@ -99,29 +99,25 @@ def log_consents(session: Session, consents: pd.DataFrame, *, run_id: str, at: d
         return 0
     cols = ["entity", "record_key", "field", "marketo_value", "dynamics_value", "changed_in", "outcome"]
     plain = consents[cols].astype(object).where(consents[cols].notna(), None)
-    when = at or utcnow()
-    rows = [
-        {**r, "record_key": str(r["record_key"]), "run_id": run_id, "at": when}
-        for r in plain.to_dict("records")
-    ]
+    plain = plain.assign(record_key=plain["record_key"].astype(str), run_id=run_id, at=at or utcnow())
     # A line per record for a run's handful of consent changes; a full copy logs its counts
     # (a line per record of a million-person copy cost more than the rest of its plan).
-    each = log.info if len(rows) <= CONSENT_LINES else log.debug
-    for r in rows:
-        each(
-            "consent %s %s.%s: %s (changed in %s; Marketo %s, Dynamics %s)",
-            *(r[k] for k in ("entity", "record_key", "field", "outcome", "changed_in")),
-            r["marketo_value"],
-            r["dynamics_value"],
-        )
-    if len(rows) > CONSENT_LINES:
+    if len(plain) <= CONSENT_LINES:
+        for r in plain.to_dict("records"):
+            log.info(
+                "consent %s %s.%s: %s (changed in %s; Marketo %s, Dynamics %s)",
+                *(r[k] for k in ("entity", "record_key", "field", "outcome", "changed_in")),
+                r["marketo_value"],
+                r["dynamics_value"],
+            )
+    else:
         counts = plain.groupby(["entity", "field", "outcome"]).size()
         log.info(
             "consent: %d changes stored in the consent log (%s)",
-            len(rows),
+            len(plain),
             ", ".join(f"{e}.{f} {o}: {n}" for (e, f, o), n in counts.items()),
         )
-    return upsert(session, ConsentLog, rows, keys=CONSENT_KEY)
+    return upsert_frame(session, ConsentLog, plain, keys=CONSENT_KEY)
 
 
 def conflict_rows(session: Session, *, entity: str | None = None, run_id: str | None = None) -> pd.DataFrame:

@@ -64,3 +64,20 @@ def test_rows_left_out_columns_defaults_and_clashes_are_stored_as_sqlalchemy_wou
     # SQLite hands back naive UTC datetimes, PostgreSQL aware ones: the instant is the same.
     assert len(first_seen) == len(stored)
     assert {v.replace(tzinfo=UTC) if v.tzinfo is None else v for v in first_seen} == {T0}
+
+
+def test_a_frame_is_stored_as_its_rows_would_be(engine) -> None:
+    import pandas as pd
+
+    from crm_sync.state.db import upsert_frame
+
+    frame = pd.DataFrame([_row("a"), _row("b", message="x"), _row("c", payload_ref="p")])
+    with session_scope(engine) as s:
+        assert upsert_frame(s, RecordError, frame.astype(object).where(frame.notna(), None), keys=KEY) == 3
+        # Already stored: the clash leaves the row as it is.
+        assert upsert_frame(s, RecordError, frame.iloc[:1].assign(message="again"), keys=KEY) == 1
+    assert [r[:6] for r in _stored(engine)] == [
+        ("a", "", 1, False, "too long", None),
+        ("b", "", 1, False, "x", None),
+        ("c", "", 1, False, "too long", "p"),
+    ]
