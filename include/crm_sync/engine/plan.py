@@ -225,7 +225,7 @@ def _payload_ops(
     return [
         ops_frame(
             op,
-            [str(i) for i in ids[start : start + PAYLOAD_CHUNK]],
+            [str(i) for i in ids[start : start + PAYLOAD_CHUNK].tolist()],
             payloads(ids[start : start + PAYLOAD_CHUNK]),
         )
         for start in range(0, len(ids), PAYLOAD_CHUNK)

@@ -111,6 +111,16 @@ def _text(values: pd.Series) -> pd.Series:
     return values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v))
 
 
+def _present(keys: pd.Index, side: pd.Index) -> np.ndarray:
+    """Which of ``keys`` (the union of both sides' keys) one side has; without a hash table when
+    that side has all of them or none (a full copy reads one side only)."""
+    if len(side) == len(keys):
+        return np.ones(len(keys), dtype=bool)
+    if len(side) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    return np.asarray(keys.isin(side), dtype=bool)
+
+
 def _int_matrix(frame: pd.DataFrame, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Stored hashes as an ``int64`` (record x field) array and its missing-value mask."""
     values = np.zeros((len(frame), len(names)), dtype=np.int64)
@@ -166,8 +176,8 @@ def resolve_changes(
     lv, l_na = _int_matrix(last_h, names)
     hd, d_has = _hash_matrix(d_vals, names, len(keys))
     hm, m_has = _hash_matrix(m_vals, names, len(keys))
-    in_d = keys.isin(d.index)[:, None]
-    in_m = keys.isin(m.index)[:, None]
+    in_d = _present(keys, d.index)[:, None]
+    in_m = _present(keys, m.index)[:, None]
     flows_d2m = np.array([flow.includes(Direction.D2M) for _, flow, _ in tracked], dtype=bool)
     flows_m2d = np.array([flow.includes(Direction.M2D) for _, flow, _ in tracked], dtype=bool)
     marketo_wins = np.array([winner is Side.MARKETO for *_, winner in tracked], dtype=bool)
