@@ -1,6 +1,6 @@
 """Throughput and memory of the full copy's plan stage on synthetic leads, in this process.
 
-Usage: ``python -m benchmarks.plan_bench [--rows 100000] [--json]``
+Usage: ``python -m benchmarks.plan_bench [--rows 100000] [--page-rows 5000] [--json]``
 
 Stages a synthetic Dataverse ``lead`` extract (pages of 5,000 rows, every mapped column, unique
 emails, an id map holding the owners) under a temporary staging root with a fresh SQLite state
@@ -35,7 +35,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def stage_extract(rows: int, root: Path, run_id: str) -> tuple[Any, Any]:
+def stage_extract(rows: int, root: Path, run_id: str, page_rows: int = PAGE_ROWS) -> tuple[Any, Any]:
     """Stage ``rows`` synthetic leads as an extract manifest; the entity and run context."""
     from airflow.sdk import ObjectStoragePath
 
@@ -55,8 +55,8 @@ def stage_extract(rows: int, root: Path, run_id: str) -> tuple[Any, Any]:
     folder = ctx.staging.run_dir(entity.name, run_id)
     batches = []
     owners = None
-    for start in range(0, rows, PAGE_ROWS):
-        size = min(PAGE_ROWS, rows - start)
+    for start in range(0, rows, page_rows):
+        size = min(page_rows, rows - start)
         frame, id_map = synthetic_leads(entity, size, seed=start + 1)
         owners = id_map if owners is None else owners
         frame["emailaddress1"] = [f"person{start + i}@example.com" for i in range(size)]
@@ -65,7 +65,7 @@ def stage_extract(rows: int, root: Path, run_id: str) -> tuple[Any, Any]:
             if column not in frame:
                 frame[column] = None
         page = frame[columns].astype(object).where(frame[columns].notna(), None)
-        ref = ctx.staging.write_frame(folder / "extract", f"dynamics-{start // PAGE_ROWS:05d}", page)
+        ref = ctx.staging.write_frame(folder / "extract", f"dynamics-{start // page_rows:05d}", page)
         batches.append(ref.to_dict())
     assert owners is not None
     with session_scope(ctx.state) as session:
@@ -90,12 +90,12 @@ def stage_extract(rows: int, root: Path, run_id: str) -> tuple[Any, Any]:
     return entity, ctx
 
 
-def run(rows: int, workdir: Path | None = None) -> dict[str, Any]:
-    """Stage ``rows`` leads and plan them; the figures."""
+def run(rows: int, workdir: Path | None = None, page_rows: int = PAGE_ROWS) -> dict[str, Any]:
+    """Stage ``rows`` leads in pages of ``page_rows`` and plan them; the figures."""
     from crm_sync.engine.full_copy.units import plan_partition
 
     with tempfile.TemporaryDirectory(prefix="mds-plan-bench-", dir=workdir) as tmp:
-        entity, ctx = stage_extract(rows, Path(tmp), "plan_bench")
+        entity, ctx = stage_extract(rows, Path(tmp), "plan_bench", page_rows)
         before = _peak_rss_mb()
         started = time.perf_counter()
         manifest = plan_partition(entity, ctx, person_entities=["lead", "contact"])
@@ -115,6 +115,12 @@ def run(rows: int, workdir: Path | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument(
+        "--page-rows",
+        type=int,
+        default=PAGE_ROWS,
+        help="rows per staged page (the plan works a page at a time)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = parser.parse_args(argv)
     import numpy as np
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # a per-core figure
     np.seterr(all="ignore")
-    figures = run(args.rows)
+    figures = run(args.rows, page_rows=args.page_rows)
     if args.json:
         sys.stdout.write(json.dumps(figures) + "\n")
     else:
