@@ -153,12 +153,22 @@ def _open(entity: str | None, direction: str | None) -> list[Any]:
     return conds
 
 
+OPEN_LOOKUP_FROM = 2_000  # records from which their open errors are read first
+
+
 def _update_open(
     session: Session, entity: str, direction: str, source_ids: Iterable[str], *conds: Any, **values: Any
 ) -> int:
     """Set ``values`` on the open errors of these records (and ``conds``); returns rows changed."""
+    wanted = {str(s) for s in source_ids}
+    if len(wanted) > OPEN_LOOKUP_FROM:
+        # A load settles every record it wrote, tens of thousands in a bulk unit, and almost
+        # none of them has an open error: read the open ones once rather than updating by IN
+        # lists of 500 (16% of a full copy's load task in its profile).
+        stmt = select(RecordError.source_id).where(*_open(entity, direction), *conds)
+        wanted &= {str(s) for s in session.execute(stmt).scalars()}
     changed = 0
-    for part in chunks(sorted({str(s) for s in source_ids})):
+    for part in chunks(sorted(wanted)):
         result = session.execute(
             update(RecordError)
             .where(*_open(entity, direction), RecordError.source_id.in_(part), *conds)

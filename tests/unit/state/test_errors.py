@@ -122,3 +122,24 @@ def test_several_reasons_for_one_key_are_kept(engine):
     frame = pd.concat([_errors(), _errors().assign(reason="another reason")])
     _record(engine, "run1", T0, frame)
     assert _open(engine)["message"].tolist() == ["length 300 > 50; another reason"]
+
+
+def test_a_load_settling_thousands_of_records_resolves_exactly_their_open_errors(engine):
+    from crm_sync.state.errors import OPEN_LOOKUP_FROM, retry_now
+
+    frame = _errors(["r1", "r2", "r3"])
+    other = frame.assign(entity="contact")  # same ids, another entity: left open
+    _record(engine, "run1", T0, pd.concat([frame, other]))
+    settled = [f"x{i}" for i in range(OPEN_LOOKUP_FROM + 500)] + ["r1", "r3"]
+    with session_scope(engine) as s:
+        park_errors(s, "lead", "m2d", ["r3"])
+        # Among thousands of ids, only the unparked open error is made due (a condition holds).
+        assert retry_now(s, "lead", "m2d", settled, now=T0) == 1
+        assert resolve_errors(s, "lead", "m2d", settled, now=T0) == 2
+    still = _open(engine)
+    assert sorted(zip(still["entity"], still["source_id"], strict=True)) == [
+        ("contact", "r1"),
+        ("contact", "r2"),
+        ("contact", "r3"),
+        ("lead", "r2"),
+    ]
