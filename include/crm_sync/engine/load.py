@@ -8,7 +8,6 @@ the record-error table; a batch outcome file is staged last, as proof for the co
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +38,7 @@ from crm_sync.state import (
     set_link_state,
     upsert_links,
 )
+from crm_sync.state.db import JsonText
 from crm_sync.state.models import MERGED
 from crm_sync.transforms import DYNAMICS_ID, MARKETO_ID
 from crm_sync.transforms.frames import member
@@ -246,7 +246,7 @@ def _links(
         row = {c: rec.get(c) for c in LINK_FRAME_COLUMNS if c != "link_entity"}
         hashes = row["field_hashes"]
         # A person linked by email has no agreed values yet; the next merge compares in full.
-        row["field_hashes"] = json.loads(hashes) if isinstance(hashes, str) and hashes else None
+        row["field_hashes"] = JsonText(hashes) if isinstance(hashes, str) and hashes else None
         row[MARKETO_ID] = marketo_ids.get(str(rec[DYNAMICS_ID]), row[MARKETO_ID])
         row["state"] = "active"
         target = rec.get("link_entity")

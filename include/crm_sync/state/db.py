@@ -8,6 +8,7 @@ PostgreSQL is used as is.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import TableClause, create_engine, event
+from sqlalchemy import JSON, TableClause, create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session
 
@@ -35,6 +36,12 @@ URL_ENV = "CRM_SYNC_STATE_URL"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 60
 READ_ONLY = "mds_read_only"  # execution option of read_scope's connections
+
+
+class JsonText(str):
+    """A JSON column's value given as its JSON text already (stored as it is on SQLite, parsed
+    for SQLAlchemy's own JSON serialiser elsewhere): the load stores each record's staged hash
+    text without parsing it and serialising it again."""
 
 
 def utcnow() -> datetime:
@@ -198,8 +205,13 @@ def upsert(
     conn = session.connection()
     if conn.dialect.name == "sqlite" and _executemany(conn, stmt, cast("TableClause", model.__table__), rows):
         return len(rows)
-    session.execute(stmt, [dict(r) for r in rows])
+    session.execute(stmt, [_parsed_json(r) for r in rows])
     return len(rows)
+
+
+def _parsed_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row with any :class:`JsonText` value parsed (SQLAlchemy serialises JSON values itself)."""
+    return {k: json.loads(v) if isinstance(v, JsonText) else v for k, v in row.items()}
 
 
 def _executemany(conn: Any, stmt: Any, table: TableClause, rows: Sequence[Mapping[str, Any]]) -> bool:
@@ -233,7 +245,12 @@ def _executemany_columns(
                 return False
             column = [default.arg] * count
         processor = conn.dialect.type_descriptor(table.c[name].type).bind_processor(conn.dialect)
-        values.append([processor(v) for v in column] if processor else column)
+        if processor is None:
+            values.append(column)
+        elif isinstance(table.c[name].type, JSON):
+            values.append([v if v.__class__ is JsonText else processor(v) for v in column])
+        else:
+            values.append([processor(v) for v in column])
     conn.exec_driver_sql(compiled.string, list(zip(*values, strict=True)))
     return True
 

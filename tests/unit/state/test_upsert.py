@@ -81,3 +81,23 @@ def test_a_frame_is_stored_as_its_rows_would_be(engine) -> None:
         ("b", "", 1, False, "x", None),
         ("c", "", 1, False, "too long", "p"),
     ]
+
+
+def test_a_json_column_given_as_its_text_reads_back_as_the_value(engine) -> None:
+    from crm_sync.state import lookup_links, upsert_links
+    from crm_sync.state.db import JsonText
+
+    hashes = '{"email":-9223372036854775808,"title":42}'
+    with session_scope(engine) as s:
+        upsert_links(
+            s,
+            "lead",
+            [
+                {"dynamics_id": "a", "marketo_id": "1", "field_hashes": JsonText(hashes)},
+                {"dynamics_id": "b", "marketo_id": "2", "field_hashes": None},
+            ],
+        )
+    with session_scope(engine) as s:
+        links = lookup_links(s, "lead", dynamics_ids=["a", "b"]).set_index("dynamics_id")
+    assert links.loc["a", "field_hashes"] == {"email": -(2**63), "title": 42}
+    assert links.loc["b", "field_hashes"] is None
