@@ -242,7 +242,12 @@ def _links(
 ) -> dict[str, list[dict[str, Any]]]:
     """Id-map rows of the records written successfully, by the entity whose map they go to."""
     rows: dict[str, list[dict[str, Any]]] = {}
-    for rec in frame[member(frame[DYNAMICS_ID], ok_ids)].to_dict("records"):
+    written = frame[member(frame[DYNAMICS_ID], ok_ids)]
+    # Column by column (to_dict("records") cost 18% of a bulk unit's load task in its profile).
+    names = [c for c in LINK_FRAME_COLUMNS if c in written]
+    columns = [written[c].tolist() for c in names]
+    for values in zip(*columns, strict=True):
+        rec = dict(zip(names, values, strict=True))
         row = {c: rec.get(c) for c in LINK_FRAME_COLUMNS if c != "link_entity"}
         hashes = row["field_hashes"]
         # A person linked by email has no agreed values yet; the next merge compares in full.
