@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from sqlalchemy import select, update
 
-from crm_sync.state.db import chunks, upsert, utcnow
+from crm_sync.state.db import JsonText, chunks, upsert, utcnow
 from crm_sync.state.models import HANDED_OVER, IdMap
 
 if TYPE_CHECKING:
@@ -39,8 +39,13 @@ LINK_COLUMNS = (
 _WRITABLE = set(LINK_COLUMNS) - {"entity", "dynamics_id", "updated_at"}
 
 
+_PLAIN = frozenset({str, int, bool, JsonText})
+
+
 def _clean(value: Any) -> Any:
     """pandas missing values → None; numpy scalars → Python (drivers reject numpy types)."""
+    if value.__class__ in _PLAIN:  # most values: nothing to check (a link chunk has 20,000)
+        return value
     if value is None or (not isinstance(value, dict | list) and pd.isna(value)):
         return None
     return value.item() if hasattr(value, "item") else value
