@@ -169,13 +169,18 @@ class MarketoBulkImportMixin:
                 ]
             )
             if size + len(line) > max_file_bytes and len(buffer) > 1:
-                yield b"".join(buffer), index_by_key, len(buffer) - 1
+                # The lines are let go before the file is sent: only the joined bytes stay.
+                data, keys, count = b"".join(buffer), index_by_key, len(buffer) - 1
                 buffer, size, index_by_key = [header], len(header), {}
+                yield data, keys, count
+                del data
             buffer.append(line)
             size += len(line)
             index_by_key.setdefault(_report_key(key), []).append(index)
         if len(buffer) > 1:
-            yield b"".join(buffer), index_by_key, len(buffer) - 1
+            data, count = b"".join(buffer), len(buffer) - 1
+            buffer.clear()
+            yield data, index_by_key, count
 
     def _run_import(
         self,
