@@ -14,7 +14,6 @@ calls it made and the rows the emulator counted are compared with
 from __future__ import annotations
 
 import gc
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,6 @@ from benchmarks.minimum import DATAVERSE_PAGE, dynamics_minimum
 from crm_sync_hooks.caches import clear_process_caches
 from crm_sync_hooks.dynamics import DynamicsHook
 from crm_sync_hooks.retry import RetryPolicy
-from emulators.common.credentials import default_credentials
 from tests.support.emulator_procs import RunningEmulator, start_emulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -48,23 +46,8 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEmulat
 def hook(
     monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator, tmp_path: Path
 ) -> Iterator[DynamicsHook]:
-    cred = default_credentials("dynamics_default")
-    extras = {
-        "tenant_id": cred.tenant_id,
-        "authority_host": emulator.base_url,
-        "api_version": "9.2",
-        "ca_bundle": str(emulator.ca_file),
-        "limiter_url": f"sqlite:///{tmp_path}/limiter.sqlite",
-        "timeout": 60,
-    }
-    conn = {
-        "conn_type": "dynamics",
-        "host": emulator.base_url,
-        "login": cred.client_id,
-        "password": cred.client_secret,
-        "extra": extras,
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_DYN_MINIMUM", json.dumps(conn))
+    conn = emulator.connection(limiter_url=f"sqlite:///{tmp_path}/limiter.sqlite", timeout=60)
+    monkeypatch.setenv("AIRFLOW_CONN_DYN_MINIMUM", conn)
     hook = DynamicsHook("dyn_minimum", retry_policy=FAST)
     yield hook
     hook.close()
