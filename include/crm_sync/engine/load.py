@@ -18,7 +18,7 @@ from crm_sync.config import DeletePolicy, Direction, EntityConfig, MarketoObject
 from crm_sync.engine.contracts import LoadBatch, LoadOutcome
 from crm_sync.engine.gone_persons import DELETED_IN_MARKETO, gone_reason, settle_gone
 from crm_sync.engine.json_records import JsonRecords, take
-from crm_sync.engine.plan_frames import LINK_FRAME_COLUMNS
+from crm_sync.engine.loaded_links import marketo_ids_of, store_links
 from crm_sync.ops import (
     DYNAMICS_CREATE,
     DYNAMICS_UPSERT,
@@ -38,10 +38,8 @@ from crm_sync.state import (
     set_link_state,
     upsert_links,
 )
-from crm_sync.state.db import JsonText
 from crm_sync.state.models import MERGED
 from crm_sync.transforms import DYNAMICS_ID, MARKETO_ID
-from crm_sync.transforms.frames import member
 from crm_sync.transforms.links import deletion_records
 from crm_sync_hooks.results import ROW_EXISTS, ROW_MISSING
 
@@ -55,9 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTCOME = "outcome"
-# Id-map rows stored per statement: a bulk unit holds tens of thousands of records, whose rows
-# (with their parsed per-field hashes) took more memory than the rest of the load together.
-LINK_CHUNK_ROWS = 2_000
 DYNAMICS_BATCH_OPERATIONS = 1000  # operations Dataverse accepts in one $batch request
 # "Not found" answers to a delete or a deleted-flag update: the record is already gone.
 _GONE_CODES = {"1004", "1013", "610", "702"}
@@ -237,43 +232,9 @@ def _ok(op: str, result: WriteResult) -> bool:
     return op in (MARKETO_DELETE, MARKETO_FLAG_DELETED) and (result.code or "") in _GONE_CODES
 
 
-def _links(
-    entity: EntityConfig, frame: pd.DataFrame, ok_ids: set[str], marketo_ids: dict[str, str]
-) -> dict[str, list[dict[str, Any]]]:
-    """Id-map rows of the records written successfully, by the entity whose map they go to."""
-    rows: dict[str, list[dict[str, Any]]] = {}
-    written = frame[member(frame[DYNAMICS_ID], ok_ids)]
-    # Column by column (to_dict("records") cost 18% of a bulk unit's load task in its profile).
-    names = [c for c in LINK_FRAME_COLUMNS if c in written]
-    columns = [written[c].tolist() for c in names]
-    for values in zip(*columns, strict=True):
-        rec = dict(zip(names, values, strict=True))
-        row = {c: rec.get(c) for c in LINK_FRAME_COLUMNS if c != "link_entity"}
-        hashes = row["field_hashes"]
-        # A person linked by email has no agreed values yet; the next merge compares in full.
-        row["field_hashes"] = JsonText(hashes) if isinstance(hashes, str) and hashes else None
-        row[MARKETO_ID] = marketo_ids.get(str(rec[DYNAMICS_ID]), row[MARKETO_ID])
-        row["state"] = "active"
-        target = rec.get("link_entity")
-        rows.setdefault(target if isinstance(target, str) and target else entity.name, []).append(row)
-    return rows
-
-
 # Operations that carry a Marketo person's change into Dataverse: their failures are M→D
 # errors, keyed by the Marketo id so a later run can re-read the person (extract retries).
 _M2D_OPS = (DYNAMICS_CREATE, DYNAMICS_UPSERT, MARKETO_LINK)
-
-
-def _marketo_ids_of(links: pd.DataFrame) -> dict[str, str]:
-    """Marketo id of each record of the plan whose Marketo id is known (Dataverse GUID → id)."""
-    if links.empty or MARKETO_ID not in links:
-        return {}
-    known = links.dropna(subset=[DYNAMICS_ID, MARKETO_ID])
-    return {
-        str(d): str(m)
-        for d, m in zip(known[DYNAMICS_ID], known[MARKETO_ID], strict=True)
-        if str(m) not in ("", "nan", "<NA>", "None")
-    }
 
 
 def load_batch(
@@ -307,7 +268,7 @@ def load_batch(
     gone: set[str] = set()
     marketo_ids: dict[str, str] = {}
     sent: dict[str, int] = {}
-    person_ids = _marketo_ids_of(links)
+    person_ids = marketo_ids_of(links)
     m2d: set[str] = set()  # records with a write into Dataverse in this batch
     deleted_in_marketo: set[str] = set()  # linked persons Marketo no longer has
     deleted_in_dynamics: set[str] = set()  # linked rows Dataverse no longer has
@@ -369,9 +330,7 @@ def load_batch(
         _flag_deleted_in_dynamics(entity, sorted(deleted_in_dynamics), marketo)
     with session_scope(ctx.state) as session:
         linked = ok_ids - gone
-        for part in ctx.staging.iter_frames(batch.links, LINK_CHUNK_ROWS):
-            for target, link_rows in _links(entity, part, linked, marketo_ids).items():
-                upsert_links(session, target, link_rows)
+        store_links(session, entity, ctx.staging, batch.links, linked, marketo_ids)
         if gone:
             set_link_state(session, entity.name, gone, "deleted")
         if merged_into:
