@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Session
 from crm_sync.localenv import PROJECT_DIR
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     import pandas as pd
     from sqlalchemy.sql.dml import Insert
@@ -201,12 +201,43 @@ def upsert(
     """
     if not rows:
         return 0
+    return _store(session, model, keys, update, len(rows), lambda: _columns_of(rows), lambda: rows)
+
+
+def _store(
+    session: Session,
+    model: type[DeclarativeBase],
+    keys: Sequence[str],
+    update: Sequence[str] | None,
+    count: int,
+    columns: Callable[[], Mapping[str, Sequence[Any]] | None],
+    rows: Callable[[], Sequence[Mapping[str, Any]]],
+) -> int:
+    """Run the upsert of ``count`` rows: on SQLite through the DB-API's executemany with the
+    statement compiled once (``columns``: the values column by column, None when the rows differ
+    in their keys), else, or when a left-out column has a computed default, through SQLAlchemy's
+    own executemany (``rows``). SQLAlchemy builds and processes every row's parameters through
+    its compiler: half of a full copy's consent-log time on SQLite."""
     stmt = _upsert_statement(session, model, keys, update)
     conn = session.connection()
-    if conn.dialect.name == "sqlite" and _executemany(conn, stmt, cast("TableClause", model.__table__), rows):
-        return len(rows)
-    session.execute(stmt, [_parsed_json(r) for r in rows])
-    return len(rows)
+    if conn.dialect.name == "sqlite":
+        values = columns()
+        table = cast("TableClause", model.__table__)
+        if values is not None and _executemany(conn, stmt, table, values, count):
+            return count
+    session.execute(stmt, [_parsed_json(r) for r in rows()])
+    return count
+
+
+def _columns_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]] | None:
+    """The rows' values column by column; None when they differ in their keys."""
+    names = list(rows[0])
+    if any(len(r) != len(names) for r in rows):
+        return None
+    try:
+        return {n: [r[n] for r in rows] for n in names}
+    except KeyError:  # same number of keys, other names
+        return None
 
 
 def _parsed_json(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -214,27 +245,11 @@ def _parsed_json(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: json.loads(v) if isinstance(v, JsonText) else v for k, v in row.items()}
 
 
-def _executemany(conn: Any, stmt: Any, table: TableClause, rows: Sequence[Mapping[str, Any]]) -> bool:
-    """Run ``stmt`` for ``rows`` through the DB-API's executemany, compiled once; False (nothing
-    run) when the rows differ in their keys or a left-out column has a computed default.
-
-    SQLAlchemy's own executemany builds and processes every row's parameters through its
-    compiler: half of a full copy's consent-log time on SQLite.
-    """
-    names = list(rows[0])
-    if any(len(r) != len(names) for r in rows):
-        return False
-    try:
-        columns = {n: [r[n] for r in rows] for n in names}
-    except KeyError:  # same number of keys, other names
-        return False
-    return _executemany_columns(conn, stmt, table, columns, len(rows))
-
-
-def _executemany_columns(
+def _executemany(
     conn: Any, stmt: Any, table: TableClause, columns: Mapping[str, Sequence[Any]], count: int
 ) -> bool:
-    """:func:`_executemany` for values given column by column (``count`` rows)."""
+    """Run ``stmt`` for ``count`` rows given column by column through the DB-API's executemany,
+    compiled once; False (nothing run) when a left-out column has a computed default."""
     compiled = stmt.compile(dialect=conn.dialect, column_keys=list(columns))
     values: list[Sequence[Any]] = []
     for name in compiled.positiontup or ():
@@ -266,15 +281,15 @@ def upsert_frame(
     column instead of as one dict a row."""
     if frame.empty:
         return 0
-    if session.get_bind().dialect.name != "sqlite":
-        return upsert(session, model, frame.to_dict("records"), keys, update)
-    stmt = _upsert_statement(session, model, keys, update)
-    columns = {str(c): frame[c].tolist() for c in frame.columns}
-    if not _executemany_columns(
-        session.connection(), stmt, cast("TableClause", model.__table__), columns, len(frame)
-    ):
-        return upsert(session, model, frame.to_dict("records"), keys, update)
-    return len(frame)
+    return _store(
+        session,
+        model,
+        keys,
+        update,
+        len(frame),
+        lambda: {str(c): frame[c].tolist() for c in frame.columns},
+        lambda: frame.to_dict("records"),
+    )
 
 
 def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
