@@ -361,10 +361,6 @@ def import_wait(rows: int, processed: int, elapsed: float, poll_seconds: float) 
     return min(max(left * 1.25 + 0.5, poll_seconds / 10), poll_seconds * 10)
 
 
-def _csv_line(cells: list[str]) -> bytes:
-    return _LineWriter().line(cells)
-
-
 class _LineWriter:
     """One CSV writer whose buffer is emptied for each line (minimal quoting, ``\n`` ends)."""
 

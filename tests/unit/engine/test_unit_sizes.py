@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from crm_sync.engine.full_copy.units import _csv_bytes
-from crm_sync_hooks.marketo_bulk_import import _csv_line, csv_cell
+from crm_sync_hooks.marketo_bulk_import import _LineWriter, csv_cell
 
 RECORDS: list[dict[str, Any]] = [
     {"email": "a@example.com", "firstName": "Ann", "unsubscribed": True, "score": 12},
@@ -22,7 +22,7 @@ COLUMNS = ["email", "firstName", "unsubscribed", "score", "company"]
 
 
 def _written(record: dict[str, Any], columns: list[str]) -> int:
-    return len(_csv_line([csv_cell(record.get(c), 0, c) for c in columns]))
+    return len(_LineWriter().line([csv_cell(record.get(c), 0, c) for c in columns]))
 
 
 def test_each_line_is_counted_as_the_hook_writes_it() -> None:
