@@ -222,14 +222,8 @@ def _payload_ops(
 ) -> list[pd.DataFrame]:
     """Operations for ``ids``, their payloads built and encoded :data:`PAYLOAD_CHUNK` records at
     a time: a page's records are never all held as dicts (a full copy's plan peaked there)."""
-    return [
-        ops_frame(
-            op,
-            [str(i) for i in ids[start : start + PAYLOAD_CHUNK].tolist()],
-            payloads(ids[start : start + PAYLOAD_CHUNK]),
-        )
-        for start in range(0, len(ids), PAYLOAD_CHUNK)
-    ]
+    parts = (ids[start : start + PAYLOAD_CHUNK] for start in range(0, len(ids), PAYLOAD_CHUNK))
+    return [ops_frame(op, [str(i) for i in part.tolist()], payloads(part)) for part in parts]
 
 
 def plan_changes(
