@@ -92,9 +92,12 @@ def mark_committed(
 ) -> None:
     """A run of ``entity``/``direction`` committed the changes made before ``through``.
 
-    The backlog empties unless the last peek saw a change newer than ``through`` (the run's
-    extract start): then a change waits that this run did not carry, and the row keeps its
-    count until the next peek recounts it, rather than showing a false empty backlog.
+    The backlog empties unless the last peek saw a change made at or after ``through`` (the
+    run's extract start): then a change may wait that this run did not carry, and the row keeps
+    its count until the next peek recounts it, rather than showing a false empty backlog.
+    Both sources stamp changes to the whole second (Dataverse ``modifiedon``, Marketo
+    ``activityDate``), so a change stamped with the extract's own second may have been made
+    after the extract began: it counts as waiting.
     """
     _check_direction(direction)
     when = as_utc(now) or utcnow()
@@ -102,7 +105,7 @@ def mark_committed(
     limit = as_utc(through)
     if row is not None and row.pending and limit is not None:
         newest = as_utc(row.newest_change_at) or as_utc(row.peeked_at)
-        if newest is not None and newest > limit:
+        if newest is not None and newest >= limit.replace(microsecond=0):
             row.committed_at = when
             return
     values = {

@@ -81,3 +81,22 @@ def test_a_commit_keeps_a_backlog_the_last_peek_saw_grow_after_the_run_began(eng
         later = T0 + timedelta(minutes=3)
         mark_committed(s, entity="lead", direction="d2m", now=later + timedelta(minutes=1), through=later)
     assert _row(engine)["pending"] == 0
+
+
+def test_a_change_stamped_in_the_second_the_run_began_keeps_the_backlog(engine):
+    # Change times come to the whole second: 12:01:00 may be after an extract begun at 12:01:00.4.
+    run_began = T0 + timedelta(minutes=1, milliseconds=400)
+    with session_scope(engine) as s:
+        record_peek(
+            s, entity="lead", direction="d2m", pending=6, oldest_change_at=T0,
+            newest_change_at=T0 + timedelta(minutes=1), now=T0 + timedelta(minutes=2),
+        )  # fmt: skip
+        mark_committed(s, entity="lead", direction="d2m", now=T0 + timedelta(minutes=3), through=run_began)
+    assert _row(engine)["pending"] == 6
+    with session_scope(engine) as s:  # a change from the second before the run began was carried
+        record_peek(
+            s, entity="lead", direction="d2m", pending=3, oldest_change_at=T0,
+            newest_change_at=T0 + timedelta(seconds=59), now=T0 + timedelta(minutes=4),
+        )  # fmt: skip
+        mark_committed(s, entity="lead", direction="d2m", now=T0 + timedelta(minutes=5), through=run_began)
+    assert _row(engine)["pending"] == 0
