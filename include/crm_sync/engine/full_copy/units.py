@@ -6,7 +6,6 @@ holds that email).
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,7 @@ import pandas as pd
 
 from crm_sync.config import EntityConfig, MarketoObject
 from crm_sync.engine.extract import EXTRACT_MANIFEST
+from crm_sync.engine.full_copy.import_sizes import import_cells
 from crm_sync.engine.full_copy.matching import (
     Lookups,
     PlanLookups,
@@ -52,41 +52,6 @@ SAMPLE_SIZE = 3
 
 def _is_person(entity: EntityConfig) -> bool:
     return entity.marketo.object is MarketoObject.LEAD
-
-
-def _csv_bytes(payload: Mapping[str, Any], columns: Sequence[str]) -> int:
-    """Bytes of the payload's line in an import file with ``columns`` (the hook's CSV dialect).
-
-    What ``csv.writer`` (minimal quoting, ``\\n`` line ends) writes for the hook's cells, counted
-    without writing it: a cell holding a comma, a quote or a line break is quoted, its quotes
-    doubled.
-    """
-    from crm_sync_hooks.marketo_bulk import csv_cell
-
-    size = len(columns)  # the commas between the cells and the line end
-    for column in columns:
-        value = payload.get(column)
-        kind = value.__class__
-        # The common cells without the writer's own function (a call per cell was most of the
-        # sizing's time): text as it is, integers as written, booleans as true/false.
-        if value is None:
-            continue
-        if kind is bool:
-            size += 4 if value else 5
-            continue
-        if kind is int:
-            size += len(str(value))
-            continue
-        text = value if kind is str else csv_cell(value, 0, column)
-        size += len(text) if text.isascii() else len(text.encode())
-        if _NEEDS_QUOTES.search(text):
-            size += 2 + text.count('"')
-    if len(columns) == 1 and size == 1:
-        size += 2  # a line of one empty cell is written as ""
-    return size
-
-
-_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
 
 
 @dataclass
@@ -263,13 +228,14 @@ def _build_units(
             sizes = [1] * len(record_kinds)
             bulk_rows = [i for i, kind in enumerate(record_kinds) if kind.startswith("bulk:")]
             if bulk_rows:
-                payloads = ops["payload"][first].tolist()
-                parsed = [parse(payloads[i]) for i in bulk_rows]
-                for data in parsed:
-                    columns.update(dict.fromkeys(data))
-                header = list(columns)
-                for i, data in zip(bulk_rows, parsed, strict=True):
-                    sizes[i] = _csv_bytes(data, header)
+                # Each record's line in the import file, measured column by column as the
+                # load will write it (the file's columns: those seen so far).
+                payloads = ops["payload"][first].to_numpy()
+                cells = import_cells([payloads[i] for i in bulk_rows])
+                columns.update(dict.fromkeys(cells.columns))
+                for i, size in zip(bulk_rows, cells.line_bytes(len(columns)).tolist(), strict=True):
+                    sizes[i] = size
+                del cells
             closed: list[_Unit] = []
             record_unit: dict[str, int] = {}
             touched: dict[int, _Unit] = {}
