@@ -144,10 +144,10 @@ def record_errors(
     return written
 
 
-def _open(entity: str | None, direction: str | None, columns: Any = None) -> list[Any]:
-    """Conditions for the open errors of ``entity``/``direction`` (on ``columns``: a table's
-    Core columns; default: the ORM attributes)."""
-    c = columns if columns is not None else RecordError
+def _open(entity: str | None, direction: str | None) -> list[Any]:
+    """Conditions for the open errors of ``entity``/``direction``, on the table's Core columns
+    (they serve ORM statements as well, and keep a Core select free of the ORM's set-up)."""
+    c = RecordError.__table__.c
     conds: list[Any] = [c.resolved_at.is_(None)]
     if entity:
         conds.append(c.entity == entity)
@@ -171,7 +171,7 @@ def _update_open(
         # A Core select on the table: the first ORM select of a task process costs about 0.4 s
         # (measured in a bulk unit's load), and a load task sends no other.
         table = RecordError.__table__
-        stmt = select(table.c.source_id).where(*_open(entity, direction, table.c), *conds)
+        stmt = select(table.c.source_id).where(*_open(entity, direction), *conds)
         wanted &= {str(s) for s in session.execute(stmt).scalars()}
     changed = 0
     for part in chunks(sorted(wanted)):
