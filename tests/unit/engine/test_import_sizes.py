@@ -74,12 +74,3 @@ def test_a_lone_carriage_return_is_counted_quoted() -> None:
 def test_a_nested_value_is_refused_with_its_record_and_field() -> None:
     with pytest.raises(ValueError, match="row 1 field 'tags' holds a list"):
         import_cells(to_json_texts([{"email": "a@example.com"}, {"email": "b@example.com", "tags": ["x"]}]))
-
-
-def test_a_staged_arrow_column_is_measured_where_it_lies() -> None:
-    import pandas as pd
-    import pyarrow as pa
-
-    staged = pa.table({"payload": to_json_texts(RECORDS)}).to_pandas(types_mapper=pd.ArrowDtype)["payload"]
-    cells = import_cells(staged.array.take([5, 0]))
-    assert cells.line_bytes(len(cells.columns)).tolist() == _written([RECORDS[5], RECORDS[0]], cells.columns)

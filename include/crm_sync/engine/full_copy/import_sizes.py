@@ -67,28 +67,24 @@ class ImportCells:
         return sizes
 
 
-def import_cells(texts: Sequence[str] | pa.Array) -> ImportCells:
-    """The import cells of persons given as JSON object texts (a staged Arrow column or strings).
+def import_cells(texts: Sequence[str]) -> ImportCells:
+    """The import cells of persons given as JSON object texts.
 
     Raises:
         ValueError: A field holds a nested value (a list or an object), naming the person's
             position and the field.
     """
-    array: Any = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
-    if isinstance(array, pa.ChunkedArray):  # a staged column handed over as it is
-        array = array.combine_chunks()
+    array = pa.array(texts, pa.string())
     columns = _read_columns(array)
     if columns is None:  # types Arrow cannot read as a column: one record at a time
-        columns = _columns_one_by_one(array.to_pylist())
+        columns = _columns_one_by_one(texts)
     cells = {name: _quoted(_as_text(name, values)) for name, values in columns.items()}
     return ImportCells(list(cells), cells, len(array))
 
 
 def _json_lines(array: pa.Array) -> pa.Buffer:
     """The texts as one buffer of JSON lines, joined in Arrow memory."""
-    ended = pc.binary_join_element_wise(array.cast(pa.string()), pa.scalar(""), "\n")
-    if isinstance(ended, pa.ChunkedArray):
-        ended = ended.combine_chunks()
+    ended = pc.binary_join_element_wise(array, pa.scalar(""), "\n")
     offsets = np.frombuffer(ended.buffers()[1], dtype=np.int32)[ended.offset : ended.offset + len(ended) + 1]
     data: pa.Buffer = ended.buffers()[2]
     return data.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))

@@ -230,8 +230,7 @@ def _build_units(
             if bulk_rows:
                 # Each record's line in the import file, measured column by column as the
                 # load will write it (the file's columns: those seen so far).
-                payloads = ops["payload"][first].to_numpy()
-                cells = import_cells([payloads[i] for i in bulk_rows])
+                cells = import_cells(ops["payload"][first].to_numpy()[bulk_rows].tolist())
                 columns.update(dict.fromkeys(cells.columns))
                 for i, size in zip(bulk_rows, cells.line_bytes(len(columns)).tolist(), strict=True):
                     sizes[i] = size
