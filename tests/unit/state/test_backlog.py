@@ -18,6 +18,18 @@ def _row(engine, entity: str = "lead", direction: str = "d2m") -> dict:
     return rows[(entity, direction)]
 
 
+def _peek_then_commit(
+    engine, *, pending: int, newest: datetime, peeked: datetime, through: datetime, committed: datetime
+) -> None:
+    """A lead/d2m peek that saw ``pending`` changes up to ``newest``, then a run's commit."""
+    with session_scope(engine) as s:
+        record_peek(
+            s, entity="lead", direction="d2m", pending=pending, oldest_change_at=T0,
+            newest_change_at=newest, now=peeked,
+        )  # fmt: skip
+        mark_committed(s, entity="lead", direction="d2m", now=committed, through=through)
+
+
 def test_peek_then_commit_then_peek(engine):
     with session_scope(engine) as s:
         record_peek(
@@ -69,12 +81,10 @@ def test_bad_input_is_refused(engine):
 
 def test_a_commit_keeps_a_backlog_the_last_peek_saw_grow_after_the_run_began(engine):
     run_began = T0 + timedelta(minutes=1)
-    with session_scope(engine) as s:
-        record_peek(
-            s, entity="lead", direction="d2m", pending=6, oldest_change_at=T0,
-            newest_change_at=run_began + timedelta(seconds=30), now=T0 + timedelta(minutes=2),
-        )  # fmt: skip
-        mark_committed(s, entity="lead", direction="d2m", now=T0 + timedelta(minutes=3), through=run_began)
+    _peek_then_commit(
+        engine, pending=6, newest=run_began + timedelta(seconds=30), peeked=T0 + timedelta(minutes=2),
+        through=run_began, committed=T0 + timedelta(minutes=3),
+    )  # fmt: skip
     row = _row(engine)
     assert (row["pending"], row["committed_at"]) == (6, T0 + timedelta(minutes=3))
     with session_scope(engine) as s:  # the next run began after the newest change: empty now
@@ -86,17 +96,14 @@ def test_a_commit_keeps_a_backlog_the_last_peek_saw_grow_after_the_run_began(eng
 def test_a_change_stamped_in_the_second_the_run_began_keeps_the_backlog(engine):
     # Change times come to the whole second: 12:01:00 may be after an extract begun at 12:01:00.4.
     run_began = T0 + timedelta(minutes=1, milliseconds=400)
-    with session_scope(engine) as s:
-        record_peek(
-            s, entity="lead", direction="d2m", pending=6, oldest_change_at=T0,
-            newest_change_at=T0 + timedelta(minutes=1), now=T0 + timedelta(minutes=2),
-        )  # fmt: skip
-        mark_committed(s, entity="lead", direction="d2m", now=T0 + timedelta(minutes=3), through=run_began)
+    _peek_then_commit(
+        engine, pending=6, newest=T0 + timedelta(minutes=1), peeked=T0 + timedelta(minutes=2),
+        through=run_began, committed=T0 + timedelta(minutes=3),
+    )  # fmt: skip
     assert _row(engine)["pending"] == 6
-    with session_scope(engine) as s:  # a change from the second before the run began was carried
-        record_peek(
-            s, entity="lead", direction="d2m", pending=3, oldest_change_at=T0,
-            newest_change_at=T0 + timedelta(seconds=59), now=T0 + timedelta(minutes=4),
-        )  # fmt: skip
-        mark_committed(s, entity="lead", direction="d2m", now=T0 + timedelta(minutes=5), through=run_began)
+    # A change from the second before the run began was carried.
+    _peek_then_commit(
+        engine, pending=3, newest=T0 + timedelta(seconds=59), peeked=T0 + timedelta(minutes=4),
+        through=run_began, committed=T0 + timedelta(minutes=5),
+    )  # fmt: skip
     assert _row(engine)["pending"] == 0
