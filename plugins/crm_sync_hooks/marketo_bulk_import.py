@@ -10,7 +10,7 @@ import csv
 import io
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -114,11 +114,7 @@ class MarketoBulkImportMixin:
         if max_file_bytes > MAX_IMPORT_FILE_BYTES:
             raise ValueError("bulk import files are limited to 10 MB")
         poll = 5.0 if poll_seconds is None else poll_seconds
-        params: dict[str, Any] = {"format": "csv", "lookupField": lookup_field}
-        if list_id is not None:
-            params["listId"] = list_id
-        if partition_name:
-            params["partitionName"] = partition_name
+        params = _import_params(lookup_field, list_id, partition_name)
         jobs: list[BulkImportJob] = []
         skipped: list[WriteResult] = []
         for data, index_by_key, count in self._import_files(
@@ -133,6 +129,48 @@ class MarketoBulkImportMixin:
                 jobs.append(BulkImportJob("", "NotSubmitted", 0, 0, 0, 0, "no row had a lookup value"))
             jobs[0].failures[:0] = skipped
         return jobs
+
+    def bulk_import_file(
+        self,
+        data: bytes,
+        count: int,
+        keys: Callable[[], Sequence[Any]],
+        *,
+        lookup_field: str,
+        list_id: int | None = None,
+        partition_name: str | None = None,
+        poll_seconds: float | None = None,
+        max_wait_seconds: float = 6 * 3600,
+        first_poll_seconds: float = 0.0,
+    ) -> BulkImportJob:
+        """Import one CSV file the caller wrote: a header naming ``lookup_field`` and ``count``
+        lines, in this hook's dialect (minimal quoting, ``\\n`` line ends), under 10 MB.
+
+        ``keys`` returns each line's lookup value, in file order; it is called only when a
+        failures or warnings file has rows to match. The results' indexes are line positions.
+        """
+        if len(data) > MAX_IMPORT_FILE_BYTES:
+            raise ValueError(f"bulk import files are limited to 10 MB; this one has {len(data):,} bytes")
+        header = next(csv.reader(io.StringIO(data[: data.find(b"\n") + 1].decode())), [])
+        if lookup_field not in header:
+            raise ValueError(f"the file's header must include the lookup field {lookup_field!r}")
+
+        def index_by_key() -> dict[str, list[int]]:
+            index: dict[str, list[int]] = {}
+            for position, key in enumerate(keys()):
+                index.setdefault(_report_key(key), []).append(position)
+            return index
+
+        return self._run_import(
+            data,
+            _import_params(lookup_field, list_id, partition_name),
+            index_by_key,
+            count,
+            lookup_field,
+            5.0 if poll_seconds is None else poll_seconds,
+            max_wait_seconds,
+            first_poll_seconds,
+        )
 
     @staticmethod
     def _import_files(
@@ -186,7 +224,7 @@ class MarketoBulkImportMixin:
         self,
         data: bytes,
         params: dict[str, Any],
-        index_by_key: dict[str, list[int]],
+        index_by_key: Mapping[str, list[int]] | Callable[[], Mapping[str, list[int]]],
         count: int,
         lookup_field: str,
         poll_seconds: float,
@@ -242,6 +280,8 @@ class MarketoBulkImportMixin:
             )
         lost_failures: list[str] = []
         lost_warnings: list[str] = []
+        if callable(index_by_key) and (job.rows_failed or job.rows_warning):
+            index_by_key = index_by_key()
         if job.rows_failed:
             job.failures, lost_failures = self._import_report(
                 batch_id, "failures", index_by_key, lookup_field, WriteStatus.FAILED
@@ -265,7 +305,7 @@ class MarketoBulkImportMixin:
         self,
         batch_id: str,
         kind: str,
-        index_by_key: dict[str, list[int]],
+        index_by_key: Mapping[str, list[int]] | Callable[[], Mapping[str, list[int]]],
         lookup_field: str,
         status: WriteStatus,
     ) -> tuple[list[WriteResult], list[str]]:
@@ -282,6 +322,8 @@ class MarketoBulkImportMixin:
         if not header:
             return [], []
         key_col = header.index(lookup_field) if lookup_field in header else None
+        if callable(index_by_key):
+            index_by_key = index_by_key()
         left = {key: list(indexes) for key, indexes in index_by_key.items()}
         results: list[WriteResult] = []
         unmatched: list[str] = []
@@ -302,6 +344,15 @@ class MarketoBulkImportMixin:
         if not isinstance(result, list) or not result or not isinstance(result[0], Mapping):
             raise FatalApiError("answer has no result", endpoint=label)
         return dict(result[0])
+
+
+def _import_params(lookup_field: str, list_id: int | None, partition_name: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"format": "csv", "lookupField": lookup_field}
+    if list_id is not None:
+        params["listId"] = list_id
+    if partition_name:
+        params["partitionName"] = partition_name
+    return params
 
 
 def _report_key(value: Any) -> str:

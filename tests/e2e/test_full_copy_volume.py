@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,13 @@ def _units(env: SyncEnv, entity: str) -> list[dict[str, Any]]:
     manifests = list((env.staging / "runs" / entity).glob("full_copy__all__*__a1-*/transform.json"))
     assert len(manifests) == 1, manifests
     return list(json.loads(manifests[0].read_text())["batches"])
+
+
+def _folder(unit: dict[str, Any]) -> Path:
+    """Where the load stages the unit's outcome: ``plans/<unit>`` of the run's folder, which
+    holds the unit's files under ``units/<unit>/``."""
+    ops = Path(BatchRef.from_dict(unit["ops"]).path.removeprefix("file://"))
+    return ops.parent.parent.parent / "plans" / unit["name"]
 
 
 def _read(ref: dict[str, Any]) -> Any:
@@ -160,7 +168,13 @@ def test_full_copy_of_a_seeded_org_counts_fields_calls_and_a_quiet_second_run(
                         bulk_texts.setdefault(unit["lookup"], []).append(payload)
                         bulk_widths.setdefault(unit["lookup"], []).append(len(data))
                 roles += op == MARKETO_ROLE_UPSERT
-        # Each bulk record's line in a file of its own fields, as the load writes it.
+        for unit in units:
+            if unit["mode"] == "bulk":
+                # Every import file was written from the lines the plan staged (no payload parsed).
+                outcome = json.loads((_folder(unit) / "outcome.json").read_text())
+                assert outcome["imports"] >= 1, unit["name"]
+                assert outcome["import_files_from_lines"] == outcome["imports"], (unit["name"], outcome)
+        # Each bulk record's line in a file of its own fields (the least the load can write).
         bulk_bytes = {
             lookup: int(import_cells(texts).line_bytes(np.array(bulk_widths[lookup])).sum())
             for lookup, texts in bulk_texts.items()

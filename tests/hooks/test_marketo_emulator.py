@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from crm_sync_hooks import marketo
@@ -408,3 +409,52 @@ def test_limiter_keeps_two_processes_under_the_instance_limits(monkeypatch, tmp_
         assert elapsed >= 2.0  # 24 calls at 10 per second need at least two full windows
     finally:
         emu.stop()
+
+
+def test_bulk_import_of_a_prepared_file_reads_keys_only_for_a_report(hook):
+    keys_read = []
+
+    def keys(emails):
+        def read():
+            keys_read.append(len(emails))
+            return emails
+
+        return read
+
+    emails = ["prepared0@e2e.test", "not-an-email", "prepared2@e2e.test"]
+    data = ("email,firstName\n" + "".join(f"{e},P{i}\n" for i, e in enumerate(emails))).encode()
+    job = hook.bulk_import_file(data, 3, keys(emails), lookup_field="email", poll_seconds=0.05)
+    assert (job.rows_processed, [(f.index, f.status) for f in job.failures]) == (2, [(1, WriteStatus.FAILED)])
+    assert keys_read == [3]  # read once, for the failures file
+    clean = ["prepared3@e2e.test"]
+    job = hook.bulk_import_file(
+        b"email\nprepared3@e2e.test\n", 1, keys(clean), lookup_field="email", poll_seconds=0.05
+    )
+    assert (job.rows_processed, job.failures, keys_read) == (1, [], [3])  # nothing to match: not read
+    found = list(hook.get_leads("email", ["prepared2@e2e.test"], fields=["firstName"]))
+    assert found[0][0]["firstName"] == "P2"
+    with pytest.raises(ValueError, match="lookup field 'email'"):
+        hook.bulk_import_file(b"firstName\nX\n", 1, keys(["x"]), lookup_field="email")
+
+
+@pytest.mark.parametrize("staged_lines", [True, False])
+def test_a_bulk_units_files_come_from_its_staged_lines(hook, monkeypatch, staged_lines):
+    from crm_sync.engine.full_copy import load as full_copy_load
+    from crm_sync.engine.full_copy.import_sizes import import_cells
+    from crm_sync.engine.json_records import ImportLines, JsonRecords, to_json_texts
+
+    records = [{"email": f"lines{i}@e2e.test", "firstName": f"L{i}, {i}"} for i in range(30)]
+    records[25] = {"email": "not-an-email", "firstName": "Bad"}
+    texts = to_json_texts(records)
+    header = ["email", "firstName"]
+    lines = ImportLines(import_cells(texts).lines(header), np.full(len(records), len(header)))
+    monkeypatch.setattr(full_copy_load, "_FILE_BYTES", 400)  # several files: results keep their records
+    client = full_copy_load.BulkAwareMarketo(hook, mode="bulk", lookup="email", columns=header)
+    payloads = JsonRecords(texts, lines if staged_lines else None)
+    results = client.sync_leads(payloads, action="createOrUpdate")
+    assert [i for i, r in enumerate(results) if not r.ok] == [25]
+    assert results[25].status is WriteStatus.FAILED
+    assert len(client.imports) > 1
+    assert client.files_from_lines == (len(client.imports) if staged_lines else 0)
+    found = list(hook.get_leads("email", ["lines29@e2e.test"], fields=["firstName"]))
+    assert found[0][0]["firstName"] == "L29, 29"

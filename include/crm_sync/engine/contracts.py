@@ -49,6 +49,7 @@ class LoadBatch:
         mode: ``bulk`` or ``sync`` for a full-copy unit; None for an incremental batch.
         lookup: The bulk import's lookup field (full copy), when there is one.
         records: Operations in the unit (full copy), when counted.
+        columns: The import file's columns of a bulk unit (the fields of its staged lines).
     """
 
     name: str
@@ -57,6 +58,7 @@ class LoadBatch:
     mode: str | None = None
     lookup: str | None = None
     records: int | None = None
+    columns: tuple[str, ...] | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         """The JSON form (references and counts)."""
@@ -64,6 +66,8 @@ class LoadBatch:
         for key in ("mode", "lookup", "records"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.columns is not None:
+            out["columns"] = list(self.columns)
         return out
 
     @classmethod
@@ -85,7 +89,15 @@ class LoadBatch:
             mode=None if data.get("mode") is None else str(data["mode"]),
             lookup=None if data.get("lookup") is None else str(data["lookup"]),
             records=None if records is None else _int(data, "records", what),
+            columns=_columns(data, what),
         )
+
+
+def _columns(data: Mapping[str, Any], what: str) -> tuple[str, ...] | None:
+    columns = data.get("columns")
+    if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        raise ContractError(f"{what} {data.get('name')!r}: columns must be a list of field names")
+    return None if columns is None else tuple(columns)
 
 
 @dataclass(frozen=True)

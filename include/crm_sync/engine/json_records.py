@@ -9,9 +9,12 @@ into files, so each record is parsed when it is read and dropped after.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, overload
 
 import msgspec
+import numpy as np
+import pyarrow as pa
 
 
 def _plain(value: Any) -> Any:
@@ -40,11 +43,37 @@ def parse(text: str) -> Any:
     return _DECODER.decode(text)
 
 
-class JsonRecords(Sequence[dict[str, Any]]):
-    """A read-only sequence of records over their JSON texts (each parsed when read)."""
+@dataclass(frozen=True)
+class ImportLines:
+    """Records' lines in a bulk import file as a full copy's plan staged them (their cells
+    quoted and joined by commas, no line end), and how many of the file's columns each holds.
 
-    def __init__(self, texts: Sequence[str]) -> None:
+    Attributes:
+        texts: One line a record.
+        widths: Columns in each line (the file's first ``width`` columns; the rest are empty).
+    """
+
+    texts: pa.Array
+    widths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.widths)
+
+    def take(self, positions: Sequence[int] | np.ndarray) -> ImportLines:
+        """The lines at ``positions``, in that order."""
+        index = np.asarray(positions, dtype=np.int64)
+        return ImportLines(self.texts.take(pa.array(index)), self.widths[index])
+
+
+class JsonRecords(Sequence[dict[str, Any]]):
+    """A read-only sequence of records over their JSON texts (each parsed when read), with
+    their import lines when the plan staged them (:class:`ImportLines`)."""
+
+    def __init__(self, texts: Sequence[str], lines: ImportLines | None = None) -> None:
+        if lines is not None and len(lines) != len(texts):
+            raise ValueError(f"{len(lines)} import lines for {len(texts)} records")
         self._texts = texts
+        self.lines = lines
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -57,7 +86,8 @@ class JsonRecords(Sequence[dict[str, Any]]):
 
     def __getitem__(self, index: int | slice) -> dict[str, Any] | JsonRecords:
         if isinstance(index, slice):
-            return JsonRecords(self._texts[index])
+            lines = None if self.lines is None else self.lines.take(range(len(self))[index])
+            return JsonRecords(self._texts[index], lines)
         record: dict[str, Any] = _DECODER.decode(self._texts[index])
         return record
 
@@ -66,8 +96,12 @@ class JsonRecords(Sequence[dict[str, Any]]):
             yield _DECODER.decode(text)
 
     def take(self, positions: Sequence[int]) -> JsonRecords:
-        """The records at ``positions``, in that order (still unparsed)."""
-        return JsonRecords([self._texts[i] for i in positions])
+        """The records at ``positions``, in that order (still unparsed); these records when
+        that is all of them, in order."""
+        if len(positions) == len(self) and all(p == i for i, p in enumerate(positions)):
+            return self
+        lines = None if self.lines is None else self.lines.take(positions)
+        return JsonRecords([self._texts[i] for i in positions], lines)
 
 
 def take(records: Sequence[dict[str, Any]], positions: Sequence[int]) -> Sequence[dict[str, Any]]:

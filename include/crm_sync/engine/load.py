@@ -13,12 +13,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
+import pyarrow as pa
 
 from crm_sync.config import DeletePolicy, Direction, EntityConfig, MarketoObject
 from crm_sync.engine.contracts import LoadBatch, LoadOutcome
 from crm_sync.engine.gone_persons import DELETED_IN_MARKETO, gone_reason, settle_gone
-from crm_sync.engine.json_records import JsonRecords, take
+from crm_sync.engine.json_records import ImportLines, JsonRecords, take
 from crm_sync.engine.loaded_links import marketo_ids_of, store_links
+from crm_sync.engine.plan_frames import IMPORT_LINE, IMPORT_LINE_WIDTH
 from crm_sync.ops import (
     DYNAMICS_CREATE,
     DYNAMICS_UPSERT,
@@ -237,6 +239,25 @@ def _ok(op: str, result: WriteResult) -> bool:
 _M2D_OPS = (DYNAMICS_CREATE, DYNAMICS_UPSERT, MARKETO_LINK)
 
 
+def _rows(frame: pd.DataFrame, mask: pd.Series) -> pd.DataFrame:
+    """The rows of ``frame`` where ``mask`` holds, copied only when some but not all do: a bulk
+    unit is one kind of operation, and filtering its Arrow columns (even to no row) took tens
+    of megabytes of a load task."""
+    if bool(mask.all()):
+        return frame
+    return frame.iloc[:0] if not bool(mask.any()) else frame[mask]
+
+
+def _import_lines(group: pd.DataFrame) -> ImportLines | None:
+    """The import lines the plan staged for every op of ``group`` (a full copy's bulk unit);
+    None when any op has none."""
+    if IMPORT_LINE not in group or group[IMPORT_LINE].isna().any():
+        return None
+    widths = group[IMPORT_LINE_WIDTH].to_numpy(dtype="int64")
+    texts = pa.array(group[IMPORT_LINE].array, pa.string())  # chunked when read from row groups
+    return ImportLines(texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts, widths)
+
+
 def load_batch(
     entity: EntityConfig,
     ctx: RunContext,
@@ -278,15 +299,17 @@ def load_batch(
     if unknown:
         raise ValueError(f"{entity.name}: unknown staged operations {sorted(unknown)}")
     for name in OP_ORDER:
-        group = ops[ops["op"].eq(name)]
+        group = _rows(ops, ops["op"].eq(name))
         if name == MARKETO_LINK:
-            group = group[~group[DYNAMICS_ID].isin(failed)]  # never point a person at a missing row
+            group = _rows(group, ~group[DYNAMICS_ID].isin(failed))  # never point a person at a missing row
         elif name == MARKETO_UPSERT:
             # A person not re-keyed would not be found by its new key: the record retries whole.
-            group = group[~group[DYNAMICS_ID].isin(repoint_failed)]
+            group = _rows(group, ~group[DYNAMICS_ID].isin(repoint_failed))
         if group.empty:
             continue
-        payloads = JsonRecords(group["payload"].array)  # parsed a record at a time, when sent
+        # Parsed a record at a time, when sent; a bulk unit's import file is written from the
+        # lines the plan staged, without parsing them.
+        payloads = JsonRecords(group["payload"].array, _import_lines(group))
         ids: Sequence[str] = group[DYNAMICS_ID].astype(str).tolist()
         if name == MARKETO_UPSERT and entity.marketo.object is MarketoObject.LEAD:
             results, gone_in_marketo = _write_persons(entity, payloads, ids, person_ids, marketo)

@@ -33,7 +33,13 @@ LINK_FRAME_COLUMNS = [
 ]
 # Column types of staged ops and link frames, for files written a part at a time (the id map's
 # types: hashes are 64-bit integers, the filter value a nullable boolean).
-OPS_SCHEMA = pa.schema([(c, pa.string()) for c in OP_COLUMNS])
+# A full copy's bulk units add each person's import line (the CSV cells of its payload, see
+# engine.full_copy.import_sizes) and the number of columns the line holds; null elsewhere.
+IMPORT_LINE = "line"
+IMPORT_LINE_WIDTH = "line_width"
+OPS_SCHEMA = pa.schema(
+    [*((c, pa.string()) for c in OP_COLUMNS), (IMPORT_LINE, pa.string()), (IMPORT_LINE_WIDTH, pa.int32())]
+)
 LINKS_SCHEMA = pa.schema(
     [
         (c, pa.int64() if c.startswith("last_hash") else pa.bool_() if c == "filter_value" else pa.string())

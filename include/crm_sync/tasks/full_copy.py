@@ -136,6 +136,7 @@ def unit_policy() -> UnitPolicy:
 
 def plan(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Task ``<entity>.plan``: plan and stage the load units; returns them (none in a dry run)."""
+    from crm_sync.engine.contracts import LoadBatch
     from crm_sync.engine.full_copy.units import plan_partition
 
     scope = CopyScope.from_dict(scope_data)
@@ -164,9 +165,7 @@ def plan(settings: RunSettings, name: str, scope_data: Mapping[str, Any]) -> lis
             summary["samples"]["update"],
         )
         return []
-    return [
-        {k: u[k] for k in ("name", "mode", "lookup", "records", "ops", "links")} for u in manifest["batches"]
-    ]
+    return [LoadBatch.from_xcom(u).to_xcom() for u in manifest["batches"]]
 
 
 def load(

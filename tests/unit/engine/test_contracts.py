@@ -32,6 +32,11 @@ def test_a_load_batch_and_a_unit_round_trip_through_xcom() -> None:
     assert LoadBatch.from_xcom(batch.to_xcom()) == batch
     unit = LoadBatch("unit-00001", batch.ops, batch.links, mode="bulk", lookup="email", records=3)
     assert LoadBatch.from_xcom(unit.to_xcom()) == unit
+    named = LoadBatch(
+        "unit-00002", batch.ops, batch.links, mode="bulk", records=3, columns=("email", "title")
+    )
+    assert named.to_xcom()["columns"] == ["email", "title"]
+    assert LoadBatch.from_xcom(named.to_xcom()) == named
 
 
 @pytest.mark.parametrize(
@@ -42,6 +47,15 @@ def test_a_load_batch_and_a_unit_round_trip_through_xcom() -> None:
         (
             {"name": "b", "ops": {"path": "p", "rows": 1}, "links": {"path": "p", "rows": 1}, "records": "x"},
             "'records' is not a whole number",
+        ),
+        (
+            {
+                "name": "b",
+                "ops": {"path": "p", "rows": 1},
+                "links": {"path": "p", "rows": 1},
+                "columns": "email",
+            },
+            "'b': columns must be a list of field names",
         ),
     ],
 )

@@ -74,3 +74,42 @@ def test_a_lone_carriage_return_is_counted_quoted() -> None:
 def test_a_nested_value_is_refused_with_its_record_and_field() -> None:
     with pytest.raises(ValueError, match="row 1 field 'tags' holds a list"):
         import_cells(to_json_texts([{"email": "a@example.com"}, {"email": "b@example.com", "tags": ["x"]}]))
+
+
+def test_each_line_is_the_hook_writers_line(records: list[dict[str, Any]]) -> None:
+    cells = import_cells(to_json_texts(records))
+    header = [*cells.columns, "notInThesePayloads"]
+    writer = _LineWriter()
+    expected = [writer.line([csv_cell(r.get(c), 0, c) for c in header]) for r in records]
+    assert [(line + "\n").encode() for line in cells.lines(header).to_pylist()] == expected
+
+
+def test_a_field_of_integers_and_fractions_keeps_each_as_written() -> None:
+    # Arrow's reader makes the column fractions; the integers stay integers, as the hook writes
+    # them, and a text holding what looks like the field is not taken for it.
+    records: list[dict[str, Any]] = [
+        {"email": "a@example.com", "n": 12},
+        {"email": "b@example.com", "n": 1.5},
+        {"email": "c@example.com", "n": 100000.0, "note": 'x,"n":7,'},
+        {"email": "d@example.com", "n": -3},
+        {"email": "e@example.com", "n": 1e16},
+        {"email": "f@example.com", "n": None, "note": '{"n":9}'},
+        {"email": "g@example.com", "n": 0},
+    ]
+    header = ["email", "n", "note"]
+    cells = import_cells(to_json_texts(records))
+    writer = _LineWriter()
+    expected = [writer.line([csv_cell(r.get(c), 0, c) for c in header]) for r in records]
+    assert [(line + "\n").encode() for line in cells.lines(header).to_pylist()] == expected
+    assert cells.lines(header).to_pylist()[:3] == [
+        "a@example.com,12,",
+        "b@example.com,1.5,",
+        'c@example.com,100000.0,"x,""n"":7,"',
+    ]
+    assert cells.line_bytes(3).tolist() == _written(records, header)
+
+
+def test_a_header_without_a_field_of_the_payloads_is_refused() -> None:
+    cells = import_cells(to_json_texts([{"email": "a@example.com", "title": "x"}]))
+    with pytest.raises(ValueError, match=r"lacks the fields \['title'\]"):
+        cells.lines(["email"])

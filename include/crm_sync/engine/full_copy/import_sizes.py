@@ -1,25 +1,28 @@
-"""The size of each person's line in a bulk import file, measured column by column.
+"""Each person's line in a bulk import file, built and measured column by column.
 
 The plan fills a bulk unit up to Marketo's file limit by the bytes each person's line will
-take in the import file. It used to parse each staged payload to a dict and count its cells
-one by one; here the payloads are read into Arrow columns in one call and each column is
-formatted, quoted and measured as a whole.
+take in the import file, and stages the line itself beside the person's payload: the load
+writes the file from those lines (:mod:`crm_sync.engine.full_copy.import_file`), without
+parsing a payload or formatting a cell. The payloads are read into Arrow columns in one call
+and each column is formatted, quoted and measured as a whole.
 
-The count follows the hook's dialect (:func:`crm_sync_hooks.marketo_bulk_import.csv_cell`
+The lines follow the hook's dialect (:func:`crm_sync_hooks.marketo_bulk_import.csv_cell`
 and ``csv.writer`` with minimal quoting and ``\\n`` line ends): None and missing values are
 empty, booleans ``true``/``false``, numbers as Python writes them, a cell holding a comma, a
-quote or a line break is quoted with its quotes doubled, a line of one empty cell is ``""``.
-Where it can differ, it counts more, never less: a cell holding only a carriage return is
-counted quoted (Python's writer leaves it bare), and a field mixing integers and fractions is
-counted as fractions (12.0, where the writer writes 12).
+quote or a line break is quoted with its quotes doubled. One difference is kept, on the safe
+side: a cell holding only a carriage return is quoted (Python's writer leaves it bare, and a
+reader would take it for a line end).
 
     cells = import_cells(texts)             # texts: JSON objects, one per person
     sizes = cells.line_bytes(len(header))   # bytes of each line, its line end included
+    lines = cells.lines(header)             # each line, without its line end
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +69,25 @@ class ImportCells:
         sizes[(widths == 1) & (sizes == 1)] += 2  # a line of one empty cell is written as ""
         return sizes
 
+    def lines(self, header: Sequence[str]) -> pa.Array:
+        """Each person's line in a file whose columns are ``header`` (these persons' fields
+        among them; the others are empty cells), without its line end."""
+        missing = [c for c in self.columns if c not in header]
+        if missing:
+            raise ValueError(f"the import header lacks the fields {missing}")
+        empty = pa.scalar("", pa.string())
+        cells = [self.cells.get(name, empty) for name in header]
+        if not cells or self.count == 0:
+            return pa.array([""] * self.count, pa.string())
+        joined: pa.Array = pc.binary_join_element_wise(
+            *cells, ",", null_handling="replace", null_replacement=""
+        )
+        if isinstance(joined, pa.Scalar):  # every cell a scalar: no field of these persons
+            joined = pa.array([joined.as_py()] * self.count, pa.string())
+        if len(header) == 1:
+            joined = pc.if_else(pc.equal(joined, ""), '""', joined)  # a line of one empty cell
+        return joined
+
 
 def import_cells(texts: Sequence[str]) -> ImportCells:
     """The import cells of persons given as JSON object texts.
@@ -78,8 +100,23 @@ def import_cells(texts: Sequence[str]) -> ImportCells:
     columns = _read_columns(array)
     if columns is None:  # types Arrow cannot read as a column: one record at a time
         columns = _columns_one_by_one(texts)
-    cells = {name: _quoted(_as_text(name, values)) for name, values in columns.items()}
+    cells = {name: _quoted(_as_text(name, values, array)) for name, values in columns.items()}
     return ImportCells(list(cells), cells, len(array))
+
+
+def _integers_written(name: str, values: pa.Array, texts: pa.Array) -> pa.Array | None:
+    """The JSON text of each value of a column the reader typed as fractions that its record
+    wrote as an integer (null elsewhere); None when no value is a whole number.
+
+    The reader reads 12 and 12.0 alike; the hook writes them as they were sent. A float is
+    encoded with a point or an exponent (12.0, 1e16), an integer without, and the staged
+    texts are compact: the field's value follows ``"name":`` right after ``{`` or ``,`` (a
+    quote inside a text value is escaped, so a value cannot be taken for a field).
+    """
+    if values.null_count == len(values) or not pc.any(pc.equal(pc.floor(values), values)).as_py():
+        return None
+    pattern = "[{,]" + re.escape(json.dumps(name, ensure_ascii=False)) + ":(?P<v>-?[0-9]+)[,}]"
+    return pc.struct_field(pc.extract_regex(texts, pattern), [0])
 
 
 def _json_lines(array: pa.Array) -> pa.Buffer:
@@ -139,8 +176,9 @@ def _columns_one_by_one(texts: Sequence[str]) -> dict[str, pa.Array]:
     return out
 
 
-def _as_text(name: str, values: pa.Array) -> pa.Array:
-    """A column's values as the hook's cells would hold them (null for None)."""
+def _as_text(name: str, values: pa.Array, texts: pa.Array) -> pa.Array:
+    """A column's values as the hook's cells would hold them (null for None); ``texts``: the
+    records' JSON texts."""
     kind = values.type
     if any(t(kind) for t in _PLAIN):
         return values.cast(pa.string())
@@ -149,10 +187,11 @@ def _as_text(name: str, values: pa.Array) -> pa.Array:
     if any(t(kind) for t in _AS_CAST):
         return values.cast(pa.string())  # true/false; integers as Python writes them
     if pa.types.is_floating(kind):
-        # Python's float text (1e+16, 100.0), not Arrow's, as the hook writes floats. A column
-        # mixing integers and fractions is read as fractions: its 12 is counted as 12.0 (the
-        # plan's casts give a field one type, so its payloads do not mix them).
-        return pa.array([None if v is None else str(v) for v in values.to_pylist()], pa.string())
+        # Python's float text (1e+16, 100.0), not Arrow's, as the hook writes floats; a value
+        # sent as an integer keeps its text.
+        floats = pa.array([None if v is None else str(v) for v in values.to_pylist()], pa.string())
+        integers = _integers_written(name, values, texts)
+        return floats if integers is None else pc.if_else(pc.is_valid(integers), integers, floats)
     raise ValueError(f"import field {name!r} has values of type {kind}")
 
 

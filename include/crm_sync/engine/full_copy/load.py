@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
+from crm_sync.engine.contracts import LoadBatch
+from crm_sync.engine.full_copy.import_file import import_files
+from crm_sync.engine.json_records import ImportLines, JsonRecords
 from crm_sync.engine.load import OUTCOME, load_batch
 from crm_sync.state import utcnow
+from crm_sync_hooks.marketo_bulk import MAX_IMPORT_FILE_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -34,12 +39,22 @@ class BulkAwareMarketo:
     unit; everything else is passed to the hook unchanged.
     """
 
-    def __init__(self, hook: Any, *, mode: str, lookup: str | None, first_poll_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        hook: Any,
+        *,
+        mode: str,
+        lookup: str | None,
+        first_poll_seconds: float = 0.0,
+        columns: Sequence[str] | None = None,
+    ) -> None:
         self._hook = hook
         self.mode = mode
         self.lookup = lookup
         self.first_poll_seconds = first_poll_seconds
+        self.columns = list(columns) if columns else None  # the import file's header
         self.imports: list[Any] = []
+        self.files_from_lines = 0  # import files written from the plan's lines
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._hook, name)
@@ -68,16 +83,19 @@ class BulkAwareMarketo:
     def _bulk(self, records: Sequence[Mapping[str, Any]], lookup_field: str) -> list[WriteResult]:
         from crm_sync_hooks.results import WriteResult, WriteStatus
 
-        fields = list(dict.fromkeys(k for r in records for k in r))
-        from crm_sync_hooks.marketo_bulk import MAX_IMPORT_FILE_BYTES
-
-        jobs = self._hook.bulk_import_leads(
-            records,
-            fields,
-            lookup_field=lookup_field,
-            first_poll_seconds=self.first_poll_seconds,
-            max_file_bytes=MAX_IMPORT_FILE_BYTES - 10_000,
-        )
+        lines = records.lines if isinstance(records, JsonRecords) else None
+        if lines is not None and self.columns and lookup_field in self.columns:
+            jobs = self._import_lines(cast("JsonRecords", records), lines, self.columns, lookup_field)
+        else:
+            # A unit staged without lines (an older plan) or not all of whose persons have one.
+            fields = list(dict.fromkeys(k for r in records for k in r))
+            jobs = self._hook.bulk_import_leads(
+                records,
+                fields,
+                lookup_field=lookup_field,
+                first_poll_seconds=self.first_poll_seconds,
+                max_file_bytes=_FILE_BYTES,
+            )
         self.imports.extend(jobs)
         failed: dict[int, WriteResult] = {}
         for job in jobs:
@@ -87,6 +105,31 @@ class BulkAwareMarketo:
                 )
         return [failed.get(i, WriteResult(i, WriteStatus.UPSERTED)) for i in range(len(records))]
 
+    def _import_lines(
+        self, records: JsonRecords, lines: ImportLines, columns: Sequence[str], lookup_field: str
+    ) -> list[Any]:
+        """Import the records through files written from their staged lines; each job's
+        results indexed by record (a failed line's lookup value is read from its payload)."""
+        jobs = []
+        for data, start, count in import_files(lines, columns, _FILE_BYTES):
+            job = self._hook.bulk_import_file(
+                data,
+                count,
+                lambda start=start, count=count: [
+                    records[i].get(lookup_field) for i in range(start, start + count)
+                ],
+                lookup_field=lookup_field,
+                first_poll_seconds=self.first_poll_seconds,
+            )
+            self.files_from_lines += 1
+            job.failures = [replace(r, index=r.index + start) for r in job.failures]
+            job.warnings = [replace(r, index=r.index + start) for r in job.warnings]
+            jobs.append(job)
+        return jobs
+
+
+# Under the hook's 10 MB file limit, with room for the header.
+_FILE_BYTES = MAX_IMPORT_FILE_BYTES - 10_000
 
 # Seconds per imported row assumed before the first job of a load has been measured; later
 # jobs wait what the previous one took per row. Waiting before the first status call saves
@@ -129,6 +172,7 @@ def load_unit(
         mode=str(unit.get("mode") or "sync"),
         lookup=unit.get("lookup"),
         first_poll_seconds=first_poll_estimate(int(unit.get("records") or 0), pace.get("seconds_per_row")),
+        columns=LoadBatch.from_xcom(unit).columns,
     )
     loaded = load_batch(entity, ctx, dict(unit), marketo=client)
     seconds = max(time.monotonic() - started, 1e-6)
@@ -136,6 +180,7 @@ def load_unit(
         **loaded.to_xcom(),
         "seconds": round(seconds, 3),
         "imports": len(client.imports),
+        "import_files_from_lines": client.files_from_lines,
         "mode": unit.get("mode"),
         "started_at": started_at,
     }

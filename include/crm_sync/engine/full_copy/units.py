@@ -9,11 +9,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from crm_sync.config import EntityConfig, MarketoObject
 from crm_sync.engine.extract import EXTRACT_MANIFEST
-from crm_sync.engine.full_copy.import_sizes import import_cells
+from crm_sync.engine.full_copy.import_sizes import ImportCells, import_cells
 from crm_sync.engine.full_copy.matching import (
     Lookups,
     PlanLookups,
@@ -22,7 +24,7 @@ from crm_sync.engine.full_copy.matching import (
     plan_lookups,
 )
 from crm_sync.engine.json_records import parse
-from crm_sync.engine.plan_frames import LINKS_SCHEMA, OPS_SCHEMA
+from crm_sync.engine.plan_frames import IMPORT_LINE, IMPORT_LINE_WIDTH, LINKS_SCHEMA, OPS_SCHEMA
 from crm_sync.engine.transform import TRANSFORM_MANIFEST, transform_changes
 from crm_sync.ops import MARKETO_ROLE_UPSERT, MARKETO_UPSERT
 from crm_sync.state import session_scope
@@ -211,7 +213,7 @@ def _build_units(
 
     def stage(unit: _Unit) -> dict[str, Any]:
         del unstaged[unit.number]
-        return _staged(unit)
+        return _staged(unit, list(columns))
 
     try:
         for ref in refs:
@@ -228,12 +230,16 @@ def _build_units(
             sizes = [1] * len(record_kinds)
             bulk_rows = [i for i, kind in enumerate(record_kinds) if kind.startswith("bulk:")]
             if bulk_rows:
-                # Each record's line in the import file, measured column by column as the
-                # load will write it (the file's columns: those seen so far).
+                # Each record's line in the import file, built column by column and measured
+                # as the load will write it (the file's columns: those seen so far), and
+                # staged beside its payload.
                 cells = import_cells(ops["payload"][first].to_numpy()[bulk_rows].tolist())
                 columns.update(dict.fromkeys(cells.columns))
                 for i, size in zip(bulk_rows, cells.line_bytes(len(columns)).tolist(), strict=True):
                     sizes[i] = size
+                ops = _with_lines(
+                    ops, np.flatnonzero(first)[bulk_rows], cells, list(columns), record_kinds, bulk_rows
+                )
                 del cells
             closed: list[_Unit] = []
             record_unit: dict[str, int] = {}
@@ -264,7 +270,10 @@ def _build_units(
     return sorted(staged, key=lambda u: u["name"]), summary.as_dict()
 
 
-def _staged(unit: _Unit) -> dict[str, Any]:
+def _staged(unit: _Unit, columns: list[str]) -> dict[str, Any]:
+    """The unit's manifest entry, its files closed; a bulk unit names its import file's
+    columns (those of the partition seen so far: every line staged in it has its first
+    ``line_width`` of them)."""
     mode, _, lookup = unit.kind.partition(":")
     return {
         "name": f"unit-{unit.number:05d}",
@@ -273,7 +282,39 @@ def _staged(unit: _Unit) -> dict[str, Any]:
         "records": unit.records,
         "ops": unit.ops.close().to_dict(),
         "links": unit.links.close().to_dict(),
+        **({"columns": columns} if mode == "bulk" else {}),
     }
+
+
+def _with_lines(
+    ops: pd.DataFrame,
+    positions: np.ndarray,
+    cells: ImportCells,
+    header: list[str],
+    record_kinds: list[str],
+    bulk_rows: list[int],
+) -> pd.DataFrame:
+    """``ops`` with the import lines of the bulk records (at ``positions``, one per record of
+    ``bulk_rows``) and each line's column count; a record whose lookup field is empty gets no
+    line (the load then writes its unit from the payloads, and the hook reports it skipped)."""
+    lines = cells.lines(header)
+    has_lookup = np.ones(len(bulk_rows), dtype=bool)
+    kinds = np.array([record_kinds[i] for i in bulk_rows], dtype=object)
+    for kind in set(kinds.tolist()):
+        lookup = kind.partition(":")[2]
+        cell = cells.cells.get(lookup)
+        filled = (
+            np.zeros(len(bulk_rows), dtype=bool)
+            if cell is None
+            else pc.fill_null(pc.not_equal(cell, ""), False).to_numpy(zero_copy_only=False)
+        )
+        has_lookup &= ~(kinds == kind) | filled
+    line = np.full(len(ops), None, dtype=object)
+    width = np.full(len(ops), None, dtype=object)
+    texts = lines.to_numpy(zero_copy_only=False)
+    line[positions[has_lookup]] = texts[has_lookup]
+    width[positions[has_lookup]] = len(header)
+    return ops.assign(**{IMPORT_LINE: line, IMPORT_LINE_WIDTH: width})
 
 
 @dataclass
