@@ -245,6 +245,12 @@ class MarketoBulkImportMixin:
         batch_id = str(created.get("batchId") or created.get("importId"))
         submitted = time.monotonic()
         deadline = submitted + max_wait_seconds
+        # The job's pace is measured from the upload, or, once it was seen waiting in Marketo's
+        # queue (two imports run at once), from the first status that showed it importing:
+        # counted from the upload, a job that had queued looked slow, and the next status call
+        # came up to ten polls after it had finished.
+        since: float | None = submitted
+        done_before = 0  # rows processed at ``since``
         if first_poll_seconds > 0:
             self.poll_sleep(min(first_poll_seconds, max_wait_seconds))
         while True:
@@ -255,9 +261,13 @@ class MarketoBulkImportMixin:
             state = str(status.get("status", ""))
             if state.lower() in ("complete", "completed", "failed"):
                 break
-            wait = import_wait(
-                count, int(status.get("numOfLeadsProcessed") or 0), time.monotonic() - submitted, poll_seconds
-            )
+            processed, now = int(status.get("numOfLeadsProcessed") or 0), time.monotonic()
+            if state.lower() == "queued":
+                since = None
+            elif since is None:
+                since, done_before = now, processed
+            elapsed = 0.0 if since is None else now - since
+            wait = import_wait(count - done_before, processed - done_before, elapsed, poll_seconds)
             if time.monotonic() + wait > deadline:
                 raise BulkJobFailed(
                     f"import {batch_id} still {state} after {max_wait_seconds:.0f}s",
