@@ -28,6 +28,7 @@ from crm_sync_hooks.errors import BulkJobFailed, FatalApiError
 from crm_sync_hooks.marketo_bulk_import import (
     MAX_IMPORT_FILE_BYTES,
     BulkImportJob,
+    ImportLineWriter,
     MarketoBulkImportMixin,
     csv_cell,
     import_wait,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_IMPORT_FILE_BYTES",
     "BulkImportJob",
+    "ImportLineWriter",
     "MarketoBulkMixin",
     "csv_cell",
     "extract_windows",

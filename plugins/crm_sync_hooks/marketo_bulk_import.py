@@ -180,7 +180,7 @@ class MarketoBulkImportMixin:
         max_file_bytes: int,
         skipped: list[WriteResult],
     ) -> Iterator[tuple[bytes, dict[str, list[int]], int]]:
-        writer = _LineWriter()
+        writer = ImportLineWriter()
         header = writer.line(list(fields))
         buffer, size = [header], len(header)
         index_by_key: dict[str, list[int]] = {}
@@ -290,16 +290,17 @@ class MarketoBulkImportMixin:
             )
         lost_failures: list[str] = []
         lost_warnings: list[str] = []
-        if callable(index_by_key) and (job.rows_failed or job.rows_warning):
-            index_by_key = index_by_key()
-        if job.rows_failed:
-            job.failures, lost_failures = self._import_report(
-                batch_id, "failures", index_by_key, lookup_field, WriteStatus.FAILED
-            )
-        if job.rows_warning:
-            job.warnings, lost_warnings = self._import_report(
-                batch_id, "warnings", index_by_key, lookup_field, WriteStatus.UPSERTED
-            )
+        if job.rows_failed or job.rows_warning:
+            # A lazy index is built only now, once, when a report has rows to match.
+            keys = index_by_key() if callable(index_by_key) else index_by_key
+            if job.rows_failed:
+                job.failures, lost_failures = self._import_report(
+                    batch_id, "failures", keys, lookup_field, WriteStatus.FAILED
+                )
+            if job.rows_warning:
+                job.warnings, lost_warnings = self._import_report(
+                    batch_id, "warnings", keys, lookup_field, WriteStatus.UPSERTED
+                )
         reconcile_import(job, lost_failures + lost_warnings, len(job.failures) + len(lost_failures))
         log.info(
             "import %s %s: %d rows, %d failed, %d with warnings",
@@ -315,7 +316,7 @@ class MarketoBulkImportMixin:
         self,
         batch_id: str,
         kind: str,
-        index_by_key: Mapping[str, list[int]] | Callable[[], Mapping[str, list[int]]],
+        index_by_key: Mapping[str, list[int]],
         lookup_field: str,
         status: WriteStatus,
     ) -> tuple[list[WriteResult], list[str]]:
@@ -332,8 +333,6 @@ class MarketoBulkImportMixin:
         if not header:
             return [], []
         key_col = header.index(lookup_field) if lookup_field in header else None
-        if callable(index_by_key):
-            index_by_key = index_by_key()
         left = {key: list(indexes) for key, indexes in index_by_key.items()}
         results: list[WriteResult] = []
         unmatched: list[str] = []
@@ -422,8 +421,9 @@ def import_wait(rows: int, processed: int, elapsed: float, poll_seconds: float) 
     return min(max(left * 1.25 + 0.5, poll_seconds / 10), poll_seconds * 10)
 
 
-class _LineWriter:
-    """One CSV writer whose buffer is emptied for each line (minimal quoting, ``\n`` ends)."""
+class ImportLineWriter:
+    """The import files' CSV dialect, a line at a time (minimal quoting, ``\n`` ends): one
+    writer whose buffer is emptied for each line."""
 
     def __init__(self) -> None:
         self._out = io.StringIO()

@@ -248,7 +248,7 @@ def _rows(frame: pd.DataFrame, mask: pd.Series) -> pd.DataFrame:
     return frame.iloc[:0] if not bool(mask.any()) else frame[mask]
 
 
-def _import_lines(group: pd.DataFrame) -> ImportLines | None:
+def _staged_lines(group: pd.DataFrame) -> ImportLines | None:
     """The import lines the plan staged for every op of ``group`` (a full copy's bulk unit);
     None when any op has none."""
     if IMPORT_LINE not in group or group[IMPORT_LINE].isna().any():
@@ -309,7 +309,7 @@ def load_batch(
             continue
         # Parsed a record at a time, when sent; a bulk unit's import file is written from the
         # lines the plan staged, without parsing them.
-        payloads = JsonRecords(group["payload"].array, _import_lines(group))
+        payloads = JsonRecords(group["payload"].array, _staged_lines(group))
         ids: Sequence[str] = group[DYNAMICS_ID].astype(str).tolist()
         if name == MARKETO_UPSERT and entity.marketo.object is MarketoObject.LEAD:
             results, gone_in_marketo = _write_persons(entity, payloads, ids, person_ids, marketo)

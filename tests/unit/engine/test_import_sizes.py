@@ -11,7 +11,7 @@ import pytest
 
 from crm_sync.engine.full_copy.import_sizes import _read_columns, import_cells
 from crm_sync.engine.json_records import to_json_texts
-from crm_sync_hooks.marketo_bulk_import import _LineWriter, csv_cell
+from crm_sync_hooks.marketo_bulk_import import ImportLineWriter, csv_cell
 
 RECORDS: list[dict[str, Any]] = [
     {"email": "a@example.com", "firstName": "Ann", "unsubscribed": True, "score": 12.0, "visits": 4},
@@ -25,7 +25,7 @@ MIXED = {"email": "f@example.com", "visits": "many"}  # a number elsewhere, text
 
 
 def _written(records: list[dict[str, Any]], columns: list[str]) -> list[int]:
-    writer = _LineWriter()
+    writer = ImportLineWriter()
     return [len(writer.line([csv_cell(r.get(c), 0, c) for c in columns])) for r in records]
 
 
@@ -79,7 +79,7 @@ def test_a_nested_value_is_refused_with_its_record_and_field() -> None:
 def test_each_line_is_the_hook_writers_line(records: list[dict[str, Any]]) -> None:
     cells = import_cells(to_json_texts(records))
     header = [*cells.columns, "notInThesePayloads"]
-    writer = _LineWriter()
+    writer = ImportLineWriter()
     expected = [writer.line([csv_cell(r.get(c), 0, c) for c in header]) for r in records]
     assert [(line + "\n").encode() for line in cells.lines(header).to_pylist()] == expected
 
@@ -98,7 +98,7 @@ def test_a_field_of_integers_and_fractions_keeps_each_as_written() -> None:
     ]
     header = ["email", "n", "note"]
     cells = import_cells(to_json_texts(records))
-    writer = _LineWriter()
+    writer = ImportLineWriter()
     expected = [writer.line([csv_cell(r.get(c), 0, c) for c in header]) for r in records]
     assert [(line + "\n").encode() for line in cells.lines(header).to_pylist()] == expected
     assert cells.lines(header).to_pylist()[:3] == [

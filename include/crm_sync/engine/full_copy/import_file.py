@@ -12,13 +12,13 @@ Arrow memory.
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from crm_sync_hooks.marketo_bulk import ImportLineWriter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -28,9 +28,7 @@ if TYPE_CHECKING:
 
 def header_line(columns: Sequence[str]) -> bytes:
     """The file's first line, in the hook's dialect (minimal quoting, ``\\n`` line end)."""
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(list(columns))
-    return out.getvalue().encode()
+    return ImportLineWriter().line(list(columns))
 
 
 def import_files(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from crm_sync.config import EntityConfig, MarketoObject
@@ -309,12 +310,19 @@ def _with_lines(
             else pc.fill_null(pc.not_equal(cell, ""), False).to_numpy(zero_copy_only=False)
         )
         has_lookup &= ~(kinds == kind) | filled
-    line = np.full(len(ops), None, dtype=object)
-    width = np.full(len(ops), None, dtype=object)
-    texts = lines.to_numpy(zero_copy_only=False)
-    line[positions[has_lookup]] = texts[has_lookup]
-    width[positions[has_lookup]] = len(header)
-    return ops.assign(**{IMPORT_LINE: line, IMPORT_LINE_WIDTH: width})
+    # Each ops row's line, taken in Arrow (a null index gives a null line): the lines stay
+    # Arrow memory up to the staged file.
+    at = np.full(len(ops), -1, dtype=np.int64)
+    at[positions[has_lookup]] = np.flatnonzero(has_lookup)
+    missing = at < 0
+    line = lines.take(pa.array(at, mask=missing))
+    width = pa.array(np.full(len(ops), len(header), dtype=np.int32), mask=missing)
+    return ops.assign(
+        **{
+            IMPORT_LINE: pd.arrays.ArrowExtensionArray(line),
+            IMPORT_LINE_WIDTH: pd.arrays.ArrowExtensionArray(width),
+        }
+    )
 
 
 @dataclass
