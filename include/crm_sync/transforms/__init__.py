@@ -24,7 +24,7 @@ from crm_sync.transforms.conflicts import (
 from crm_sync.transforms.dedup import classify_email_matches
 from crm_sync.transforms.errors import ERROR_COLUMNS, SchemaError, TransformResult
 from crm_sync.transforms.filters import apply_sync_filter, filter_transitions, filter_values, sync_filter_mask
-from crm_sync.transforms.hashing import changed, field_hashes, hashes_frame, hashes_to_dicts, record_hash
+from crm_sync.transforms.hashing import field_hashes, hashes_frame, hashes_to_dicts, record_hash
 from crm_sync.transforms.links import deletion_records, direction_hash, last_hashes, link_rows
 from crm_sync.transforms.lookups import ID_MAP_COLUMNS, empty_id_map, opportunity_roles, resolve_lookups
 from crm_sync.transforms.mapping import (
@@ -52,7 +52,6 @@ __all__ = [
     "TransformResult",
     "apply_sync_filter",
     "canonical_to_dynamics",
-    "changed",
     "classify_email_matches",
     "deletion_records",
     "direction_hash",

@@ -104,14 +104,3 @@ def _json_texts(columns: list[tuple[str, np.ndarray, np.ndarray]]) -> list[str]:
     body = pc.utf8_rtrim(pc.binary_join_element_wise(*parts, ""), characters=",")
     texts: list[str] = pc.binary_join_element_wise("{", body, "}", "").to_pylist()
     return texts
-
-
-def changed(current: pd.DataFrame, last: pd.DataFrame) -> pd.DataFrame:
-    """True where a field's current hash differs from the last synced one (or none is known).
-
-    Args:
-        current: Hashes of the incoming values (index = record key).
-        last: Stored hashes (any subset of records/fields; missing = never synced).
-    """
-    aligned = last.reindex(index=current.index, columns=current.columns).astype("Int64")
-    return (aligned.isna() | aligned.ne(current)).astype(bool)
