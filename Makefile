@@ -19,7 +19,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 
-.PHONY: help install install-test-clients bench bench-quick bench-peers demo demo-fault demo-fault-off demo-check stop status prod-local prod-health prod-status load-settings install-browser lint typecheck test test-fast test-unit test-dags test-e2e parse clean
+.PHONY: help install install-test-clients bench bench-engine bench-quick bench-peers demo demo-fault demo-fault-off demo-check stop status prod-local prod-health prod-status load-settings install-browser lint typecheck test test-fast test-unit test-dags test-e2e parse clean
 
 help:
 	@echo "make demo    - install, start the emulators and Airflow, load airflow_settings.yaml, print the login"
@@ -75,6 +75,11 @@ bench-quick: install bench-peers
 
 bench: install bench-peers
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Issue 18's engine figures (full copies at 1M and 100k, incremental, transform; limits off),
+# this checkout beside BEFORE (default: the previous commit), part by part: benchmarks/results/engine.*
+bench-engine: install
+	$(BIN)/python -m benchmarks.engine_run --before $(or $(BEFORE),HEAD~1) $(BENCH_ARGS)
 
 demo: install
 	$(BIN)/python scripts/stack.py start

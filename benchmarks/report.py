@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.engine_targets import before_summary, engine_targets, table
 from benchmarks.harness import AUTH_MARKERS
 from benchmarks.minimum import DEFINITION
 
@@ -356,6 +357,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"**trickle ({failed['limits']}) failed**: `{failed['error'].splitlines()[-1][:300]}`", ""]
     lines += ["## Targets (issue 9)", "", "| target | met | figure | why not |", "|---|---|---|---|"]
     lines += _target_rows(results["targets"])
+    engine = table(results)
+    if engine:
+        lines += ["", "## Engine targets (issue 18), beside the earlier commit's run", "", *engine]
     if trickles:
         lines += ["", "## Targets (issue 19)", "", "| target | met | figure | why not |", "|---|---|---|---|"]
         lines += _target_rows([t for item in trickles for t in item["targets"]])
@@ -406,8 +410,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(results: dict[str, Any], folder: Path, stem: str) -> list[Path]:
-    """Evaluate the targets, then write JSON, Markdown and the PNG plot; returns the paths."""
+def _refresh(results: dict[str, Any]) -> None:
+    """Recompute every scenario's summary figures from its stored runs, under its limit mode."""
     from benchmarks.harness import LimitMode
     from benchmarks.scenarios import refresh
 
@@ -420,7 +424,20 @@ def write_results(results: dict[str, Any], folder: Path, stem: str) -> list[Path
                 mode["dynamics_time_scale"],
             )  # fmt: skip
             refresh(item, limits)
+
+
+def write_results(
+    results: dict[str, Any], folder: Path, stem: str, before: dict[str, Any] | None = None
+) -> list[Path]:
+    """Evaluate the targets (issue 18's beside ``before``, an earlier commit's results, when
+    given), then write JSON, Markdown and the PNG plot; returns the paths."""
+    _refresh(results)
+    if before is not None:
+        _refresh(before)  # both runs' figures by today's definitions (minimum calls)
     results["targets"] = targets(results)
+    if before is not None:
+        results["before"] = before_summary(before)
+    results["engine_targets"] = engine_targets(results, before)
     for item in results.get("trickle", []):
         if "error" not in item:
             item["targets"] = trickle_targets(item)

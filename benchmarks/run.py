@@ -290,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         help="results JSON of earlier runs to include (same revision)",
     )
     parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="results JSON of the previous commit (same phases): issue 18's targets beside it",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -322,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not only and args.merge:
         results["revision"] = ""  # a merge measures nothing itself
+    before = json.loads(args.before.read_text()) if args.before else None
     for earlier in args.merge:
         merge(results, json.loads(earlier.read_text()))
     workroot = args.workdir or Path(tempfile.mkdtemp(prefix="mds-bench-"))
@@ -333,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         # Written after every phase, so a long run that fails late keeps what it measured.
         results["machine"]["load_average_at_end"] = list(os.getloadavg())
         results["total_seconds"] = round(time.monotonic() - started, 1)
-        return write_results(results, args.out, stem)
+        return write_results(results, args.out, stem, before)
 
     for name in profile["modes"]:
         mode = _mode(name, args)
