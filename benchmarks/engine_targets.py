@@ -61,9 +61,14 @@ def _wall(volume: int) -> Callable[[dict[str, Any]], float | None]:
     return figure
 
 
-def _growth(results: dict[str, Any]) -> float | None:
-    big, small = _wall(BIG)(results), _wall(SMALL)(results)
-    return None if big is None or not small else big / small
+def _quotient(
+    top: Callable[[dict[str, Any]], float | None], bottom: Callable[[dict[str, Any]], float | None]
+) -> Callable[[dict[str, Any]], float | None]:
+    def figure(results: dict[str, Any]) -> float | None:
+        above, below = top(results), bottom(results)
+        return None if above is None or not below else above / below
+
+    return figure
 
 
 def _peak(volume: int) -> Callable[[dict[str, Any]], float | None]:
@@ -72,11 +77,6 @@ def _peak(volume: int) -> Callable[[dict[str, Any]], float | None]:
         return None if copy is None or copy.get("peak_rss_mb") is None else float(copy["peak_rss_mb"])
 
     return figure
-
-
-def _peak_growth(results: dict[str, Any]) -> float | None:
-    big, small = _peak(BIG)(results), _peak(SMALL)(results)
-    return None if big is None or not small else big / small
 
 
 def _plan_rate(results: dict[str, Any]) -> float | None:
@@ -111,9 +111,9 @@ def _incremental_calls(results: dict[str, Any]) -> float | None:
 TARGETS = (
     Target("1,000,000-lead full copy, limits off", "s", 400, True, _wall(BIG)),
     Target("100,000-lead full copy, limits off", "s", 45, True, _wall(SMALL)),
-    Target("time(1M) / time(100k)", "×", 11, True, _growth),
+    Target("time(1M) / time(100k)", "×", 11, True, _quotient(_wall(BIG), _wall(SMALL))),
     Target("largest task's peak RSS at 1M", "MB", 400, True, _peak(BIG)),
-    Target("largest task at 1M / at 100k", "×", 1.2, True, _peak_growth),
+    Target("largest task at 1M / at 100k", "×", 1.2, True, _quotient(_peak(BIG), _peak(SMALL))),
     Target("plan at 1M, rows/s (1M over lead.plan's span)", "rows/s", 50_000, False, _plan_rate),
     Target("transform, rows/s per core (lowest size)", "rows/s", 200_000, False, _transform_rate),
     Target("full copy calls / minimum (worse side)", "×", 1.05, True, _copy_calls),
@@ -158,41 +158,15 @@ def before_summary(before: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _number(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if value >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:,.1f}" if value >= 20 else f"{value:.2f}"
-
-
-def table(results: dict[str, Any]) -> list[str]:
-    """The engine targets as Markdown table rows (empty when the results hold none)."""
-    items = results.get("engine_targets") or []
-    if all(t["now"] is None for t in items):
-        return []
-    before = (results.get("before") or {}).get("revision")
-    now = results.get("revision") or "unknown"
-    lines = [
-        f"| target | bound | {f'before (`{before}`)' if before else 'before'} | now (`{now}`) "
-        "| now / before | met |",
-        "|---|---|---|---|---|---|",
-    ]
-    for t in items:
-        met = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
-        ratio = "–" if t["ratio"] is None else f"{t['ratio']:.2f}"
-        cells = [t["target"], t["bound"], _number(t["before"]), _number(t["now"]), ratio, met]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
     """Print the engine targets table of a results JSON (for the README)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a results JSON written by benchmarks.run")
     args = parser.parse_args(argv)
+    from benchmarks.report import engine_table
+
     results = json.loads(args.results.read_text())
-    lines = table(results)
+    lines = engine_table(results)
     if not lines:
         sys.stderr.write(f"{args.results} holds no engine targets (run benchmarks.run with --before)\n")
         return 1

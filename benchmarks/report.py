@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.engine_targets import before_summary, engine_targets, table
+from benchmarks.engine_targets import before_summary, engine_targets
 from benchmarks.harness import AUTH_MARKERS
 from benchmarks.minimum import DEFINITION
 
@@ -357,13 +357,39 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"**trickle ({failed['limits']}) failed**: `{failed['error'].splitlines()[-1][:300]}`", ""]
     lines += ["## Targets (issue 9)", "", "| target | met | figure | why not |", "|---|---|---|---|"]
     lines += _target_rows(results["targets"])
-    engine = table(results)
+    engine = engine_table(results)
     if engine:
         lines += ["", "## Engine targets (issue 18), beside the earlier commit's run", "", *engine]
     if trickles:
         lines += ["", "## Targets (issue 19)", "", "| target | met | figure | why not |", "|---|---|---|---|"]
         lines += _target_rows([t for item in trickles for t in item["targets"]])
     return "\n".join(lines) + "\n"
+
+
+def engine_table(results: dict[str, Any]) -> list[str]:
+    """Issue 18's targets (``engine_targets``) as Markdown table rows, the earlier commit's
+    figure beside this run's; empty when the run measured none of them."""
+    items = results.get("engine_targets") or []
+    if all(t["now"] is None for t in items):
+        return []
+    before = (results.get("before") or {}).get("revision")
+    now = results.get("revision") or "unknown"
+    lines = [
+        f"| target | bound | {f'before (`{before}`)' if before else 'before'} | now (`{now}`) "
+        "| now / before | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in items:
+        met = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
+        ratio = "–" if t["ratio"] is None else f"{t['ratio']:.2f}"
+        figures = [_fmt(v, _digits(v)) for v in (t["before"], t["now"])]
+        lines.append("| " + " | ".join([t["target"], t["bound"], *figures, ratio, met]) + " |")
+    return lines
+
+
+def _digits(value: float | None) -> int:
+    """Decimals for a figure of any size: none from 1,000, one from 20, else two (ratios)."""
+    return 2 if value is None or value < 20 else 1 if value < 1000 else 0
 
 
 def _target_rows(items: list[dict[str, Any]]) -> list[str]:
@@ -434,9 +460,8 @@ def write_results(
     _refresh(results)
     if before is not None:
         _refresh(before)  # both runs' figures by today's definitions (minimum calls)
-    results["targets"] = targets(results)
-    if before is not None:
         results["before"] = before_summary(before)
+    results["targets"] = targets(results)
     results["engine_targets"] = engine_targets(results, before)
     for item in results.get("trickle", []):
         if "error" not in item:

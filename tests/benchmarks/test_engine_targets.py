@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.engine_targets import engine_targets, main, table
-from benchmarks.report import write_results
+from benchmarks.engine_targets import engine_targets, main
+from benchmarks.report import engine_table, write_results
 
 RECORDED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "engine.json"
 
@@ -136,7 +136,7 @@ def test_written_results_keep_the_earlier_run_and_the_readme_table_comes_from_th
 
     assert main([str(json_path)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed == table(written)
+    assert printed == engine_table(written)
     assert printed[0].startswith(f"| target | bound | before (`older`) | now (`{now['revision']}`) |")
 
 
@@ -147,13 +147,13 @@ def test_results_without_any_engine_figure_print_no_table(tmp_path: Path) -> Non
     results["engine_targets"] = engine_targets(results)
     path.write_text(json.dumps(results))
 
-    assert table(results) == []
+    assert engine_table(results) == []
     assert main([str(path)]) == 1
 
 
 def test_the_readme_shows_the_table_of_the_recorded_engine_run() -> None:
     recorded = json.loads(RECORDED.read_text())
-    lines = table(recorded)
+    lines = engine_table(recorded)
 
     assert lines, "benchmarks/results/engine.json holds no engine targets"
     readme = (RECORDED.parents[2] / "README.md").read_text()
