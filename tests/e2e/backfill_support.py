@@ -137,6 +137,10 @@ def run_types(db: Path, dag_id: str) -> list[str]:
         return [t for (t,) in conn.execute("SELECT run_type FROM dag_run WHERE dag_id = ?", (dag_id,))]
 
 
+def _log_tail(airflow: Standalone) -> str:
+    return airflow.log.read_text(errors="replace")[-4000:]
+
+
 def run_backfill(
     airflow: Standalone,
     dag_id: str,
@@ -147,8 +151,14 @@ def run_backfill(
     max_active_runs: int = 3,
     timeout: float = 600,
 ) -> list[BackfillRun]:
-    """Unpause ``dag_id``, ``airflow backfill create`` it and wait until its ``runs`` runs finished."""
-    airflow_cli(airflow.env, "dags", "unpause", dag_id)
+    """``airflow backfill create`` over the paused ``dag_id``, unpause it and wait until its ``runs``
+    runs finished.
+
+    The backfill is created while the DAG is paused, when the scheduler picks none of its runs up:
+    on SQLite's "database is locked" part-way, Airflow deletes the runs it had made before the CLI
+    retries (``backfill._cleanup_partial_backfill``), and a scheduler holding one of them would end
+    with ``ObjectDeletedError``.
+    """
     airflow_cli(
         airflow.env,
         "backfill",
@@ -162,10 +172,14 @@ def run_backfill(
         "--max-active-runs",
         str(max_active_runs),
     )
+    airflow_cli(airflow.env, "dags", "unpause", dag_id)
     deadline = time.monotonic() + timeout
     while True:
+        if airflow.proc.poll() is not None:
+            pytest.fail(f"airflow standalone ended ({airflow.proc.returncode}):\n{_log_tail(airflow)}")
         found = backfill_runs(airflow.db, dag_id)
         if len(found) == runs and all(state in DONE for _, state, _, _ in found):
             return found
-        assert time.monotonic() < deadline, f"{dag_id}: backfill runs not finished: {found}"
+        if time.monotonic() > deadline:
+            pytest.fail(f"{dag_id}: backfill runs not finished: {found}\n{_log_tail(airflow)}")
         time.sleep(3)

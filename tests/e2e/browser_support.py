@@ -276,9 +276,7 @@ def run_dag(api: RestApi, base: str, dag_id: str, timeout_s: float) -> tuple[str
     Returns:
         ``(run_id, state)``; the state is ``success`` or ``failed``, or the last seen one at the deadline.
     """
-    requests.patch(
-        f"{base}/api/v2/dags/{dag_id}", headers=api.headers, json={"is_paused": False}, timeout=30
-    ).raise_for_status()
+    _set_paused(api, base, dag_id, False)
     run_id = str(api.post(f"dags/{dag_id}/dagRuns", {"logical_date": None})["dag_run_id"])
     deadline = time.monotonic() + timeout_s
     state = "queued"
@@ -290,18 +288,38 @@ def run_dag(api: RestApi, base: str, dag_id: str, timeout_s: float) -> tuple[str
     return run_id, state
 
 
-def settle_paused(api: RestApi, base: str, dag_id: str, timeout_s: float) -> None:
-    """Pause ``dag_id`` and wait until none of its runs is running (a queued one stays queued)."""
+def _set_paused(api: RestApi, base: str, dag_id: str, paused: bool) -> None:
     requests.patch(
-        f"{base}/api/v2/dags/{dag_id}", headers=api.headers, json={"is_paused": True}, timeout=30
+        f"{base}/api/v2/dags/{dag_id}", headers=api.headers, json={"is_paused": paused}, timeout=30
     ).raise_for_status()
+
+
+def _running_runs(api: RestApi, dag_id: str) -> list[str]:
+    runs = api.get(f"dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
+    return [str(r["dag_run_id"]) for r in runs if r["state"] == "running"]
+
+
+def settle_paused(api: RestApi, base: str, dag_id: str, timeout_s: float) -> None:
+    """Leave ``dag_id`` paused with none of its runs running (a queued one stays queued).
+
+    Airflow's scheduler examines only the running runs of unpaused DAGs
+    (``DagRun.get_running_dag_runs_to_examine``), so a run that a watcher or the safety schedule
+    started just before the pause would stay ``running`` for ever. Such a run is let finish with
+    the DAG unpaused, and the pause is tried again.
+    """
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        runs = api.get(f"dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
-        if not [r for r in runs if r["state"] == "running"]:
+    while True:
+        _set_paused(api, base, dag_id, True)
+        caught = _running_runs(api, dag_id)
+        if not caught:
             return
-        time.sleep(3)
-    raise AssertionError(f"{dag_id} still has a running run {timeout_s:.0f} s after it was paused")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{dag_id} kept starting runs for {timeout_s:.0f} s: {caught} run now")
+        _set_paused(api, base, dag_id, False)
+        while set(caught) & set(_running_runs(api, dag_id)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{dag_id}'s runs {caught} still run {timeout_s:.0f} s after the pause")
+            time.sleep(3)
 
 
 def reparse(api: RestApi, base: str, dag_id: str) -> None:
