@@ -48,9 +48,10 @@ def classify_email_matches(
     out.loc[(n > 1).to_numpy(), "action"] = DUPLICATES
     out.loc[email.isna().to_numpy(), "action"] = NO_EMAIL
     single = (out["action"] == LINK).to_numpy()
-    out["dynamics_id"] = email.map(first["dynamics_id"]).where(single)
-    out["table"] = email.map(first["table"]).where(single)
-    out["candidates"] = email.map(joined).where((out["action"] == DUPLICATES).to_numpy())
+    # as_string: with no candidate at all, map gives float NaN, which a text fillna would reject.
+    out["dynamics_id"] = as_string(email.map(first["dynamics_id"])).where(single)
+    out["table"] = as_string(email.map(first["table"])).where(single)
+    out["candidates"] = as_string(email.map(joined)).where((out["action"] == DUPLICATES).to_numpy())
     return out
 
 

@@ -76,6 +76,17 @@ def test_email_dedup_switched_off_always_creates():
     assert classify_email_matches(persons, candidates, enabled=False)["action"].tolist() == ["create"]
 
 
+def test_email_matches_with_no_candidate_are_text_a_reason_can_be_built_from():
+    persons = pd.DataFrame({"marketo_id": [1, 2], "email": ["one@x.io", None]})
+    candidates = pd.DataFrame({"email": pd.Series([], dtype="str"), "dynamics_id": [], "table": []})
+    out = classify_email_matches(persons, candidates)
+    assert out["action"].tolist() == ["create", "no_email"]
+    for column in ("dynamics_id", "table", "candidates"):
+        assert out[column].dtype == "str", column
+        # A float column here made new_persons' "reason" + fillna("") warn, and a later pandas raise.
+        assert ("why: " + out[column].fillna("")).tolist() == ["why: ", "why: "]
+
+
 def test_link_rows_integer_ids_with_gaps(lead):
     res = resolve_changes(lead, pd.concat([canon("r1", **BASE), canon("r2", **BASE)]), None, None)
     rows = link_rows(lead, res, ["r1", "r2"], marketo_ids=pd.Series({"r1": 77.0, "r2": float("nan")}))
