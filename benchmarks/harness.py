@@ -3,7 +3,8 @@
 Nothing here asserts anything: it starts the real emulator processes (``tests/support``), points
 Airflow connections and Variables at them through the environment, runs one DAG at a time with
 ``dag.test()`` in a child process (``benchmarks.dag_child``) while sampling that process's
-resident memory with psutil, and diffs the emulators' ``/_emulator/stats`` around each run.
+resident memory with psutil, and diffs the emulators' ``/_emulator/stats`` around each run, and
+the CPU seconds the machine and each emulator process spent (:func:`cpu_split`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from crm_sync.localenv import airflow_env
 from tests.support.emulator_procs import PROJECT_DIR, RunningEmulator, start_emulator
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,64 @@ class RssSampler:
         return before[-1] if before else None
 
 
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds spent so far: the machine's own work and the hypervisor's steal (all CPUs,
+    from ``/proc/stat``), and each emulator's process with its children."""
+
+    at: float
+    machine_busy_s: float
+    machine_steal_s: float
+    emulators: dict[str, float]
+
+
+def _process_tree_cpu_s(pid: int) -> float:
+    """User and system seconds of ``pid``, its finished children and its live ones."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc = psutil.Process(pid)
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                c = child.cpu_times()
+                total += c.user + c.system
+        return total
+    return 0.0
+
+
+def cpu_snapshot(emulators: Iterable[RunningEmulator]) -> CpuSnapshot:
+    """The machine's and each emulator's CPU seconds now."""
+    m = psutil.cpu_times()
+    busy = m.user + m.nice + m.system + getattr(m, "irq", 0.0) + getattr(m, "softirq", 0.0)
+    return CpuSnapshot(
+        at=time.monotonic(),
+        machine_busy_s=busy,
+        machine_steal_s=getattr(m, "steal", 0.0),
+        emulators={emu.side: _process_tree_cpu_s(emu.process.pid) for emu in emulators},
+    )
+
+
+def cpu_split(before: CpuSnapshot, after: CpuSnapshot, cpus: int) -> dict[str, float]:
+    """Where the CPU went between two snapshots, in seconds.
+
+    ``capacity_s`` is what the machine's CPUs could give in that wall time; ``busy_s`` what they
+    ran (any process); ``<side>_emulator_s`` each emulator's share of it; ``rest_s`` everything
+    else busy (Airflow, the task processes, this harness); ``steal_s`` time the hypervisor gave
+    to other guests while ours waited to run.
+    """
+    used = {f"{side}_emulator_s": after.emulators[side] - before.emulators.get(side, 0.0)
+            for side in after.emulators}  # fmt: skip
+    busy = after.machine_busy_s - before.machine_busy_s
+    out = {
+        "capacity_s": cpus * (after.at - before.at),
+        "busy_s": busy,
+        **used,
+        "rest_s": busy - sum(used.values()),
+        "steal_s": after.machine_steal_s - before.machine_steal_s,
+    }
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 @dataclass
 class DagRunMeasure:
     """What one DAG run cost: wall time, calls per side, memory per task."""
@@ -199,6 +258,7 @@ class DagRunMeasure:
     process_peak_rss_mb: float | None = None
     started: float = 0.0
     ended: float = 0.0
+    cpu: dict[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -211,6 +271,7 @@ class DagRunMeasure:
             "tasks": self.tasks,
             "baseline_rss_mb": self.baseline_rss_mb,
             "process_peak_rss_mb": self.process_peak_rss_mb,
+            "cpu": self.cpu,
         }
 
 
@@ -338,6 +399,7 @@ class BenchEnv:
             spy = str(Path(sys.executable).with_name("py-spy"))
             argv = [spy, "record", "--format", "raw", "--rate", "100", "--output", str(flame), "--", *argv]
         started = time.time()
+        cpu_before = cpu_snapshot(self.emulators())
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
                 argv, env=self.env, stdout=log_file, stderr=subprocess.STDOUT, cwd=PROJECT_DIR
@@ -349,6 +411,7 @@ class BenchEnv:
                     proc.kill()
                     proc.wait()
         ended = time.time()
+        cpu = cpu_split(cpu_before, cpu_snapshot(self.emulators()), psutil.cpu_count() or 1)
         if proc.returncode != 0 or not out.exists():
             tail = log_path.read_text(errors="replace")[-4000:]
             raise RuntimeError(f"{dag_id}: dag.test() child exited {proc.returncode}:\n{tail}")
@@ -371,6 +434,7 @@ class BenchEnv:
             process_peak_rss_mb=round(child["max_rss_kb"] / 1024, 1),
             started=started,
             ended=ended,
+            cpu=cpu,
         )
         if measure.state != "success":
             tail = log_path.read_text(errors="replace")[-4000:]
@@ -390,7 +454,9 @@ class BenchEnv:
         with Standalone(self.env, self.workdir / f"standalone-{dag_id}") as airflow:
             self.reset_stats()
             started = time.time()
+            cpu_before = cpu_snapshot(self.emulators())
             child = airflow.run(dag_id, timeout)
+            cpu = cpu_split(cpu_before, cpu_snapshot(self.emulators()), psutil.cpu_count() or 1)
             ended = time.time()
         peaks = [t["peak_rss_mb"] for t in child["tasks"] if t["peak_rss_mb"]]
         measure = self._measure(
@@ -400,6 +466,7 @@ class BenchEnv:
             process_peak_rss_mb=max(peaks) if peaks else None,
             started=started,
             ended=ended,
+            cpu=cpu,
         )
         if measure.state != "success":
             failed = [t["task_id"] for t in child["tasks"] if t["state"] != "success"]
@@ -415,6 +482,7 @@ class BenchEnv:
         process_peak_rss_mb: float | None,
         started: float,
         ended: float,
+        cpu: dict[str, float] | None = None,
     ) -> DagRunMeasure:
         """A finished run's measure: its report from the child, both emulators' counters since reset."""
         assert self.marketo is not None
@@ -430,6 +498,7 @@ class BenchEnv:
             process_peak_rss_mb=process_peak_rss_mb,
             started=started,
             ended=ended,
+            cpu=cpu,
         )
 
     def cleanup(self) -> None:

@@ -264,6 +264,27 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def cpu_table(items: list[dict[str, Any]]) -> list[str]:
+    """Where each scenario's CPU went: the machine's capacity over its wall time, what ran, the
+    emulators' share and the rest (Airflow and the task processes)."""
+    lines = [
+        "| scenario | limits | wall s | CPU capacity s | busy s (of capacity) | Marketo emulator s "
+        "| Dataverse emulator s | rest s (Airflow, tasks) | steal s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for it in items:
+        cpu = it.get("cpu")
+        if not cpu:
+            continue
+        share = cpu["busy_s"] / cpu["capacity_s"] if cpu["capacity_s"] else None
+        lines.append(
+            f"| {it['scenario']} | {it['limits']} | {_fmt(it['wall_s'])} | {_fmt(cpu['capacity_s'])} "
+            f"| {_fmt(cpu['busy_s'])} ({_fmt(share, 2)}) | {_fmt(cpu.get('marketo_emulator_s'))} "
+            f"| {_fmt(cpu.get('dynamics_emulator_s'))} | {_fmt(cpu['rest_s'])} | {_fmt(cpu['steal_s'])} |"
+        )
+    return lines if len(lines) > 2 else []
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown."""
     machine = results["machine"]
@@ -305,6 +326,9 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ]
         lines += ["## Memory per task (full copies)", "", *task_table(measured), ""]
+        cpu = cpu_table(measured)
+        if cpu:
+            lines += ["## Where the CPU went (the machine, each emulator, the rest)", "", *cpu, ""]
     for failed in (s for s in results["scenarios"] if "error" in s):
         lines += [f"**{failed['scenario']} ({failed['limits']}, {failed['volume']:,} leads) failed**: "
                   f"`{failed['error'].splitlines()[-1][:300]}`", ""]  # fmt: skip

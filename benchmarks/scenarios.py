@@ -90,8 +90,18 @@ def refresh(item: dict[str, Any], mode: LimitMode) -> None:
         dynamics=dynamics,
         peak_rss_mb=max((t["peak_rss_mb"] for t in tasks), default=None),
         baseline_rss_mb=min((r["baseline_rss_mb"] for r in runs if r["baseline_rss_mb"]), default=None),
+        cpu=_cpu(runs),
         tasks=tasks,
     )
+
+
+def _cpu(runs: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """The runs' CPU split (:func:`benchmarks.harness.cpu_split`) added up; None for runs measured
+    before it was recorded."""
+    splits = [r["cpu"] for r in runs if r.get("cpu")]
+    if not splits:
+        return None
+    return {key: round(sum(split.get(key, 0.0) for split in splits), 2) for key in splits[0]}
 
 
 def summarize(name: str, env: BenchEnv, measures: Sequence[DagRunMeasure], **extra: Any) -> dict[str, Any]:
