@@ -138,6 +138,15 @@ class AirflowApi:
         page = self._call("GET", f"dags/{quote(dag_id)}/dagRuns?{query}")
         return {str(r["dag_run_id"]): str(r["state"]) for r in page["dag_runs"]}
 
+    def running_runs(self, dag_id: str) -> list[str]:
+        """Ids of ``dag_id``'s runs in the ``running`` state."""
+        page = self._call("GET", f"dags/{quote(dag_id)}/dagRuns?state=running&limit=100")
+        return [str(r["dag_run_id"]) for r in page["dag_runs"]]
+
+    def fail_run(self, dag_id: str, run_id: str) -> None:
+        """Mark one run failed: Airflow fails its running tasks and skips those not started."""
+        self._call("PATCH", f"dags/{quote(dag_id)}/dagRuns/{quote(run_id)}", {"state": "failed"})
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         """Trigger a manual run now; return its run id (named here, so a repeated POST is harmless)."""
         body = {

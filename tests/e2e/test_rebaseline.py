@@ -104,6 +104,25 @@ def _report(env: SyncEnv, run_id: str) -> pd.DataFrame:
     return pd.read_csv(env.staging / "rebaseline" / run_key(run_id) / "report.csv", dtype=str)
 
 
+def _strand_a_run(api: AirflowApi, dag_id: str) -> str:
+    """A run of ``dag_id`` the scheduler had started when the pause came: ``running`` in the
+    metadata DB, where a paused DAG's scheduler leaves it (it examines unpaused DAGs' runs only)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import update
+
+    run_id = api.trigger(dag_id)
+    with create_session() as session:
+        session.execute(
+            update(DagRun)
+            .where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+            .values(state=DagRunState.RUNNING)
+        )
+    assert api.running_runs(dag_id) == [run_id]
+    return run_id
+
+
 def _rebaseline(env: SyncEnv, **conf: Any) -> Any:
     from airflow.dag_processing.dagbag import DagBag
 
@@ -140,6 +159,8 @@ def test_sandbox_refresh_stops_the_sync_then_rebaseline_relinks_without_duplicat
     assert "rebaseline" in alerts[0]
     assert "Paused: " in alerts[0]
     assert all(_paused(airflow_api, d) for d in ORDER), "every sync DAG paused"
+    # A contact run caught mid-way by the pause holds data of the old org; it must not go on.
+    stranded = _strand_a_run(airflow_api, "sync_contact")
 
     # Report only: nothing changes without confirm; the report lists every record it would touch.
     dry = _rebaseline(sync_env, poll_seconds=0.5)
@@ -158,10 +179,12 @@ def test_sandbox_refresh_stops_the_sync_then_rebaseline_relinks_without_duplicat
     assert _states(blocked)["relink"] == "failed"
     assert _active_persons(sync_env) == before
     assert all(_paused(airflow_api, d) for d in ORDER), "the sync DAGs stay paused"
+    assert airflow_api.run_state("sync_contact", stranded) == "running", "held while nothing was relinked"
 
     run = _rebaseline(sync_env, confirm=True, confirm_deletes=True, poll_seconds=0.5)
     assert run.state == "success"
     assert not any(_paused(airflow_api, d) for d in ORDER), "the sync DAGs run again"
+    assert airflow_api.run_state("sync_contact", stranded) == "failed", "the held run was failed first"
     for dag_id in ORDER:
         sync_env.run(dag_id)
 

@@ -18,6 +18,7 @@ from crm_sync.rebaseline import (
     apply_relink,
     check_relink_deletes,
     detect_refresh,
+    fail_stranded_runs,
     pause_dags,
     plan_relink,
     relink_report,
@@ -52,12 +53,17 @@ def run_detect(settings: RunSettings, names: Sequence[str]) -> dict[str, Any]:
 def run_pause(settings: RunSettings, paused: bool) -> list[str]:
     """Tasks ``pause_sync``/``unpause_sync``: (un)pause every sync DAG through the REST API.
 
+    Before the unpause, the sync runs the pause held ``running`` are failed
+    (:func:`crm_sync.rebaseline.fail_stranded_runs`): they hold data from before the re-baseline.
     Without an ``airflow_api`` connection the DAGs are left as they are, with a warning (a
-    paused DAG must then be unpaused by hand).
+    paused DAG must then be unpaused by hand, and its held runs marked failed).
     """
 
+    dag_ids = sync_dag_ids(entities_in(settings.entities_dir).values())
     try:
-        return pause_dags(sync_dag_ids(entities_in(settings.entities_dir).values()), paused)
+        if not paused:
+            fail_stranded_runs(dag_ids)
+        return pause_dags(dag_ids, paused)
     except AirflowApiMissing as exc:
         log.warning("%s; (un)pause the sync DAGs by hand", exc)
         return []
