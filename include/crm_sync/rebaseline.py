@@ -2,8 +2,7 @@
 
 (The re-read after an expired delta token is the engine's own: :mod:`crm_sync.engine.reread`.)
 
-:func:`detect_refresh`, :func:`plan_relink`, :func:`apply_relink`, :func:`pause_dags`,
-:func:`fail_stranded_runs`: a
+:func:`detect_refresh`, :func:`plan_relink`, :func:`apply_relink`, :func:`pause_dags`: a
 refreshed Dynamics org has a new organization id and new record ids, so the state store no
 longer describes it. The ``rebaseline`` DAG pauses the sync DAGs, re-links every Marketo record
 to its Dataverse record by key fields (the Marketo record's external id, then email for
@@ -108,51 +107,42 @@ def _airflow_api(conn_id: str) -> Any:
     return AirflowApi(base, str(conn.login or ""), str(conn.password or ""))
 
 
-def pause_dags(dag_ids: Sequence[str], paused: bool, conn_id: str = "airflow_api") -> list[str]:
+def pause_dags(
+    dag_ids: Sequence[str], paused: bool, conn_id: str = "airflow_api", *, fail_held_runs: bool = False
+) -> list[str]:
     """Pause (or unpause) DAGs through Airflow's REST API v2; returns the ids changed.
 
     Task code cannot write Airflow's metadata DB in Airflow 3, so this goes through the public
     API with the credentials of the ``airflow_api`` connection (host = API server URL). DAGs
     the API does not know are skipped.
 
+    ``fail_held_runs`` (with an unpause after a re-baseline) first marks failed every run of
+    ``dag_ids`` the pause left ``running``. Airflow's scheduler examines only the running runs of
+    unpaused DAGs, so a run caught mid-way by the pause would, once unpaused, go on with what it
+    extracted before the re-baseline: its loads would write the old organization's ids back and
+    its commit would store a watermark over the one the re-baseline reset. Failed, it writes
+    nothing more; the next run starts from the reset state.
+
     Raises:
         AirflowApiMissing: The connection is not defined.
     """
     api = _airflow_api(conn_id)
-    known = api.dag_ids()
-    changed = []
-    for dag_id in dag_ids:
-        if dag_id in known:
+    try:
+        listed = api.dag_ids()
+        known = [dag_id for dag_id in dag_ids if dag_id in listed]
+        if fail_held_runs:
+            held = {dag_id: api.running_runs(dag_id) for dag_id in known}
+            for dag_id, run_ids in held.items():
+                for run_id in run_ids:
+                    api.fail_run(dag_id, run_id)
+            if any(held.values()):
+                log.warning("failed the runs the pause held from before the re-baseline: %s", held)
+        for dag_id in known:
             api.set_paused(dag_id, paused)
-            changed.append(dag_id)
-    log.warning("%s DAGs: %s", "paused" if paused else "unpaused", changed)
-    return changed
-
-
-def fail_stranded_runs(dag_ids: Sequence[str], conn_id: str = "airflow_api") -> dict[str, list[str]]:
-    """Fail the runs of ``dag_ids`` that the pause left ``running``; returns them per DAG.
-
-    Airflow's scheduler examines only the running runs of unpaused DAGs, so a run caught mid-way
-    by the pause waits and, once the DAGs are unpaused, goes on with what it extracted before the
-    re-baseline: its loads would write the old organization's ids back and its commit would store
-    a watermark over the one the re-baseline reset. Failed, it writes nothing more; the next run
-    starts from the reset state.
-
-    Raises:
-        AirflowApiMissing: The connection is not defined.
-    """
-    api = _airflow_api(conn_id)
-    known = api.dag_ids()
-    failed: dict[str, list[str]] = {}
-    for dag_id in dag_ids:
-        if dag_id not in known:
-            continue
-        for run_id in api.running_runs(dag_id):
-            api.fail_run(dag_id, run_id)
-            failed.setdefault(dag_id, []).append(run_id)
-    if failed:
-        log.warning("failed the runs the pause held from before the re-baseline: %s", failed)
-    return failed
+    finally:
+        api.close()
+    log.warning("%s DAGs: %s", "paused" if paused else "unpaused", known)
+    return known
 
 
 def sync_dag_ids(entities: Iterable[EntityConfig]) -> list[str]:

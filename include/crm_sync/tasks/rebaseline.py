@@ -18,7 +18,6 @@ from crm_sync.rebaseline import (
     apply_relink,
     check_relink_deletes,
     detect_refresh,
-    fail_stranded_runs,
     pause_dags,
     plan_relink,
     relink_report,
@@ -54,16 +53,15 @@ def run_pause(settings: RunSettings, paused: bool) -> list[str]:
     """Tasks ``pause_sync``/``unpause_sync``: (un)pause every sync DAG through the REST API.
 
     Before the unpause, the sync runs the pause held ``running`` are failed
-    (:func:`crm_sync.rebaseline.fail_stranded_runs`): they hold data from before the re-baseline.
+    (:func:`crm_sync.rebaseline.pause_dags`): they hold data from before the re-baseline.
     Without an ``airflow_api`` connection the DAGs are left as they are, with a warning (a
     paused DAG must then be unpaused by hand, and its held runs marked failed).
     """
 
-    dag_ids = sync_dag_ids(entities_in(settings.entities_dir).values())
     try:
-        if not paused:
-            fail_stranded_runs(dag_ids)
-        return pause_dags(dag_ids, paused)
+        return pause_dags(
+            sync_dag_ids(entities_in(settings.entities_dir).values()), paused, fail_held_runs=not paused
+        )
     except AirflowApiMissing as exc:
         log.warning("%s; (un)pause the sync DAGs by hand", exc)
         return []
