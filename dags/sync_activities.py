@@ -10,8 +10,8 @@ retried by every later ``sync_activities`` run; it never creates the person.
 
 Two DAGs, because a feed and a history need different timetables:
 
-* **`sync_activities`** (hourly; no catch-up): new activities from
-  Marketo's activity feed since the stored paging token. ``extract`` (budget check, read, map,
+* **`sync_activities`** (the mapping file's ``schedule``, hourly by default; no catch-up): new
+  activities from Marketo's activity feed since the stored paging token. ``extract`` (budget check, read, map,
   stage Parquet batches of up to 1,000) → ``load`` (mapped, one ``$batch`` per batch) → ``commit``
   (advances the token only when every batch is loaded; writes the run ledger).
 * **`sync_activities_history`** (backfill only, monthly data intervals, never scheduled): the
@@ -37,13 +37,13 @@ from typing import Any
 from airflow.sdk import DAG, get_current_context, task
 
 from crm_sync.dag_defaults import START_DATE, default_args
+from crm_sync.marketing.activity_config import load_activities
 from crm_sync_timetables.backfill_only import BackfillOnlyCronTimetable
 
 log = logging.getLogger(__name__)
 
 MARKETO_POOL = "marketo_api"
 DYNAMICS_POOL = "dynamics_api"
-SCHEDULE = "17 * * * *"  # hourly: with the watchers, the Marketo day fits idle polling of all syncs
 HISTORY_START = datetime(2000, 1, 1, tzinfo=UTC)
 TAGS = ["marketo-dynamics-sync", "direction:m2d", "entity:activity"]
 
@@ -62,10 +62,10 @@ def _skip_if_deferred(exc: Exception) -> Exception:
     return AirflowSkipException(str(exc)) if isinstance(exc, QuotaDeferred) else exc
 
 
-def _build(dag_id: str, history: bool) -> DAG:
+def _build(dag_id: str, history: bool, schedule: str) -> DAG:
     with DAG(
         dag_id=dag_id,
-        schedule=BackfillOnlyCronTimetable("0 0 1 * *", timezone="UTC") if history else SCHEDULE,
+        schedule=BackfillOnlyCronTimetable("0 0 1 * *", timezone="UTC") if history else schedule,
         start_date=HISTORY_START if history else START_DATE,
         catchup=False,
         max_active_runs=2 if history else 1,
@@ -120,5 +120,8 @@ def _build(dag_id: str, history: bool) -> DAG:
     return dag
 
 
-sync_activities = _build("sync_activities", history=False)
-sync_activities_history = _build("sync_activities_history", history=True)
+# The mapping file is read at parse time for its schedule only: a broken file is this file's
+# import error, naming the file and the key.
+_SCHEDULE = load_activities().schedule
+sync_activities = _build("sync_activities", history=False, schedule=_SCHEDULE)
+sync_activities_history = _build("sync_activities_history", history=True, schedule=_SCHEDULE)

@@ -2,7 +2,8 @@
 
 Thin wiring only: every task calls :mod:`crm_sync.tasks.membership`, imported inside the task.
 The program ↔ campaign pairs and their status maps are data:
-`include/crm_sync/marketing/programs.yaml` (or the file named by `$MDS_PROGRAMS_FILE`).
+`include/crm_sync/marketing/programs.yaml` (or the file named by `$MDS_PROGRAMS_FILE`), which
+also holds the DAG's ``schedule`` (hourly by default).
 
 Run shape: `extract_changes` (budget check, then Marketo's "Change Status in Progression"
 feed, or the bulk program-member export on the first run; Dataverse change tracking on
@@ -20,6 +21,7 @@ from typing import Any
 from airflow.sdk import DAG, task
 
 from crm_sync.dag_defaults import START_DATE, default_args
+from crm_sync.marketing.program_config import load_programs
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ def _deferred(exc: Exception) -> Exception:
 
 with DAG(
     dag_id="sync_program_membership",
-    schedule="47 * * * *",  # hourly: see sync_activities.SCHEDULE
+    # The mapping file's schedule (hourly by default), read at parse time: a broken file is this
+    # file's import error, naming the file and the key.
+    schedule=load_programs().spec.schedule,
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

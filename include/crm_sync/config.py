@@ -12,11 +12,20 @@ import logging
 from collections.abc import Collection, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from croniter import croniter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +36,26 @@ DEFAULT_FILTER_COLUMN = "new_synctomkto"
 
 class ConfigError(ValueError):
     """An entity file is missing, malformed or inconsistent; the message names file and key."""
+
+
+def check_cron(value: str) -> str:
+    """A DAG schedule as the mapping files give it: five cron fields, or a preset (``@hourly``).
+
+    Raises:
+        ValueError: Anything else (a six-field cron with seconds too: Airflow's cron
+            timetables take five).
+    """
+    text = value.strip()
+    if not (text.startswith("@") or len(text.split()) == 5) or not croniter.is_valid(text):
+        raise ValueError(
+            f"{value!r} is not a cron schedule: five fields (minute hour day month weekday) or a preset"
+        )
+    return text
+
+
+#: A ``schedule:`` key of a mapping file: checked when the file is read, so a bad one is an error
+#: naming the file and the key, not an Airflow import error about a timetable.
+CronSchedule = Annotated[str, AfterValidator(check_cron)]
 
 
 class Direction(StrEnum):
@@ -272,7 +301,7 @@ class EntityConfig(_Strict):
     # With ``watch`` on, runs start when a watcher sees changes (event-driven) and ``schedule`` is
     # only the safety net (a slow cron); with it off, ``schedule`` alone starts the runs.
     watch: bool = True
-    schedule: str = "*/5 * * * *"
+    schedule: CronSchedule = "*/5 * * * *"
     priority: int = Field(default=50, ge=0)
     quota_priority: QuotaPriority = QuotaPriority.NORMAL
     max_delete_share: float = Field(default=0.2, gt=0, le=1)

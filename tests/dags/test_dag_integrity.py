@@ -69,6 +69,44 @@ def test_a_broken_entity_file_is_one_import_error_and_the_other_dags_load(
     assert not any(t.task_id.startswith("opportunity.") for t in bag.dags["full_copy"].tasks)
 
 
+def test_the_marketing_dags_run_on_their_mapping_files_schedules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``schedule`` in activities.yaml and programs.yaml is the DAGs' cron; a bad one is one
+    import error naming the file and the key, and the other DAGs load."""
+    from crm_sync.marketing.activity_config import ACTIVITIES_ENV, ACTIVITIES_FILE
+    from crm_sync.marketing.program_config import PROGRAMS_ENV, PROGRAMS_FILE
+
+    activities, programs = tmp_path / "activities.yaml", tmp_path / "programs.yaml"
+    shipped_activities, shipped_programs = ACTIVITIES_FILE.read_text(), PROGRAMS_FILE.read_text()
+    activities.write_text(shipped_activities.replace('schedule: "17 * * * *"', 'schedule: "5 */2 * * *"'))
+    programs.write_text(shipped_programs.replace('schedule: "47 * * * *"', "schedule: '@daily'"))
+    monkeypatch.setenv(ACTIVITIES_ENV, str(activities))
+    monkeypatch.setenv(PROGRAMS_ENV, str(programs))
+
+    bag = DagBag(dag_folder=str(DAGS_DIR))
+    assert bag.import_errors == {}
+    assert _cron(bag, "sync_activities") == "5 */2 * * *"
+    assert _cron(bag, "sync_program_membership") == "0 0 * * *"  # Airflow expands the preset
+    assert bag.dags["sync_activities_history"].timetable.can_be_scheduled is False
+
+    programs.write_text(shipped_programs.replace('schedule: "47 * * * *"', 'schedule: "hourly"'))
+    bag = DagBag(dag_folder=str(DAGS_DIR))
+    assert [Path(f).name for f in bag.import_errors] == ["sync_program_membership.py"]
+    (message,) = bag.import_errors.values()
+    assert f"{programs}: schedule: " in message
+    assert "is not a cron schedule" in message
+    assert {"sync_activities", "sync_lead", "full_copy"} <= set(bag.dags)
+
+
+def _cron(bag: DagBag, dag_id: str) -> str:
+    from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+
+    timetable = bag.dags[dag_id].timetable
+    assert isinstance(timetable, CronTriggerTimetable), (dag_id, timetable)
+    return str(timetable.expression)
+
+
 def _dag_ids() -> list[str]:
     return sorted(DagBag(dag_folder=str(DAGS_DIR)).dags)
 

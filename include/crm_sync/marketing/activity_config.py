@@ -9,15 +9,20 @@ resolved once per run (:func:`resolve_types`), never written in the file. The fi
 
 from __future__ import annotations
 
+import os
 import string
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from crm_sync.config import ConfigError, read_yaml, validate_document
+from crm_sync.config import ConfigError, CronSchedule, read_yaml, validate_document
 
 ACTIVITIES_FILE = Path(__file__).resolve().parent / "activities.yaml"
+ACTIVITIES_ENV = "MDS_ACTIVITIES_FILE"
+#: ``sync_activities``' default schedule: hourly, at a minute of its own (the watchers share the
+#: Marketo day's idle polling with it).
+ACTIVITIES_SCHEDULE = "17 * * * *"
 #: Marketo's activity feed takes at most 10 activity type ids per call.
 MAX_FEED_TYPES = 10
 _TEMPLATE_FIELDS = ("type", "primary")
@@ -92,6 +97,7 @@ class ActivityMapping(_Strict):
     persons: tuple[str, ...] = ("contact", "lead")
     batch_size: int = Field(default=1000, ge=1, le=1000)
     initial_lookback_hours: float = Field(default=24.0, ge=0)
+    schedule: CronSchedule = ACTIVITIES_SCHEDULE
     types: tuple[ActivityType, ...] = Field(min_length=1, max_length=MAX_FEED_TYPES)
     source_path: Path | None = None
 
@@ -123,12 +129,18 @@ def parse_activities(data: Any, source: Path | str = "<memory>") -> ActivityMapp
     return validate_document(ActivityMapping, data, source, source_path=Path(source))
 
 
-def load_activities(path: Path = ACTIVITIES_FILE) -> ActivityMapping:
-    """Load and validate the activity mapping file.
+def activities_file() -> Path:
+    """The mapping file: ``$MDS_ACTIVITIES_FILE`` or the shipped ``activities.yaml``."""
+    return Path(os.environ.get(ACTIVITIES_ENV) or ACTIVITIES_FILE)
+
+
+def load_activities(path: Path | None = None) -> ActivityMapping:
+    """Load and validate the activity mapping file (``path``, else :func:`activities_file`).
 
     Raises:
         ConfigError: The file cannot be read, is not YAML or fails validation.
     """
+    path = path or activities_file()
     return parse_activities(read_yaml(path), path)
 
 

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from crm_sync.config import read_yaml, validate_document
+from crm_sync.config import CronSchedule, read_yaml, validate_document
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 PROGRAMS_FILE = Path(__file__).resolve().parent / "programs.yaml"
 PROGRAMS_ENV = "MDS_PROGRAMS_FILE"
+#: ``sync_program_membership``'s default schedule: hourly, at a minute of its own.
+PROGRAMS_SCHEDULE = "47 * * * *"
 NOT_IN_PROGRAM = "Not in Program"
 #: The standard choice values of ``campaignresponse.responsecode``; the YAML may name them.
 RESPONSE_CODES: dict[str, int] = {
@@ -130,6 +132,7 @@ class ProgramsFile(_Strict):
     default_status_map: str | None = None
     programs: list[ProgramPair] = Field(default_factory=list)
     naming_rules: list[NamingRule] = Field(default_factory=list)
+    schedule: CronSchedule = PROGRAMS_SCHEDULE
 
     @model_validator(mode="after")
     def _references(self) -> ProgramsFile:

@@ -29,12 +29,13 @@ ENTITY = "activity"
 
 @lru_cache(maxsize=4)
 def mapping(path: str | None = None) -> ActivityMapping:
-    """The validated activity mapping (the project's ``activities.yaml`` unless ``path``)."""
+    """The validated activity mapping: ``path``, else ``$MDS_ACTIVITIES_FILE``, else the project's
+    ``activities.yaml``."""
     from pathlib import Path
 
-    from crm_sync.marketing.activity_config import ACTIVITIES_FILE, load_activities
+    from crm_sync.marketing.activity_config import load_activities
 
-    return load_activities(Path(path) if path else ACTIVITIES_FILE)
+    return load_activities(Path(path) if path else None)
 
 
 def person_tables(settings: RunSettings, names: tuple[str, ...]) -> list[PersonTable]:

@@ -140,3 +140,31 @@ def test_a_file_that_is_not_yaml_names_the_file(tmp_path: Path) -> None:
     path.write_text("programs: [\n")
     with pytest.raises(ConfigError, match=f"{path}: cannot load"):
         load_programs(path)
+
+
+def test_a_schedule_is_five_cron_fields_or_a_preset_and_a_bad_one_names_the_key() -> None:
+    """The three mapping files that carry a DAG's ``schedule`` check it as they are read."""
+    entity = load_entity(ENTITIES_DIR / "lead.yaml").model_dump(mode="json", exclude={"source_path"})
+    activities = load_activities().model_dump(mode="json", exclude={"source_path"})
+    programs = _doc()
+    parsers = (
+        (parse_entity, entity, "lead.yaml"),
+        (parse_activities, activities, "activities.yaml"),
+        (parse_programs, programs, "programs.yaml"),
+    )
+    for parse, data, name in parsers:
+        assert _schedule(parse({**data, "schedule": " @hourly "}, name)) == "@hourly"
+        assert _schedule(parse({**data, "schedule": "5 */2 * * 1-5"}, name)) == "5 */2 * * 1-5"
+        for bad in ("61 * * * *", "every hour", "0 0 * * * *", ""):
+            with pytest.raises(ConfigError, match=rf"^{re.escape(name)}: schedule: .*is not a cron schedule"):
+                parse({**data, "schedule": bad}, name)
+
+
+def _schedule(parsed: Any) -> str:
+    spec = getattr(parsed, "spec", parsed)  # the program mapping wraps its file
+    return str(spec.schedule)
+
+
+def test_the_shipped_files_keep_the_marketing_dags_hourly_at_minutes_of_their_own() -> None:
+    assert load_activities().schedule == "17 * * * *"
+    assert load_programs(PROGRAMS_FILE).spec.schedule == "47 * * * *"
