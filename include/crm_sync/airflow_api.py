@@ -132,16 +132,13 @@ class AirflowApi:
         """How many runs ``dag_id`` has had (any state)."""
         return int(self._call("GET", f"dags/{quote(dag_id)}/dagRuns?limit=1")["total_entries"])
 
-    def runs(self, dag_id: str, run_type: str | None = None) -> dict[str, str]:
-        """Run id → state of ``dag_id``'s latest runs (100 at most), optionally of one run type."""
+    def runs(self, dag_id: str, run_type: str | None = None, state: str | None = None) -> dict[str, str]:
+        """Run id → state of ``dag_id``'s latest runs (100 at most), optionally of one run type
+        and in one state (``running``)."""
         query = "limit=100&order_by=-run_after" + (f"&run_type={run_type}" if run_type else "")
+        query += f"&state={state}" if state else ""
         page = self._call("GET", f"dags/{quote(dag_id)}/dagRuns?{query}")
         return {str(r["dag_run_id"]): str(r["state"]) for r in page["dag_runs"]}
-
-    def running_runs(self, dag_id: str) -> list[str]:
-        """Ids of ``dag_id``'s runs in the ``running`` state."""
-        page = self._call("GET", f"dags/{quote(dag_id)}/dagRuns?state=running&limit=100")
-        return [str(r["dag_run_id"]) for r in page["dag_runs"]]
 
     def fail_run(self, dag_id: str, run_id: str) -> None:
         """Mark one run failed: Airflow fails its running tasks and skips those not started."""

@@ -131,7 +131,7 @@ def pause_dags(
         listed = api.dag_ids()
         known = [dag_id for dag_id in dag_ids if dag_id in listed]
         if fail_held_runs:
-            held = {dag_id: api.running_runs(dag_id) for dag_id in known}
+            held = {dag_id: list(api.runs(dag_id, state="running")) for dag_id in known}
             for dag_id, run_ids in held.items():
                 for run_id in run_ids:
                     api.fail_run(dag_id, run_id)

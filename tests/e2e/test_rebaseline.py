@@ -119,7 +119,7 @@ def _strand_a_run(api: AirflowApi, dag_id: str) -> str:
             .where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
             .values(state=DagRunState.RUNNING)
         )
-    assert api.running_runs(dag_id) == [run_id]
+    assert list(api.runs(dag_id, state="running")) == [run_id]
     return run_id
 
 
